@@ -1,0 +1,9 @@
+"""minqwen3: Qwen3 from scratch, in plain PyTorch."""
+from .cache import KVCache
+from .checkpoint import CheckpointError, from_pretrained, save_pretrained
+from .config import PRESETS, Qwen3Config, count_params
+from .generate import Session, generate, sample
+from .model import Qwen3
+
+__all__ = ["Qwen3", "Qwen3Config", "KVCache", "CheckpointError", "from_pretrained", "save_pretrained",
+           "count_params", "PRESETS", "generate", "sample", "Session"]

@@ -1,0 +1,121 @@
+"""Token generation: prefill the prompt into a KV cache, then decode one token at a time.
+
+The model only maps ids to logits; everything about choosing tokens lives here.
+"""
+from __future__ import annotations
+
+import torch
+
+from .cache import KVCache
+
+ENDOFTEXT, IM_END = 151643, 151645  # Qwen3's stop tokens (base and chat models)
+# Qwen's published defaults per mode (thinking mode: greedy decoding is discouraged)
+THINKING_DEFAULTS = dict(temperature=0.6, top_p=0.95, top_k=20, min_p=0.0)
+NON_THINKING_DEFAULTS = dict(temperature=0.7, top_p=0.8, top_k=20, min_p=0.0)
+
+
+def sample(logits: torch.Tensor, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
+           min_p: float = 0.0, presence_penalty: float = 0.0, seen: torch.Tensor | None = None,
+           generator: torch.Generator | None = None) -> torch.Tensor:
+    """Choose the next token of each row. logits (B, V) -> ids (B,). temperature 0 means greedy."""
+    logits = logits.float()
+    if presence_penalty and seen is not None:  # a flat penalty on every token already generated
+        logits = logits - presence_penalty * seen
+    if temperature <= 0:
+        return logits.argmax(-1)
+    logits = logits / temperature
+    if top_k and top_k < logits.shape[-1]:
+        kth = logits.topk(top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = logits.softmax(-1)
+    if top_p < 1.0:  # keep the smallest set of tokens whose mass reaches top_p
+        p, i = probs.sort(-1, descending=True)
+        drop = (p.cumsum(-1) - p) >= top_p  # mass before this token already reached top_p
+        probs = probs.scatter(-1, i, p.masked_fill(drop, 0.0))
+    if min_p > 0.0:  # drop tokens less likely than min_p times the best one
+        probs = probs.masked_fill(probs < min_p * probs.amax(-1, keepdim=True), 0.0)
+    # argmax(p / Exp(1)) draws from p (the exponential race) with no host sync, unlike multinomial
+    q = torch.empty_like(probs).exponential_(1.0, generator=generator)
+    return (probs / q).argmax(-1)
+
+
+class Session:
+    """A batch of sequences being generated: the model, its KV cache, and how far each row has got.
+
+    feed(ids) appends tokens to every row and returns the logits after the last one. Rows are aligned
+    on the right: `pad` (B,) counts the left-padding tokens of each row, which are never attended to.
+    """
+
+    def __init__(self, model, batch_size: int, max_len: int, pad: torch.Tensor | None = None):
+        p = next(model.parameters())
+        self.model, self.device = model, p.device
+        self.cache = KVCache(model.config, batch_size, max_len, device=p.device, dtype=p.dtype)
+        self.pad = pad
+        self.pos = 0  # next cache slot
+
+    @torch.no_grad()
+    def feed(self, ids: torch.Tensor) -> torch.Tensor:
+        """ids (B, T) -> logits (B, V) of the last position."""
+        T = ids.shape[1]
+        if self.pos + T > self.cache.max_len:
+            raise ValueError(f"sequence of {self.pos + T} tokens exceeds this session's {self.cache.max_len} slots")
+        input_pos = torch.arange(self.pos, self.pos + T, device=self.device)
+        logits = self.model(ids.to(self.device), cache=self.cache, input_pos=input_pos, pad=self.pad)
+        self.pos += T
+        return logits[:, -1]
+
+
+def left_pad(prompts: list[list[int]], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-align prompts of different lengths: ids (B, T_max) and pad counts (B,)."""
+    assert prompts and all(len(p) for p in prompts), "every prompt needs at least one token"
+    T = max(len(p) for p in prompts)
+    ids = torch.tensor([[pad_id] * (T - len(p)) + list(p) for p in prompts])
+    return ids, torch.tensor([T - len(p) for p in prompts])
+
+
+def check_context(model, prompt_len: int, max_new_tokens: int) -> int:
+    """Fail before any work on a prompt past the context; return how many new tokens fit."""
+    ctx = model.config.context_length
+    if prompt_len >= ctx:
+        raise ValueError(f"the prompt has {prompt_len} tokens; the model's context is {ctx} tokens")
+    return min(max_new_tokens, ctx - prompt_len)
+
+
+@torch.no_grad()
+def generate(model, input_ids: torch.Tensor | list[list[int]], max_new_tokens: int, *,
+             temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0,
+             presence_penalty: float = 0.0, seed: int | None = None,
+             stop_ids: tuple[int, ...] = (IM_END, ENDOFTEXT), pad_id: int = ENDOFTEXT) -> torch.Tensor:
+    """Continue each prompt; returns ids (B, T + new), greedy when temperature is 0.
+
+    input_ids: a (B, T) tensor, or a list of prompts of different lengths (left-padded with pad_id).
+    A row that emits a stop token is finished: it keeps the stop token, then pad_id fills the rest.
+    """
+    if isinstance(input_ids, torch.Tensor):
+        assert input_ids.dim() == 2, f"input_ids must be (batch, time), got shape {tuple(input_ids.shape)}"
+        ids, pad = input_ids, None
+    else:
+        ids, pad = left_pad(input_ids, pad_id)
+        pad = None if not pad.any() else pad
+    B, T = ids.shape
+    max_new_tokens = check_context(model, T, max_new_tokens)
+    session = Session(model, B, T + max_new_tokens, None if pad is None else pad.to(next(model.parameters()).device))
+    gen = None
+    if seed is not None:
+        gen = torch.Generator(session.device).manual_seed(seed)
+    V = model.config.vocab_size
+    seen = torch.zeros(B, V, device=session.device) if presence_penalty else None
+    stops = torch.tensor(stop_ids, dtype=torch.long, device=session.device)
+    done = torch.zeros(B, dtype=torch.bool, device=session.device)
+    out = [ids.to(session.device)]
+    logits = session.feed(ids)
+    for _ in range(max_new_tokens):
+        tok = sample(logits, temperature, top_k, top_p, min_p, presence_penalty, seen, gen)  # (B,)
+        out.append(torch.where(done, pad_id, tok)[:, None])
+        done |= torch.isin(tok, stops)
+        if done.all():
+            break
+        if seen is not None:
+            seen[torch.arange(B), tok] = 1.0
+        logits = session.feed(tok[:, None])
+    return torch.cat(out, dim=1)

@@ -1,0 +1,105 @@
+"""Sparse mixture of experts: a softmax router picks top-k of E SwiGLU experts per token; no shared expert."""
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def _grouped_mm_ok(x: torch.Tensor) -> bool:
+    # one kernel for all experts: Hopper (sm90+) bf16 only
+    return (x.is_cuda and x.dtype == torch.bfloat16 and hasattr(torch, "_grouped_mm")
+            and torch.cuda.get_device_capability(x.device)[0] >= 9)
+
+
+class Experts(nn.Module):
+    """E SwiGLU experts stored stacked, (E, out, in), so a token's experts can be gathered by index.
+
+    The checkpoint stores one tensor per expert (experts.{j}.gate_proj.weight); the loader maps row j.
+    """
+    gather_max = 16  # up to this many (token, expert) pairs, gather the chosen weights: no host sync at decode
+
+    def __init__(self, num_experts: int, hidden_size: int, intermediate_size: int):
+        super().__init__()
+        E, H, I = num_experts, hidden_size, intermediate_size
+        self.gate_proj = nn.Parameter(torch.empty(E, I, H))
+        self.up_proj = nn.Parameter(torch.empty(E, I, H))
+        self.down_proj = nn.Parameter(torch.empty(E, H, I))
+
+    def forward(self, x: torch.Tensor, idx: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """x (N, H) tokens, idx (N, k) chosen experts, w (N, k) their weights -> (N, H)."""
+        N, k = idx.shape
+        flat = idx.reshape(-1)  # (N*k,)
+        if N * k <= self.gather_max:
+            xr = x.repeat_interleave(k, dim=0)[:, :, None]  # (N*k, H, 1)
+            h = F.silu(torch.bmm(self.gate_proj[flat], xr)) * torch.bmm(self.up_proj[flat], xr)  # (N*k, I, 1)
+            y = torch.bmm(self.down_proj[flat], h)[..., 0]  # (N*k, H)
+            return (y.view(N, k, -1) * w[..., None]).sum(1)
+        # sort the (token, expert) pairs by expert so each expert multiplies one contiguous block
+        order = flat.argsort(stable=True)
+        tok = order // k  # (N*k,) which token each sorted row came from
+        xs = x[tok]  # (N*k, H)
+        counts = torch.bincount(flat, minlength=self.gate_proj.shape[0])  # (E,)
+        if _grouped_mm_ok(x):
+            offs = counts.cumsum(0).to(torch.int32)  # stays on the GPU: no host sync
+            mm = lambda a, wt: torch._grouped_mm(a, wt.transpose(1, 2), offs=offs)
+            h = F.silu(mm(xs, self.gate_proj)) * mm(xs, self.up_proj)
+            ys = mm(h, self.down_proj)
+        else:  # one matmul per expert that received tokens; idle experts cost nothing
+            ys = torch.empty_like(xs)
+            start = 0
+            for e, n in enumerate(counts.tolist()):
+                if n:
+                    xe = xs[start:start + n]
+                    h = F.silu(xe @ self.gate_proj[e].T) * (xe @ self.up_proj[e].T)
+                    ys[start:start + n] = h @ self.down_proj[e].T
+                    start += n
+        ys = ys * w.reshape(-1)[order, None]
+        return torch.zeros_like(x).index_add_(0, tok, ys)
+
+
+class SparseMoE(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        c = config
+        self.top_k, self.norm_topk_prob = c.num_experts_per_tok, c.norm_topk_prob
+        self.gate = nn.Linear(c.hidden_size, c.num_experts, bias=False)  # the router
+        self.experts = Experts(c.num_experts, c.hidden_size, c.moe_intermediate_size)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (B, T, H) -> output (B, T, H) and router logits (B*T, E) for the load-balancing loss."""
+        B, T, H = x.shape
+        x = x.reshape(B * T, H)
+        logits = self.gate(x)  # (N, E)
+        w, idx = logits.softmax(-1, dtype=torch.float).topk(self.top_k, dim=-1)  # (N, k)
+        if self.norm_topk_prob:  # renormalise so the k chosen weights sum to 1
+            w = w / w.sum(-1, keepdim=True)
+        return self.experts(x, idx, w.to(x.dtype)).view(B, T, H), logits
+
+
+def load_balancing_loss(router_logits: list[torch.Tensor], top_k: int, mask: torch.Tensor | None = None,
+                        counts: torch.Tensor | None = None) -> torch.Tensor:
+    """Switch-style auxiliary loss E * sum_e f_e * P_e, averaged over MoE layers: 1.0 when perfectly balanced.
+
+    f_e: fraction of routed (token, slot) pairs sent to expert e; P_e: mean router probability of e.
+    router_logits: per MoE layer, (N, E); mask (N,) marks real tokens.
+    counts: (L, E) expert counts to use for f instead of this micro-batch's own: pass the counts
+    accumulated over every micro-batch of a step (and all-reduced across ranks) for the global-batch
+    balance Qwen3 trains with (Qiu et al. 2025): experts may then specialise within a micro-batch.
+    """
+    total = 0.0
+    for layer, logits in enumerate(router_logits):
+        E = logits.shape[-1]
+        probs = logits.float().softmax(-1)  # (N, E)
+        m = torch.ones(probs.shape[0], device=probs.device) if mask is None else mask.reshape(-1).float()
+        P = (probs * m[:, None]).sum(0) / m.sum().clamp(min=1)  # (E,)
+        c = expert_counts(logits, top_k, m) if counts is None else counts[layer].float()
+        f = c / c.sum().clamp(min=1)
+        total = total + E * (f * P).sum()
+    return total / max(len(router_logits), 1)
+
+
+@torch.no_grad()
+def expert_counts(logits: torch.Tensor, top_k: int, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """How many of the (masked) tokens chose each expert among their top-k: (E,)."""
+    idx = logits.topk(top_k, dim=-1).indices  # (N, k); softmax keeps the order, so logits suffice
+    weight = None if mask is None else mask.reshape(-1, 1).float().expand_as(idx).reshape(-1)
+    return torch.bincount(idx.reshape(-1), weights=weight, minlength=logits.shape[-1]).float()
