@@ -72,6 +72,20 @@ def _read_into(f, offset: int, t: torch.Tensor, path: Path) -> None:
         view = view[n:]
 
 
+def _load_tensor(fh, path: Path, offset: int, src_dtype: torch.dtype, dst: torch.Tensor,
+                 chunk_bytes: int = 64 * 2**20) -> None:
+    """Read one stored tensor into dst (any device/dtype) through a bounded host buffer."""
+    if dst.device.type == "cpu" and dst.dtype == src_dtype:
+        return _read_into(fh, offset, dst, path)  # straight into place, no copy at all
+    flat = dst.view(-1)
+    step = max(1, chunk_bytes // src_dtype.itemsize)
+    tmp = torch.empty(min(step, flat.numel()), dtype=src_dtype)
+    for i in range(0, flat.numel(), step):  # chunks keep host memory flat when converting or moving
+        part = tmp[: min(step, flat.numel() - i)]
+        _read_into(fh, offset + i * src_dtype.itemsize, part, path)
+        flat[i: i + part.numel()].copy_(part)
+
+
 def checkpoint_files(path: Path) -> list[Path]:
     """The .safetensors files of a checkpoint folder, single or sharded (via the index)."""
     if not path.is_dir():
@@ -135,18 +149,12 @@ def load_weights(model: Qwen3, path: Path, device=None, dtype=None, strict: bool
             for key, info in header.items():
                 if key not in targets:
                     continue
-                pname, row, shape = targets[key]
+                pname, row, _ = targets[key]
                 p = params[pname]
                 if pname not in new:
                     new[pname] = torch.empty(p.shape, device=device, dtype=dtype or DTYPES[info["dtype"]])
                 dst = new[pname] if row is None else new[pname][row]
-                src_dtype = DTYPES[info["dtype"]]
-                if dst.device.type == "cpu" and dst.dtype == src_dtype:
-                    _read_into(fh, start + info["data_offsets"][0], dst, f)  # straight into place
-                else:
-                    tmp = torch.empty(shape, dtype=src_dtype)
-                    _read_into(fh, start + info["data_offsets"][0], tmp, f)
-                    dst.copy_(tmp)
+                _load_tensor(fh, f, start + info["data_offsets"][0], DTYPES[info["dtype"]], dst)
     for pname, t in new.items():
         mod_name, _, attr = pname.rpartition(".")
         model.get_submodule(mod_name)._parameters[attr] = nn.Parameter(t, requires_grad=False)
@@ -214,9 +222,9 @@ def save_pretrained(model: Qwen3, path: str | os.PathLike, max_shard_bytes: int 
                 lambda tmp: Path(tmp).write_text(json.dumps(index, indent=2) + "\n"))
     else:
         (path / "model.safetensors.index.json").unlink(missing_ok=True)
-    for stale in path.glob("model-*-of-*.safetensors"):
-        if stale.name not in names:
-            stale.unlink()
+    for stale in [*path.glob("model-*-of-*.safetensors"), path / "model.safetensors"]:
+        if stale.name not in names:  # files of an earlier save in another layout
+            stale.unlink(missing_ok=True)
     config = model.config
     if dtype is not None:
         config = Qwen3Config.from_dict({**config.to_dict(), "torch_dtype": str(dtype).removeprefix("torch.")})

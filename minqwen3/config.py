@@ -51,6 +51,7 @@ class Qwen3Config:
     sliding_window: int | None = None
     use_sliding_window: bool = False
     use_cache: bool = True
+    output_router_logits: bool = False
 
     def __post_init__(self):
         assert self.num_attention_heads % self.num_key_value_heads == 0, (
@@ -133,7 +134,7 @@ class Qwen3Config:
         d = dataclasses.asdict(self)
         if not self.is_moe:  # a dense config.json carries no MoE fields
             for k in ("num_experts", "num_experts_per_tok", "moe_intermediate_size", "norm_topk_prob",
-                      "decoder_sparse_step", "mlp_only_layers", "router_aux_loss_coef"):
+                      "decoder_sparse_step", "mlp_only_layers", "router_aux_loss_coef", "output_router_logits"):
                 d.pop(k)
         return d
 

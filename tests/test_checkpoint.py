@@ -1,0 +1,139 @@
+"""Checkpoint loading and saving: strictness, clear errors, memory use, atomic writes."""
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+import minqwen3
+from minqwen3 import CheckpointError, Qwen3Config
+
+SMALL = dict(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+             num_key_value_heads=2, head_dim=8, torch_dtype="float32")
+
+
+@pytest.fixture
+def saved(tmp_path):
+    torch.manual_seed(0)
+    model = minqwen3.Qwen3(Qwen3Config(**SMALL))
+    minqwen3.save_pretrained(model, tmp_path)
+    return model, tmp_path
+
+
+def test_load_roundtrip_to_other_dtype(saved):
+    model, path = saved
+    again = minqwen3.from_pretrained(path, dtype=torch.bfloat16)
+    assert again.model.embed_tokens.weight.dtype == torch.bfloat16
+    assert torch.equal(again.model.layers[1].mlp.up_proj.weight, model.model.layers[1].mlp.up_proj.weight.bfloat16())
+
+
+def test_missing_unexpected_and_misshapen_tensors_are_named(saved):
+    _, path = saved
+    f = path / "model.safetensors"
+    tensors = load_file(f)
+    del tensors["model.layers.1.self_attn.k_norm.weight"]
+    tensors["model.layers.1.extra.weight"] = torch.zeros(2)
+    save_file(tensors, f)
+    with pytest.raises(CheckpointError, match=r"missing tensors \['model.layers.1.self_attn.k_norm.weight'\], "
+                                              r"unexpected tensors \['model.layers.1.extra.weight'\]"):
+        minqwen3.from_pretrained(path)
+    tensors = load_file(f)
+    del tensors["model.layers.1.extra.weight"]
+    tensors["model.layers.1.self_attn.k_norm.weight"] = torch.zeros(7)
+    save_file(tensors, f)
+    with pytest.raises(CheckpointError, match=r"tensor model.layers.1.self_attn.k_norm.weight in model.safetensors "
+                                              r"has shape \[7\], the config expects \[8\]"):
+        minqwen3.from_pretrained(path)
+
+
+def test_truncated_and_corrupt_files_are_named(saved):
+    _, path = saved
+    f = path / "model.safetensors"
+    data = f.read_bytes()
+    f.write_bytes(data[: len(data) - 100])
+    with pytest.raises(CheckpointError, match=r"model.safetensors: truncated: tensor .* ends at byte"):
+        minqwen3.from_pretrained(path)
+    f.write_bytes(data[:8] + b"{garbage" + data[16:])
+    with pytest.raises(CheckpointError, match=r"model.safetensors: corrupt safetensors header"):
+        minqwen3.from_pretrained(path)
+    f.write_bytes(b"\x01\x02")
+    with pytest.raises(CheckpointError, match=r"model.safetensors: not a safetensors file, or truncated"):
+        minqwen3.from_pretrained(path)
+
+
+def test_missing_folder_files_and_pickles(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"checkpoint folder .*nowhere does not exist; a checkpoint folder "
+                                                r"holds config.json"):
+        minqwen3.from_pretrained(tmp_path / "nowhere")
+    (tmp_path / "pytorch_model.bin").write_bytes(b"pickle")
+    with pytest.raises(FileNotFoundError, match=r"found pytorch_model.bin: pickled weights are never loaded"):
+        minqwen3.from_pretrained(tmp_path)
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"a": "model-1.safetensors"}}))
+    with pytest.raises(FileNotFoundError, match=r"names shard\(s\) that are missing: .*model-1.safetensors"):
+        minqwen3.from_pretrained(tmp_path)
+
+
+def test_tied_embeddings_load_with_or_without_lm_head(tmp_path):
+    torch.manual_seed(0)
+    model = minqwen3.Qwen3(Qwen3Config(**SMALL, tie_word_embeddings=True))
+    minqwen3.save_pretrained(model, tmp_path)
+    assert "lm_head.weight" not in load_file(tmp_path / "model.safetensors")
+    a = minqwen3.from_pretrained(tmp_path)
+    tensors = load_file(tmp_path / "model.safetensors")  # official small models store lm_head.weight too
+    tensors["lm_head.weight"] = tensors["model.embed_tokens.weight"].clone()
+    save_file(tensors, tmp_path / "model.safetensors")
+    b = minqwen3.from_pretrained(tmp_path)
+    assert b.lm_head.weight is b.model.embed_tokens.weight
+    ids = torch.arange(10)[None]
+    assert torch.equal(a(ids), b(ids)) and torch.equal(a(ids), model(ids))
+
+
+def test_save_is_atomic_and_sharding_rewrites_cleanly(saved, monkeypatch):
+    model, path = saved
+    minqwen3.save_pretrained(model, path, max_shard_bytes=20_000)
+    shards = sorted(p.name for p in path.glob("model-*.safetensors"))
+    assert len(shards) > 1 and not (path / "model.safetensors").exists()
+    index = json.loads((path / "model.safetensors.index.json").read_text())
+    assert sorted(set(index["weight_map"].values())) == shards
+    minqwen3.save_pretrained(model, path)  # back to one file: stale shards and index go
+    assert sorted(p.name for p in path.iterdir()) == ["config.json", "model.safetensors"]
+    before = (path / "model.safetensors").read_bytes()
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+    monkeypatch.setattr(minqwen3.checkpoint, "save_file", boom)
+    with pytest.raises(OSError, match="disk full"):
+        minqwen3.save_pretrained(model, path)
+    assert (path / "model.safetensors").read_bytes() == before  # the old file is intact
+    assert sorted(p.name for p in path.iterdir()) == ["config.json", "model.safetensors"]  # no temp left
+
+
+MEASURE = r"""
+import sys, torch, minqwen3
+def status(key):  # VmHWM is this process image's peak (ru_maxrss would carry the parent's over fork+exec)
+    return next(int(l.split()[1]) * 1024 for l in open('/proc/self/status') if l.startswith(key))
+base = status('VmRSS:')
+m = minqwen3.from_pretrained(sys.argv[1], dtype=getattr(torch, sys.argv[2]))
+size = sum(p.numel() * p.element_size() for p in m.parameters())
+print(size, status('VmHWM:') - base)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_peak_host_memory_within_1_3x_model(tmp_path_factory, dtype):
+    path = tmp_path_factory.getbasetemp() / "mem-ckpt"
+    if not (path / "config.json").exists():  # ~300 MB of bf16 weights, built once for both cases
+        cfg = Qwen3Config(vocab_size=151936, hidden_size=768, intermediate_size=2048, num_hidden_layers=4,
+                          num_attention_heads=8, num_key_value_heads=4, head_dim=96, torch_dtype="bfloat16")
+        with torch.device("meta"):
+            model = minqwen3.Qwen3(cfg)
+        model.to_empty(device="cpu").to(torch.bfloat16)
+        minqwen3.save_pretrained(model, path, max_shard_bytes=150 * 2**20)
+        del model
+    out = subprocess.run([sys.executable, "-c", MEASURE, str(path), dtype], capture_output=True, text=True, check=True)
+    size, peak = map(int, out.stdout.split())
+    assert size > 250e6
+    assert peak < 1.3 * size, f"peak {peak / 1e6:.0f} MB for a {size / 1e6:.0f} MB model"
