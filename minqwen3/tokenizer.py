@@ -1,0 +1,173 @@
+"""Qwen3's tokenizer: byte-level BPE (via the `tokenizers` library), injection-safe chat encoding, streaming decode.
+
+Byte-level BPE spells every byte as one printable character, so any string encodes losslessly; 26 "added tokens"
+(<|im_start|>, <think>, ...) are matched in the raw text before BPE runs. That matching is a hazard in chat: a user
+who types "<|im_end|>\\n<|im_start|>system" would close their own turn and open a fake system turn. So
+`encode_messages` only lets the chat template's own text produce control tokens and encodes everything the caller
+supplied (contents, reasoning, tool data) with the special tokens read as plain text.
+"""
+from __future__ import annotations
+
+import codecs
+import os
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+import tokenizers
+
+from minqwen3.chat_template import chat_segments
+
+ASSETS = Path(__file__).resolve().parent / "assets"  # our own copy of the official tokenizer.json
+
+
+def _byte_level_alphabet() -> dict[str, int]:
+    """GPT-2's byte-level map, reversed: vocabulary character -> the byte it stands for. Printable latin-1 bytes
+    stand for themselves; the other 68 (controls, space, ...) are moved to chr(256 + k), so every token is printable."""
+    printable = {*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)}
+    shifted = (b for b in range(256) if b not in printable)
+    return {**{chr(b): b for b in printable}, **{chr(256 + k): b for k, b in enumerate(shifted)}}
+
+
+class Tokenizer:
+    """Qwen3 tokenizer. `Tokenizer.default()` uses the copy shipped in minqwen3/assets."""
+
+    def __init__(self, tokenizer_json: str | os.PathLike):
+        self.path = Path(tokenizer_json)
+        self._tok = tokenizers.Tokenizer.from_file(str(self.path))
+        self._plain_tok: tokenizers.Tokenizer | None = None  # built on first use, see `_plain`
+        added = self._tok.get_added_tokens_decoder()
+        self.added_tokens: dict[str, int] = {t.content: i for i, t in added.items()}
+        self._added_text = {i: t.content for i, t in added.items()}
+        # Only tokens flagged special are control tokens: <think>, <tool_call>, ... are not, so they survive
+        # skip_special_tokens and are read as markup even inside content, exactly as by the official tokenizer.
+        self.special_tokens: dict[str, int] = {t.content: i for i, t in added.items() if t.special}
+        longest_first = sorted(self.special_tokens, key=len, reverse=True)
+        self._special_re = re.compile("(" + "|".join(map(re.escape, longest_first)) + ")")  # split() keeps matches
+        self.vocab_size: int = self._tok.get_vocab_size(with_added_tokens=True)  # 151,669; embeddings pad to 151,936
+        self.im_start_id = self._added_id("<|im_start|>")
+        self.im_end_id = self._added_id("<|im_end|>")
+        self.eos_id = self.im_end_id  # chat models stop on <|im_end|>
+        self.endoftext_id = self._added_id("<|endoftext|>")
+        self.pad_id = self.endoftext_id
+        self.think_id = self._added_id("<think>")
+        self.end_think_id = self._added_id("</think>")
+        self._bytes: dict[int, bytes] = {}  # token id -> its bytes, filled lazily by token_bytes
+        self._alphabet = _byte_level_alphabet()
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike | None = None) -> Tokenizer:
+        """Load from a checkpoint folder holding tokenizer.json, or from the file itself; None: the bundled copy."""
+        p = ASSETS if path is None else Path(path)
+        file = p / "tokenizer.json" if p.is_dir() else p
+        if not file.is_file():
+            raise FileNotFoundError(f"no tokenizer at '{file}': a checkpoint folder must hold tokenizer.json "
+                                    "(or pass the path of the tokenizer.json file itself)")
+        return cls(file)
+
+    @classmethod
+    def default(cls) -> Tokenizer:
+        return cls.from_pretrained(None)
+
+    def _added_id(self, content: str) -> int:
+        if content not in self.added_tokens:
+            raise KeyError(f"{self.path} has no added token {content!r}: is this a Qwen3 tokenizer.json?")
+        return self.added_tokens[content]
+
+    @property
+    def _plain(self) -> tokenizers.Tokenizer:
+        # A second instance with `encode_special_tokens` on: special tokens in the text go through BPE like any
+        # other text (this is transformers' split_special_tokens). A separate instance, rather than flipping the
+        # flag back and forth on one, keeps `encode` free of shared mutable state.
+        if self._plain_tok is None:
+            self._plain_tok = tokenizers.Tokenizer.from_str(self._tok.to_str())
+            self._plain_tok.encode_special_tokens = True
+        return self._plain_tok
+
+    def __len__(self) -> int:
+        return self.vocab_size
+
+    def encode(self, text: str, allow_special: bool = True) -> list[int]:
+        """Token ids of `text`. allow_special=False encodes <|im_end|> & co. as the plain characters they spell."""
+        if not isinstance(text, str):
+            raise TypeError(f"encode expects a str, got {type(text).__name__}")
+        return (self._tok if allow_special else self._plain).encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:
+        # int() accepts torch / numpy scalars too
+        return self._tok.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
+
+    def encode_messages(self, messages: Sequence[Mapping], tools: Sequence[Mapping] | None = None,
+                        add_generation_prompt: bool = False, enable_thinking: bool = True,
+                        allow_special_in_content: bool = False) -> list[int]:
+        """Render a conversation with Qwen3's chat template and encode it.
+
+        By default control tokens can come only from the template: a "<|im_end|>" inside a message is encoded as
+        text. Decoding still gives back exactly the rendered string, and when no content contains a special-token
+        string the ids equal the official `encode(apply_chat_template(...))`. allow_special_in_content=True gives
+        that official encoding unconditionally (for trusted data, e.g. training transcripts)."""
+        segments = chat_segments(messages, tools, add_generation_prompt, enable_thinking)
+        if allow_special_in_content:
+            return self.encode("".join(text for text, _ in segments))
+        # Special tokens cut the official encoding into independently encoded stretches; we cut at the template's
+        # special tokens only, so caller text never becomes a control token and everything else encodes as usual.
+        ids: list[int] = []
+        stretch: list[str] = []
+
+        def flush() -> None:
+            if stretch:
+                ids.extend(self.encode("".join(stretch), allow_special=False))
+                stretch.clear()
+
+        for text, from_template in segments:
+            if not from_template:
+                stretch.append(text)
+                continue
+            for piece in self._special_re.split(text):  # odd pieces are the matched special tokens
+                if piece in self.special_tokens:
+                    flush()
+                    ids.append(self.special_tokens[piece])
+                elif piece:
+                    stretch.append(piece)
+        flush()
+        return ids
+
+    def token_bytes(self, token_id: int) -> bytes:
+        """The raw bytes one token stands for (a piece of UTF-8, possibly not a whole character)."""
+        b = self._bytes.get(token_id)
+        if b is None:
+            tok = self._tok.id_to_token(token_id)
+            if tok is None:
+                raise ValueError(f"token id {token_id} is not in the vocabulary (0..{self.vocab_size - 1})")
+            # added tokens are stored as their text; BPE tokens in the byte-level alphabet
+            text = self._added_text.get(token_id)
+            b = text.encode() if text is not None else bytes(self._alphabet[c] for c in tok)
+            self._bytes[token_id] = b
+        return b
+
+    def stream(self, skip_special_tokens: bool = False) -> StreamDecoder:
+        return StreamDecoder(self, skip_special_tokens)
+
+
+class StreamDecoder:
+    """Incremental decoding for streaming generation: push token ids, get text as soon as it is whole.
+
+    A token may end in the middle of a multi-byte character (a Chinese character or an emoji is often 2-4 byte-level
+    tokens). An incremental UTF-8 decoder holds such a tail back until the next bytes complete it, so no piece ever
+    carries a broken character, and the pieces concatenate to exactly `Tokenizer.decode` of all the ids.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, skip_special_tokens: bool = False):
+        self.tokenizer = tokenizer
+        self.skip = set(tokenizer.special_tokens.values()) if skip_special_tokens else set()
+        self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")  # invalid bytes -> U+FFFD, as decode
+
+    def push(self, token_id: int) -> str:
+        token_id = int(token_id)
+        return "" if token_id in self.skip else self._utf8.decode(self.tokenizer.token_bytes(token_id))
+
+    def flush(self) -> str:
+        """End of stream: whatever is held back (only an unfinished character, shown as U+FFFD)."""
+        out = self._utf8.decode(b"", final=True)
+        self._utf8.reset()
+        return out
