@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -28,21 +29,36 @@ def presets_table() -> str:
     return "\n".join(rows)
 
 
+DEMO_QUESTION = "What is 4821 + 3967?"
+
+
 def cmd_demo(args) -> int:
-    from .model import Qwen3
+    """The presets table, then a question to the bundled demo model (offline, CPU), thinking shown, then the answer."""
     print("The eight official Qwen3 models (from the presets; total/active parameters computed):\n")
     print(presets_table())
-    cfg = Qwen3Config(vocab_size=1000, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, head_dim=16)
-    torch.manual_seed(0)
-    model = Qwen3(cfg).eval()
-    ids = torch.randint(0, cfg.vocab_size, (1, 12))
+    official = "python -m minqwen3 download Qwen/Qwen3-0.6B   (then: python -m minqwen3 chat --model weights/Qwen3-0.6B)"
+    # our own small Qwen3 trained on arithmetic (docs/demo.md); found from the working directory or the source tree
+    demo = next((d for d in (WEIGHTS / "demo-dense", Path(__file__).resolve().parents[1] / "weights" / "demo-dense")
+                 if (d / "config.json").is_file()), None)
+    if demo is None:
+        print(f"\nNo demo model at {WEIGHTS / 'demo-dense'} (train one: python scripts/train_demo.py --model dense "
+              f"--out weights/demo-dense).\nFor official weights: {official}")
+        return 0
+    from .chat import chat
+    from .checkpoint import from_pretrained
+    from .tokenizer import Tokenizer
     t = time.perf_counter()
-    with torch.no_grad():
-        logits = model(ids)
-    print(f"\nA tiny random Qwen3 ({_fmt(sum(p.numel() for p in model.parameters()))} params): "
-          f"ids {tuple(ids.shape)} -> logits {tuple(logits.shape)} in {1e3 * (time.perf_counter() - t):.1f} ms")
-    print("For the real thing: python -m minqwen3 download Qwen/Qwen3-0.6B")
+    model = from_pretrained(demo, device="cpu", dtype=torch.float32)  # stored bf16; fp32 is faster on a CPU
+    tok = Tokenizer.from_pretrained(demo)
+    total, _ = count_params(model.config)
+    print(f"\nThe demo model: {demo}, a {_fmt(total)}-parameter Qwen3 trained by this project on arithmetic "
+          f"(loaded in {time.perf_counter() - t:.1f}s).\n\n> {DEMO_QUESTION}")
+    printer = Printer()
+    reply = chat(model, tok, DEMO_QUESTION, temperature=0.0, max_new_tokens=512, stream=printer)  # greedy
+    printer.end()
+    print(_stats(reply, None))
+    print(f"\nAsk it your own: python -m minqwen3 chat \"What is 352 × 7?\" (add /no_think to skip the thinking)"
+          f"\nFor official weights (needs the network): {official}")
     return 0
 
 
@@ -66,6 +82,181 @@ def cmd_verify(args) -> int:
     return verify(args.model, device=args.device, dtype=args.dtype, new_tokens=args.tokens)
 
 
+# ---------------------------------------------------------------- chat and generate
+def find_model() -> Path:
+    """The default --model: our own demo model if trained, else the first official weights folder."""
+    found = [WEIGHTS / "demo-dense"] + sorted(WEIGHTS.glob("Qwen3-*"))
+    for d in found:
+        if (d / "config.json").is_file():
+            return d
+    raise FileNotFoundError(f"no model found: looked for {WEIGHTS / 'demo-dense'} and {WEIGHTS / 'Qwen3-*'}. Get one "
+                            "with `python -m minqwen3 download Qwen/Qwen3-0.6B` (needs the network), or pass "
+                            "--model DIR")
+
+
+def load(args):
+    """The model and tokenizer of args.model, with errors that say what a checkpoint folder must hold."""
+    from .checkpoint import FOLDER_HELP, from_pretrained
+    from .tokenizer import Tokenizer
+    path = Path(args.model) if args.model else find_model()
+    has_weights = (path / "model.safetensors").is_file() or (path / "model.safetensors.index.json").is_file()
+    missing = [f for f, ok in (("config.json", (path / "config.json").is_file()),
+                               ("model.safetensors", has_weights)) if not ok]
+    if not path.is_dir() or missing:
+        what = "does not exist" if not path.is_dir() else f"lacks {' and '.join(missing)}"
+        raise FileNotFoundError(f"model folder {path} {what}: {FOLDER_HELP}")
+    t = time.perf_counter()
+    dtype = None if args.dtype == "auto" else getattr(torch, args.dtype)
+    model = from_pretrained(path, device=args.device, dtype=dtype)
+    if (path / "tokenizer.json").is_file():
+        tok = Tokenizer.from_pretrained(path)
+    else:
+        print(f"note: {path} has no tokenizer.json; using the Qwen3 tokenizer bundled with minqwen3", file=sys.stderr)
+        tok = Tokenizer.default()
+    p = next(model.parameters())
+    print(f"loaded {path} ({_fmt(sum(q.numel() for q in model.parameters()))} parameters, {p.dtype}, {p.device}) "
+          f"in {time.perf_counter() - t:.1f}s", file=sys.stderr)
+    return model, tok
+
+
+def _sampling(args) -> dict:
+    names = ("temperature", "top_k", "top_p", "min_p", "presence_penalty")
+    return {k: getattr(args, k) for k in names if getattr(args, k) is not None}
+
+
+class Printer:
+    """Streams a reply to a terminal: the thinking dimmed (or labelled "thinking:"), then the answer."""
+    DIM, RESET = "\033[2m", "\033[0m"
+
+    def __init__(self, out=None, color: bool | None = None):
+        self.out = out or sys.stdout
+        self.color = (self.out.isatty() and not os.environ.get("NO_COLOR")) if color is None else color
+        self.kind, self.held, self.closed = None, "", False
+
+    def _write(self, s: str) -> None:
+        self.out.write(s)
+        self.out.flush()
+
+    def __call__(self, kind: str, piece: str) -> None:
+        if kind == "reasoning":
+            if self.closed:  # after </think>: the tail of the budget's early-stop text, not worth showing
+                return
+            self.closed = "</think>" in piece
+            piece = piece.replace("<think>", "").replace("</think>", "")
+        if kind != self.kind:
+            if not piece.strip("\n"):  # newlines around the think block: show none of them
+                return
+            if self.kind == "reasoning":
+                self._write((self.RESET if self.color else "") + "\n\n")
+            if kind == "reasoning":
+                self._write(self.DIM + "thinking: " if self.color else "thinking: ")
+            self.kind, self.held, piece = kind, "", piece.lstrip("\n")
+        # hold trailing newlines back: shown only if more text follows (no blank lines before the answer)
+        text = self.held + piece
+        self.held = text[len(text.rstrip("\n")):]
+        self._write(text[:len(text) - len(self.held)])
+
+    def end(self) -> None:
+        self._write((self.RESET if self.color and self.kind == "reasoning" else "") + "\n")
+        self.kind, self.held, self.closed = None, "", False
+
+
+def _stats(reply, budget) -> str:
+    parts = [f"{len(reply.ids)} tokens"]
+    if reply.reasoning_tokens:
+        parts.append(f"{reply.reasoning_tokens} thinking")
+    if reply.budget_hit:
+        parts.append(f"thinking budget of {budget} reached")
+    if reply.finish_reason == "length":
+        parts.append("cut off at --max-new-tokens")
+    return f"[{', '.join(parts)}; {reply.tokens_per_second:.1f} tokens/s, {reply.seconds:.1f}s]"
+
+
+def cmd_chat(args) -> int:
+    """Answer PROMPT once, or talk turn by turn (history kept the way the template expects) until /exit or EOF."""
+    from .chat import chat
+    model, tok = load(args)
+    system = [{"role": "system", "content": args.system}] if args.system else []
+    printer = Printer()
+
+    def turn(messages):
+        reply = chat(model, tok, messages, enable_thinking=not args.no_think, thinking_budget=args.thinking_budget,
+                     max_new_tokens=args.max_new_tokens, seed=args.seed, stream=printer, **_sampling(args))
+        printer.end()
+        print(_stats(reply, args.thinking_budget), file=sys.stderr)
+        return reply
+
+    if args.prompt:
+        turn(system + [{"role": "user", "content": args.prompt}])
+        return 0
+    print("chat: /exit or Ctrl-D quits; /think and /no_think switch the mode per message", file=sys.stderr)
+    history = list(system)
+    while True:
+        try:
+            line = input("> ")
+        except EOFError:
+            print()
+            return 0
+        if line.strip() in ("/exit", "/quit"):
+            return 0
+        if not line.strip():
+            continue
+        try:
+            reply = turn(history + [{"role": "user", "content": line}])
+        except KeyboardInterrupt:  # stop this answer, keep the conversation
+            printer.end()
+            print("[interrupted]", file=sys.stderr)
+            continue
+        # the assistant turn goes back with its content only: the template drops old reasoning anyway
+        history += [{"role": "user", "content": line}, reply.message()]
+
+
+def cmd_generate(args) -> int:
+    """Raw completion: PROMPT is encoded as is (no chat template) and continued."""
+    from .generate import generate
+    model, tok = load(args)
+    ids = tok.encode(args.prompt)
+    if not ids:
+        raise ValueError("the prompt is empty: generate continues a text, so give it at least one character")
+    decoder = tok.stream()
+    n = [0]
+
+    def show(t):
+        n[0] += 1
+        sys.stdout.write(decoder.push(int(t[0])))
+        sys.stdout.flush()
+
+    sys.stdout.write(args.prompt)
+    t = time.perf_counter()
+    generate(model, [ids], args.max_new_tokens, seed=args.seed, on_token=show, vocab_limit=len(tok),
+             **_sampling(args))
+    print(decoder.flush())
+    dt = time.perf_counter() - t
+    print(f"[{n[0]} tokens; {n[0] / dt:.1f} tokens/s, {dt:.1f}s]", file=sys.stderr)
+    return 0
+
+
+def cmd_bench(args) -> int:
+    """Decode and prefill speed against the measured bandwidth and matmul ceilings, optionally vs transformers."""
+    from .bench import run
+    return run(args.model, args.device, args.dtype, args.prompt, args.new, args.prefill, args.compare or [],
+               args.repeats, not args.no_eager, args.out)
+
+
+def _model_args(s: argparse.ArgumentParser, **defaults) -> None:
+    s.add_argument("--model", help="checkpoint folder (default: weights/demo-dense, else weights/Qwen3-*)")
+    s.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    s.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="auto: as stored in the checkpoint")
+    s.add_argument("--max-new-tokens", type=int, default=4096)
+    s.add_argument("--seed", type=int, help="fix the sampling for a reproducible reply")
+    s.add_argument("--temperature", type=float, default=defaults.get("temperature"), help="0 = greedy")
+    s.add_argument("--top-k", type=int, default=defaults.get("top_k"), help="0 = off")
+    s.add_argument("--top-p", type=float, default=defaults.get("top_p"))
+    s.add_argument("--min-p", type=float)
+    s.add_argument("--presence-penalty", type=float, help="0 to 1.5 curbs repetition")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m minqwen3", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -81,6 +272,34 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     s.add_argument("--tokens", type=int, default=20, help="greedy tokens to compare per prompt")
     s.set_defaults(fn=cmd_verify)
+    s = sub.add_parser("chat", help="talk to a model (one PROMPT, or a conversation)",
+                       description="Sampling defaults to Qwen's per mode: thinking T=0.6 top-p 0.95 top-k 20, "
+                                   "non-thinking T=0.7 top-p 0.8 top-k 20; the flags override them.")
+    _model_args(s)
+    s.add_argument("--no-think", action="store_true", help="answer without thinking (empty think block)")
+    s.add_argument("--thinking-budget", type=int, help="at most N thinking tokens, then answer")
+    s.add_argument("--system", help="a system prompt")
+    s.add_argument("prompt", nargs="?", help="answer this once and exit; without it, a conversation")
+    s.set_defaults(fn=cmd_chat)
+    s = sub.add_parser("generate", help="continue a text as is, without the chat template")
+    _model_args(s, temperature=0.7, top_k=20, top_p=0.8)  # Qwen's non-thinking defaults
+    s.add_argument("prompt")
+    s.set_defaults(fn=cmd_generate)
+    s = sub.add_parser("bench", help="tokens/s against the memory-bandwidth limit (and transformers)")
+    s.add_argument("--model", nargs="+", required=True, help="official names (random weights in their shapes) "
+                   "or checkpoint folders, e.g. Qwen3-0.6B Qwen3-8B Qwen3-30B-A3B")
+    s.add_argument("--compare", nargs="*", metavar="PEER", help="transformers (eager), transformers-static "
+                   "(static cache + torch.compile): measured in the same process on the same weights")
+    s.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    s.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="default: bfloat16 on GPU, else float32")
+    s.add_argument("--prompt", type=int, default=128, help="prompt tokens")
+    s.add_argument("--new", type=int, default=128, help="new tokens")
+    s.add_argument("--prefill", type=int, help="prompt tokens of the prefill measurement (default 4096 on GPU, "
+                   "512 on CPU; 0 = skip)")
+    s.add_argument("--repeats", type=int, default=3, help="timed runs of minqwen3's fast path (median)")
+    s.add_argument("--no-eager", action="store_true", help="skip minqwen3's eager generate() (the token reference)")
+    s.add_argument("--out", help="also write every number to this JSON file")
+    s.set_defaults(fn=cmd_bench)
     return p
 
 

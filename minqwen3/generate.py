@@ -4,6 +4,8 @@ The model only maps ids to logits; everything about choosing tokens lives here.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from .cache import KVCache
@@ -14,29 +16,50 @@ THINKING_DEFAULTS = dict(temperature=0.6, top_p=0.95, top_k=20, min_p=0.0)
 NON_THINKING_DEFAULTS = dict(temperature=0.7, top_p=0.8, top_k=20, min_p=0.0)
 
 
+def check_sampling(temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0,
+                   presence_penalty: float = 0.0) -> None:
+    """Reject settings that would silently sample from nothing (or from everything)."""
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+    if top_k < 0:
+        raise ValueError(f"top_k must be >= 0 (0 = off), got {top_k}")
+    if not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1] (1 = off), got {top_p}")
+    if not 0.0 <= min_p < 1.0:
+        raise ValueError(f"min_p must be in [0, 1) (0 = off), got {min_p}")
+    if presence_penalty < 0:
+        raise ValueError(f"presence_penalty must be >= 0 (Qwen suggests 0 to 1.5), got {presence_penalty}")
+
+
 def sample(logits: torch.Tensor, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
            min_p: float = 0.0, presence_penalty: float = 0.0, seen: torch.Tensor | None = None,
            generator: torch.Generator | None = None) -> torch.Tensor:
-    """Choose the next token of each row. logits (B, V) -> ids (B,). temperature 0 means greedy."""
+    """Choose the next token of each row. logits (B, V) -> ids (B,). temperature 0 means greedy.
+
+    Filters apply in the order transformers and vLLM use: temperature, top-k, top-p, min-p.
+    seen (B, V): 1.0 where a token was already generated, for the presence penalty.
+    """
     logits = logits.float()
     if presence_penalty and seen is not None:  # a flat penalty on every token already generated
         logits = logits - presence_penalty * seen
     if temperature <= 0:
         return logits.argmax(-1)
-    logits = logits / temperature
+    # Work on the candidates only, best first: with top-k that is k of 151,936 tokens, so the softmax, the
+    # cumulative sum and the random draw below are cheap; top-p alone needs the whole vocabulary sorted.
+    idx = None
     if top_k and top_k < logits.shape[-1]:
-        kth = logits.topk(top_k, dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    probs = logits.softmax(-1)
+        logits, idx = logits.topk(top_k, dim=-1)  # (B, k)
+    elif top_p < 1.0:
+        logits, idx = logits.sort(-1, descending=True)  # (B, V)
+    probs = (logits / temperature).softmax(-1)
     if top_p < 1.0:  # keep the smallest set of tokens whose mass reaches top_p
-        p, i = probs.sort(-1, descending=True)
-        drop = (p.cumsum(-1) - p) >= top_p  # mass before this token already reached top_p
-        probs = probs.scatter(-1, i, p.masked_fill(drop, 0.0))
+        probs = probs.masked_fill(probs.cumsum(-1) - probs >= top_p, 0.0)  # mass before it already reached top_p
     if min_p > 0.0:  # drop tokens less likely than min_p times the best one
         probs = probs.masked_fill(probs < min_p * probs.amax(-1, keepdim=True), 0.0)
     # argmax(p / Exp(1)) draws from p (the exponential race) with no host sync, unlike multinomial
-    q = torch.empty_like(probs).exponential_(1.0, generator=generator)
-    return (probs / q).argmax(-1)
+    q = torch.empty_like(probs).exponential_(1.0, generator=generator).clamp_(min=1e-30)  # 0/0 would be NaN
+    choice = (probs / q).argmax(-1)  # (B,)
+    return choice if idx is None else idx.gather(-1, choice[:, None])[:, 0]
 
 
 class Session:
@@ -45,6 +68,10 @@ class Session:
     feed(ids) appends tokens to every row and returns the logits after the last one. Rows are aligned
     on the right: `pad` (B,) counts the left-padding tokens of each row, which are never attended to.
     """
+
+    # The model returns logits for every position: (T, 151936) floats is 2.5 GB for a 4k-token prompt. Feeding long
+    # prompts in chunks bounds that; the cache makes chunked prefill compute exactly what one pass would.
+    prefill_chunk = 512
 
     def __init__(self, model, batch_size: int, max_len: int, pad: torch.Tensor | None = None):
         p = next(model.parameters())
@@ -57,11 +84,15 @@ class Session:
     def feed(self, ids: torch.Tensor) -> torch.Tensor:
         """ids (B, T) -> logits (B, V) of the last position."""
         T = ids.shape[1]
+        assert T > 0, "feed() needs at least one token"
         if self.pos + T > self.cache.max_len:
             raise ValueError(f"sequence of {self.pos + T} tokens exceeds this session's {self.cache.max_len} slots")
-        input_pos = torch.arange(self.pos, self.pos + T, device=self.device)
-        logits = self.model(ids.to(self.device), cache=self.cache, input_pos=input_pos, pad=self.pad)
-        self.pos += T
+        ids = ids.to(self.device)
+        for i in range(0, T, self.prefill_chunk):
+            chunk = ids[:, i:i + self.prefill_chunk]
+            input_pos = torch.arange(self.pos, self.pos + chunk.shape[1], device=self.device)
+            logits = self.model(chunk, cache=self.cache, input_pos=input_pos, pad=self.pad)
+            self.pos += chunk.shape[1]
         return logits[:, -1]
 
 
@@ -85,11 +116,16 @@ def check_context(model, prompt_len: int, max_new_tokens: int) -> int:
 def generate(model, input_ids: torch.Tensor | list[list[int]], max_new_tokens: int, *,
              temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0,
              presence_penalty: float = 0.0, seed: int | None = None,
-             stop_ids: tuple[int, ...] = (IM_END, ENDOFTEXT), pad_id: int = ENDOFTEXT) -> torch.Tensor:
+             stop_ids: tuple[int, ...] = (IM_END, ENDOFTEXT), pad_id: int = ENDOFTEXT,
+             on_token: Callable[[torch.Tensor], None] | None = None,
+             vocab_limit: int | None = None) -> torch.Tensor:
     """Continue each prompt; returns ids (B, T + new), greedy when temperature is 0.
 
     input_ids: a (B, T) tensor, or a list of prompts of different lengths (left-padded with pad_id).
     A row that emits a stop token is finished: it keeps the stop token, then pad_id fills the rest.
+    on_token: called with each step's new ids (B,) as they come, finished rows showing pad_id (for streaming).
+    vocab_limit: sample only ids below it, e.g. len(tokenizer): Qwen3's embedding has 151,936 rows for a vocabulary
+    of 151,669, and the padding rows are no token at all (a trained model never picks them; a random one may).
     """
     if isinstance(input_ids, torch.Tensor):
         assert input_ids.dim() == 2, f"input_ids must be (batch, time), got shape {tuple(input_ids.shape)}"
@@ -98,6 +134,7 @@ def generate(model, input_ids: torch.Tensor | list[list[int]], max_new_tokens: i
         ids, pad = left_pad(input_ids, pad_id)
         pad = None if not pad.any() else pad
     B, T = ids.shape
+    check_sampling(temperature, top_k, top_p, min_p, presence_penalty)
     max_new_tokens = check_context(model, T, max_new_tokens)
     session = Session(model, B, T + max_new_tokens, None if pad is None else pad.to(next(model.parameters()).device))
     gen = None
@@ -110,8 +147,12 @@ def generate(model, input_ids: torch.Tensor | list[list[int]], max_new_tokens: i
     out = [ids.to(session.device)]
     logits = session.feed(ids)
     for _ in range(max_new_tokens):
+        if vocab_limit is not None:
+            logits[:, vocab_limit:] = float("-inf")
         tok = sample(logits, temperature, top_k, top_p, min_p, presence_penalty, seen, gen)  # (B,)
         out.append(torch.where(done, pad_id, tok)[:, None])
+        if on_token is not None:
+            on_token(out[-1][:, 0])
         done |= torch.isin(tok, stops)
         if done.all():
             break

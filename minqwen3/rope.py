@@ -16,7 +16,7 @@ def yarn_inv_freq(inv_freq: torch.Tensor, head_dim: int, base: float, factor: fl
     lo, hi = max(lo, 0), min(hi, head_dim - 1)
     if lo == hi:
         hi += 0.001  # avoid dividing by zero
-    ramp = ((torch.arange(head_dim // 2, dtype=torch.float32, device="cpu") - lo) / (hi - lo)).clamp(0, 1)
+    ramp = ((torch.arange(head_dim // 2, dtype=torch.float32, device=inv_freq.device) - lo) / (hi - lo)).clamp(0, 1)
     keep = 1 - ramp  # 1: extrapolate (unchanged frequency), 0: interpolate (divided by factor)
     return inv_freq / factor * (1 - keep) + inv_freq * keep
 
@@ -24,8 +24,9 @@ def yarn_inv_freq(inv_freq: torch.Tensor, head_dim: int, base: float, factor: fl
 class RotaryEmbedding(nn.Module):
     def __init__(self, head_dim: int, theta: float, scaling: dict | None = None, max_position: int = 40960):
         super().__init__()
-        # device="cpu" even under a meta-device context: this buffer is computed, never loaded
-        inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device="cpu") / head_dim)
+        # this buffer is computed, never loaded: under a meta-device context (loading) make it on the CPU
+        dev = "cpu" if torch.get_default_device().type == "meta" else None
+        inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=dev) / head_dim)
         self.scale = 1.0
         rtype = (scaling or {}).get("rope_type", (scaling or {}).get("type", "default"))
         if rtype == "yarn":

@@ -1,0 +1,145 @@
+"""One assistant turn: render the conversation, generate with Qwen3's per-mode defaults, split thinking from answer.
+
+Thinking mode: the model opens <think> itself, reasons, closes </think> and answers. A thinking budget (Qwen3 tech
+report, section 4.3) caps the reasoning: when it has run `thinking_budget` tokens without closing, we feed the
+report's early-stop sentence, which ends with </think>, into the KV cache and let the model write its answer.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from .chat_template import parse_reply
+from .generate import NON_THINKING_DEFAULTS, THINKING_DEFAULTS, Session, check_context, check_sampling, sample
+
+# the tech report's text, verbatim (the "." after </think> included)
+EARLY_STOP = ("Considering the limited time by the user, I have to give the solution based on the thinking "
+              "directly now.\n</think>.\n\n")
+SAMPLING = ("temperature", "top_k", "top_p", "min_p", "presence_penalty")
+
+
+@dataclass
+class Reply:
+    reasoning: str  # the thinking, without the <think> tags ("" in non-thinking mode)
+    content: str  # the answer
+    text: str  # everything generated, decoded as is (the stop token left out)
+    prompt_tokens: int
+    reasoning_tokens: int  # <think> through </think>, the early-stop text included
+    content_tokens: int  # after </think>, the stop token included
+    seconds: float  # wall time: prefill and decode
+    tokens_per_second: float  # generated tokens / seconds
+    finish_reason: str = "stop"  # "stop": a stop token; "length": max_new_tokens or the context ran out
+    budget_hit: bool = False  # the thinking budget ran out and EARLY_STOP was fed
+    ids: list[int] = field(default_factory=list)  # the generated ids, the stop token included
+    sampling: dict = field(default_factory=dict)  # the settings used
+
+    def message(self) -> dict:
+        """This turn for the conversation history: the content only (the template drops old reasoning anyway)."""
+        return {"role": "assistant", "content": self.content}
+
+
+def _think_open(prompt: list[int], tokenizer) -> bool:
+    """Does the assistant turn the prompt opens already start a <think> block (a template or prefill that starts
+    the reasoning itself)? Only the last turn counts: a user may type "<think>" in a message."""
+    rev = prompt[::-1]
+    turn = rev[:rev.index(tokenizer.im_start_id)] if tokenizer.im_start_id in rev else rev
+    think, end = tokenizer.think_id, tokenizer.end_think_id
+    return think in turn and (end not in turn or turn.index(think) < turn.index(end))
+
+
+@torch.no_grad()
+def chat(model, tokenizer, messages: Sequence[Mapping] | str, *, enable_thinking: bool = True,
+         thinking_budget: int | None = None, max_new_tokens: int = 4096, seed: int | None = None,
+         stream: Callable[[str, str], None] | None = None, tools: Sequence[Mapping] | None = None,
+         stop_ids: Sequence[int] | None = None, **sampling) -> Reply:
+    """Generate the assistant's next turn for `messages` (a list of {"role", "content"}, or one user message).
+
+    Sampling defaults to Qwen's published settings for the mode (THINKING_DEFAULTS / NON_THINKING_DEFAULTS);
+    pass temperature=, top_k=, top_p=, min_p=, presence_penalty= to override (temperature=0: greedy).
+    stream(kind, piece) receives the text as it is generated, kind "reasoning" or "content"; the pieces
+    concatenate to Reply.text. Generation stops at <|im_end|> / <|endoftext|> (or stop_ids) or max_new_tokens.
+    """
+    unknown = sorted(set(sampling) - set(SAMPLING))
+    if unknown:
+        raise TypeError(f"chat() got unknown sampling option(s) {', '.join(unknown)}; known: {', '.join(SAMPLING)}")
+    settings = {**(THINKING_DEFAULTS if enable_thinking else NON_THINKING_DEFAULTS), "presence_penalty": 0.0,
+                **sampling}
+    check_sampling(**settings)
+    if thinking_budget is not None and thinking_budget < 0:
+        raise ValueError(f"thinking_budget must be >= 0 tokens (None = unlimited), got {thinking_budget}")
+    if isinstance(messages, str):
+        messages = [{"role": "user", "content": messages}]
+    t0 = time.perf_counter()
+    prompt = tokenizer.encode_messages(messages, tools=tools, add_generation_prompt=True,
+                                       enable_thinking=enable_thinking)
+    n = check_context(model, len(prompt), max_new_tokens)  # fails here, before any model work
+    stops = {tokenizer.im_end_id, tokenizer.endoftext_id} if stop_ids is None else set(stop_ids)
+    think_id, end_think_id = tokenizer.think_id, tokenizer.end_think_id
+    early_stop = tokenizer.encode(EARLY_STOP)  # </think> in it becomes the control token, as the model wrote it
+
+    session = Session(model, 1, len(prompt) + n)
+    dev = session.device
+    gen = torch.Generator(dev).manual_seed(seed) if seed is not None else None
+    seen = torch.zeros(1, model.config.vocab_size, device=dev) if settings["presence_penalty"] else None
+    decoder = tokenizer.stream()
+    out: list[int] = []
+    n_reasoning = 0
+    opened = _think_open(prompt, tokenizer)
+    thinking, think_len, closed, budget_hit, forcing = opened, 0, False, False, False
+
+    def emit(tok: int) -> None:
+        nonlocal thinking, think_len, closed, n_reasoning
+        out.append(tok)
+        if seen is not None:
+            seen[0, tok] = 1.0
+        was = thinking
+        if tok == think_id and not closed:
+            thinking = True
+        elif thinking:
+            think_len += 1
+            thinking = tok != end_think_id
+            closed = not thinking
+        # the tags belong to the reasoning, and so does all of the early-stop text (the "." after its </think> too)
+        kind = "reasoning" if was or thinking or forcing else "content"
+        n_reasoning += kind == "reasoning"
+        piece = decoder.push(tok)
+        if stream and piece:
+            stream(kind, piece)
+
+    finish = "length"
+    logits = session.feed(torch.tensor([prompt]))
+    while len(out) < n:
+        if thinking and thinking_budget is not None and think_len >= thinking_budget:
+            forced = early_stop[:n - len(out)]  # what still fits
+            forcing, budget_hit = True, True
+            for tok in forced:
+                emit(tok)
+            forcing = False
+            if len(out) < n:
+                logits = session.feed(torch.tensor([forced]))
+            continue
+        logits[:, len(tokenizer):] = float("-inf")  # the embedding's padding rows are no token
+        tok = int(sample(logits, **settings, seen=seen, generator=gen))
+        if tok in stops:
+            out.append(tok)
+            finish = "stop"
+            break
+        emit(tok)
+        if len(out) < n:
+            logits = session.feed(torch.tensor([[tok]]))
+    tail = decoder.flush()
+    if stream and tail:
+        stream("reasoning" if thinking else "content", tail)
+    seconds = time.perf_counter() - t0
+
+    text = tokenizer.decode(out[:-1] if finish == "stop" else out)
+    reasoning, content = parse_reply(("<think>" if opened else "") + text)
+    if budget_hit:  # the early-stop text leaves ".\n\n" after </think>: not part of the answer
+        content = content.removeprefix(".").lstrip("\n")
+    return Reply(reasoning=reasoning, content=content, text=text, prompt_tokens=len(prompt),
+                 reasoning_tokens=n_reasoning, content_tokens=len(out) - n_reasoning, seconds=seconds,
+                 tokens_per_second=len(out) / seconds if seconds > 0 else 0.0, finish_reason=finish,
+                 budget_hit=budget_hit, ids=out, sampling=settings)
