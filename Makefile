@@ -10,7 +10,7 @@ demo: $(STAMP)
 	$(PY) -m minqwen3 demo
 
 test: $(STAMP)
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q -p no:cacheprovider tests exercises notebooks --nbval-lax
 
 venv: $(STAMP)
 

@@ -1,0 +1,85 @@
+"""Exercise 2 · RoPE and YaRN, against transformers' Qwen3RotaryEmbedding, apply_rotary_pos_emb and YaRN code."""
+import math
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS  # noqa: E402
+from transformers.models.qwen3.modeling_qwen3 import Qwen3RotaryEmbedding, apply_rotary_pos_emb  # noqa: E402
+
+QWEN3_YARN = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768}  # 32,768 -> 131,072
+SCALINGS = {
+    "plain": None,
+    "qwen3_yarn": QWEN3_YARN,
+    "yarn_untruncated": {"rope_type": "yarn", "factor": 2.0, "original_max_position_embeddings": 4096,
+                         "beta_fast": 16, "truncate": False},
+}
+POS = torch.tensor([[0, 1, 7, 1000, 32767, 40000, 131071]])
+
+
+def hf_config(scaling, head_dim=128, theta=1e6):
+    return transformers.Qwen3Config(head_dim=head_dim, rope_theta=theta, max_position_embeddings=40960,
+                                    **({"rope_scaling": dict(scaling)} if scaling else {}))
+
+
+@pytest.mark.parametrize("name", SCALINGS)
+def test_cos_sin_match_transformers(impl, name):
+    scaling = SCALINGS[name]
+    ours = impl.RotaryEmbedding(128, 1e6, scaling, 40960)
+    cos, sin = ours(POS, torch.float32)
+    assert cos.shape == sin.shape == (1, 1, POS.shape[1], 128), "cos, sin: (B, 1, T, head_dim)"
+    want_cos, want_sin = Qwen3RotaryEmbedding(hf_config(scaling))(torch.zeros(1), POS)  # (B, T, D)
+    torch.testing.assert_close(cos[:, 0], want_cos, rtol=0, atol=1e-6)
+    torch.testing.assert_close(sin[:, 0], want_sin, rtol=0, atol=1e-6)
+
+
+def test_cos_sin_dtype(impl):
+    cos, sin = impl.RotaryEmbedding(64, 1e6)(torch.arange(5)[None], torch.bfloat16)
+    assert cos.dtype == sin.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("name", ["qwen3_yarn", "yarn_untruncated"])
+def test_yarn_inv_freq_and_attention_factor(impl, name):
+    s = SCALINGS[name]
+    want, factor = ROPE_INIT_FUNCTIONS["yarn"](hf_config(s))
+    plain = 1.0 / 1e6 ** (torch.arange(0, 128, 2, dtype=torch.float32) / 128)
+    got = impl.yarn_inv_freq(plain, 128, 1e6, s["factor"], s["original_max_position_embeddings"],
+                             s.get("beta_fast", 32.0), s.get("beta_slow", 1.0), s.get("truncate", True))
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=0)
+    assert impl.RotaryEmbedding(128, 1e6, s).scale == pytest.approx(factor)
+    if name == "qwen3_yarn":
+        assert factor == pytest.approx(0.1 * math.log(4) + 1)
+
+
+def test_unknown_scaling_is_refused(impl):
+    with pytest.raises(ValueError):
+        impl.RotaryEmbedding(128, 1e6, {"rope_type": "linear", "factor": 2.0})
+
+
+def test_apply_rope_matches_transformers(impl):
+    torch.manual_seed(0)
+    q, k = torch.randn(2, 4, 9, 64), torch.randn(2, 2, 9, 64)
+    pos = torch.arange(3, 12)[None].expand(2, 9)
+    cos, sin = Qwen3RotaryEmbedding(hf_config(None, head_dim=64))(q, pos)  # (B, T, D)
+    want_q, want_k = apply_rotary_pos_emb(q, k, cos, sin)  # unsqueezes a head axis
+    torch.testing.assert_close(impl.apply_rope(q, cos[:, None], sin[:, None]), want_q)
+    torch.testing.assert_close(impl.apply_rope(k, cos[:, None], sin[:, None]), want_k)
+
+
+def test_score_depends_only_on_distance(impl):
+    """The point of RoPE: after rotation, q_m . k_n depends on m - n only (and the rotation keeps lengths)."""
+    torch.manual_seed(0)
+    rope = impl.RotaryEmbedding(64, 1e6)
+    q, k = torch.randn(1, 1, 1, 64), torch.randn(1, 1, 1, 64)
+
+    def rotated(x, m):
+        cos, sin = rope(torch.tensor([[m]]), torch.float32)  # angles in fp32: equal to ~1e-6
+        return impl.apply_rope(x, cos, sin)
+
+    def score(m, n):
+        return (rotated(q, m) * rotated(k, n)).sum()
+
+    torch.testing.assert_close(score(5, 2), score(1005, 1002))
+    assert not torch.allclose(score(5, 2), score(5, 3))
+    torch.testing.assert_close(rotated(q, 777).norm(), q.norm())
