@@ -29,7 +29,23 @@ class Attention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
             k, v = cache.update(self.layer_idx, input_pos, k, v)  # (B, H_kv, S, D)
-        # each group of n_heads / n_kv query heads shares one key/value head
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and T > 1,
-                                           enable_gqa=self.n_heads != self.n_kv)  # (B, H, T, D)
+        if T == 1 and cache is not None:
+            y = decode_attention(q, k, v, mask)  # (B, H, 1, D)
+        else:  # each group of n_heads / n_kv query heads shares one key/value head
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and T > 1,
+                                               enable_gqa=self.n_heads != self.n_kv)  # (B, H, T, D)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
+
+
+def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """One new query per row against the cache: q (B, H, 1, D), k, v (B, H_kv, S, D), mask (B|1, 1, 1, S).
+
+    The G = H / H_kv query heads that share a key/value head become G rows of one small matmul, so
+    K and V are read once and never repeated; SDPA's masked GQA path may copy them out per query head.
+    """
+    B, H, _, D = q.shape
+    H_kv = k.shape[1]
+    scores = (q.view(B, H_kv, H // H_kv, D) @ k.transpose(2, 3)).float() * D ** -0.5  # (B, H_kv, G, S)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))  # mask (B|1, 1, 1, S) broadcasts over heads
+    return (scores.softmax(-1).to(v.dtype) @ v).view(B, H, 1, D)

@@ -1,4 +1,6 @@
 """A static KV cache: preallocated once, written in place, so shapes never change while decoding."""
+import copy
+
 import torch
 
 
@@ -20,6 +22,18 @@ class KVCache:
         self.k[layer].index_copy_(2, input_pos, k)
         self.v[layer].index_copy_(2, input_pos, v)
         return self.k[layer], self.v[layer]
+
+    def prefix(self, n: int) -> "KVCache":
+        """The first n slots of every layer, sharing storage: attention over it reads only those slots.
+
+        A decode step at position p needs slots 0..p; a prefix a little longer than p (masked as usual)
+        costs a fraction of a pass over the whole preallocated cache.
+        """
+        if not 0 < n <= self.max_len:
+            raise ValueError(f"prefix of {n} slots: this cache has {self.max_len}")
+        view = copy.copy(self)
+        view.k, view.v, view.max_len = [t[:, :, :n] for t in self.k], [t[:, :, :n] for t in self.v], n
+        return view
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.k + self.v)

@@ -36,7 +36,8 @@ def cmd_demo(args) -> int:
     """The presets table, then a question to the bundled demo model (offline, CPU), thinking shown, then the answer."""
     print("The eight official Qwen3 models (from the presets; total/active parameters computed):\n")
     print(presets_table())
-    official = "python -m minqwen3 download Qwen/Qwen3-0.6B   (then: python -m minqwen3 chat --model weights/Qwen3-0.6B)"
+    official = ("python -m minqwen3 download Qwen/Qwen3-0.6B   "
+                "(then: python -m minqwen3 chat --model weights/Qwen3-0.6B)")
     # our own small Qwen3 trained on arithmetic (docs/demo.md); found from the working directory or the source tree
     demo = next((d for d in (WEIGHTS / "demo-dense", Path(__file__).resolve().parents[1] / "weights" / "demo-dense")
                  if (d / "config.json").is_file()), None)
@@ -240,7 +241,7 @@ def cmd_bench(args) -> int:
     """Decode and prefill speed against the measured bandwidth and matmul ceilings, optionally vs transformers."""
     from .bench import run
     return run(args.model, args.device, args.dtype, args.prompt, args.new, args.prefill, args.compare or [],
-               args.repeats, not args.no_eager, args.out)
+               args.repeats, not args.no_eager, args.out, args.profile)
 
 
 def _model_args(s: argparse.ArgumentParser, **defaults) -> None:
@@ -299,6 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--repeats", type=int, default=3, help="timed runs of minqwen3's fast path (median)")
     s.add_argument("--no-eager", action="store_true", help="skip minqwen3's eager generate() (the token reference)")
     s.add_argument("--out", help="also write every number to this JSON file")
+    s.add_argument("--profile", action="store_true", help="list the GPU kernels of minqwen3's decode step")
     s.set_defaults(fn=cmd_bench)
     return p
 

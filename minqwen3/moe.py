@@ -5,17 +5,20 @@ from torch import nn
 
 
 def _grouped_mm_ok(x: torch.Tensor) -> bool:
-    # one kernel for all experts: Hopper (sm90+) bf16 only
+    # one kernel for all experts: Hopper (sm90+) bf16 only. get_device_properties, unlike
+    # get_device_capability, is folded to a constant by torch.compile.
     return (x.is_cuda and x.dtype == torch.bfloat16 and hasattr(torch, "_grouped_mm")
-            and torch.cuda.get_device_capability(x.device)[0] >= 9)
+            and torch.cuda.get_device_properties(x.device).major >= 9)
 
 
 class Experts(nn.Module):
     """E SwiGLU experts stored stacked, (E, out, in), so a token's experts can be gathered by index.
 
     The checkpoint stores one tensor per expert (experts.{j}.gate_proj.weight); the loader maps row j.
+    On Hopper nothing here waits on the GPU: no .item(), .tolist() or bincount (which reads its max back);
+    elsewhere the prefill path reads each layer's block boundaries back once, to loop over experts.
     """
-    gather_max = 16  # up to this many (token, expert) pairs, gather the chosen weights: no host sync at decode
+    gather_max = 16  # up to this many (token, expert) pairs, gather the chosen weights (decode)
 
     def __init__(self, num_experts: int, hidden_size: int, intermediate_size: int):
         super().__init__()
@@ -28,32 +31,39 @@ class Experts(nn.Module):
         """x (N, H) tokens, idx (N, k) chosen experts, w (N, k) their weights -> (N, H)."""
         N, k = idx.shape
         flat = idx.reshape(-1)  # (N*k,)
-        if N * k <= self.gather_max:
+        # compiled code cannot loop over a host list of counts, so without grouped_mm it always gathers
+        if N * k <= self.gather_max or (torch.compiler.is_compiling() and not _grouped_mm_ok(x)):
+            # Under torch.compile with coordinate-descent tuning, Inductor turns these batched
+            # matrix-vector products into reductions that load the chosen rows in place: only the
+            # selected experts' weights are read, never copied out first.
             xr = x.repeat_interleave(k, dim=0)[:, :, None]  # (N*k, H, 1)
             h = F.silu(torch.bmm(self.gate_proj[flat], xr)) * torch.bmm(self.up_proj[flat], xr)  # (N*k, I, 1)
             y = torch.bmm(self.down_proj[flat], h)[..., 0]  # (N*k, H)
-            return (y.view(N, k, -1) * w[..., None]).sum(1)
-        # sort the (token, expert) pairs by expert so each expert multiplies one contiguous block
+        else:
+            y = self._sorted(x, flat, k)
+        return (y.view(N, k, -1) * w[..., None]).sum(1)
+
+    def _sorted(self, x: torch.Tensor, flat: torch.Tensor, k: int) -> torch.Tensor:
+        """Sort the (token, expert) pairs by expert so each expert multiplies one contiguous block -> (N*k, H)."""
+        E = self.gate_proj.shape[0]
         order = flat.argsort(stable=True)
-        tok = order // k  # (N*k,) which token each sorted row came from
-        xs = x[tok]  # (N*k, H)
-        counts = torch.bincount(flat, minlength=self.gate_proj.shape[0])  # (E,)
+        xs = x[order // k]  # (N*k, H): row i is the token of the i-th pair in expert order
+        ends = torch.searchsorted(flat[order], torch.arange(E, device=x.device), right=True)  # (E,) block ends
         if _grouped_mm_ok(x):
-            offs = counts.cumsum(0).to(torch.int32)  # stays on the GPU: no host sync
+            # grouped GEMM: group e is rows [ends[e-1], ends[e]) of A times B[e]; B is (E, in, out)
+            offs = ends.to(torch.int32)  # stays on the GPU
             mm = lambda a, wt: torch._grouped_mm(a, wt.transpose(1, 2), offs=offs)
-            h = F.silu(mm(xs, self.gate_proj)) * mm(xs, self.up_proj)
-            ys = mm(h, self.down_proj)
+            ys = mm(F.silu(mm(xs, self.gate_proj)) * mm(xs, self.up_proj), self.down_proj)
         else:  # one matmul per expert that received tokens; idle experts cost nothing
             ys = torch.empty_like(xs)
             start = 0
-            for e, n in enumerate(counts.tolist()):
-                if n:
-                    xe = xs[start:start + n]
-                    h = F.silu(xe @ self.gate_proj[e].T) * (xe @ self.up_proj[e].T)
-                    ys[start:start + n] = h @ self.down_proj[e].T
-                    start += n
-        ys = ys * w.reshape(-1)[order, None]
-        return torch.zeros_like(x).index_add_(0, tok, ys)
+            for e, end in enumerate(ends.tolist()):
+                if end > start:
+                    xe = xs[start:end]
+                    ys[start:end] = (F.silu(xe @ self.gate_proj[e].T) * (xe @ self.up_proj[e].T)) @ self.down_proj[e].T
+                    start = end
+        # back to (token, slot) order; unlike index_add_ (atomics on CUDA) the sum over slots is deterministic
+        return torch.empty_like(ys).index_copy_(0, order, ys)
 
 
 class SparseMoE(nn.Module):

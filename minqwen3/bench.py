@@ -1,0 +1,324 @@
+"""python -m minqwen3 bench: generation speed against the machine's own ceilings, and against transformers.
+
+Decoding one token at batch 1 reads every weight once, so its floor is (bytes of weights read) / (memory
+bandwidth). Prefill multiplies the weights by thousands of tokens at once, so its ceiling is the matmul rate.
+Both ceilings are measured here, in the same run, rather than taken from a datasheet.
+"""
+from __future__ import annotations
+
+import datetime
+import gc
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from .config import Qwen3Config, count_params
+from .fast import FastGenerator
+from .generate import generate
+from .model import Qwen3
+
+COMPARE = ("transformers", "transformers-static")  # eager with its default cache; static cache + torch.compile
+
+
+# ---------------------------------------------------------------- ceilings
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _time(fn, device: torch.device, repeats: int = 1) -> float:
+    """Median wall-clock seconds of fn() over repeats, the device drained before and after each."""
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        t = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def copy_bandwidth(device: torch.device, nbytes: int | None = None) -> float:
+    """Bytes per second of a large device-to-device copy, counting bytes read plus bytes written."""
+    nbytes = nbytes or (2**31 if device.type == "cuda" else 2**28)
+    src = torch.randint(0, 255, (nbytes,), dtype=torch.uint8, device=device)  # random, never zeros
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    return 2 * nbytes / _time(lambda: [dst.copy_(src) for _ in range(10)], device, 3) * 10
+
+
+def matmul_rate(device: torch.device, dtype: torch.dtype, n: int | None = None) -> float:
+    """FLOP/s of an n x n x n matrix product on random data."""
+    n = n or (8192 if device.type == "cuda" else 1024)
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    a @ b
+    return 2 * n**3 * 10 / _time(lambda: [a @ b for _ in range(10)], device, 3)
+
+
+def decode_bytes(config: Qwen3Config, dtype: torch.dtype) -> int:
+    """Weight bytes one decode step reads: active parameters, less the embedding table (only one row is
+    read) unless the LM head shares it."""
+    _, active = count_params(config)
+    if not config.tie_word_embeddings:
+        active -= config.vocab_size * config.hidden_size
+    return active * dtype.itemsize
+
+
+def prefill_flops(config: Qwen3Config, T: int) -> float:
+    """Matmul FLOPs of a T-token prefill from an empty cache (LM head on the last position only)."""
+    c = config
+    _, active = count_params(c)
+    emb = c.vocab_size * c.hidden_size
+    norms = c.num_hidden_layers * (2 * c.hidden_size + 2 * c.head_dim) + c.hidden_size  # scales, not matmuls
+    per_token = active - norms - emb * (1 if c.tie_word_embeddings else 2)  # weights each token multiplies
+    attention = 2 * T * T * c.num_attention_heads * c.head_dim * c.num_hidden_layers  # QK^T and PV, causal half
+    return 2.0 * per_token * T + attention + 2.0 * emb
+
+
+# ---------------------------------------------------------------- models
+def random_model(config: Qwen3Config, device: torch.device, dtype: torch.dtype, seed: int = 0) -> Qwen3:
+    """Random weights in the official shapes, built directly on the device in dtype (no fp32 copy on the host)."""
+    torch.manual_seed(seed)
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            model = Qwen3(config)
+    finally:
+        torch.set_default_dtype(before)
+    return model.to(device).eval().requires_grad_(False)
+
+
+def transformers_twin(model: Qwen3):
+    """The same model in transformers, sharing every weight tensor with `model` (nothing is copied for good).
+
+    transformers stores each MoE layer's gate and up projections as one (E, 2I, H) tensor: it is built once,
+    and minqwen3's gate_proj and up_proj become views of its two halves.
+    """
+    import transformers
+    cfg = model.config
+    d = {k: v for k, v in cfg.to_dict().items()
+         if v is not None and k not in ("model_type", "torch_dtype", "architectures")}
+    p = next(model.parameters())
+    hf_cfg = transformers.AutoConfig.for_model(cfg.model_type, **d)
+    with torch.device("meta"):
+        hf = transformers.AutoModelForCausalLM.from_config(hf_cfg, dtype=p.dtype)
+    ours = dict(model.named_parameters(remove_duplicate=False))
+    state = {}
+    for name in hf.state_dict():
+        if name in ours:
+            state[name] = ours[name]
+        elif name.endswith("experts.gate_up_proj"):
+            ex = model.get_submodule(name.removesuffix(".gate_up_proj"))
+            both = torch.cat([ex.gate_proj, ex.up_proj], dim=1)  # (E, 2I, H)
+            I = ex.gate_proj.shape[1]
+            ex.gate_proj, ex.up_proj = torch.nn.Parameter(both[:, :I], False), torch.nn.Parameter(both[:, I:], False)
+            state[name] = both
+        elif name.endswith("experts.down_proj"):
+            state[name] = model.get_submodule(name.removesuffix(".down_proj")).down_proj
+        else:
+            raise KeyError(f"transformers' {name} has no counterpart in minqwen3")
+    hf.load_state_dict(state, assign=True, strict=True)
+    for mod_name, mod in list(hf.named_modules()):  # computed buffers (RoPE frequencies) are still on meta
+        if any(b.is_meta for b in mod.buffers(recurse=False)):
+            parent, _, attr = mod_name.rpartition(".")
+            with torch.device(p.device):
+                setattr(hf.get_submodule(parent), attr, type(mod)(hf.config))
+    hf.generation_config.eos_token_id = None  # random weights: always generate every token asked for
+    hf.generation_config.pad_token_id = 0
+    return hf.eval()
+
+
+# ---------------------------------------------------------------- one implementation
+def _agree(a: torch.Tensor, b: torch.Tensor) -> int:
+    """How many tokens agree before the first difference."""
+    return int((a.cpu() == b.cpu()).cumprod(-1).sum())
+
+
+def measure(name: str, gen_fn, prompt: torch.Tensor, new: int, long_prompt: torch.Tensor | None,
+            device: torch.device, repeats: int, warm_new: int) -> dict:
+    """gen_fn(ids, n) -> ids (1, T + n). Times generating `new` tokens and 1 token; decode = the difference."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    t = time.perf_counter()
+    gen_fn(prompt, warm_new)  # compile, capture, autotune, allocate
+    _sync(device)
+    warm = time.perf_counter() - t
+    out = None
+
+    def full():
+        nonlocal out
+        out = gen_fn(prompt, new)
+    t_new = _time(full, device, repeats)
+    t_one = _time(lambda: gen_fn(prompt, 1), device, repeats)
+    r = dict(impl=name, tok_s=new / t_new, decode_ms=1e3 * (t_new - t_one) / (new - 1), warmup_s=warm,
+             tokens=out[0, prompt.shape[1]:])
+    if long_prompt is not None:
+        r["prefill_s"] = _time(lambda: gen_fn(long_prompt, 1), device, repeats)
+    if device.type == "cuda":
+        r["peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+    return r
+
+
+def bench_model(model_arg: str, device: torch.device, dtype: torch.dtype, prompt_len: int, new: int,
+                prefill_len: int, compare: list[str], repeats: int, eager: bool, profile: bool = False,
+                seed: int = 0) -> dict:
+    path = Path(model_arg)
+    _log(f"{model_arg}: building")
+    if path.is_dir():
+        from .checkpoint import from_pretrained
+        model, source = from_pretrained(path, device=device, dtype=dtype).requires_grad_(False), str(path)
+    else:
+        model, source = random_model(Qwen3Config.from_name(model_arg), device, dtype, seed), "random weights"
+    cfg = model.config
+    g = torch.Generator().manual_seed(seed)
+    prompt = torch.randint(0, cfg.vocab_size, (1, prompt_len), generator=g).to(device)
+    long_prompt = torch.randint(0, cfg.vocab_size, (1, prefill_len), generator=g).to(device) if prefill_len else None
+    runs = []
+
+    def attempt(name, fn, *args):  # one implementation failing must not lose the others' numbers
+        _log(f"{model_arg}: {name}")
+        try:
+            runs.append(measure(name, fn, *args))
+        except Exception as e:  # report it in the table and carry on
+            runs.append(dict(impl=name, error=f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"))
+            _log(f"{model_arg}: {name} failed: {runs[-1]['error']}")
+
+    fast = FastGenerator(model, max_len=max(prompt_len + new, prefill_len))
+    attempt("minqwen3 " + ("compiled + CUDA graphs" if fast.cuda_graphs else "FastGenerator (eager)"),
+            lambda ids, n: fast.generate(ids, n, stop_ids=()), prompt, new, long_prompt, device, repeats, new)
+    runs[-1]["compile_s"] = fast.setup_s
+    if profile and device.type == "cuda" and "error" not in runs[-1]:
+        runs[-1]["profile"] = kernel_profile(lambda: fast.generate(prompt, new, stop_ids=()), new - 1)
+    del fast
+    _release()
+    if eager:
+        attempt("minqwen3 eager generate()", lambda ids, n: generate(model, ids, n, stop_ids=()),
+                prompt, new, None, device, 1, 4)
+    reference = next((r["tokens"] for r in reversed(runs) if "tokens" in r), None)
+    if compare:
+        hf = transformers_twin(model)
+        mask = lambda ids: torch.ones_like(ids)
+        if "transformers" in compare:
+            attempt("transformers eager", lambda ids, n: hf.generate(
+                ids, attention_mask=mask(ids), max_new_tokens=n, do_sample=False), prompt, new, long_prompt,
+                device, 1, 4)
+        if "transformers-static" in compare:
+            # on a GPU, transformers compiles its forward itself when the cache is static
+            attempt("transformers static cache", lambda ids, n: hf.generate(
+                ids, attention_mask=mask(ids), max_new_tokens=n, do_sample=False, cache_implementation="static"),
+                prompt, new, None, device, 1, new)
+        del hf
+    theirs = next((r["tokens"] for r in runs if r["impl"] == "transformers eager" and "tokens" in r), None)
+    for r in runs:
+        if "tokens" in r:
+            r["agree"] = _agree(r["tokens"], reference)
+            r["agree_hf"] = None if theirs is None else _agree(r["tokens"], theirs)
+            del r["tokens"]
+    del model
+    _release()
+    return dict(model=model_arg, source=source, config=cfg, runs=runs)
+
+
+def kernel_profile(fn, steps: int, top: int = 12) -> dict:
+    """GPU kernels of fn() (a whole generate(): prefill, then `steps` decode steps), per decode step."""
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    kernels = [e for e in prof.key_averages() if getattr(e, "self_device_time_total", 0) > 0]
+    kernels.sort(key=lambda e: -e.self_device_time_total)
+    return dict(kernels_per_step=sum(e.count for e in kernels) / steps,
+                busy_ms_per_step=sum(e.self_device_time_total for e in kernels) / steps / 1e3,
+                top=[(e.key[:90], e.count / steps, e.self_device_time_total / steps) for e in kernels[:top]])
+
+
+def _log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def _release() -> None:
+    gc.collect()
+    torch._dynamo.reset()  # compiled code can hold the last model's tensors
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+# ---------------------------------------------------------------- the command
+def run(models: list[str], device: str, dtype: str | None, prompt: int, new: int, prefill: int | None,
+        compare: list[str], repeats: int = 3, eager: bool = True, out: str | None = None,
+        profile: bool = False) -> int:
+    dev = torch.device(device)
+    dt = getattr(torch, dtype) if dtype else (torch.bfloat16 if dev.type == "cuda" else torch.float32)
+    if prefill is None:
+        prefill = 4096 if dev.type == "cuda" else 512
+    if new < 2:
+        raise ValueError("--new must be at least 2 (decode time is generate(new) - generate(1))")
+    for c in compare:
+        if c not in COMPARE:
+            raise ValueError(f"--compare {c!r}: choose from {', '.join(COMPARE)}")
+    versions = f"torch {torch.__version__}"
+    if compare:
+        try:
+            import transformers
+        except ImportError:
+            print("transformers is not installed: measuring minqwen3 alone")
+            compare = []
+        else:
+            versions += f", transformers {transformers.__version__}"
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
+    with torch.no_grad():
+        bw, flops = copy_bandwidth(dev), matmul_rate(dev, dt)
+    print(f"# minqwen3 bench, {datetime.date.today()}: {name}, {versions}, {str(dt).removeprefix('torch.')}, batch 1")
+    print(f"# measured ceilings: copy {bw / 1e12:.2f} TB/s (read + write), "
+          f"{str(dt).removeprefix('torch.')} matmul {flops / 1e12:.3g} TFLOP/s")
+    print(f"# tok/s: {new} new tokens after a {prompt}-token prompt, end to end; decode: per-token time "
+          f"(generate {new} minus generate 1) / {new - 1}; limit: weight bytes per token / copy bandwidth")
+    results = []
+    for m in models:
+        res = bench_model(m, dev, dt, prompt, new, prefill, compare, repeats, eager, profile)
+        results.append(res)
+        _print(res, bw, flops, dt, prefill, new, dev)
+    if out:
+        Path(out).write_text(json.dumps(dict(date=str(datetime.date.today()), device=name, versions=versions,
+                                             dtype=str(dt), copy_Bps=bw, matmul_flops=flops, results=[
+                                                 {**r, "config": r["config"].to_dict()} for r in results]),
+                                        indent=1, default=str))
+    return 0
+
+
+def _print(res: dict, bw: float, flops: float, dtype: torch.dtype, prefill: int, new: int, dev) -> None:
+    cfg = res["config"]
+    nbytes = decode_bytes(cfg, dtype)
+    limit_ms = 1e3 * nbytes / bw
+    print(f"\n## {res['model']} ({res['source']}): {nbytes / 1e9:.2f} GB of weights per token -> "
+          f"limit {limit_ms:.3f} ms/token = {1e3 / limit_ms:,.0f} tok/s")
+    pf = prefill_flops(cfg, prefill) if prefill else 0
+    print(f"| implementation | tok/s | decode ms/token | of limit | prefill {prefill} tok/s | prefill TFLOP/s "
+          f"(of matmul) | warm-up s | peak GiB | same tokens as eager / as transformers |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in res["runs"]:
+        if "error" in r:
+            print(f"| {r['impl']} | failed: {r['error']} |||||||")
+            continue
+        pre = "-", "-"
+        if "prefill_s" in r:
+            rate = pf / r["prefill_s"]
+            pre = f"{prefill / r['prefill_s']:,.0f}", f"{rate / 1e12:.3g} ({rate / flops:.0%})"
+        peak = f"{r['peak_gib']:.1f}" if "peak_gib" in r else "-"
+        warm = f"{r['warmup_s']:.1f}" + (f" (compile {r['compile_s']:.1f})" if r.get("compile_s") else "")
+        same = f"{r['agree']}/{new}" + ("" if r["agree_hf"] is None else f" / {r['agree_hf']}/{new}")
+        print(f"| {r['impl']} | {r['tok_s']:,.1f} | {r['decode_ms']:.3f} | {limit_ms / r['decode_ms']:.0%} | "
+              f"{pre[0]} | {pre[1]} | {warm} | {peak} | {same} |")
+    for r in res["runs"]:
+        if "profile" in r:
+            p = r["profile"]
+            print(f"\n{r['impl']}, GPU kernels per decode step: {p['kernels_per_step']:.0f}, busy "
+                  f"{p['busy_ms_per_step']:.3f} ms of {r['decode_ms']:.3f} ms (the prefill's spread over the steps)")
+            print("| kernel | calls/step | us/step |\n|---|---:|---:|")
+            for name, calls, us in p["top"]:
+                print(f"| `{name}` | {calls:.1f} | {us:.1f} |")

@@ -1,0 +1,234 @@
+"""The fast path (minqwen3/fast.py) against the eager one, the benchmark's arithmetic, and the GPU-only parts."""
+import pytest
+import torch
+import torch.nn.functional as F
+from torch._dynamo.testing import CompileCounter
+
+import minqwen3
+from conftest import TINY
+from minqwen3.attention import decode_attention
+from minqwen3.bench import decode_bytes, prefill_flops, random_model
+from minqwen3.cli import main
+from minqwen3.fast import FastGenerator, LayerCache, forward_last, prefix_lengths
+
+MOE = dict(num_experts=8, num_experts_per_tok=2, moe_intermediate_size=32, mlp_only_layers=[1])
+
+
+def tiny(seed=0, dtype=torch.float32, device="cpu", **over):
+    cfg = minqwen3.Qwen3Config(**{**TINY, **over})
+    model = random_model(cfg, torch.device(device), dtype, seed)
+    with torch.no_grad():  # norms at 1 and weights at std 0.02 would hide mix-ups; make logits decisive
+        for n, p in model.named_parameters():
+            p.uniform_(0.5, 1.5) if "norm" in n else p.mul_(3.0)
+    return model
+
+
+# ---------------------------------------------------------------- CPU: same tokens as generate()
+SAMPLED = dict(temperature=0.8, top_k=40, top_p=0.9, seed=7, presence_penalty=0.5)
+
+
+@pytest.mark.parametrize("over, kw, stops", [(dict(), dict(), False), (MOE, dict(), True),
+                                             (dict(), SAMPLED, True), (MOE, SAMPLED, False)],
+                         ids=["dense-greedy", "moe-greedy-stops", "dense-sampled-stops", "moe-sampled"])
+def test_fast_generator_equals_generate(over, kw, stops):
+    model = tiny(**over)
+    fast = FastGenerator(model, max_len=48, smallest_prefix=8)  # prefixes 8, 16, 32, 48: several per run
+    prompts = [[3, 1, 4, 1, 5], [9, 2, 6, 5, 3, 5, 8, 9, 7, 9, 3, 2]]  # left-padded batch
+    for ids in (torch.randint(0, 320, (2, 7), generator=torch.Generator().manual_seed(1)), prompts):
+        want = minqwen3.generate(model, ids, 30, pad_id=0, stop_ids=(), **kw)
+        stop_ids = ()
+        if stops:  # tokens the rows really produce: row 0 stops at new token 5, row 1 at 15
+            T = want.shape[1] - 30
+            stop_ids = (int(want[0, T + 5]), int(want[1, T + 15]))
+            want = minqwen3.generate(model, ids, 30, pad_id=0, stop_ids=stop_ids, **kw)
+            assert want.shape[1] < T + 30 and (want[0, T + 6:] == 0).all()
+        assert torch.equal(fast.generate(ids, 30, pad_id=0, stop_ids=stop_ids, **kw), want)
+
+
+def test_fast_generator_checks_its_cache_size():
+    fast = FastGenerator(tiny(), max_len=40)
+    with pytest.raises(ValueError, match="cache slots"):
+        fast.generate(torch.zeros(1, 30, dtype=torch.long), 20)
+    with pytest.raises(ValueError, match="CUDA graphs"):
+        FastGenerator(tiny(), cuda_graphs=True)
+
+
+def test_prefix_lengths_and_cache_prefix_share_storage():
+    assert prefix_lengths(4096) == [256, 512, 1024, 2048, 4096]
+    assert prefix_lengths(300) == [256, 300] and prefix_lengths(100) == [100]
+    cache = minqwen3.KVCache(tiny().config, 2, 64, dtype=torch.float32)
+    view = cache.prefix(10)
+    view.update(1, torch.tensor([9]), torch.ones(2, 2, 1, 32), torch.full((2, 2, 1, 32), 2.0))
+    assert view.max_len == 10 and view.k[1].shape == (2, 2, 10, 32)
+    assert cache.k[1][:, :, 9].eq(1).all() and cache.v[1][:, :, 9].eq(2).all() and cache.k[1].sum() == 2 * 2 * 32
+    with pytest.raises(ValueError, match="prefix of 65"):
+        cache.prefix(65)
+
+
+@pytest.mark.parametrize("heads", [(4, 2), (6, 6), (8, 1)])
+def test_decode_attention_matches_sdpa(heads):
+    H, H_kv = heads
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, h, t, 16, generator=g) for h, t in ((H, 1), (H_kv, 9), (H_kv, 9)))
+    mask = torch.rand(2, 1, 1, 9, generator=g) > 0.3
+    mask[..., 0] = True  # every row sees something
+    ref = F.scaled_dot_product_attention(q, k.repeat_interleave(H // H_kv, 1), v.repeat_interleave(H // H_kv, 1),
+                                         attn_mask=mask)
+    torch.testing.assert_close(decode_attention(q, k, v, mask), ref, rtol=1e-5, atol=1e-6)
+
+
+def test_compiled_decode_traces_once_per_layer_kind():
+    """torch.compile sees whole graphs (fullgraph), shared by every layer and every cache prefix: the
+    inputs, dense layer, MoE layer, head and emit compile once each, never again while decoding."""
+    model = tiny(**MOE)  # layer 1 dense, layers 0 and 2 MoE
+    counter = CompileCounter()
+    fast = FastGenerator(model, max_len=48, smallest_prefix=8, compile=True, backend=counter)
+    ids = torch.randint(0, 320, (2, 5))
+    assert torch.equal(fast.generate(ids, 10, stop_ids=()), minqwen3.generate(model, ids, 10, stop_ids=()))
+    assert counter.frame_count == 5
+    ids = torch.randint(0, 320, (2, 20))  # other prefixes
+    assert torch.equal(fast.generate(ids, 25, stop_ids=()), minqwen3.generate(model, ids, 25, stop_ids=()))
+    assert counter.frame_count == 5
+
+
+def test_forward_last_equals_the_model():
+    model = tiny(**MOE)
+    ids = torch.randint(0, 320, (2, 11))
+    cache = minqwen3.KVCache(model.config, 2, 11, dtype=torch.float32)
+    with torch.no_grad():
+        got = forward_last(model, ids, [LayerCache(k, v) for k, v in zip(cache.k, cache.v)], torch.arange(11), None)
+        torch.testing.assert_close(got, model(ids)[:, -1], rtol=1e-5, atol=1e-5)
+
+
+def test_moe_sorted_path_matches_oracle_without_bincount(monkeypatch):
+    from minqwen3.moe import Experts
+    monkeypatch.setattr(torch, "bincount", None)  # on CUDA it reads its maximum back to the host
+    torch.manual_seed(0)
+    ex = Experts(6, 16, 24)
+    for p in ex.parameters():
+        torch.nn.init.normal_(p)
+    x, idx, w = torch.randn(9, 16), torch.stack([torch.randperm(6)[:2] for _ in range(9)]), torch.rand(9, 2)
+    idx[:, 0] = 3  # expert 3 busy, some experts idle
+    ref = torch.stack([sum(w[n, s] * (F.silu(ex.gate_proj[e] @ x[n]) * (ex.up_proj[e] @ x[n])) @ ex.down_proj[e].T
+                           for s, e in enumerate(idx[n].tolist())) for n in range(9)])
+    torch.testing.assert_close(ex(x, idx, w), ref, rtol=1e-5, atol=1e-5)  # 18 pairs > gather_max: sorted path
+
+
+# ---------------------------------------------------------------- the benchmark's arithmetic
+def test_decode_bytes_match_the_published_parameter_counts():
+    """Qwen's model cards: 0.6B has 0.44B non-embedding parameters and ties its head; 8B has 6.95B non-embedding;
+    30B-A3B activates 3.3B of which 0.31B is the embedding (151936 x 2048) not read per token."""
+    gb = {m: decode_bytes(minqwen3.Qwen3Config.from_name(m), torch.bfloat16) / 1e9
+          for m in ("Qwen3-0.6B", "Qwen3-8B", "Qwen3-30B-A3B")}
+    assert gb["Qwen3-0.6B"] == pytest.approx(2 * (0.44 + 0.1556), rel=0.01)
+    assert gb["Qwen3-8B"] == pytest.approx(2 * (6.95 + 0.6223), rel=0.01)
+    assert gb["Qwen3-30B-A3B"] == pytest.approx(2 * (3.3 - 0.311), rel=0.02)
+
+
+@pytest.mark.parametrize("over", [dict(), MOE], ids=["dense", "moe"])
+def test_prefill_flops_match_torch_flop_counter(over):
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+    model = tiny(**over)
+    T, c = 24, model.config
+    cache = minqwen3.KVCache(c, 1, T, dtype=torch.float32)
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter, sdpa_kernel(SDPBackend.MATH):  # attention as plain matmuls the counter sees
+        forward_last(model, torch.randint(0, 320, (1, T)), [LayerCache(k, v) for k, v in zip(cache.k, cache.v)],
+                     torch.arange(T), None)
+    # the math path computes all T x T scores, then masks half: count that half back
+    skipped = 2 * T * T * c.num_attention_heads * c.head_dim * c.num_hidden_layers
+    assert counter.get_total_flops() == prefill_flops(c, T) + skipped
+
+
+def test_bench_command_on_a_tiny_checkpoint(tmp_path, capsys):
+    pytest.importorskip("transformers")
+    model = tiny(**MOE)
+    minqwen3.save_pretrained(model, tmp_path)
+    rc = main(["bench", "--model", str(tmp_path), "--device", "cpu", "--prompt", "10", "--new", "6",
+               "--prefill", "16", "--repeats", "1", "--compare", "transformers", "transformers-static",
+               "--out", str(tmp_path / "r.json")])
+    out = capsys.readouterr().out
+    assert rc == 0
+    rows = [line for line in out.splitlines() if line.startswith("| ") and "implementation" not in line]
+    assert [r.split("|")[1].strip() for r in rows] == [
+        "minqwen3 FastGenerator (eager)", "minqwen3 eager generate()", "transformers eager",
+        "transformers static cache"]
+    assert all(r.rstrip(" |").endswith("6/6 / 6/6") for r in rows), out  # the same greedy tokens, all four
+    assert (tmp_path / "r.json").stat().st_size > 0
+
+
+# ---------------------------------------------------------------- GPU: compiled + CUDA graphs
+@pytest.fixture
+def exact_fp32():
+    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+
+
+@pytest.mark.gpu  # conftest skips these without CUDA
+@pytest.mark.parametrize("over", [dict(), MOE], ids=["dense", "moe"])
+def test_gpu_compiled_graphs_equal_eager(over, exact_fp32):
+    """fp32, so that compiled and eager kernels agree far below the gaps between logits: identical tokens."""
+    model = tiny(device="cuda", **over)
+    fast = FastGenerator(model, max_len=300, smallest_prefix=64)
+    assert fast.cuda_graphs
+    ids = torch.randint(0, 320, (1, 40), generator=torch.Generator().manual_seed(0)).cuda()
+    for ids in (ids, [[5, 6, 7], list(range(1, 60))]):
+        want = minqwen3.generate(model, ids, 100, stop_ids=(), pad_id=0)
+        assert torch.equal(fast.generate(ids, 100, stop_ids=(), pad_id=0), want)
+    graphs, compiled = len(fast.graphs), torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    prompts = [[5, 6, 7], list(range(1, 151))]  # reaches prefix 300: a new graph, but no new compile
+    want = minqwen3.generate(model, prompts, 140, stop_ids=(), pad_id=0)
+    assert torch.equal(fast.generate(prompts, 140, stop_ids=(), pad_id=0), want)
+    assert len(fast.graphs) > graphs and torch._dynamo.utils.counters["stats"]["unique_graphs"] == compiled
+
+
+@pytest.mark.gpu  # conftest skips these without CUDA
+def test_gpu_bf16_compiled_matches_eager():
+    """bf16 kernels round differently once fused, so long runs may part where two logits nearly tie; with
+    decisive logits (tiny() scales the weights up) the first tokens must still agree."""
+    model = tiny(dtype=torch.bfloat16, device="cuda", **MOE)
+    ids = torch.randint(0, 320, (1, 32), generator=torch.Generator().manual_seed(3)).cuda()
+    fast = FastGenerator(model, max_len=128, smallest_prefix=64)
+    got, want = fast.generate(ids, 64, stop_ids=()), minqwen3.generate(model, ids, 64, stop_ids=())
+    assert torch.equal(got[:, :32 + 16], want[:, :32 + 16]), (got, want)
+
+
+@pytest.mark.gpu  # conftest skips these without CUDA
+def test_gpu_sampling_in_graphs_is_reproducible():
+    model = tiny(device="cuda")
+    fast = FastGenerator(model, max_len=128, smallest_prefix=64)
+    ids = torch.randint(0, 320, (2, 16), device="cuda")
+    a, b = (fast.generate(ids, 60, temperature=1.0, seed=s, stop_ids=()) for s in (1, 1))
+    c = fast.generate(ids, 60, temperature=1.0, seed=2, stop_ids=())
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+@pytest.mark.gpu  # conftest skips these without CUDA
+def test_gpu_grouped_mm_matches_loop_without_host_sync():
+    from minqwen3.moe import Experts, _grouped_mm_ok
+    torch.manual_seed(0)
+    ex = Experts(16, 256, 128).cuda().bfloat16()
+    for p in ex.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    x = torch.randn(300, 256, device="cuda", dtype=torch.bfloat16)
+    idx = torch.randint(0, 16, (300, 4), device="cuda")
+    idx[:, 0] = 2  # one busy expert, others idle or light
+    idx[:, 1:] = idx[:, 1:] % 12 + 4  # experts 0, 1, 3 get nothing
+    w = torch.rand(300, 4, device="cuda", dtype=torch.bfloat16)
+    assert _grouped_mm_ok(x)
+    torch.cuda.set_sync_debug_mode("error")  # any device-to-host wait raises
+    try:
+        y = ex(x, idx, w)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    f = {n: p.float() for n, p in ex.named_parameters()}
+    ref = torch.zeros(300, 256, device="cuda")
+    for s in range(4):
+        e = idx[:, s]
+        h = F.silu(torch.einsum("nih,nh->ni", f["gate_proj"][e], x.float())) * torch.einsum(
+            "nih,nh->ni", f["up_proj"][e], x.float())
+        ref += w[:, s, None].float() * torch.einsum("nhi,ni->nh", f["down_proj"][e], h)
+    assert ((y.float() - ref).norm() / ref.norm()).item() < 1e-2
