@@ -25,7 +25,7 @@ import time
 import torch
 
 from .cache import KVCache
-from .generate import ENDOFTEXT, IM_END, check_context, check_sampling, left_pad, sample
+from .generate import ENDOFTEXT, IM_END, as_batch, check_context, check_sampling, sample
 
 
 class LayerCache:
@@ -217,12 +217,7 @@ class FastGenerator:
 
         With stop_ids, the host looks at the GPU's `done` flags every check_every tokens (one sync each time).
         """
-        if isinstance(input_ids, torch.Tensor):
-            assert input_ids.dim() == 2, f"input_ids must be (batch, time), got shape {tuple(input_ids.shape)}"
-            ids, pad = input_ids, None
-        else:
-            ids, pad = left_pad(input_ids, pad_id)
-            pad = None if not pad.any() else pad
+        ids, pad = as_batch(input_ids, pad_id)
         B, T = ids.shape
         check_sampling(temperature, top_k, top_p, min_p, presence_penalty)
         N = check_context(self.model, T, max_new_tokens)

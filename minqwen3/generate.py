@@ -104,6 +104,15 @@ def left_pad(prompts: list[list[int]], pad_id: int = 0) -> tuple[torch.Tensor, t
     return ids, torch.tensor([T - len(p) for p in prompts])
 
 
+def as_batch(input_ids: torch.Tensor | list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A (B, T) tensor as it is, or a list of prompts left-padded: ids (B, T) and pad counts (B,) or None."""
+    if isinstance(input_ids, torch.Tensor):
+        assert input_ids.dim() == 2, f"input_ids must be (batch, time), got shape {tuple(input_ids.shape)}"
+        return input_ids, None
+    ids, pad = left_pad(input_ids, pad_id)
+    return ids, (pad if pad.any() else None)
+
+
 def check_context(model, prompt_len: int, max_new_tokens: int) -> int:
     """Fail before any work on a prompt past the context; return how many new tokens fit."""
     ctx = model.config.context_length
@@ -127,12 +136,7 @@ def generate(model, input_ids: torch.Tensor | list[list[int]], max_new_tokens: i
     vocab_limit: sample only ids below it, e.g. len(tokenizer): Qwen3's embedding has 151,936 rows for a vocabulary
     of 151,669, and the padding rows are no token at all (a trained model never picks them; a random one may).
     """
-    if isinstance(input_ids, torch.Tensor):
-        assert input_ids.dim() == 2, f"input_ids must be (batch, time), got shape {tuple(input_ids.shape)}"
-        ids, pad = input_ids, None
-    else:
-        ids, pad = left_pad(input_ids, pad_id)
-        pad = None if not pad.any() else pad
+    ids, pad = as_batch(input_ids, pad_id)
     B, T = ids.shape
     check_sampling(temperature, top_k, top_p, min_p, presence_penalty)
     max_new_tokens = check_context(model, T, max_new_tokens)
