@@ -1,0 +1,256 @@
+"""Training: next-token loss on the tokens the model must write, AdamW with warm-up and cosine decay, bf16 autocast
+on GPU, gradient accumulation, checkpoints, and the MoE load-balancing loss per micro-batch or per global batch.
+
+One optimizer step takes a list of micro-batches (ids, loss mask, valid mask). Under torch.distributed each rank
+brings its own micro-batches; gradients and the expert counts of the global balance are all-reduced by hand.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from .model import Qwen3
+from .moe import expert_counts, load_balancing_loss
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1000
+    lr: float = 2e-3
+    min_lr: float = 2e-4  # the cosine decays to this, not to zero
+    warmup: int = 100
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float = 1.0
+    # "global": expert frequencies f over every micro-batch of the step and every rank (Qwen3);
+    # "micro": f of each micro-batch alone (Switch Transformer); "none": no balancing loss
+    balance: str = "global"
+    aux_coef: float | None = None  # default: the model's router_aux_loss_coef
+    log_every: int = 10
+    save_every: int = 0  # 0: only at the end
+    out: str | None = None  # checkpoints and log.jsonl go here
+
+
+def lr_at(step: int, tc: TrainConfig) -> float:
+    """Linear warm-up over tc.warmup steps, then half a cosine from tc.lr down to tc.min_lr at tc.steps."""
+    if step < tc.warmup:
+        return tc.lr * (step + 1) / tc.warmup
+    t = min(1.0, (step - tc.warmup) / max(1, tc.steps - tc.warmup))
+    return tc.min_lr + 0.5 * (tc.lr - tc.min_lr) * (1 + math.cos(math.pi * t))
+
+
+def collate(samples: list[tuple[list[int], list[bool]]], pad_id: int = 151643,
+            multiple: int = 8) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-pad samples (ids, loss mask) into ids, loss mask and valid mask, each (B, T).
+
+    Padding goes after the real tokens, so causal attention keeps it out of every real position; T is rounded up
+    to `multiple` so that few distinct shapes reach the kernels.
+    """
+    T = -(-max(len(ids) for ids, _ in samples) // multiple) * multiple
+    ids = torch.full((len(samples), T), pad_id, dtype=torch.long)
+    loss = torch.zeros(len(samples), T, dtype=torch.bool)
+    valid = torch.zeros(len(samples), T, dtype=torch.bool)
+    for i, (s, m) in enumerate(samples):
+        assert len(s) == len(m), f"sample {i}: {len(s)} ids but a loss mask of {len(m)}"
+        ids[i, :len(s)] = torch.tensor(s)
+        loss[i, :len(m)] = torch.tensor(m)
+        valid[i, :len(s)] = True
+    return ids, loss, valid
+
+
+def trunk(model: Qwen3, ids: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The model without its head: ids (B, T) -> final hidden states (B, T, C) and router logits per MoE layer.
+
+    The same computation as Qwen3.forward up to lm_head; training applies the head only where the loss needs it,
+    which saves most of the memory of a 151,936-way softmax.
+    """
+    m = model.model
+    x = m.embed_tokens(ids)  # (B, T, C)
+    cos, sin = m.rotary_emb(torch.arange(ids.shape[1], device=ids.device)[None], x.dtype)
+    routers = []
+    for layer in m.layers:
+        x, r = layer(x, cos, sin)  # no mask: plain causal attention
+        if r is not None:
+            routers.append(r)
+    return m.norm(x), routers
+
+
+class Balance:
+    """Expert counts for the frequencies f of the load-balancing loss, per micro-batch or per global batch.
+
+    Global batch (Qiu et al. 2025, used by Qwen3): f counts the tokens of every micro-batch of the step, summed over
+    ranks, so a micro-batch of one kind of text may use few experts as long as the whole batch is balanced. f has no
+    gradient, and micro-batch m is back-propagated before m+1 is seen, so micro-batch m uses the counts of
+    micro-batches 1..m (a running buffer); the last one uses exactly the global-batch frequencies.
+    """
+
+    def __init__(self, mode: str):
+        assert mode in ("global", "micro", "none"), f"balance must be 'global', 'micro' or 'none', got {mode!r}"
+        self.mode = mode
+        self.running: torch.Tensor | None = None
+
+    def start_step(self) -> None:
+        self.running = None
+
+    def counts(self, router_logits: list[torch.Tensor], top_k: int, valid: torch.Tensor) -> torch.Tensor | None:
+        """(L, E) counts to use for f, or None: the micro-batch's own (what load_balancing_loss computes)."""
+        if self.mode != "global":
+            return None
+        c = torch.stack([expert_counts(r, top_k, valid) for r in router_logits])  # (L, E)
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(c)  # every rank's tokens count towards f
+        self.running = c if self.running is None else self.running + c
+        return self.running
+
+
+def train_step(model: Qwen3, opt: torch.optim.Optimizer, micro_batches: list, tc: TrainConfig,
+               balance: Balance, autocast: bool = False) -> dict[str, torch.Tensor]:
+    """One optimizer step over micro-batches of (ids, loss_mask, valid), each (B, T); returns the step's numbers.
+
+    The cross-entropy is the mean over every loss token of the step (not a mean of micro-batch means), so a
+    micro-batch of long samples weighs as much as its tokens. The numbers come back as device tensors, so that
+    reading them (a host sync) is the caller's choice.
+    """
+    device = next(model.parameters()).device
+    cfg = model.config
+    n_tokens = sum(int(m[:, 1:].sum()) for _, m, _ in micro_batches)  # the mask is on the host: free
+    coef = cfg.router_aux_loss_coef if tc.aux_coef is None else tc.aux_coef
+    use_aux = cfg.is_moe and tc.balance != "none" and coef > 0
+    balance.start_step()
+    ce_total = torch.zeros((), device=device)
+    aux_total = torch.zeros((), device=device)
+    for ids, mask, valid in micro_batches:
+        ids, mask, valid = (t.to(device, non_blocking=True) for t in (ids, mask, valid))
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            h, routers = trunk(model, ids)
+            sel = mask[:, 1:]  # token t+1 is predicted from position t
+            logits = F.linear(h[:, :-1][sel], model.lm_head.weight)  # (N, V), only where the loss is
+        ce = F.cross_entropy(logits.float(), ids[:, 1:][sel], reduction="sum") / max(n_tokens, 1)
+        loss = ce
+        if use_aux:
+            counts = balance.counts(routers, cfg.num_experts_per_tok, valid)
+            aux = load_balancing_loss(routers, cfg.num_experts_per_tok, valid, counts) / len(micro_batches)
+            loss = loss + coef * aux
+            aux_total += aux.detach()
+        loss.backward()
+        ce_total += ce.detach()
+    if dist.is_available() and dist.is_initialized():  # data parallel by hand: average the gradients
+        world = dist.get_world_size()
+        for p in model.parameters():
+            if p.grad is not None:
+                dist.all_reduce(p.grad)
+                p.grad /= world
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return {"loss": ce_total, "aux": aux_total, "grad_norm": grad_norm, "tokens": n_tokens}
+
+
+def make_optimizer(model: Qwen3, tc: TrainConfig) -> torch.optim.AdamW:
+    """AdamW; weight decay on matrices (and the stacked experts), none on norms. Fused on GPU."""
+    params = {id(p): p for p in model.parameters() if p.requires_grad}.values()  # tied weights once
+    decay = [p for p in params if p.dim() >= 2]
+    other = [p for p in params if p.dim() < 2]
+    fused = next(model.parameters()).is_cuda
+    return torch.optim.AdamW([{"params": decay, "weight_decay": tc.weight_decay},
+                              {"params": other, "weight_decay": 0.0}], lr=tc.lr, betas=tc.betas, fused=fused)
+
+
+def save_checkpoint(model: Qwen3, opt: torch.optim.Optimizer, step: int, path: str | Path) -> None:
+    """An official-layout checkpoint (fp32, loadable anywhere) plus the optimizer state and step, to resume from."""
+    from .checkpoint import save_pretrained
+    path = Path(path)
+    save_pretrained(model, path)
+    torch.save({"optimizer": opt.state_dict(), "step": step}, path / "trainer_state.pt")
+
+
+def load_checkpoint(path: str | Path, device=None) -> tuple[Qwen3, dict]:
+    """The model (fp32, trainable) and trainer state written by save_checkpoint."""
+    from .checkpoint import from_pretrained
+    path = Path(path)
+    state_file = path / "trainer_state.pt"
+    if not state_file.is_file():
+        raise FileNotFoundError(f"{path} has no trainer_state.pt: it is not a training checkpoint to resume from")
+    model = from_pretrained(path, device=device, dtype=torch.float32).train()
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return model, torch.load(state_file, map_location=device or "cpu", weights_only=True)
+
+
+def train(model: Qwen3, batches: Iterable[list], tc: TrainConfig, start_step: int = 0,
+          opt: torch.optim.Optimizer | None = None, progress: bool = True,
+          time_budget: float | None = None) -> list[dict]:
+    """Train from start_step to tc.steps; `batches` yields one list of micro-batches per step, from start_step on.
+
+    Logs every tc.log_every steps (to tc.out/log.jsonl and the progress bar) and returns the logged rows;
+    saves a checkpoint every tc.save_every steps and at the end when tc.out is set.
+    time_budget (seconds): after 20 steps, lower tc.steps to what fits in the budget at the measured speed. The
+    choice is logged; since it is made during warm-up (tc.warmup >= 20), `steps=N` repeats the same schedule.
+    """
+    from tqdm import tqdm
+    device = next(model.parameters()).device
+    model.train()
+    opt = opt or make_optimizer(model, tc)
+    balance = Balance(tc.balance)
+    out = Path(tc.out) if tc.out else None
+    if out:
+        out.mkdir(parents=True, exist_ok=True)
+    log_file = open(out / "log.jsonl", "a") if out else None
+
+    def log(row: dict) -> None:
+        if log_file:
+            log_file.write(json.dumps(row) + "\n")
+            log_file.flush()
+
+    log({"train_config": asdict(tc), "model_config": model.config.to_dict(), "start_step": start_step})
+    rows, tokens, batches = [], 0, iter(batches)
+    bar = tqdm(total=tc.steps, initial=start_step, disable=not progress, unit="step", dynamic_ncols=True)
+    step = start_step
+    t0 = t10 = time.perf_counter()
+    try:
+        while step < tc.steps:
+            lr = lr_at(step, tc)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            stats = train_step(model, opt, next(batches), tc, balance, autocast=device.type == "cuda")
+            tokens += stats["tokens"]
+            step += 1
+            bar.update(1)
+            done = step - start_step
+            if time_budget is not None and done in (10, 20):  # the first steps pay start-up costs: time 10..20
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                if done == 10:
+                    t10 = time.perf_counter()
+                else:
+                    per_step = (time.perf_counter() - t10) / 10
+                    fit = step + int((time_budget - (time.perf_counter() - t0)) / per_step)
+                    if fit < tc.steps:
+                        tc.steps = max(fit, step + 1)
+                        bar.total = tc.steps
+                    log({"time_budget_s": time_budget, "s_per_step": per_step, "steps": tc.steps})
+                    bar.write(f"{per_step * 1e3:.0f} ms/step: training for {tc.steps} steps")
+            if (step - 1) % tc.log_every == 0 or step == tc.steps:
+                row = {"step": step, "loss": stats["loss"].item(), "aux": stats["aux"].item(),
+                       "grad_norm": stats["grad_norm"].item(), "lr": lr, "loss_tokens": tokens,
+                       "elapsed_s": round(time.perf_counter() - t0, 2)}
+                rows.append(row)
+                bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{lr:.2e}")
+                log(row)
+            if out and tc.save_every and step % tc.save_every == 0 and step < tc.steps:
+                save_checkpoint(model, opt, step, out / "checkpoint")
+    finally:
+        bar.close()
+        if log_file:
+            log_file.close()
+    if out:
+        save_checkpoint(model, opt, step, out / "checkpoint")
+    return rows

@@ -1,0 +1,273 @@
+"""The training loop: schedule, masked loss, gradient accumulation, both load-balancing variants, resuming."""
+import math
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import minqwen3
+from minqwen3.moe import expert_counts, load_balancing_loss
+from minqwen3.train import (Balance, TrainConfig, collate, load_checkpoint, lr_at, make_optimizer,
+                            train, train_step, trunk)
+
+TINY = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, head_dim=8, max_position_embeddings=128)
+MOE = dict(TINY, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16, router_aux_loss_coef=0.1)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models: one thread is many times faster than two waiting on each other."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def col(s):
+    return collate(s, pad_id=0)  # the tiny vocabulary has no <|endoftext|>
+
+
+def tiny(seed=0, **kw):
+    torch.manual_seed(seed)
+    return minqwen3.Qwen3(minqwen3.Qwen3Config(**{**TINY, **kw}))
+
+
+def samples(seed, n, lo=5, hi=20):
+    """Random (ids, loss mask) pairs: a 'prompt' without loss, then a 'reply' with loss."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        T = int(torch.randint(lo, hi, (1,), generator=g))
+        k = int(torch.randint(1, T - 1, (1,), generator=g))
+        ids = torch.randint(0, 60, (T,), generator=g).tolist()
+        out.append((ids, [False] * k + [True] * (T - k)))
+    return out
+
+
+def reference_loss(model, batch_samples):
+    """The oracle: full logits from Qwen3.forward, cross-entropy on every masked token, one mean over all of them."""
+    total, n = 0.0, 0
+    for ids, mask in batch_samples:
+        logits = model(torch.tensor([ids]))[0]  # (T, V)
+        tgt = torch.tensor(ids[1:])
+        sel = torch.tensor(mask[1:])
+        total = total + F.cross_entropy(logits[:-1][sel], tgt[sel], reduction="sum")
+        n += int(sel.sum())
+    return total / n
+
+
+def test_lr_schedule_warmup_then_cosine():
+    tc = TrainConfig(steps=110, lr=1e-3, min_lr=1e-4, warmup=10)
+    assert lr_at(0, tc) == pytest.approx(1e-4)  # 1/10 of the way up
+    assert lr_at(9, tc) == pytest.approx(1e-3)  # peak at the end of warm-up
+    assert lr_at(60, tc) == pytest.approx(1e-4 + 0.5 * 9e-4)  # half way down the cosine: the midpoint
+    assert lr_at(35, tc) == pytest.approx(1e-4 + 0.5 * 9e-4 * (1 + math.cos(math.pi / 4)))
+    assert lr_at(110, tc) == pytest.approx(1e-4) and lr_at(500, tc) == pytest.approx(1e-4)
+
+
+def test_collate_pads_on_the_right():
+    ids, loss, valid = collate([([1, 2, 3], [False, True, True]), ([4] * 10, [True] * 10)], pad_id=0, multiple=8)
+    assert ids.shape == (2, 16)
+    assert ids[0].tolist() == [1, 2, 3] + [0] * 13
+    assert loss[0].tolist() == [False, True, True] + [False] * 13
+    assert valid.sum(1).tolist() == [3, 10] and loss.sum().item() == 12
+
+
+@pytest.mark.parametrize("kw", [{}, MOE], ids=["dense", "moe"])
+def test_trunk_is_the_model_without_its_head(kw):
+    model = tiny(**kw).eval()
+    ids = torch.randint(0, 64, (2, 17))
+    with torch.no_grad():
+        h, routers = trunk(model, ids)
+        want, want_routers = model(ids, return_router_logits=True)
+    torch.testing.assert_close(model.lm_head(h).float(), want, rtol=1e-5, atol=1e-5)
+    assert len(routers) == (2 if kw else 0)
+    for r, w in zip(routers, want_routers):
+        torch.testing.assert_close(r, w)
+
+
+def test_step_loss_is_the_token_mean_over_all_micro_batches():
+    model = tiny()
+    data = samples(1, 6)
+    with torch.no_grad():
+        want = reference_loss(model, data).item()
+    opt = make_optimizer(model, TrainConfig())
+    stats = train_step(model, opt, [col(data[:2]), col(data[2:])], TrainConfig(), Balance("none"))
+    assert stats["loss"].item() == pytest.approx(want, rel=1e-5)
+    assert stats["tokens"] == sum(sum(m[1:]) for _, m in data)
+
+
+def test_gradient_accumulation_equals_one_big_batch():
+    data = samples(2, 8)
+    tc = TrainConfig(grad_clip=1e9, weight_decay=0.0)
+    a, b = tiny(), tiny()
+    train_step(a, make_optimizer(a, tc), [col(data)], tc, Balance("none"))
+    train_step(b, make_optimizer(b, tc), [col(data[:3]), col(data[3:5]), col(data[5:])], tc,
+               Balance("none"))
+    for (n, p), q in zip(a.named_parameters(), b.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=n)
+
+
+def test_optimizer_decays_matrices_not_norms():
+    model = tiny(**MOE)
+    opt = make_optimizer(model, TrainConfig(weight_decay=0.1))
+    decayed = {id(p) for p in opt.param_groups[0]["params"]}
+    for n, p in model.named_parameters():
+        assert (id(p) in decayed) == (p.dim() >= 2), n  # experts (3-D), router, embeddings yes; norms no
+    assert opt.param_groups[0]["weight_decay"] == 0.1 and opt.param_groups[1]["weight_decay"] == 0.0
+
+
+def _hand_lbl(router_logits, top_k, f_counts):
+    """E * sum_e f_e * P_e by hand, one layer at a time, from explicit loops (the oracle)."""
+    out = []
+    for logits, counts in zip(router_logits, f_counts):
+        E = logits.shape[1]
+        probs = logits.softmax(-1)
+        f = [counts[e] / sum(counts) for e in range(E)]
+        P = [probs[:, e].mean() for e in range(E)]
+        out.append(E * sum(fe * pe for fe, pe in zip(f, P)))
+    return sum(out) / len(out)
+
+
+def _counts_by_hand(logits, k):
+    c = [0] * logits.shape[1]
+    for row in logits:
+        for e in row.argsort(descending=True)[:k].tolist():
+            c[e] += 1
+    return c
+
+
+def test_balance_micro_vs_global():
+    torch.manual_seed(0)
+    micro = [[torch.randn(12, 4) * 2 for _ in range(3)] for _ in range(2)]  # 2 micro-batches x 3 layers, (N, E)
+    valid = torch.ones(12, dtype=torch.bool)
+    # micro-batch (Switch): each micro-batch uses its own counts
+    b = Balance("micro")
+    assert b.counts(micro[0], 2, valid) is None
+    got = load_balancing_loss(micro[0], 2, valid, None)
+    assert got.item() == pytest.approx(_hand_lbl(micro[0], 2, [_counts_by_hand(r, 2) for r in micro[0]]).item(),
+                                       rel=1e-5)
+    # global batch: counts accumulate over the micro-batches of the step
+    g = Balance("global")
+    g.start_step()
+    c0 = g.counts(micro[0], 2, valid)
+    c1 = g.counts(micro[1], 2, valid)
+    want = [[a + b for a, b in zip(_counts_by_hand(x, 2), _counts_by_hand(y, 2))] for x, y in zip(*micro)]
+    assert c1.tolist() == want and c0.sum().item() == 12 * 2 * 3
+    got = load_balancing_loss(micro[1], 2, valid, c1)
+    assert got.item() == pytest.approx(_hand_lbl(micro[1], 2, want).item(), rel=1e-5)
+    g.start_step()
+    assert torch.equal(g.counts(micro[1], 2, valid), torch.tensor([_counts_by_hand(r, 2) for r in micro[1]]).float())
+
+
+def test_balance_ignores_padding():
+    logits = torch.randn(6, 4)
+    valid = torch.tensor([True, True, True, False, False, False])
+    assert expert_counts(logits, 2, valid).tolist() == [float(c) for c in _counts_by_hand(logits[:3], 2)]
+    assert load_balancing_loss([logits], 2, valid).item() == pytest.approx(
+        load_balancing_loss([logits[:3]], 2).item(), rel=1e-6)
+
+
+def test_moe_step_trains_the_router_with_the_aux_loss():
+    model = tiny(**MOE)
+    data = samples(3, 6)
+    tc = TrainConfig(balance="global")
+    stats = train_step(model, make_optimizer(model, tc), [col(data[:3]), col(data[3:])], tc, Balance("global"))
+    assert 0.9 < stats["aux"].item() < 2.0  # ~1 when balanced, E / k = 2 at worst
+    tc0 = TrainConfig(balance="none")
+    a, b = tiny(**MOE), tiny(**MOE)
+    for m, t in ((a, tc), (b, tc0)):
+        train_step(m, make_optimizer(m, t), [col(data)], t, Balance(t.balance))
+    gate_a = a.model.layers[0].mlp.gate.weight
+    gate_b = b.model.layers[0].mlp.gate.weight
+    assert not torch.allclose(gate_a, gate_b)  # the balancing loss reached the router
+
+
+def _dist_worker(rank, world, port, data, init, results):
+    import torch.distributed as dist
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        # expert counts of the global balance: summed over ranks
+        torch.manual_seed(rank)
+        logits = [torch.randn(10, 4)]
+        c = Balance("global").counts(logits, 2, torch.ones(10, dtype=torch.bool))
+        model = tiny()
+        model.load_state_dict(init)
+        tc = TrainConfig(grad_clip=1e9, weight_decay=0.0)
+        train_step(model, make_optimizer(model, tc), [col(data[rank])], tc, Balance("none"))
+        results[rank] = (c, logits[0], {k: v.clone() for k, v in model.state_dict().items()})
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_distributed_counts_and_gradients_are_all_reduced():
+    import torch.multiprocessing as mp
+    data = samples(4, 4, lo=10, hi=11)  # equal lengths: each rank holds the same number of loss tokens
+    data = [data[:2], data[2:]]
+    for d in data:  # and the same masks, so the mean of the ranks' means is the global mean
+        for i, (ids, _) in enumerate(d):
+            d[i] = (ids, [False] * 4 + [True] * 6)
+    init = tiny(5).state_dict()
+    results = mp.Manager().dict()
+    port = 29500 + os.getpid() % 1000
+    mp.spawn(_dist_worker, args=(2, port, data, init, results), nprocs=2)
+    (c0, l0, s0), (c1, l1, s1) = results[0], results[1]
+    want = [a + b for a, b in zip(_counts_by_hand(l0, 2), _counts_by_hand(l1, 2))]
+    assert c0.tolist() == [want] and c1.tolist() == [want]
+    ref = tiny()
+    ref.load_state_dict(init)
+    tc = TrainConfig(grad_clip=1e9, weight_decay=0.0)
+    train_step(ref, make_optimizer(ref, tc), [col(data[0]), col(data[1])], tc, Balance("none"))
+    for k, v in ref.state_dict().items():
+        torch.testing.assert_close(s0[k], v, rtol=1e-5, atol=1e-6, msg=k)
+        torch.testing.assert_close(s1[k], v, rtol=1e-5, atol=1e-6, msg=k)
+
+
+def test_resume_from_checkpoint_continues_exactly(tmp_path):
+    batches = [[col(samples(10 + s, 4))] for s in range(4)]
+    tc = TrainConfig(steps=4, warmup=2, lr=1e-2)
+    a = tiny(**MOE)
+    train(a, batches, tc, progress=False)
+    b = tiny(**MOE)
+    tc2 = TrainConfig(steps=2, warmup=2, lr=1e-2, out=str(tmp_path))
+    train(b, batches[:2], tc2, progress=False)
+    model, state = load_checkpoint(tmp_path / "checkpoint")
+    assert state["step"] == 2
+    opt = make_optimizer(model, tc)
+    opt.load_state_dict(state["optimizer"])
+    train(model, batches[2:], TrainConfig(steps=4, warmup=2, lr=1e-2), start_step=2, opt=opt, progress=False)
+    for (n, p), q in zip(a.named_parameters(), model.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=n)
+
+
+def test_training_learns_and_logs(tmp_path):
+    """A tiny model learns to copy the first half of a sequence into the second: the loss must fall far."""
+    g = torch.Generator().manual_seed(0)
+
+    def batch(step):
+        rows = []
+        for _ in range(16):
+            x = torch.randint(0, 60, (8,), generator=g).tolist()
+            rows.append((x + x, [False] * 9 + [True] * 7))  # loss on the copy, from its second token on
+        return [col(rows)]
+
+    model = tiny()
+    tc = TrainConfig(steps=150, lr=1e-2, min_lr=1e-3, warmup=10, log_every=10, out=str(tmp_path))
+    rows = train(model, (batch(s) for s in range(150)), tc, progress=False)
+    assert rows[0]["loss"] > 3.5  # ~ln(64) at the start
+    assert rows[-1]["loss"] < 0.5 * rows[0]["loss"]
+    lines = (tmp_path / "log.jsonl").read_text().splitlines()
+    assert len(lines) == 1 + len(rows) and '"loss"' in lines[-1]
+    again = minqwen3.from_pretrained(tmp_path / "checkpoint")  # the final checkpoint is an official-layout one
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), again.parameters()))
+
+
+def test_time_budget_cuts_the_run_short():
+    batches = ([col(samples(s, 2))] for s in range(10**6))
+    tc = TrainConfig(steps=10**6, warmup=30)
+    rows = train(tiny(), batches, tc, progress=False, time_budget=0.0)
+    assert tc.steps == 21 and rows[-1]["step"] == 21
