@@ -102,11 +102,12 @@ class FastGenerator:
     """generate() for one model and a fixed cache size, made fast on a GPU (see the module docstring).
 
     Same arguments and results as minqwen3.generate(): greedy tokens are the eager path's, up to the rounding of
-    fused kernels. compile and cuda_graphs default to True on CUDA and False elsewhere; backend is torch.compile's.
+    fused kernels. compile and cuda_graphs default to True on CUDA and False elsewhere; backend is torch.compile's;
+    combo_kernels (Inductor's) defaults to on for hidden sizes up to 2048, where it measured faster.
     """
 
     def __init__(self, model, max_len: int = 4096, *, compile: bool | None = None, cuda_graphs: bool | None = None,
-                 backend: str = "inductor", smallest_prefix: int = 256):
+                 backend: str = "inductor", smallest_prefix: int = 256, combo_kernels: bool | None = None):
         p = next(model.parameters())
         self.model, self.device, self.dtype = model, p.device, p.dtype
         on_cuda = self.device.type == "cuda"
@@ -121,6 +122,11 @@ class FastGenerator:
             # kind (dense, MoE), so compile time does not grow with depth. Coordinate-descent tuning is what
             # makes Inductor turn each matrix-vector product into a reduction that streams the weights.
             options = {"coordinate_descent_tuning": True} if backend == "inductor" else None
+            # Combo kernels launch a graph's independent kernels (k and v projections, q/k norms, ...) as one.
+            # Where a layer's matrices are small, launches are what costs, and they help (on the H200: 0.6B and
+            # 30B-A3B decode 13% and 7% faster); on 8B's large ones they slowed decoding by 6% (benchmarks.md).
+            if options is not None and (model.config.hidden_size <= 2048 if combo_kernels is None else combo_kernels):
+                options["combo_kernels"] = True
             self.inputs, self.run_layer, self.head, self.emit = (
                 torch.compile(f, fullgraph=True, backend=backend, options=options)
                 for f in (decode_inputs, run_layer, head, emit))

@@ -79,9 +79,12 @@ class SparseMoE(nn.Module):
         B, T, H = x.shape
         x = x.reshape(B * T, H)
         logits = self.gate(x)  # (N, E)
-        w, idx = logits.softmax(-1, dtype=torch.float).topk(self.top_k, dim=-1)  # (N, k)
-        if self.norm_topk_prob:  # renormalise so the k chosen weights sum to 1
-            w = w / w.sum(-1, keepdim=True)
+        # unsorted: the k slots are summed, so their order is irrelevant, and sorting them costs a kernel
+        if self.norm_topk_prob:  # softmax, top-k, renormalise = top-k of the logits, then softmax over those k
+            top, idx = logits.topk(self.top_k, dim=-1, sorted=False)  # (N, k)
+            w = top.float().softmax(-1)
+        else:
+            w, idx = logits.softmax(-1, dtype=torch.float).topk(self.top_k, dim=-1, sorted=False)  # (N, k)
         return self.experts(x, idx, w.to(x.dtype)).view(B, T, H), logits
 
 

@@ -1,10 +1,12 @@
 """Grouped-query attention with QK-Norm: against attention written out by hand, with and without a cache."""
 import math
 
+import pytest
 import torch
+import torch.nn.functional as F
 
 from minqwen3 import KVCache, Qwen3Config
-from minqwen3.attention import Attention
+from minqwen3.attention import Attention, decode_attention
 from minqwen3.rope import RotaryEmbedding, apply_rope
 
 CFG = Qwen3Config(hidden_size=48, num_attention_heads=6, num_key_value_heads=2, head_dim=16, num_hidden_layers=1)
@@ -40,3 +42,15 @@ def test_attention_with_and_without_cache_matches_reference():
         mask = (torch.arange(16)[None, :] <= pos[:, None])[None, None]
         outs.append(attn(x[:, a:b], cos[:, :, a:b], sin[:, :, a:b], mask, cache, pos))
     torch.testing.assert_close(torch.cat(outs, 1), want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("heads", [(4, 2), (6, 6), (8, 1)])
+def test_decode_attention_matches_sdpa(heads):
+    H, H_kv = heads
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, h, t, 16, generator=g) for h, t in ((H, 1), (H_kv, 9), (H_kv, 9)))
+    mask = torch.rand(2, 1, 1, 9, generator=g) > 0.3
+    mask[..., 0] = True  # every row sees something
+    ref = F.scaled_dot_product_attention(q, k.repeat_interleave(H // H_kv, 1), v.repeat_interleave(H // H_kv, 1),
+                                         attn_mask=mask)
+    torch.testing.assert_close(decode_attention(q, k, v, mask), ref, rtol=1e-5, atol=1e-6)

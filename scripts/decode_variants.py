@@ -1,0 +1,101 @@
+"""Time variants of the compiled decode step side by side, in one process (an experiment log, not a test).
+
+    PYTHONPATH=. python scripts/decode_variants.py --model Qwen3-0.6B Qwen3-8B Qwen3-30B-A3B
+
+Each variant patches one thing, builds a fresh FastGenerator (so it compiles again), and reports the decode time
+per token, its fraction of the weight-bandwidth limit, and the GPU kernels per step. "after" is the package as
+it is; "before" routes as before docs/benchmarks.md's run 3 (softmax over all experts, sorted top-k); "+combo"
+turns on Inductor's combo kernels (independent kernels of one graph launched as one). Random weights in the
+official shapes, bf16, batch 1, as `python -m minqwen3 bench`.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+
+import torch
+
+from minqwen3 import Qwen3Config, moe
+from minqwen3.bench import _release, copy_bandwidth, decode_bytes, kernel_profile, measure, random_model
+from minqwen3.fast import FastGenerator
+
+
+def old_moe_forward(self, x):
+    B, T, H = x.shape
+    x = x.reshape(B * T, H)
+    logits = self.gate(x)
+    w, idx = logits.softmax(-1, dtype=torch.float).topk(self.top_k, dim=-1)
+    if self.norm_topk_prob:
+        w = w / w.sum(-1, keepdim=True)
+    return self.experts(x, idx, w.to(x.dtype)).view(B, T, H), logits
+
+
+@contextlib.contextmanager
+def patched(name: str):
+    saved = moe.SparseMoE.forward, torch._inductor.config.combo_kernels
+    try:
+        if "before" in name:
+            moe.SparseMoE.forward = old_moe_forward
+        if "combo" in name:
+            torch._inductor.config.combo_kernels = True
+        yield
+    finally:
+        moe.SparseMoE.forward, torch._inductor.config.combo_kernels = saved
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", nargs="+", default=["Qwen3-0.6B", "Qwen3-8B", "Qwen3-30B-A3B"])
+    p.add_argument("--variants", nargs="+", default=["after", "after+combo"])
+    p.add_argument("--moe-variants", nargs="+", default=["before"], help="extra variants for MoE models")
+    p.add_argument("--prompt", type=int, default=128)
+    p.add_argument("--new", type=int, default=128)
+    p.add_argument("--top", type=int, default=10, help="kernels to list per variant")
+    args = p.parse_args()
+    dev = torch.device("cuda")
+    bw = copy_bandwidth(dev)
+    print(f"# torch {torch.__version__}, {torch.cuda.get_device_name(dev)}, copy {bw / 1e12:.2f} TB/s", flush=True)
+    rows = []
+    for name in args.model:
+        cfg = Qwen3Config.from_name(name)
+        limit_ms = 1e3 * decode_bytes(cfg, torch.bfloat16) / bw
+        model = random_model(cfg, dev, torch.bfloat16)
+        prompt = torch.randint(0, cfg.vocab_size, (1, args.prompt), generator=torch.Generator().manual_seed(0))
+        prompt = prompt.to(dev)
+        reference = None
+        variants = args.variants + (args.moe_variants if cfg.num_experts else [])
+        for v in variants:
+            with patched(v), torch.no_grad():
+                try:
+                    fast = FastGenerator(model, max_len=args.prompt + args.new)
+                    gen = lambda ids, n: fast.generate(ids, n, stop_ids=())  # noqa: E731
+                    r = measure(v, gen, prompt, args.new, None, dev, 3, args.new)
+                    prof = kernel_profile(lambda: gen(prompt, args.new), args.new - 1, args.top)
+                except Exception as e:  # one variant failing must not lose the others
+                    print(f"{name} {v}: failed: {type(e).__name__}: {str(e).splitlines()[0][:300]}", flush=True)
+                    continue
+                tokens = r["tokens"]
+                reference = tokens if reference is None else reference
+                same = int((tokens == reference).cumprod(-1).sum())
+                rows.append((name, v, r["decode_ms"], limit_ms / r["decode_ms"], prof["kernels_per_step"],
+                             prof["busy_ms_per_step"], fast.setup_s, same))
+                print(f"\n### {name} {v}: decode {r['decode_ms']:.3f} ms ({100 * limit_ms / r['decode_ms']:.0f}% of "
+                      f"limit), {prof['kernels_per_step']:.0f} kernels, busy {prof['busy_ms_per_step']:.3f} ms, "
+                      f"compile {fast.setup_s:.1f} s, same tokens as the first variant {same}/{len(tokens)}")
+                for key, calls, us in prof["top"]:
+                    print(f"  {us:8.1f} us  {calls:5.1f}x  {key}")
+                sys.stdout.flush()
+                del fast
+                _release()
+        del model
+        _release()
+    print("\n| model | variant | decode ms/token | of limit | kernels/step | GPU busy ms | compile s | same tokens |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    for n, v, ms, frac, k, busy, comp, same in rows:
+        print(f"| {n} | {v} | {ms:.3f} | {100 * frac:.0f}% | {k:.0f} | {busy:.3f} | {comp:.1f} | {same} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
