@@ -197,7 +197,7 @@ def bench_model(model_arg: str, device: torch.device, dtype: torch.dtype, prompt
     del fast
     _release()
     if eager:
-        attempt("minqwen3 eager generate()", lambda ids, n: generate(model, ids, n, stop_ids=()),
+        attempt("minqwen3 eager generate()", lambda ids, n: generate(model, ids, n, stop_ids=(), fast=False),
                 prompt, new, None, device, 1, 4)
     reference = next((r["tokens"] for r in reversed(runs) if "tokens" in r), None)
     if compare:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .chat_template import parse_reply
-from .generate import NON_THINKING_DEFAULTS, THINKING_DEFAULTS, Session, check_context, check_sampling, sample
+from .generate import NON_THINKING_DEFAULTS, THINKING_DEFAULTS, check_context, check_sampling, generate
 
 # the tech report's text, verbatim (the "." after </think> included)
 EARLY_STOP = ("Considering the limited time by the user, I have to give the solution based on the thinking "
@@ -54,13 +54,16 @@ def _think_open(prompt: list[int], tokenizer) -> bool:
 def chat(model, tokenizer, messages: Sequence[Mapping] | str, *, enable_thinking: bool = True,
          thinking_budget: int | None = None, max_new_tokens: int = 4096, seed: int | None = None,
          stream: Callable[[str, str], None] | None = None, tools: Sequence[Mapping] | None = None,
-         stop_ids: Sequence[int] | None = None, **sampling) -> Reply:
+         stop_ids: Sequence[int] | None = None, fast: bool | None = None, **sampling) -> Reply:
     """Generate the assistant's next turn for `messages` (a list of {"role", "content"}, or one user message).
 
     Sampling defaults to Qwen's published settings for the mode (THINKING_DEFAULTS / NON_THINKING_DEFAULTS);
     pass temperature=, top_k=, top_p=, min_p=, presence_penalty= to override (temperature=0: greedy).
     stream(kind, piece) receives the text as it is generated, kind "reasoning" or "content"; the pieces
     concatenate to Reply.text. Generation stops at <|im_end|> / <|endoftext|> (or stop_ids) or max_new_tokens.
+    fast: as in generate(), on by default on a GPU (then the stream comes in bursts of 16 tokens).
+    With a thinking budget the reply is generated in phases (up to <think>, up to the budget, the rest), each
+    prompt holding what came before; the presence penalty then counts repeats within a phase.
     """
     unknown = sorted(set(sampling) - set(SAMPLING))
     if unknown:
@@ -79,22 +82,16 @@ def chat(model, tokenizer, messages: Sequence[Mapping] | str, *, enable_thinking
     stops = {tokenizer.im_end_id, tokenizer.endoftext_id} if stop_ids is None else set(stop_ids)
     think_id, end_think_id = tokenizer.think_id, tokenizer.end_think_id
     early_stop = tokenizer.encode(EARLY_STOP)  # </think> in it becomes the control token, as the model wrote it
-
-    session = Session(model, 1, len(prompt) + n)
-    dev = session.device
-    gen = torch.Generator(dev).manual_seed(seed) if seed is not None else None
-    seen = torch.zeros(1, model.config.vocab_size, device=dev) if settings["presence_penalty"] else None
     decoder = tokenizer.stream()
     out: list[int] = []
     n_reasoning = 0
     opened = _think_open(prompt, tokenizer)
     thinking, think_len, closed, budget_hit, forcing = opened, 0, False, False, False
+    finish = "length"
 
     def emit(tok: int) -> None:
         nonlocal thinking, think_len, closed, n_reasoning
         out.append(tok)
-        if seen is not None:
-            seen[0, tok] = 1.0
         was = thinking
         if tok == think_id and not closed:
             thinking = True
@@ -109,27 +106,33 @@ def chat(model, tokenizer, messages: Sequence[Mapping] | str, *, enable_thinking
         if stream and piece:
             stream(kind, piece)
 
-    finish = "length"
-    logits = session.feed(torch.tensor([prompt]))
-    while len(out) < n:
-        if thinking and thinking_budget is not None and think_len >= thinking_budget:
-            forced = early_stop[:n - len(out)]  # what still fits
-            forcing, budget_hit = True, True
-            for tok in forced:
-                emit(tok)
-            forcing = False
-            if len(out) < n:
-                logits = session.feed(torch.tensor([forced]))
-            continue
-        logits[:, len(tokenizer):] = float("-inf")  # the embedding's padding rows are no token
-        tok = int(sample(logits, **settings, seen=seen, generator=gen))
+    def take(ids: torch.Tensor) -> None:  # generate()'s on_token: each new id (batch of one) as it comes
+        nonlocal finish
+        tok = int(ids[0])
         if tok in stops:
             out.append(tok)
             finish = "stop"
-            break
-        emit(tok)
-        if len(out) < n:
-            logits = session.feed(torch.tensor([[tok]]))
+        else:
+            emit(tok)
+
+    phase = 0
+    while len(out) < n and finish == "length":
+        if thinking and thinking_budget is not None and think_len >= thinking_budget:
+            forcing, budget_hit = True, True
+            for tok in early_stop[:n - len(out)]:  # what still fits
+                emit(tok)
+            forcing = False
+            continue
+        # one generate() call up to a stop token or the room left; with a budget, also up to where it must be
+        # looked at: after <think> opens the reasoning, and when the reasoning has used the budget up
+        limit, phase_stops = n - len(out), set(stops)
+        if thinking_budget is not None and thinking:
+            limit = min(limit, thinking_budget - think_len)
+        elif thinking_budget is not None and not closed:
+            phase_stops.add(think_id)
+        generate(model, [prompt + out], limit, **settings, seed=None if seed is None else seed + phase,
+                 stop_ids=tuple(phase_stops), on_token=take, vocab_limit=len(tokenizer), fast=fast)
+        phase += 1
     tail = decoder.flush()
     if stream and tail:
         stream("reasoning" if thinking else "content", tail)

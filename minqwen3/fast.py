@@ -21,6 +21,8 @@ position goes through the LM head. On CPU nothing is compiled or captured; the s
 from __future__ import annotations
 
 import time
+import weakref
+from collections.abc import Callable
 
 import torch
 
@@ -173,6 +175,13 @@ class FastGenerator:
         mask = None if pad is None else self.model._mask(input_pos, prefix, pad)
         return forward_last(self.model, ids, self._layer_caches(prefix), input_pos, mask, pad)
 
+    def _pick(self, logits: torch.Tensor, sampling: tuple, gen) -> torch.Tensor:
+        """Sample (B,) from logits (B, V); sampling is (vocab_limit, temperature, top_k, top_p, min_p, presence)."""
+        limit, *settings = sampling
+        if limit is not None:  # ids from limit up are no token (the embedding's padding rows)
+            logits[:, limit:] = float("-inf")
+        return sample(logits, *settings, seen=self.seen, generator=gen)
+
     def _step(self, n: int, sampling: tuple, stops: torch.Tensor, pad_id: int, gen) -> None:
         """One decode step over cache prefix n, state in, state out: no host sync, so it can be a graph."""
         layers = self.layers[n]
@@ -180,7 +189,7 @@ class FastGenerator:
         torch._dynamo.maybe_mark_dynamic(mask, 3)  # (B, 1, 1, n): the prefix length, like the cache's
         for layer, cache in zip(self.model.model.layers, layers):
             x = self.run_layer(layer, x, cos, sin, mask, cache, self.pos)
-        tok = sample(self.head(self.model, x), *sampling, seen=self.seen, generator=gen)
+        tok = self._pick(self.head(self.model, x), sampling, gen)
         self.emit(tok, self.out, self.n, self.done, self.seen, self.tok, self.pos, stops, pad_id)
 
     def _graph(self, n: int, sampling: tuple, stops: torch.Tensor, pad_id: int, gen) -> torch.cuda.CUDAGraph:
@@ -218,10 +227,12 @@ class FastGenerator:
                  temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0,
                  presence_penalty: float = 0.0, seed: int | None = None,
                  stop_ids: tuple[int, ...] = (IM_END, ENDOFTEXT), pad_id: int = ENDOFTEXT,
+                 on_token: Callable[[torch.Tensor], None] | None = None, vocab_limit: int | None = None,
                  check_every: int = 16) -> torch.Tensor:
         """Continue each prompt; returns ids (B, T + new) exactly as minqwen3.generate() does.
 
         With stop_ids, the host looks at the GPU's `done` flags every check_every tokens (one sync each time).
+        on_token gets each step's ids (B,) as generate() gives them, but in bursts: at those looks, and at the end.
         """
         ids, pad = as_batch(input_ids, pad_id)
         B, T = ids.shape
@@ -236,7 +247,7 @@ class FastGenerator:
             self._allocate(B)
         ids = ids.to(self.device)
         pad = None if pad is None else pad.to(self.device)
-        sampling = (temperature, top_k, top_p, min_p, presence_penalty)
+        sampling = (vocab_limit, temperature, top_k, top_p, min_p, presence_penalty)
         # one generator for the object's life: a captured graph draws from the generator it was captured with
         gen = None if seed is None else self.generator.manual_seed(seed)
         stops = torch.tensor(stop_ids, dtype=torch.long, device=self.device)
@@ -244,16 +255,27 @@ class FastGenerator:
             t.zero_()
         self.pad.copy_(pad if pad is not None else torch.zeros_like(self.pad))
 
-        first = sample(self._prefill(ids, pad), *sampling, seen=self.seen, generator=gen)
+        first = self._pick(self._prefill(ids, pad), sampling, gen)
         emit(first, self.out, self.n, self.done, self.seen, self.tok, self.pos, stops, pad_id)
         self.pos.fill_(T)
         # step i feeds the token at slot T + i and reads the smallest prefix holding it
         plen = [next(n for n in self.lengths if n > T + i) for i in range(N - 1)]
         if self.cuda_graphs:
             graphs = {n: self._graph(n, sampling, stops, pad_id, gen) for n in dict.fromkeys(plen)}
+        sent = 0  # tokens handed to on_token
+
+        def send(upto: int) -> None:
+            nonlocal sent
+            if on_token is not None and upto > sent:
+                for col in self.out[:, sent:upto].cpu().T:  # one copy per burst
+                    on_token(col)
+            sent = upto
+
         for i, n in enumerate(plen):
-            if stop_ids and i % check_every == 0 and self.done.all():
-                break
+            if i % check_every == 0 and (stop_ids or on_token is not None):
+                if stop_ids and self.done.all():
+                    break
+                send(i + 1)  # the first token and i steps, all before the step where every row finished
             if self.cuda_graphs:
                 graphs[n].replay()
             else:
@@ -263,4 +285,20 @@ class FastGenerator:
             finished = torch.isin(out, stops).cumsum(1).gt(0).all(0)  # (N,)
             if finished.any():
                 out = out[:, :int(finished.nonzero()[0]) + 1]
+        send(out.shape[1])
         return torch.cat([ids, out], dim=1)
+
+
+_generators: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def fast_generator(model, slots: int) -> FastGenerator:
+    """The model's FastGenerator with at least `slots` cache slots, kept for the model's life (one per model:
+    compiling and capturing happen once, then every call of generate() on the GPU reuses them)."""
+    fast = _generators.get(model)
+    if fast is None or fast.max_len < slots:
+        n = 4096
+        while n < slots:
+            n *= 2
+        _generators[model] = fast = FastGenerator(model, max_len=min(n, model.config.context_length))
+    return fast

@@ -127,7 +127,7 @@ def generate(model, input_ids: torch.Tensor | list[list[int]], max_new_tokens: i
              presence_penalty: float = 0.0, seed: int | None = None,
              stop_ids: tuple[int, ...] = (IM_END, ENDOFTEXT), pad_id: int = ENDOFTEXT,
              on_token: Callable[[torch.Tensor], None] | None = None,
-             vocab_limit: int | None = None) -> torch.Tensor:
+             vocab_limit: int | None = None, fast: bool | None = None) -> torch.Tensor:
     """Continue each prompt; returns ids (B, T + new), greedy when temperature is 0.
 
     input_ids: a (B, T) tensor, or a list of prompts of different lengths (left-padded with pad_id).
@@ -135,11 +135,19 @@ def generate(model, input_ids: torch.Tensor | list[list[int]], max_new_tokens: i
     on_token: called with each step's new ids (B,) as they come, finished rows showing pad_id (for streaming).
     vocab_limit: sample only ids below it, e.g. len(tokenizer): Qwen3's embedding has 151,936 rows for a vocabulary
     of 151,669, and the padding rows are no token at all (a trained model never picks them; a random one may).
+    fast: decode with minqwen3.fast (compiled, CUDA graphs; same tokens, on_token called in bursts of 16).
+    Default: on a CUDA device. The model's first fast call compiles for ~30 s; later calls reuse it.
     """
     ids, pad = as_batch(input_ids, pad_id)
     B, T = ids.shape
     check_sampling(temperature, top_k, top_p, min_p, presence_penalty)
     max_new_tokens = check_context(model, T, max_new_tokens)
+    if next(model.parameters()).is_cuda if fast is None else fast:
+        from .fast import fast_generator  # fast imports this module
+        return fast_generator(model, T + max_new_tokens).generate(
+            input_ids, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+            presence_penalty=presence_penalty, seed=seed, stop_ids=stop_ids, pad_id=pad_id, on_token=on_token,
+            vocab_limit=vocab_limit)
     session = Session(model, B, T + max_new_tokens, None if pad is None else pad.to(next(model.parameters()).device))
     gen = None
     if seed is not None:

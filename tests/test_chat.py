@@ -149,8 +149,8 @@ def test_stream_holds_back_split_characters(tok):
 def test_per_mode_defaults_and_overrides(tok, model, monkeypatch):
     chat_module = sys.modules["minqwen3.chat"]  # the module: minqwen3.chat itself is the function
     calls = []
-    real = chat_module.sample
-    monkeypatch.setattr(chat_module, "sample", lambda logits, **kw: calls.append(kw) or real(logits, **kw))
+    real = chat_module.generate
+    monkeypatch.setattr(chat_module, "generate", lambda *a, **kw: calls.append(kw) or real(*a, **kw))
 
     def used(**kw):
         calls.clear()

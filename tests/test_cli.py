@@ -98,6 +98,23 @@ def test_generate_raw_completion(ckpt, capsys):
     assert "5 tokens;" in err and "tokens/s" in err
 
 
+def test_fast_path_by_device_and_eager_flag(ckpt, capsys, monkeypatch):
+    """chat and generate leave the choice to the device (fast=None) unless --eager says otherwise."""
+    gen_module = sys.modules["minqwen3.generate"]  # the module: minqwen3.generate itself is the function
+    seen, real = [], gen_module.generate
+
+    def spy(*a, **kw):
+        seen.append(kw["fast"])
+        return real(*a, **kw)
+    monkeypatch.setattr(gen_module, "generate", spy)
+    monkeypatch.setattr(sys.modules["minqwen3.chat"], "generate", spy)
+    for cmd in (["generate"], ["chat", "--temperature", "0"]):
+        for flag, want in (([], None), (["--eager"], False)):
+            seen.clear()
+            assert run(capsys, *cmd, *flag, "--model", ckpt, "--max-new-tokens", "3", "Hmm")[0] == 0
+            assert seen and set(seen) == {want}
+
+
 @pytest.mark.parametrize("make", ["missing", "empty", "config-only", "weights-only"])
 def test_missing_or_incomplete_folder(ckpt, tmp_path, capsys, make):
     d = tmp_path / "m"

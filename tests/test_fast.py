@@ -8,7 +8,7 @@ import minqwen3
 from conftest import TINY
 from minqwen3.bench import decode_bytes, prefill_flops, random_model
 from minqwen3.cli import main
-from minqwen3.fast import FastGenerator, LayerCache, forward_last, prefix_lengths
+from minqwen3.fast import FastGenerator, LayerCache, fast_generator, forward_last, prefix_lengths
 
 MOE = dict(num_experts=8, num_experts_per_tok=2, moe_intermediate_size=32, mlp_only_layers=[1])
 
@@ -34,14 +34,37 @@ def test_fast_generator_equals_generate(over, kw, stops):
     fast = FastGenerator(model, max_len=48, smallest_prefix=8)  # prefixes 8, 16, 32, 48: several per run
     prompts = [[3, 1, 4, 1, 5], [9, 2, 6, 5, 3, 5, 8, 9, 7, 9, 3, 2]]  # left-padded batch
     for ids in (torch.randint(0, 320, (2, 7), generator=torch.Generator().manual_seed(1)), prompts):
-        want = minqwen3.generate(model, ids, 30, pad_id=0, stop_ids=(), **kw)
+        want = minqwen3.generate(model, ids, 30, pad_id=0, stop_ids=(), fast=False, **kw)
         stop_ids = ()
         if stops:  # tokens the rows really produce: row 0 stops at new token 5, row 1 at 15
             T = want.shape[1] - 30
             stop_ids = (int(want[0, T + 5]), int(want[1, T + 15]))
-            want = minqwen3.generate(model, ids, 30, pad_id=0, stop_ids=stop_ids, **kw)
+            want = minqwen3.generate(model, ids, 30, pad_id=0, stop_ids=stop_ids, fast=False, **kw)
             assert want.shape[1] < T + 30 and (want[0, T + 6:] == 0).all()
         assert torch.equal(fast.generate(ids, 30, pad_id=0, stop_ids=stop_ids, **kw), want)
+
+
+def test_generate_fast_streams_stops_and_limits_as_eager():
+    """generate(fast=True), the default on a GPU, goes through the model's FastGenerator: the same ids, the same
+    on_token steps (handed over in bursts), the same stops and vocab_limit as the eager loop."""
+    model = tiny(seed=2)
+    prompts = [[1, 2, 3], [9]]
+    free = minqwen3.generate(model, prompts, 40, stop_ids=(), pad_id=0, fast=False)
+    stops = (int(free[0, 3 + 20]), int(free[1, 3 + 25]))  # each row meets one by its 20th / 25th new token
+    for kw in (dict(stop_ids=()), dict(stop_ids=stops), dict(stop_ids=(), vocab_limit=100)):
+        outs, steps = {}, {}
+        for fast in (False, True):
+            got = []
+            outs[fast] = minqwen3.generate(model, prompts, 40, pad_id=0, fast=fast, on_token=got.append, **kw)
+            steps[fast] = torch.stack(got, dim=1)
+        assert torch.equal(outs[True], outs[False]) and torch.equal(steps[True], steps[False])
+        assert torch.equal(steps[False], outs[False][:, 3:])
+        if "vocab_limit" in kw:
+            assert outs[True][:, 3:].max() < 100 <= free[:, 3:].max()
+        if kw["stop_ids"]:
+            assert outs[True].shape[1] <= 3 + 26
+    fast = fast_generator(model, 10)
+    assert fast is fast_generator(model, 43) and fast.max_len == 512  # one per model, cache capped by the context
 
 
 def test_fast_generator_checks_its_cache_size():
@@ -71,10 +94,10 @@ def test_compiled_decode_traces_once_per_layer_kind():
     counter = CompileCounter()
     fast = FastGenerator(model, max_len=48, smallest_prefix=8, compile=True, backend=counter)
     ids = torch.randint(0, 320, (2, 5))
-    assert torch.equal(fast.generate(ids, 10, stop_ids=()), minqwen3.generate(model, ids, 10, stop_ids=()))
+    assert torch.equal(fast.generate(ids, 10, stop_ids=()), minqwen3.generate(model, ids, 10, stop_ids=(), fast=False))
     assert counter.frame_count == 5
     ids = torch.randint(0, 320, (2, 20))  # other prefixes
-    assert torch.equal(fast.generate(ids, 25, stop_ids=()), minqwen3.generate(model, ids, 25, stop_ids=()))
+    assert torch.equal(fast.generate(ids, 25, stop_ids=()), minqwen3.generate(model, ids, 25, stop_ids=(), fast=False))
     assert counter.frame_count == 5
 
 
@@ -149,13 +172,28 @@ def test_gpu_compiled_graphs_equal_eager(over, exact_fp32):
     assert fast.cuda_graphs
     ids = torch.randint(0, 320, (1, 40), generator=torch.Generator().manual_seed(0)).cuda()
     for ids in (ids, [[5, 6, 7], list(range(1, 60))]):
-        want = minqwen3.generate(model, ids, 100, stop_ids=(), pad_id=0)
+        want = minqwen3.generate(model, ids, 100, stop_ids=(), pad_id=0, fast=False)
         assert torch.equal(fast.generate(ids, 100, stop_ids=(), pad_id=0), want)
     graphs, compiled = len(fast.graphs), torch._dynamo.utils.counters["stats"]["unique_graphs"]
     prompts = [[5, 6, 7], list(range(1, 151))]  # reaches prefix 300: a new graph, but no new compile
-    want = minqwen3.generate(model, prompts, 140, stop_ids=(), pad_id=0)
+    want = minqwen3.generate(model, prompts, 140, stop_ids=(), pad_id=0, fast=False)
     assert torch.equal(fast.generate(prompts, 140, stop_ids=(), pad_id=0), want)
     assert len(fast.graphs) > graphs and torch._dynamo.utils.counters["stats"]["unique_graphs"] == compiled
+
+
+@pytest.mark.gpu  # conftest skips these without CUDA
+def test_gpu_generate_defaults_to_the_fast_path(exact_fp32):
+    """On CUDA, generate() compiles and captures by itself; streaming, stops and vocab_limit as eager."""
+    model = tiny(device="cuda", seed=2)
+    prompts = [[1, 2, 3], [9]]
+    free = minqwen3.generate(model, prompts, 60, stop_ids=(), pad_id=0, fast=False)
+    stops = (int(free[0, 3 + 30]), int(free[1, 3 + 40]))
+    for kw in (dict(stop_ids=stops), dict(stop_ids=(), vocab_limit=100)):
+        got, want = [], []
+        a = minqwen3.generate(model, prompts, 60, pad_id=0, on_token=got.append, **kw)
+        b = minqwen3.generate(model, prompts, 60, pad_id=0, on_token=want.append, fast=False, **kw)
+        assert torch.equal(a, b) and torch.equal(torch.stack(got, 1), torch.stack(want, 1).cpu())
+    assert fast_generator(model, 63).cuda_graphs and fast_generator(model, 63).graphs  # it was the fast path
 
 
 @pytest.mark.gpu  # conftest skips these without CUDA
@@ -165,7 +203,7 @@ def test_gpu_bf16_compiled_matches_eager():
     model = tiny(dtype=torch.bfloat16, device="cuda", **MOE)
     ids = torch.randint(0, 320, (1, 32), generator=torch.Generator().manual_seed(3)).cuda()
     fast = FastGenerator(model, max_len=128, smallest_prefix=64)
-    got, want = fast.generate(ids, 64, stop_ids=()), minqwen3.generate(model, ids, 64, stop_ids=())
+    got, want = fast.generate(ids, 64, stop_ids=()), minqwen3.generate(model, ids, 64, stop_ids=(), fast=False)
     assert torch.equal(got[:, :32 + 16], want[:, :32 + 16]), (got, want)
 
 
