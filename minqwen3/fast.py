@@ -135,6 +135,7 @@ class FastGenerator:
             # one guard set per model shape and backend; the default limit of 8 is reached by a few models
             torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
         self.generator = torch.Generator(self.device)
+        self.stops: dict[tuple[int, ...], torch.Tensor] = {}
         self.batch = 0
         self.setup_s = 0.0  # seconds spent compiling and capturing, summed
 
@@ -250,7 +251,9 @@ class FastGenerator:
         sampling = (vocab_limit, temperature, top_k, top_p, min_p, presence_penalty)
         # one generator for the object's life: a captured graph draws from the generator it was captured with
         gen = None if seed is None else self.generator.manual_seed(seed)
-        stops = torch.tensor(stop_ids, dtype=torch.long, device=self.device)
+        # a graph reads the stop ids from the tensor it was captured with: keep one tensor per set of ids alive
+        # (a fresh tensor per call would leave the graph reading freed memory on the next call)
+        stops = self.stops.setdefault(tuple(stop_ids), torch.tensor(stop_ids, dtype=torch.long, device=self.device))
         for t in self._state():
             t.zero_()
         self.pad.copy_(pad if pad is not None else torch.zeros_like(self.pad))

@@ -194,6 +194,12 @@ def test_gpu_generate_defaults_to_the_fast_path(exact_fp32):
         b = minqwen3.generate(model, prompts, 60, pad_id=0, on_token=want.append, fast=False, **kw)
         assert torch.equal(a, b) and torch.equal(torch.stack(got, 1), torch.stack(want, 1).cpu())
     assert fast_generator(model, 63).cuda_graphs and fast_generator(model, 63).graphs  # it was the fast path
+    # graphs captured by an earlier call replay in later ones: what they read must still be there (a chat's
+    # thinking-budget phases call generate() again with the same stops; freed memory gets reused meanwhile)
+    junk = [torch.randint(0, 320, (1 << 16,), device="cuda") for _ in range(50)]
+    del junk
+    again = minqwen3.generate(model, prompts, 60, pad_id=0, stop_ids=stops)
+    assert torch.equal(again, minqwen3.generate(model, prompts, 60, pad_id=0, stop_ids=stops, fast=False))
 
 
 @pytest.mark.gpu  # conftest skips these without CUDA
