@@ -34,7 +34,7 @@ def verify(path: str | Path, device: str = "cpu", dtype: str = "float32", new_to
         x = torch.tensor([ids], device=device)
         with torch.no_grad():
             diff = (ours(x) - theirs(x).logits.float()).abs().max().item()
-            a = generate(ours, x, new_tokens, stop_ids=())[0, len(ids):]
+            a = generate(ours, x, new_tokens, stop_ids=(), fast=False)[0, len(ids):]  # the plain model code
             b = theirs.generate(x, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
                                 attention_mask=torch.ones_like(x))[0, len(ids):]
         agree = int((a == b.to(a.device)).cumprod(0).sum())  # tokens equal before the first difference
