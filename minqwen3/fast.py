@@ -21,7 +21,6 @@ position goes through the LM head. On CPU nothing is compiled or captured; the s
 from __future__ import annotations
 
 import time
-import weakref
 from collections.abc import Callable
 
 import torch
@@ -292,16 +291,13 @@ class FastGenerator:
         return torch.cat([ids, out], dim=1)
 
 
-_generators: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
 def fast_generator(model, slots: int) -> FastGenerator:
-    """The model's FastGenerator with at least `slots` cache slots, kept for the model's life (one per model:
-    compiling and capturing happen once, then every call of generate() on the GPU reuses them)."""
-    fast = _generators.get(model)
+    """The model's FastGenerator with at least `slots` cache slots, kept on the model (compiling and capturing
+    happen once, then every call of generate() on the GPU reuses them; it goes when the model goes)."""
+    fast = model.__dict__.get("_fast_generator")  # a plain attribute, not a submodule: state_dict() ignores it
     if fast is None or fast.max_len < slots:
         n = 4096
         while n < slots:
             n *= 2
-        _generators[model] = fast = FastGenerator(model, max_len=min(n, model.config.context_length))
+        fast = model.__dict__["_fast_generator"] = FastGenerator(model, max_len=min(n, model.config.context_length))
     return fast

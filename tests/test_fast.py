@@ -1,4 +1,7 @@
 """The fast path (minqwen3/fast.py) against the eager one, the benchmark's arithmetic, and the GPU-only parts."""
+import gc
+import weakref
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -65,6 +68,11 @@ def test_generate_fast_streams_stops_and_limits_as_eager():
             assert outs[True].shape[1] <= 3 + 26
     fast = fast_generator(model, 10)
     assert fast is fast_generator(model, 43) and fast.max_len == 512  # one per model, cache capped by the context
+    assert set(model.state_dict()) == set(tiny(seed=2).state_dict())  # not part of the checkpoint
+    gone = weakref.ref(model)
+    del model, fast
+    gc.collect()
+    assert gone() is None  # the cached generator does not keep the model (and its GPU memory) alive
 
 
 def test_fast_generator_checks_its_cache_size():
