@@ -63,7 +63,7 @@ def chat(model, tokenizer, messages: Sequence[Mapping] | str, *, enable_thinking
     concatenate to Reply.text. Generation stops at <|im_end|> / <|endoftext|> (or stop_ids) or max_new_tokens.
     fast: as in generate(), on by default on a GPU (then the stream comes in bursts of 16 tokens).
     With a thinking budget the reply is generated in phases (up to <think>, up to the budget, the rest), each
-    prompt holding what came before; the presence penalty then counts repeats within a phase.
+    prompt holding what came before (and the presence penalty counting all of the reply so far).
     """
     unknown = sorted(set(sampling) - set(SAMPLING))
     if unknown:
@@ -131,7 +131,8 @@ def chat(model, tokenizer, messages: Sequence[Mapping] | str, *, enable_thinking
         elif thinking_budget is not None and not closed:
             phase_stops.add(think_id)
         generate(model, [prompt + out], limit, **settings, seed=None if seed is None else seed + phase,
-                 stop_ids=tuple(phase_stops), on_token=take, vocab_limit=len(tokenizer), fast=fast)
+                 stop_ids=tuple(phase_stops), on_token=take, vocab_limit=len(tokenizer), fast=fast,
+                 generated=[list(out)] if settings["presence_penalty"] else None)
         phase += 1
     tail = decoder.flush()
     if stream and tail:

@@ -21,12 +21,12 @@ position goes through the LM head. On CPU nothing is compiled or captured; the s
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 
 from .cache import KVCache
-from .generate import ENDOFTEXT, IM_END, as_batch, check_context, check_sampling, sample
+from .generate import ENDOFTEXT, IM_END, as_batch, check_context, check_sampling, mark_generated, sample
 
 
 class LayerCache:
@@ -228,7 +228,7 @@ class FastGenerator:
                  presence_penalty: float = 0.0, seed: int | None = None,
                  stop_ids: tuple[int, ...] = (IM_END, ENDOFTEXT), pad_id: int = ENDOFTEXT,
                  on_token: Callable[[torch.Tensor], None] | None = None, vocab_limit: int | None = None,
-                 check_every: int = 16) -> torch.Tensor:
+                 generated: Sequence[Sequence[int]] | None = None, check_every: int = 16) -> torch.Tensor:
         """Continue each prompt; returns ids (B, T + new) exactly as minqwen3.generate() does.
 
         With stop_ids, the host looks at the GPU's `done` flags every check_every tokens (one sync each time).
@@ -255,6 +255,8 @@ class FastGenerator:
         stops = self.stops.setdefault(tuple(stop_ids), torch.tensor(stop_ids, dtype=torch.long, device=self.device))
         for t in self._state():
             t.zero_()
+        if generated is not None:
+            mark_generated(self.seen, generated)
         self.pad.copy_(pad if pad is not None else torch.zeros_like(self.pad))
 
         first = self._pick(self._prefill(ids, pad), sampling, gen)

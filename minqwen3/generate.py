@@ -4,7 +4,7 @@ The model only maps ids to logits; everything about choosing tokens lives here.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -122,12 +122,20 @@ def check_context(model, prompt_len: int, max_new_tokens: int) -> int:
 
 
 @torch.no_grad()
+def mark_generated(seen: torch.Tensor, generated: Sequence[Sequence[int]]) -> None:
+    """seen (B, V) = 1 at each row's already generated ids."""
+    assert len(generated) == seen.shape[0], f"generated has {len(generated)} rows for a batch of {seen.shape[0]}"
+    for row, ids in zip(seen, generated):
+        row[torch.tensor(list(ids), dtype=torch.long, device=seen.device)] = 1.0
+
+
 def generate(model, input_ids: torch.Tensor | list[list[int]], max_new_tokens: int, *,
              temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0,
              presence_penalty: float = 0.0, seed: int | None = None,
              stop_ids: tuple[int, ...] = (IM_END, ENDOFTEXT), pad_id: int = ENDOFTEXT,
              on_token: Callable[[torch.Tensor], None] | None = None,
-             vocab_limit: int | None = None, fast: bool | None = None) -> torch.Tensor:
+             vocab_limit: int | None = None, fast: bool | None = None,
+             generated: Sequence[Sequence[int]] | None = None) -> torch.Tensor:
     """Continue each prompt; returns ids (B, T + new), greedy when temperature is 0.
 
     input_ids: a (B, T) tensor, or a list of prompts of different lengths (left-padded with pad_id).
@@ -135,6 +143,7 @@ def generate(model, input_ids: torch.Tensor | list[list[int]], max_new_tokens: i
     on_token: called with each step's new ids (B,) as they come, finished rows showing pad_id (for streaming).
     vocab_limit: sample only ids below it, e.g. len(tokenizer): Qwen3's embedding has 151,936 rows for a vocabulary
     of 151,669, and the padding rows are no token at all (a trained model never picks them; a random one may).
+    generated: per row, ids that count as already generated for the presence penalty (a reply continued in parts).
     fast: decode with minqwen3.fast (compiled, CUDA graphs; same tokens, on_token called in bursts of 16).
     Default: on a CUDA device. The model's first fast call compiles for ~30 s; later calls reuse it.
     """
@@ -147,13 +156,15 @@ def generate(model, input_ids: torch.Tensor | list[list[int]], max_new_tokens: i
         return fast_generator(model, T + max_new_tokens).generate(
             input_ids, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
             presence_penalty=presence_penalty, seed=seed, stop_ids=stop_ids, pad_id=pad_id, on_token=on_token,
-            vocab_limit=vocab_limit)
+            vocab_limit=vocab_limit, generated=generated)
     session = Session(model, B, T + max_new_tokens, None if pad is None else pad.to(next(model.parameters()).device))
     gen = None
     if seed is not None:
         gen = torch.Generator(session.device).manual_seed(seed)
     V = model.config.vocab_size
     seen = torch.zeros(B, V, device=session.device) if presence_penalty else None
+    if seen is not None and generated is not None:
+        mark_generated(seen, generated)
     stops = torch.tensor(stop_ids, dtype=torch.long, device=session.device)
     done = torch.zeros(B, dtype=torch.bool, device=session.device)
     out = [ids.to(session.device)]

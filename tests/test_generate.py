@@ -156,6 +156,20 @@ def test_presence_penalty():
     assert len(set(never[3:])) == 25  # ...and never does with a huge one
 
 
+@pytest.mark.parametrize("fast", [False, True])
+def test_a_reply_continued_in_parts_keeps_its_presence_penalty(fast):
+    """generate(generated=...) counts an earlier part of the reply as generated: two calls give what one gives."""
+    model = tiny()
+    prompt = [4, 4, 4]
+    whole = recompute_greedy(model, prompt, 25, penalty=1e4)  # the oracle; 1e4: no token twice
+    first = minqwen3.generate(model, [prompt], 10, presence_penalty=1e4, stop_ids=(), fast=fast)[0].tolist()
+    part = first[3:]
+    rest = minqwen3.generate(model, [first], 15, presence_penalty=1e4, stop_ids=(), fast=fast, generated=[part])
+    assert rest[0].tolist() == whole
+    forgot = minqwen3.generate(model, [first], 15, presence_penalty=1e4, stop_ids=(), fast=fast)
+    assert forgot[0].tolist() != whole  # without it the penalty starts afresh and the reply differs
+
+
 def test_stop_tokens_end_rows_and_pad_the_rest():
     model = tiny(seed=2)
     prompts = [[1, 2, 3], [100, 200], [7]]
