@@ -5,12 +5,14 @@
 Each variant patches one thing, builds a fresh FastGenerator (so it compiles again), and reports the decode time
 per token, its fraction of the weight-bandwidth limit, and the GPU kernels per step. "after" is the package as
 it is; "before" routes as before docs/benchmarks.md's run 3 (softmax over all experts, sorted top-k); "+combo"
-turns on Inductor's combo kernels (independent kernels of one graph launched as one). Random weights in the
+and "+nocombo" force Inductor's combo kernels (independent kernels of one graph launched as one) on or off;
+"+cfg:KEY=VALUE" sets any Inductor option. Random weights in the
 official shapes, bf16, batch 1, as `python -m minqwen3 bench`.
 """
 from __future__ import annotations
 
 import argparse
+import ast
 import contextlib
 import sys
 
@@ -33,25 +35,31 @@ def old_moe_forward(self, x):
 
 @contextlib.contextmanager
 def patched(name: str):
-    saved = moe.SparseMoE.forward, torch._inductor.config.combo_kernels
+    """Apply a variant named by parts joined with "+": "before" (the old router), "combo" / "nocombo" (Inductor's
+    combo kernels forced on / off), "cfg:KEY=VALUE" (any torch._inductor.config setting, VALUE a Python literal).
+    Yields FastGenerator's combo_kernels argument."""
+    parts = name.split("+")
+    config = {k: ast.literal_eval(v) for k, v in (p[4:].split("=", 1) for p in parts if p.startswith("cfg:"))}
+    saved = moe.SparseMoE.forward
     try:
-        if "before" in name:
+        if "before" in parts:
             moe.SparseMoE.forward = old_moe_forward
-        if "combo" in name:
-            torch._inductor.config.combo_kernels = True
-        yield
+        with torch._inductor.config.patch(config):
+            yield True if "combo" in parts else False if "nocombo" in parts else None
     finally:
-        moe.SparseMoE.forward, torch._inductor.config.combo_kernels = saved
+        moe.SparseMoE.forward = saved
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", nargs="+", default=["Qwen3-0.6B", "Qwen3-8B", "Qwen3-30B-A3B"])
-    p.add_argument("--variants", nargs="+", default=["after", "after+combo"])
+    p.add_argument("--variants", nargs="+", default=["after", "after+combo", "after+nocombo"],
+                   help="e.g. after+cfg:triton.persistent_reductions=False (see patched())")
     p.add_argument("--moe-variants", nargs="+", default=["before"], help="extra variants for MoE models")
     p.add_argument("--prompt", type=int, default=128)
     p.add_argument("--new", type=int, default=128)
     p.add_argument("--top", type=int, default=10, help="kernels to list per variant")
+    p.add_argument("--max-len", type=int, help="cache slots (default: prompt + new; the bench uses 4096)")
     args = p.parse_args()
     dev = torch.device("cuda")
     bw = copy_bandwidth(dev)
@@ -66,9 +74,10 @@ def main() -> int:
         reference = None
         variants = args.variants + (args.moe_variants if cfg.num_experts else [])
         for v in variants:
-            with patched(v), torch.no_grad():
+            with patched(v) as combo, torch.no_grad():
                 try:
-                    fast = FastGenerator(model, max_len=args.prompt + args.new)
+                    fast = FastGenerator(model, max_len=args.max_len or args.prompt + args.new,
+                                         combo_kernels=combo)
                     gen = lambda ids, n: fast.generate(ids, n, stop_ids=())  # noqa: E731
                     r = measure(v, gen, prompt, args.new, None, dev, 3, args.new)
                     prof = kernel_profile(lambda: gen(prompt, args.new), args.new - 1, args.top)
