@@ -1,8 +1,8 @@
 """One assistant turn: render the conversation, generate with Qwen3's per-mode defaults, split thinking from answer.
 
 Thinking mode: the model opens <think> itself, reasons, closes </think> and answers. A thinking budget (Qwen3 tech
-report, section 4.3) caps the reasoning: when it has run `thinking_budget` tokens without closing, we feed the
-report's early-stop sentence, which ends with </think>, into the KV cache and let the model write its answer.
+report, section 4.3) caps the reasoning: when it has run `thinking_budget` tokens without closing, we append the
+report's early-stop sentence, which ends with </think>, to what it wrote and let the model write its answer.
 """
 from __future__ import annotations
 
