@@ -121,7 +121,6 @@ def check_context(model, prompt_len: int, max_new_tokens: int) -> int:
     return min(max_new_tokens, ctx - prompt_len)
 
 
-@torch.no_grad()
 def mark_generated(seen: torch.Tensor, generated: Sequence[Sequence[int]]) -> None:
     """seen (B, V) = 1 at each row's already generated ids."""
     assert len(generated) == seen.shape[0], f"generated has {len(generated)} rows for a batch of {seen.shape[0]}"
@@ -129,6 +128,7 @@ def mark_generated(seen: torch.Tensor, generated: Sequence[Sequence[int]]) -> No
         row[torch.tensor(list(ids), dtype=torch.long, device=seen.device)] = 1.0
 
 
+@torch.no_grad()
 def generate(model, input_ids: torch.Tensor | list[list[int]], max_new_tokens: int, *,
              temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0,
              presence_penalty: float = 0.0, seed: int | None = None,
