@@ -252,7 +252,9 @@ class FastGenerator:
         gen = None if seed is None else self.generator.manual_seed(seed)
         # a graph reads the stop ids from the tensor it was captured with: keep one tensor per set of ids alive
         # (a fresh tensor per call would leave the graph reading freed memory on the next call)
-        stops = self.stops.setdefault(tuple(stop_ids), torch.tensor(stop_ids, dtype=torch.long, device=self.device))
+        if tuple(stop_ids) not in self.stops:
+            self.stops[tuple(stop_ids)] = torch.tensor(stop_ids, dtype=torch.long, device=self.device)
+        stops = self.stops[tuple(stop_ids)]
         for t in self._state():
             t.zero_()
         if generated is not None:
