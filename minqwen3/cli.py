@@ -121,8 +121,8 @@ def load(args):
 
 
 def _sampling(args) -> dict:
-    names = ("temperature", "top_k", "top_p", "min_p", "presence_penalty")
-    return {k: getattr(args, k) for k in names if getattr(args, k) is not None}
+    from .chat import SAMPLING
+    return {k: getattr(args, k) for k in SAMPLING if getattr(args, k) is not None}
 
 
 class Printer:
