@@ -3,6 +3,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import flash_decode
 from .rmsnorm import RMSNorm
 from .rope import apply_rope
 
@@ -27,13 +28,17 @@ class Attention(nn.Module):
         k = self.k_norm(self.k_proj(x).view(B, T, self.n_kv, self.head_dim)).transpose(1, 2)  # (B, H_kv, T, D)
         v = self.v_proj(x).view(B, T, self.n_kv, self.head_dim).transpose(1, 2)  # (B, H_kv, T, D)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if cache is not None:
-            k, v = cache.update(self.layer_idx, input_pos, k, v)  # (B, H_kv, S, D)
-        if T == 1 and cache is not None:
-            y = decode_attention(q, k, v, mask)  # (B, H, 1, D)
-        else:  # each group of n_heads / n_kv query heads shares one key/value head
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and T > 1,
-                                               enable_gqa=self.n_heads != self.n_kv)  # (B, H, T, D)
+        if T == 1 and cache is not None and flash_decode.available(q, mask):
+            # decode on a GPU: one kernel writes k, v into the cache and attends (flash_decode.py)
+            y = flash_decode.flash_decode(q, k, v, *cache.layer(self.layer_idx), input_pos, mask)  # (B, H, 1, D)
+        else:
+            if cache is not None:
+                k, v = cache.update(self.layer_idx, input_pos, k, v)  # (B, H_kv, S, D)
+            if T == 1 and cache is not None:
+                y = decode_attention(q, k, v, mask)  # (B, H, 1, D)
+            else:  # each group of n_heads / n_kv query heads shares one key/value head
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and T > 1,
+                                                   enable_gqa=self.n_heads != self.n_kv)  # (B, H, T, D)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
 
 

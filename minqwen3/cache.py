@@ -23,6 +23,10 @@ class KVCache:
         self.v[layer].index_copy_(2, input_pos, v)
         return self.k[layer], self.v[layer]
 
+    def layer(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """This layer's keys and values, for a kernel that writes the new slot itself (flash_decode.py)."""
+        return self.k[layer], self.v[layer]
+
     def prefix(self, n: int) -> "KVCache":
         """The first n slots of every layer, sharing storage: attention over it reads only those slots.
 

@@ -12,6 +12,8 @@ Three things remove the overhead:
 - A CUDA graph records one whole step, embedding to sampled token, and replays it as one launch. A graph replays
   fixed addresses, so everything a step touches lives in preallocated buffers: the KV cache, the current token,
   its position, the output row. The position advances on the GPU, inside the graph: the host never waits.
+- Decode attention is one Triton kernel (flash_decode.py) that writes the new key and value into the cache and
+  attends: under torch.compile, attention spelled as library calls received a copy of the cache prefix.
 - The static cache is read through prefixes of a few lengths (256, 512, 1024, ...): a step attends over the
   smallest prefix that holds its position. One graph per length, all captured before decoding starts.
 
@@ -38,6 +40,9 @@ class LayerCache:
     @property
     def max_len(self) -> int:  # read off the tensor, so torch.compile sees a symbol, not a constant
         return self.k.shape[2]
+
+    def layer(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.k, self.v
 
     def update(self, layer: int, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
         self.k.index_copy_(2, input_pos, k)

@@ -1,0 +1,156 @@
+"""Decode attention as one GPU kernel (flash-decoding, in Triton): one new token per row against the KV cache.
+
+attention.decode_attention spells decode attention as three library calls (q·k, softmax, p·v). At batch 1 each
+reads almost nothing and costs a launch; and under torch.compile the cache, once written, reached them only
+through a copy of the whole cache prefix (functionalised, the written cache is a new tensor). Here one kernel
+writes the new key and value into the cache and attends, reading each cached key and value once:
+
+- Program (b, g, s) takes the G query heads that share key/value head g (GQA) as the rows of one small matrix,
+  and a slice of the cache slots (a "split"). There are as many splits as it takes to give every SM a program
+  (one sequence has only 4-8 key/value heads), so even a short cache is read by the whole GPU at once.
+- Within its split it walks blocks of slots with an online softmax (running max m, running sum l), as flash
+  attention does, and writes its slice's normalised output and log-sum-exp lse = m + log l. The new token's
+  slot is taken from the new k and v, not from the cache, so the program that stores them races no reader.
+- The splits of (b, g) are merged by whichever program finishes last (it counts finished splits with an atomic
+  and resets the counter for the next step): out = sum_s exp(lse_s - max lse) * o_s / sum_s exp(lse_s - max lse).
+  No second kernel, and the counters being reset by the kernel itself lets a CUDA graph replay it.
+
+Used by attention.Attention on CUDA when Triton is installed; the math it must match is decode_attention's.
+"""
+from __future__ import annotations
+
+import torch
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # CPU-only installs: attention.decode_attention keeps its matmul form
+    triton = None
+
+BLOCK = 64  # cache slots per step of the online softmax, and the smallest split
+
+
+def available(q: torch.Tensor, mask: torch.Tensor | None) -> bool:
+    return (triton is not None and q.is_cuda and mask is not None and q.shape[2] == 1
+            and q.dtype in (torch.bfloat16, torch.float16, torch.float32))
+
+
+if triton is not None:
+    @triton.jit
+    def _flash_decode(Q, Kn, Vn, K, V, Pos, Mask, Out, Part, Lse, Count,
+                      skb, skh, sks, svb, svh, svs, smb, H_kv, S, n_splits, split, scale,
+                      G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, BLOCK: tl.constexpr,
+                      NSP: tl.constexpr, GM: tl.constexpr, IEEE: tl.constexpr):
+        bg, s = tl.program_id(0), tl.program_id(1)  # (row, key/value head), split
+        b, g = bg // H_kv, bg % H_kv
+        rows = tl.arange(0, GP)  # the G query heads of this key/value head, padded to a dot-friendly size
+        dims = tl.arange(0, D)
+        heads = g * G + rows
+        q = tl.load(Q + (b * H_kv * G + heads[:, None]) * D + dims[None, :], mask=rows[:, None] < G,
+                    other=0.0)  # (GP, D)
+        pos = tl.load(Pos)  # the new token's slot
+        kn = tl.load(Kn + bg * D + dims)  # its key and value (D,)
+        vn = tl.load(Vn + bg * D + dims)
+        k_row, v_row = K + b * skb + g * skh, V + b * svb + g * svh
+        if (pos >= s * split) & (pos < s * split + split):  # one program stores them in the cache
+            tl.store(k_row + pos * sks + dims, kn)
+            tl.store(v_row + pos * svs + dims, vn)
+        m = tl.full((GP,), -1e30, tl.float32)
+        l = tl.zeros((GP,), tl.float32)
+        acc = tl.zeros((GP, D), tl.float32)
+        for start in range(s * split, s * split + split, BLOCK):  # slots past S load as dead
+            slots = start + tl.arange(0, BLOCK)
+            live = tl.load(Mask + b * smb + slots, mask=slots < S, other=0).to(tl.int1)  # (BLOCK,)
+            new = (slots == pos)[:, None]
+            k = tl.load(k_row + slots[:, None] * sks + dims[None, :], mask=live[:, None], other=0.0)
+            k = tl.where(new, kn[None, :], k)  # (BLOCK, D)
+            if IEEE:  # float32 in, float32 products: what the eager matmuls give with TF32 off
+                scores = tl.dot(q, tl.trans(k), input_precision="ieee")
+            else:
+                scores = tl.dot(q, tl.trans(k))
+            scores = tl.where(live[None, :], scores * scale, float("-inf"))  # (GP, BLOCK)
+            m_new = tl.maximum(m, tl.max(scores, 1))
+            p = tl.exp(scores - m_new[:, None])
+            alpha = tl.exp(m - m_new)
+            l = l * alpha + tl.sum(p, 1)
+            v = tl.load(v_row + slots[:, None] * svs + dims[None, :], mask=live[:, None], other=0.0)
+            v = tl.where(new, vn[None, :], v)
+            if IEEE:
+                pv = tl.dot(p, v, input_precision="ieee")
+            else:
+                pv = tl.dot(p.to(v.dtype), v)
+            acc = acc * alpha[:, None] + pv
+            m = m_new
+        out_rows = Out + (b * H_kv * G + heads[:, None]) * D + dims[None, :]
+        if n_splits == 1:  # the whole sequence was this program's: done
+            tl.store(out_rows, (acc / l[:, None]).to(Out.dtype.element_ty), mask=rows[:, None] < G)
+        else:
+            # this split's normalised output and log-sum-exp; a split with no live slot has l = 0: lse -inf
+            part = (bg * n_splits + s) * GP
+            tl.store(Part + (part + rows[:, None]) * D + dims[None, :], acc / tl.maximum(l, 1e-30)[:, None])
+            tl.store(Lse + part + rows, tl.where(l > 0, m + tl.log(l), float("-inf")))
+            tl.debug_barrier()  # every thread's stores are issued before the count is raised
+            done = tl.atomic_add(Count + bg, 1, sem="acq_rel")  # release: they are visible to whoever sees it
+            if done == n_splits - 1:  # the last split of (b, g) to finish merges them all, all heads at once
+                i = tl.arange(0, NSP * GM)  # (split, head) pairs, flattened
+                sp, r = i // GM, i % GM
+                at = (bg * n_splits + sp) * GP + r
+                ok = (sp < n_splits) & (r < G)
+                # .cg: read through L2, where the other programs' stores are, never a stale L1 line
+                lse = tl.load(Lse + at, mask=ok, other=float("-inf"), cache_modifier=".cg")
+                lse = tl.reshape(tl.where(r < G, lse, 0.0), (NSP, GM))  # padding heads: finite, never stored
+                o = tl.load(Part + at[:, None] * D + dims[None, :], mask=ok[:, None], other=0.0, cache_modifier=".cg")
+                w = tl.exp(lse - tl.max(lse, 0)[None, :])  # (NSP, GM)
+                y = tl.sum(w[:, :, None] * tl.reshape(o, (NSP, GM, D)), 0) / tl.sum(w, 0)[:, None]  # (GM, D)
+                hm = tl.arange(0, GM)
+                tl.store(Out + (b * H_kv * G + g * G + hm[:, None]) * D + dims[None, :], y.to(Out.dtype.element_ty),
+                         mask=(hm < G)[:, None])
+                tl.atomic_xchg(Count + bg, 0)  # ready for the next call (and the next graph replay)
+
+
+# finished-split counters per (device, B * H_kv), zero between calls: one decode stream at a time per device
+_counts: dict[tuple[torch.device, int], torch.Tensor] = {}
+
+
+def _sms(device: torch.device) -> int:  # 8 for Triton's interpreter, which runs the kernel on CPU tensors
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 8
+
+
+@torch.library.custom_op("minqwen3::flash_decode", mutates_args=("k_cache", "v_cache"))
+def flash_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                 pos: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Write the new token's k, v (B, H_kv, 1, D) into the caches (B, H_kv, S, D) at slot pos (1,), the same
+    for every row, then attend from q (B, H, 1, D) over the slots mask (B|1, 1, 1, S) allows -> (B, H, 1, D).
+
+    The caches may be views of longer ones (any strides but the last); mask must allow slot pos in every row.
+    """
+    B, H, _, D = q.shape
+    H_kv, S = k_cache.shape[1], k_cache.shape[2]
+    G = H // H_kv
+    assert k_cache.stride(3) == 1 and v_cache.stride(3) == 1, "flash_decode: caches need unit stride along head_dim"
+    assert D & (D - 1) == 0, f"flash_decode: head_dim must be a power of 2, got {D}"
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    out = torch.empty_like(q)
+    n_splits = min(triton.cdiv(S, BLOCK), triton.cdiv(_sms(q.device), B * H_kv))  # a program for every SM
+    split = triton.cdiv(triton.cdiv(S, n_splits), BLOCK) * BLOCK  # slots per program, whole blocks
+    n_splits = triton.cdiv(S, split)
+    GP = max(16, triton.next_power_of_2(G))
+    part = torch.empty(B * H_kv * n_splits * GP, D, device=q.device, dtype=torch.float32)
+    lse = torch.empty(B * H_kv * n_splits * GP, device=q.device, dtype=torch.float32)
+    key = (q.device, B * H_kv)
+    if key not in _counts:  # allocated once, outside any graph capture (the first call is a warm-up)
+        _counts[key] = torch.zeros(B * H_kv, device=q.device, dtype=torch.int32)
+    live = mask.reshape(mask.shape[0], S)
+    _flash_decode[(B * H_kv, n_splits)](
+        q, k, v, k_cache, v_cache, pos, live, out, part, lse, _counts[key],
+        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), v_cache.stride(0), v_cache.stride(1),
+        v_cache.stride(2), live.stride(0) if live.shape[0] > 1 else 0, H_kv, S, n_splits, split, D ** -0.5,
+        G=G, GP=GP, D=D, BLOCK=BLOCK, NSP=max(2, triton.next_power_of_2(n_splits)),
+        GM=triton.next_power_of_2(G), IEEE=q.dtype == torch.float32,
+        num_warps=4, num_stages=2)
+    return out
+
+
+@flash_decode.register_fake
+def _(q, k, v, k_cache, v_cache, pos, mask):
+    return torch.empty_like(q, memory_format=torch.contiguous_format)
