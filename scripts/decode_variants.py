@@ -6,8 +6,11 @@ Each variant patches one thing, builds a fresh FastGenerator (so it compiles aga
 per token, its fraction of the weight-bandwidth limit, and the GPU kernels per step. "after" is the package as
 it is; "before" routes as before docs/benchmarks.md's run 3 (softmax over all experts, sorted top-k); "+combo"
 and "+nocombo" force Inductor's combo kernels (independent kernels of one graph launched as one) on or off;
-"+cfg:KEY=VALUE" sets any Inductor option. Random weights in the
-official shapes, bf16, batch 1, as `python -m minqwen3 bench`.
+"+mmattn" decodes attention as three library calls (attention.decode_attention) instead of flash_decode.py's
+one kernel, "+flex" with FlexAttention; "+maxk" routes with k rounds of max instead of topk; "+qkv" packs each
+layer's q, k and v weights into one matrix (one matrix-vector product); "+slots:N" gives the cache N slots;
+"+cfg:KEY=VALUE" sets any Inductor option. Random weights in the official shapes, bf16, batch 1, as
+`python -m minqwen3 bench`.
 """
 from __future__ import annotations
 
@@ -17,8 +20,10 @@ import contextlib
 import sys
 
 import torch
+import torch.nn.functional as F
 
-from minqwen3 import Qwen3Config, moe
+from minqwen3 import Qwen3Config, attention, flash_decode, moe
+from minqwen3.rope import apply_rope
 from minqwen3.bench import _release, copy_bandwidth, decode_bytes, kernel_profile, measure, random_model
 from minqwen3.fast import FastGenerator
 
@@ -33,6 +38,67 @@ def old_moe_forward(self, x):
     return self.experts(x, idx, w.to(x.dtype)).view(B, T, H), logits
 
 
+def maxk_moe_forward(self, x):
+    """The router's top-k as k rounds of (max, hide it): reductions Inductor can fuse, where topk is a library
+    kernel of its own."""
+    B, T, H = x.shape
+    x = x.reshape(B * T, H)
+    logits = self.gate(x)
+    rest, cols = logits.float(), torch.arange(logits.shape[-1], device=x.device)
+    tops, idxs = [], []
+    for _ in range(self.top_k):
+        top, i = rest.max(-1, keepdim=True)
+        tops.append(top)
+        idxs.append(i)
+        rest = torch.where(cols == i, float("-inf"), rest)
+    w = torch.cat(tops, -1).softmax(-1)  # norm_topk_prob, as Qwen3-MoE
+    return self.experts(x, torch.cat(idxs, -1), w.to(x.dtype)).view(B, T, H), logits
+
+
+def flex_decode(q, k, v, mask):
+    from torch.nn.attention.flex_attention import flex_attention
+    live = mask.reshape(mask.shape[0], -1)  # (B|1, S)
+    one = live.shape[0] == 1
+
+    def score_mod(score, b, h, q_idx, kv_idx):
+        return torch.where(live[0 if one else b, kv_idx], score, float("-inf"))
+    return flex_attention(q, k, v, score_mod=score_mod, enable_gqa=True)
+
+
+def packed_attention_forward(self, x, cos, sin, mask=None, cache=None, input_pos=None):
+    """Attention.forward with q, k, v from one matrix-vector product (the weights packed by pack_qkv)."""
+    B, T, _ = x.shape
+    n_q, n_kv = self.n_heads * self.head_dim, self.n_kv * self.head_dim
+    q, k, v = F.linear(x, self.qkv_weight).split([n_q, n_kv, n_kv], -1)
+    q = self.q_norm(q.view(B, T, self.n_heads, self.head_dim)).transpose(1, 2)
+    k = self.k_norm(k.view(B, T, self.n_kv, self.head_dim)).transpose(1, 2)
+    v = v.view(B, T, self.n_kv, self.head_dim).transpose(1, 2)
+    q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    if T == 1 and flash_decode.available(q, mask):
+        y = flash_decode.flash_decode(q, k, v, *cache.layer(self.layer_idx), input_pos, mask)
+    elif T == 1:
+        k, v = cache.update(self.layer_idx, input_pos, k, v)
+        y = attention.decode_attention(q, k, v, mask)
+    else:
+        k, v = cache.update(self.layer_idx, input_pos, k, v)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and T > 1,
+                                           enable_gqa=self.n_heads != self.n_kv)
+    return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
+
+
+def pack_qkv(model) -> None:
+    """One (q|k|v, C) matrix per layer; the three projections' weights become views of it (no extra memory)."""
+    with torch.no_grad():
+        for layer in model.model.layers:
+            a = layer.self_attn
+            if hasattr(a, "qkv_weight"):
+                continue
+            w = torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight])
+            n_q, n_kv = a.q_proj.weight.shape[0], a.k_proj.weight.shape[0]
+            a.q_proj.weight.data, a.k_proj.weight.data, a.v_proj.weight.data = w.split([n_q, n_kv, n_kv])
+            a.qkv_weight = w
+
+
 @contextlib.contextmanager
 def patched(name: str):
     """Apply a variant named by parts joined with "+": "before" (the old router), "combo" / "nocombo" (Inductor's
@@ -40,14 +106,22 @@ def patched(name: str):
     Yields FastGenerator's combo_kernels argument."""
     parts = name.split("+")
     config = {k: ast.literal_eval(v) for k, v in (p[4:].split("=", 1) for p in parts if p.startswith("cfg:"))}
-    saved = moe.SparseMoE.forward
+    saved = moe.SparseMoE.forward, attention.Attention.forward, attention.decode_attention, flash_decode.available
     try:
         if "before" in parts:
             moe.SparseMoE.forward = old_moe_forward
+        if "maxk" in parts:
+            moe.SparseMoE.forward = maxk_moe_forward
+        if "qkv" in parts:
+            attention.Attention.forward = packed_attention_forward
+        if "mmattn" in parts or "flex" in parts:
+            flash_decode.available = lambda q, mask: False
+        if "flex" in parts:
+            attention.decode_attention = flex_decode
         with torch._inductor.config.patch(config):
             yield True if "combo" in parts else False if "nocombo" in parts else None
     finally:
-        moe.SparseMoE.forward = saved
+        moe.SparseMoE.forward, attention.Attention.forward, attention.decode_attention, flash_decode.available = saved
 
 
 def main() -> int:
@@ -55,7 +129,7 @@ def main() -> int:
     p.add_argument("--model", nargs="+", default=["Qwen3-0.6B", "Qwen3-8B", "Qwen3-30B-A3B"])
     p.add_argument("--variants", nargs="+", default=["after", "after+combo", "after+nocombo"],
                    help="e.g. after+cfg:triton.persistent_reductions=False (see patched())")
-    p.add_argument("--moe-variants", nargs="+", default=["before"], help="extra variants for MoE models")
+    p.add_argument("--moe-variants", nargs="*", default=["before"], help="extra variants for MoE models")
     p.add_argument("--prompt", type=int, default=128)
     p.add_argument("--new", type=int, default=128)
     p.add_argument("--top", type=int, default=10, help="kernels to list per variant")
@@ -75,8 +149,11 @@ def main() -> int:
         variants = args.variants + (args.moe_variants if cfg.num_experts else [])
         for v in variants:
             with patched(v) as combo, torch.no_grad():
+                slots = [int(p[6:]) for p in v.split("+") if p.startswith("slots:")]
                 try:
-                    fast = FastGenerator(model, max_len=args.max_len or args.prompt + args.new,
+                    if "qkv" in v.split("+"):
+                        pack_qkv(model)
+                    fast = FastGenerator(model, max_len=(slots or [args.max_len or args.prompt + args.new])[0],
                                          combo_kernels=combo)
                     gen = lambda ids, n: fast.generate(ids, n, stop_ids=())  # noqa: E731
                     r = measure(v, gen, prompt, args.new, None, dev, 3, args.new)
