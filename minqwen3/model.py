@@ -69,6 +69,14 @@ class Qwen3(nn.Module):
              RoPE positions start at 0 after them, so a padded row computes what it would alone.
         return_router_logits: also return the per-MoE-layer router logits (for the balancing loss).
         """
+        h, router_logits = self.hidden_states(input_ids, cache, input_pos, pad)
+        logits = self.lm_head(h).float()
+        return (logits, router_logits) if return_router_logits else logits
+
+    def hidden_states(self, input_ids: torch.Tensor, cache=None, input_pos: torch.Tensor | None = None,
+                      pad: torch.Tensor | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """forward() without the LM head: final normed hidden states (B, T, C) and router logits (B*T, E) per MoE
+        layer. Training applies the head only where the loss needs it: most of a 151,936-way softmax's memory."""
         assert input_ids.dim() == 2, f"input_ids must be (batch, time), got shape {tuple(input_ids.shape)}"
         B, T = input_ids.shape
         if input_pos is None:
@@ -82,8 +90,7 @@ class Qwen3(nn.Module):
             x, r = layer(x, cos, sin, mask, cache, input_pos)
             if r is not None:
                 router_logits.append(r)
-        logits = self.lm_head(self.model.norm(x)).float()
-        return (logits, router_logits) if return_router_logits else logits
+        return self.model.norm(x), router_logits
 
     @staticmethod
     def _mask(input_pos, cache, pad):

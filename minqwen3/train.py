@@ -66,23 +66,6 @@ def collate(samples: list[tuple[list[int], list[bool]]], pad_id: int = 151643,
     return ids, loss, valid
 
 
-def trunk(model: Qwen3, ids: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """The model without its head: ids (B, T) -> final hidden states (B, T, C) and router logits per MoE layer.
-
-    The same computation as Qwen3.forward up to lm_head; training applies the head only where the loss needs it,
-    which saves most of the memory of a 151,936-way softmax.
-    """
-    m = model.model
-    x = m.embed_tokens(ids)  # (B, T, C)
-    cos, sin = m.rotary_emb(torch.arange(ids.shape[1], device=ids.device)[None], x.dtype)
-    routers = []
-    for layer in m.layers:
-        x, r = layer(x, cos, sin)  # no mask: plain causal attention
-        if r is not None:
-            routers.append(r)
-    return m.norm(x), routers
-
-
 class Balance:
     """Expert counts for the frequencies f of the load-balancing loss, per micro-batch or per global batch.
 
@@ -130,7 +113,7 @@ def train_step(model: Qwen3, opt: torch.optim.Optimizer, micro_batches: list, tc
     for ids, mask, valid in micro_batches:
         ids, mask, valid = (t.to(device, non_blocking=True) for t in (ids, mask, valid))
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-            h, routers = trunk(model, ids)
+            h, routers = model.hidden_states(ids)  # the head only where the loss is, below
             sel = mask[:, 1:]  # token t+1 is predicted from position t
             logits = F.linear(h[:, :-1][sel], model.lm_head.weight)  # (N, V), only where the loss is
         ce = F.cross_entropy(logits.float(), ids[:, 1:][sel], reduction="sum") / max(n_tokens, 1)

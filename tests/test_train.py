@@ -9,7 +9,7 @@ import torch.nn.functional as F
 import minqwen3
 from minqwen3.moe import expert_counts, load_balancing_loss
 from minqwen3.train import (Balance, TrainConfig, collate, load_checkpoint, lr_at, make_optimizer,
-                            train, train_step, trunk)
+                            train, train_step)
 
 TINY = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, head_dim=8, max_position_embeddings=128)
@@ -76,11 +76,11 @@ def test_collate_pads_on_the_right():
 
 
 @pytest.mark.parametrize("kw", [{}, MOE], ids=["dense", "moe"])
-def test_trunk_is_the_model_without_its_head(kw):
+def test_hidden_states_are_the_model_without_its_head(kw):
     model = tiny(**kw).eval()
     ids = torch.randint(0, 64, (2, 17))
     with torch.no_grad():
-        h, routers = trunk(model, ids)
+        h, routers = model.hidden_states(ids)
         want, want_routers = model(ids, return_router_logits=True)
     torch.testing.assert_close(model.lm_head(h).float(), want, rtol=1e-5, atol=1e-5)
     assert len(routers) == (2 if kw else 0)
