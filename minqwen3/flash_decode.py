@@ -31,8 +31,13 @@ BLOCK = 64  # cache slots per step of the online softmax, and the smallest split
 
 
 def available(q: torch.Tensor, mask: torch.Tensor | None) -> bool:
-    return (triton is not None and q.is_cuda and mask is not None and q.shape[2] == 1
-            and q.dtype in (torch.bfloat16, torch.float16, torch.float32))
+    """Whether flash_decode can take this decode step: Triton, an Ampere or newer GPU (bf16 tensor-core dots),
+    one query per row, and a head size tl.dot takes (a power of 2, 16 or more). Otherwise decode_attention does.
+    get_device_properties, unlike get_device_capability, is a constant to torch.compile."""
+    D = q.shape[-1]
+    return (triton is not None and q.is_cuda and mask is not None and q.shape[2] == 1 and D >= 16
+            and D & (D - 1) == 0 and q.dtype in (torch.bfloat16, torch.float16, torch.float32)
+            and torch.cuda.get_device_properties(q.device).major >= 8)
 
 
 if triton is not None:
