@@ -32,11 +32,12 @@ BLOCK = 64  # cache slots per step of the online softmax, and the smallest split
 
 def available(q: torch.Tensor, mask: torch.Tensor | None) -> bool:
     """Whether flash_decode can take this decode step: Triton, an Ampere or newer GPU (bf16 tensor-core dots),
-    one query per row, and a head size tl.dot takes (a power of 2, 16 or more). Otherwise decode_attention does.
-    get_device_properties, unlike get_device_capability, is a constant to torch.compile."""
+    one query per row, a head size tl.dot takes (a power of 2, 16 or more), and no gradient wanted (the kernel
+    has no backward). Otherwise decode_attention does. get_device_properties, unlike get_device_capability, is a
+    constant to torch.compile."""
     D = q.shape[-1]
-    return (triton is not None and q.is_cuda and mask is not None and q.shape[2] == 1 and D >= 16
-            and D & (D - 1) == 0 and q.dtype in (torch.bfloat16, torch.float16, torch.float32)
+    return (triton is not None and q.is_cuda and mask is not None and q.shape[2] == 1 and not q.requires_grad
+            and D >= 16 and D & (D - 1) == 0 and q.dtype in (torch.bfloat16, torch.float16, torch.float32)
             and torch.cuda.get_device_properties(q.device).major >= 8)
 
 
@@ -104,12 +105,13 @@ if triton is not None:
                 # .cg: read through L2, where the other programs' stores are, never a stale L1 line
                 lse = tl.load(Lse + at, mask=ok, other=float("-inf"), cache_modifier=".cg")
                 lse = tl.reshape(tl.where(r < G, lse, 0.0), (NSP, GM))  # padding heads: finite, never stored
-                o = tl.load(Part + at[:, None] * D + dims[None, :], mask=ok[:, None], other=0.0, cache_modifier=".cg")
+                o = tl.load(Part + at[:, None] * D + dims[None, :], mask=ok[:, None], other=0.0,
+                            cache_modifier=".cg")  # (NSP * GM, D)
                 w = tl.exp(lse - tl.max(lse, 0)[None, :])  # (NSP, GM)
                 y = tl.sum(w[:, :, None] * tl.reshape(o, (NSP, GM, D)), 0) / tl.sum(w, 0)[:, None]  # (GM, D)
                 hm = tl.arange(0, GM)
-                tl.store(Out + (b * H_kv * G + g * G + hm[:, None]) * D + dims[None, :], y.to(Out.dtype.element_ty),
-                         mask=(hm < G)[:, None])
+                tl.store(Out + (b * H_kv * G + g * G + hm[:, None]) * D + dims[None, :],
+                         y.to(Out.dtype.element_ty), mask=(hm < G)[:, None])
                 tl.atomic_xchg(Count + bg, 0)  # ready for the next call (and the next graph replay)
 
 
@@ -132,7 +134,7 @@ def flash_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: tor
     B, H, _, D = q.shape
     H_kv, S = k_cache.shape[1], k_cache.shape[2]
     G = H // H_kv
-    assert k_cache.stride(3) == 1 and v_cache.stride(3) == 1, "flash_decode: caches need unit stride along head_dim"
+    assert k_cache.stride(3) == 1 and v_cache.stride(3) == 1, "flash_decode: caches need head_dim contiguous"
     assert D & (D - 1) == 0, f"flash_decode: head_dim must be a power of 2, got {D}"
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     out = torch.empty_like(q)
