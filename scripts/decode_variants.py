@@ -7,9 +7,8 @@ per token, its fraction of the weight-bandwidth limit, and the GPU kernels per s
 it is; "before" routes as before docs/benchmarks.md's run 3 (softmax over all experts, sorted top-k); "+combo"
 and "+nocombo" force Inductor's combo kernels (independent kernels of one graph launched as one) on or off;
 "+mmattn" decodes attention as three library calls (attention.decode_attention) instead of flash_decode.py's
-one kernel, "+flex" with FlexAttention; "+maxk" routes with k rounds of max instead of topk; "+qkv" packs each
-layer's q, k and v weights into one matrix (one matrix-vector product); "+slots:N" gives the cache N slots;
-"+cfg:KEY=VALUE" sets any Inductor option. Random weights in the official shapes, bf16, batch 1, as
+one kernel, "+flex" with FlexAttention; "+maxk" routes with k rounds of max instead of topk; "+slots:N" gives the
+cache N slots; "+cfg:KEY=VALUE" sets any Inductor option. Random weights in the official shapes, bf16, batch 1, as
 `python -m minqwen3 bench`.
 """
 from __future__ import annotations
@@ -20,10 +19,8 @@ import contextlib
 import sys
 
 import torch
-import torch.nn.functional as F
 
 from minqwen3 import Qwen3Config, attention, flash_decode, moe
-from minqwen3.rope import apply_rope
 from minqwen3.bench import _release, copy_bandwidth, decode_bytes, kernel_profile, measure, random_model
 from minqwen3.fast import FastGenerator
 
@@ -65,40 +62,6 @@ def flex_decode(q, k, v, mask):
     return flex_attention(q, k, v, score_mod=score_mod, enable_gqa=True)
 
 
-def packed_attention_forward(self, x, cos, sin, mask=None, cache=None, input_pos=None):
-    """Attention.forward with q, k, v from one matrix-vector product (the weights packed by pack_qkv)."""
-    B, T, _ = x.shape
-    n_q, n_kv = self.n_heads * self.head_dim, self.n_kv * self.head_dim
-    q, k, v = F.linear(x, self.qkv_weight).split([n_q, n_kv, n_kv], -1)
-    q = self.q_norm(q.view(B, T, self.n_heads, self.head_dim)).transpose(1, 2)
-    k = self.k_norm(k.view(B, T, self.n_kv, self.head_dim)).transpose(1, 2)
-    v = v.view(B, T, self.n_kv, self.head_dim).transpose(1, 2)
-    q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-    if T == 1 and flash_decode.available(q, mask):
-        y = flash_decode.flash_decode(q, k, v, *cache.layer(self.layer_idx), input_pos, mask)
-    elif T == 1:
-        k, v = cache.update(self.layer_idx, input_pos, k, v)
-        y = attention.decode_attention(q, k, v, mask)
-    else:
-        k, v = cache.update(self.layer_idx, input_pos, k, v)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and T > 1,
-                                           enable_gqa=self.n_heads != self.n_kv)
-    return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
-
-
-def pack_qkv(model) -> None:
-    """One (q|k|v, C) matrix per layer; the three projections' weights become views of it (no extra memory)."""
-    with torch.no_grad():
-        for layer in model.model.layers:
-            a = layer.self_attn
-            if hasattr(a, "qkv_weight"):
-                continue
-            w = torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight])
-            n_q, n_kv = a.q_proj.weight.shape[0], a.k_proj.weight.shape[0]
-            a.q_proj.weight.data, a.k_proj.weight.data, a.v_proj.weight.data = w.split([n_q, n_kv, n_kv])
-            a.qkv_weight = w
-
-
 @contextlib.contextmanager
 def patched(name: str):
     """Apply a variant named by parts joined with "+": "before" (the old router), "combo" / "nocombo" (Inductor's
@@ -106,14 +69,12 @@ def patched(name: str):
     Yields FastGenerator's combo_kernels argument."""
     parts = name.split("+")
     config = {k: ast.literal_eval(v) for k, v in (p[4:].split("=", 1) for p in parts if p.startswith("cfg:"))}
-    saved = moe.SparseMoE.forward, attention.Attention.forward, attention.decode_attention, flash_decode.available
+    saved = moe.SparseMoE.forward, attention.decode_attention, flash_decode.available
     try:
         if "before" in parts:
             moe.SparseMoE.forward = old_moe_forward
         if "maxk" in parts:
             moe.SparseMoE.forward = maxk_moe_forward
-        if "qkv" in parts:
-            attention.Attention.forward = packed_attention_forward
         if "mmattn" in parts or "flex" in parts:
             flash_decode.available = lambda q, mask: False
         if "flex" in parts:
@@ -121,7 +82,7 @@ def patched(name: str):
         with torch._inductor.config.patch(config):
             yield True if "combo" in parts else False if "nocombo" in parts else None
     finally:
-        moe.SparseMoE.forward, attention.Attention.forward, attention.decode_attention, flash_decode.available = saved
+        moe.SparseMoE.forward, attention.decode_attention, flash_decode.available = saved
 
 
 def main() -> int:
@@ -151,8 +112,6 @@ def main() -> int:
             with patched(v) as combo, torch.no_grad():
                 slots = [int(p[6:]) for p in v.split("+") if p.startswith("slots:")]
                 try:
-                    if "qkv" in v.split("+"):
-                        pack_qkv(model)
                     fast = FastGenerator(model, max_len=(slots or [args.max_len or args.prompt + args.new])[0],
                                          combo_kernels=combo)
                     gen = lambda ids, n: fast.generate(ids, n, stop_ids=())  # noqa: E731
