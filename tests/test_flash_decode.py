@@ -19,7 +19,7 @@ def case(B, H, H_kv, S, dtype, seed=0):
     pad = torch.arange(B, device="cuda") * 7  # row b starts after 7b padding slots
     pos = torch.tensor([S - 40 if S > 100 else S - 1], device="cuda")
     mask = ((slots <= pos) & (slots >= pad[:, None]))[:, None, None]  # (B, 1, 1, S)
-    return q, k, v, k_cache, v_cache, pos, mask if B > 1 else mask[:1]
+    return q, k, v, k_cache, v_cache, pos, mask
 
 
 @pytest.mark.gpu  # conftest skips these without CUDA
