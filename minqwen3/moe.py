@@ -30,6 +30,8 @@ class Experts(nn.Module):
     def forward(self, x: torch.Tensor, idx: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         """x (N, H) tokens, idx (N, k) chosen experts, w (N, k) their weights -> (N, H)."""
         N, k = idx.shape
+        if x.is_cuda and torch.is_grad_enabled() and not torch.compiler.is_compiling():
+            return self._every_expert(x, idx, w)
         flat = idx.reshape(-1)  # (N*k,)
         # compiled code cannot loop over a host list of counts, so without grouped_mm it always gathers
         if N * k <= self.gather_max or (torch.compiler.is_compiling() and not _grouped_mm_ok(x)):
@@ -42,6 +44,19 @@ class Experts(nn.Module):
         else:
             y = self._sorted(x, flat, k)
         return (y.view(N, k, -1) * w[..., None]).sum(1)
+
+    def _every_expert(self, x: torch.Tensor, idx: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """Training on a GPU: every expert on every token, weighted by the router (0 where not chosen) -> (N, H).
+
+        E/k times the expert FLOPs of the sparse paths, but three batched matmuls, no sort and nothing the host
+        waits for; for a few small experts (the demo model) that is much faster. Outputs and gradients are the
+        sparse paths': an expert a token did not choose gets weight 0, so it adds nothing and learns nothing.
+        """
+        E = self.gate_proj.shape[0]
+        gates = torch.zeros(x.shape[0], E, device=x.device, dtype=w.dtype).scatter(1, idx, w)  # (N, E)
+        h = F.silu(torch.matmul(x, self.gate_proj.transpose(1, 2))) * torch.matmul(x, self.up_proj.transpose(1, 2))
+        y = torch.matmul(h, self.down_proj.transpose(1, 2))  # (E, N, H)
+        return torch.einsum("enh,ne->nh", y, gates.to(y.dtype))
 
     def _sorted(self, x: torch.Tensor, flat: torch.Tensor, k: int) -> torch.Tensor:
         """Sort the (token, expert) pairs by expert so each expert multiplies one contiguous block -> (N*k, H)."""
@@ -114,5 +129,8 @@ def load_balancing_loss(router_logits: list[torch.Tensor], top_k: int, mask: tor
 def expert_counts(logits: torch.Tensor, top_k: int, mask: torch.Tensor | None = None) -> torch.Tensor:
     """How many of the (masked) tokens chose each expert among their top-k: (E,)."""
     idx = logits.topk(top_k, dim=-1).indices  # (N, k); softmax keeps the order, so logits suffice
-    weight = None if mask is None else mask.reshape(-1, 1).float().expand_as(idx).reshape(-1)
-    return torch.bincount(idx.reshape(-1), weights=weight, minlength=logits.shape[-1]).float()
+    weight = torch.ones(idx.numel(), device=logits.device) if mask is None else \
+        mask.reshape(-1, 1).float().expand_as(idx).reshape(-1)
+    # index_add_ rather than bincount, which reads its max back to the host (a sync per layer on a GPU);
+    # the counts are whole numbers, exact in float32 in any order of summation
+    return torch.zeros(logits.shape[-1], device=logits.device).index_add_(0, idx.reshape(-1), weight)

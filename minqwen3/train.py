@@ -175,8 +175,9 @@ def train(model: Qwen3, batches: Iterable[list], tc: TrainConfig, start_step: in
 
     Logs every tc.log_every steps (to tc.out/log.jsonl and the progress bar) and returns the logged rows;
     saves a checkpoint every tc.save_every steps and at the end when tc.out is set.
-    time_budget (seconds): after 20 steps, lower tc.steps to what fits in the budget at the measured speed. The
-    choice is logged; since it is made during warm-up (tc.warmup >= 20), `steps=N` repeats the same schedule.
+    time_budget (seconds): after 60 steps, lower tc.steps to what fits in the budget at the speed of steps 30..60
+    (late enough that start-up costs, and other jobs starting beside this one, are over). The choice is logged;
+    since it is made during warm-up (tc.warmup >= 60), `steps=N` repeats the same schedule.
     """
     from tqdm import tqdm
     device = next(model.parameters()).device
@@ -197,7 +198,7 @@ def train(model: Qwen3, batches: Iterable[list], tc: TrainConfig, start_step: in
     rows, tokens, batches = [], 0, iter(batches)
     bar = tqdm(total=tc.steps, initial=start_step, disable=not progress, unit="step", dynamic_ncols=True)
     step = start_step
-    t0 = t10 = time.perf_counter()
+    t0 = t30 = time.perf_counter()
     try:
         while step < tc.steps:
             lr = lr_at(step, tc)
@@ -208,13 +209,13 @@ def train(model: Qwen3, batches: Iterable[list], tc: TrainConfig, start_step: in
             step += 1
             bar.update(1)
             done = step - start_step
-            if time_budget is not None and done in (10, 20):  # the first steps pay start-up costs: time 10..20
+            if time_budget is not None and done in (30, 60):  # the first steps pay start-up costs: time 30..60
                 if device.type == "cuda":
                     torch.cuda.synchronize()
-                if done == 10:
-                    t10 = time.perf_counter()
+                if done == 30:
+                    t30 = time.perf_counter()
                 else:
-                    per_step = (time.perf_counter() - t10) / 10
+                    per_step = (time.perf_counter() - t30) / 30
                     fit = step + int((time_budget - (time.perf_counter() - t0)) / per_step)
                     if fit < tc.steps:
                         tc.steps = max(fit, step + 1)

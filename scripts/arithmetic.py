@@ -1,7 +1,7 @@
 """The demo task: arithmetic in chat form, with step-by-step thinking traces. Seeded, so every run makes the same data.
 
-A problem is a + b, a - b (a >= b) or a × d (d one digit), asked bare ("What is 4821 + 3967?") or as a short word
-problem. In thinking mode the assistant works column by column inside <think>…</think>, keeping the digits found
+A problem is a + b, a - b (a >= b) or a × b (b of one or two digits), asked the many ways people type it ("What is
+4821 + 3967?", "17+25", "WHAT IS 12 X 11", "Add 4,821 and 3,967") or as a short word problem. In thinking mode the assistant works column by column inside <think>…</think>, keeping the digits found
 "so far", then answers; in non-thinking mode it answers straight after the empty think block. The thinking is what
 makes the problem easy: each line needs two digits, a carry and a small sum, where the direct answer needs all of
 them at once.
@@ -10,7 +10,8 @@ Chat samples follow Qwen3's thinking-mode fusion (tech report §4.3): a user tur
 last flag in the conversation wins, no flag means thinking. Some thinking samples are cut at a random budget by the
 early-stop text, then answered anyway, so the model learns to answer from partial thinking (the budget curve).
 
-Problems whose (op, a, b) hash to 0 mod 10 never appear in training: evaluation draws only those.
+Problems whose (op, a, b) hash to 0 mod 10 never appear in training: evaluation draws only those. Evaluation also
+asks them in sentence templates that training never uses (HELD_OUT_*), made of words training does use.
 """
 from __future__ import annotations
 
@@ -28,33 +29,77 @@ IM_END = 151645
 # variant of Qwen's example code (a blank line before, no "." after </think>). Training sees both.
 STOP_SENTENCE = EARLY_STOP.split("\n</think>")[0]
 STOP_TEXTS = (EARLY_STOP, "\n\n" + STOP_SENTENCE + "\n</think>\n\n")
-PLACES = ("ones", "tens", "hundreds", "thousands")
+PLACES = ("ones", "tens", "hundreds", "thousands", "ten thousands")
 OPS = ("+", "-", "×")
+
+# ---------------------------------------------------------------- how people ask
+# A question is a sentence template filled with an expression ("17+25", "4,821 plus 3,967", "12 x 11") or with the
+# numbers alone ("Add 17 and 25"); then its case may change and its final punctuation be replaced or dropped.
+SYMBOLS = {"+": ("+", "plus"), "-": ("-", "minus"), "×": ("×", "*", "x", "times", "multiplied by")}
+TRAIN_EXPRESSION = ("What is {e}", "Compute {e}", "Calculate {e}", "{e}", "{e} =", "{e} = ?", "How much is {e}",
+                    "Please compute {e}", "Tell me {e}", "What is the result of {e}", "Can you calculate {e}",
+                    "Solve {e}", "Work out {e}", "what do you get for {e}")
+TRAIN_VERBAL = {  # {a} and {b} as asked: for "×" either factor may come first
+    "+": ("Add {a} and {b}", "Add {b} to {a}", "What is the sum of {a} and {b}", "Find the sum of {a} and {b}",
+          "What do you get if you add {a} and {b}"),
+    "-": ("Subtract {b} from {a}", "What is {b} less than {a}", "Take {b} away from {a}",
+          "What is the difference of {a} and {b}", "What do you get if you take {b} from {a}"),
+    "×": ("Multiply {a} by {b}", "What is the product of {a} and {b}", "Find the product of {a} and {b}",
+          "What do you get if you multiply {a} and {b}"),
+}
+# Held out by phrasing: templates that training never shows, made only of words and symbols that training
+# uses (a test checks this), so they measure how far the model generalises. Evaluation only.
+HELD_OUT_EXPRESSION = ("Please calculate {e}", "Can you compute {e}", "Tell me the result of {e}",
+                       "How much do you get for {e}", "Work out {e} please", "What is {e} =",
+                       "Please tell me what {e} is", "Solve {e} for me", "Calculate the result of {e} =")
+HELD_OUT_VERBAL = {
+    "+": ("Please add {a} and {b}", "Can you find the sum of {a} and {b}", "Tell me the sum of {a} and {b}"),
+    "-": ("Please subtract {b} from {a}", "Can you take {b} away from {a}", "Tell me the difference of {a} and {b}"),
+    "×": ("Please multiply {a} by {b}", "Can you find the product of {a} and {b}",
+          "Tell me the product of {a} and {b}"),
+}
+PUNCTUATION = ("?", ".", "", "!", " ?", "??")
 
 NAMES = ("Tom", "Anna", "Ben", "Mia", "Sam", "Lily", "Omar", "Zoe")
 ITEMS = ("apple", "pencil", "marble", "sticker", "card", "coin", "book", "shell")
-QUESTIONS = {
-    "+": ("What is {a} + {b}?", "Compute {a} + {b}.", "{a} + {b} = ?", "Add {a} and {b}.",
-          "What is the sum of {a} and {b}?"),
-    "-": ("What is {a} - {b}?", "Compute {a} - {b}.", "{a} - {b} = ?", "Subtract {b} from {a}.",
-          "What is {a} minus {b}?"),
-    "×": ("What is {a} × {b}?", "What is {a} * {b}?", "Compute {a} times {b}.", "{a} × {b} = ?",
-          "Multiply {a} by {b}."),
-}
-WORD = {  # (question, the line that turns it into arithmetic)
+TRAIN_WORD = {  # (question, the thinking's first line, which turns it into arithmetic)
     "+": (("{name} has {a} {item}s and buys {b} more. How many {item}s does {name} have now?",
            "{name} has {a} {item}s and gets {b} more, so I need {a} + {b}."),
           ("A shop sold {a} {item}s on Monday and {b} on Tuesday. How many {item}s did it sell in total?",
-           "The two days together are {a} + {b}.")),
+           "The two days together are {a} + {b}."),
+          ("{name} gets {b} {item}s. Now {name} has them and {a} more. How many {item}s is that in total?",
+           "{b} and {a} more is {a} + {b}."),
+          ("There are {a} {item}s in a box and {b} in a bag. How many are there in total?",
+           "Box and bag together are {a} + {b}.")),
     "-": (("{name} had {a} {item}s and gave {b} of them away. How many {item}s are left?",
            "{name} is left with {a} - {b} {item}s."),
           ("A box holds {a} {item}s. {b} are taken out. How many {item}s remain in the box?",
-           "What remains is {a} - {b}.")),
+           "What remains is {a} - {b}."),
+          ("{name} has {a} {item}s and sells {b}. How many does {name} have now?",
+           "{name} now has {a} - {b}."),
+          ("A shop had {a} {item}s and sold {b} of them on Monday. How many {item}s does it have left?",
+           "The shop has {a} - {b} left.")),
     "×": (("There are {b} bags with {a} {item}s in each bag. How many {item}s are there?",
            "{b} bags of {a} is {a} × {b}."),
           ("{name} reads {a} pages a day for {b} days. How many pages is that?",
-           "{b} days of {a} pages is {a} × {b}.")),
+           "{b} days of {a} pages is {a} × {b}."),
+          ("A box holds {a} {item}s. How many {item}s are in {b} boxes?",
+           "{b} boxes of {a} is {a} × {b}."),
+          ("{name} buys {b} {item}s at {a} coins each. How many coins is that in total?",
+           "{b} times {a} coins is {a} × {b}.")),
 }
+HELD_OUT_WORD = {
+    "+": ("{name} has {a} {item}s. {name} buys {b} more. How many {item}s is that now?",
+          "A bag holds {a} {item}s and a box holds {b}. How many {item}s are there in total?",
+          "On Monday {name} sold {a} {item}s and on Tuesday {b} more. How many did {name} sell in total?"),
+    "-": ("There are {a} {item}s in a box and {b} are taken out. How many {item}s remain?",
+          "{name} had {a} {item}s and sold {b} of them. How many are left?",
+          "A shop has {a} {item}s and sells {b} of them. How many {item}s does the shop have now?"),
+    "×": ("{name} has {b} boxes with {a} {item}s in each box. How many {item}s does {name} have?",
+          "A shop sold {b} bags of {a} {item}s. How many {item}s did it sell in total?",
+          "{name} reads {a} pages a day. How many pages is that in {b} days?"),
+}
+PHRASINGS = ("train", "held_out")
 
 
 def is_held_out(op: str, a: int, b: int) -> bool:
@@ -65,7 +110,7 @@ def is_held_out(op: str, a: int, b: int) -> bool:
 @dataclass(frozen=True)
 class Problem:
     op: str  # "+", "-" or "×"
-    a: int  # for "-", a >= b; for "×", b is one digit
+    a: int  # for "-", a >= b; for "×", b (the multiplier) has one or two digits and no more than a
     b: int
     question: str
     setup: str = ""  # for word problems: the thinking's first line, which names the arithmetic
@@ -83,59 +128,101 @@ def _number(rng: random.Random, digits: int) -> int:
     return rng.randint(0, 9) if digits == 1 else rng.randint(10 ** (digits - 1), 10 ** digits - 1)
 
 
-def make_problem(rng: random.Random, kind: str | None = None, digits: tuple[int, int] | None = None,
-                 held_out: bool = False) -> Problem:
-    """A random problem; kind "+", "-", "×" or "word" (default: any); digits fixes the operands' lengths.
+def _written(rng: random.Random, n: int) -> str:
+    """A number as people type it: 4821 or, a third of the time, with a thousands separator (4,821)."""
+    return f"{n:,}" if n >= 1000 and rng.random() < 0.35 else str(n)
 
-    held_out=False never returns an evaluation problem, held_out=True only returns those.
+
+def _expression(rng: random.Random, op: str, x: int, y: int) -> str:
+    """x op y with a symbol or word for op, spaces around a symbol or not."""
+    sym = rng.choice(SYMBOLS[op])
+    if sym.isalpha() and len(sym) > 1:  # a word: always between spaces
+        gap = (" ", " ")
+    else:
+        gap = rng.choices(((" ", " "), ("", ""), ("", " "), (" ", "")), weights=(5, 4, 1, 1))[0]
+    return f"{_written(rng, x)}{gap[0]}{sym}{gap[1]}{_written(rng, y)}"
+
+
+def _restyle(rng: random.Random, text: str) -> str:
+    """Final punctuation and case as people type them: a sentence may end in ?, ., !, ?? or nothing (one ending
+    in "=" or "= ?" stays), and some are all lower or upper case."""
+    if not text.endswith(("=", "?")) or (text.endswith("?") and not text.endswith("= ?") and rng.random() < 0.3):
+        text = text.rstrip("?") + rng.choices(PUNCTUATION, weights=(6, 3, 4, 1, 1, 1))[0]
+    r = rng.random()
+    return text.lower() if r < 0.2 else text.upper() if r < 0.27 else text
+
+
+def phrase(rng: random.Random, op: str, a: int, b: int, word: bool = False,
+           phrasing: str = "train") -> tuple[str, str]:
+    """The question (and for a word problem the thinking's first line) for a op b, in a random phrasing.
+
+    phrasing "train" draws from the templates training uses, "held_out" from those it never sees.
     """
-    kind = kind or rng.choices(("+", "-", "×", "word"), weights=(3, 3, 2, 2))[0]
+    if phrasing not in PHRASINGS:
+        raise ValueError(f"phrasing must be one of {PHRASINGS}, got {phrasing!r}")
+    x, y = (b, a) if op == "×" and rng.random() < 0.3 else (a, b)  # "×": either factor first
+    if word:
+        if phrasing == "train":
+            question, setup = rng.choice(TRAIN_WORD[op])
+        else:
+            question, setup = rng.choice(HELD_OUT_WORD[op]), ""
+        fill = dict(a=_written(rng, a), b=_written(rng, b), name=rng.choice(NAMES), item=rng.choice(ITEMS))
+        setup = setup.replace("{a}", str(a)).replace("{b}", str(b))  # the thinking writes plain numbers
+        return _restyle(rng, question.format(**fill)), setup.format(**fill)
+    expression, verbal = ((TRAIN_EXPRESSION, TRAIN_VERBAL) if phrasing == "train" else
+                          (HELD_OUT_EXPRESSION, HELD_OUT_VERBAL))
+    if rng.random() < 0.7:
+        text = rng.choice(expression).format(e=_expression(rng, op, x, y))
+    else:
+        text = rng.choice(verbal[op]).format(a=_written(rng, x), b=_written(rng, y))
+    return _restyle(rng, text), ""
+
+
+def draw(rng: random.Random, kind: str | None = None, digits: tuple[int, int] | None = None,
+         held_out: bool = False) -> tuple[str, int, int, bool]:
+    """(op, a, b, word) of a random problem; kind "+", "-", "×" or "word" (default: any); digits fixes the
+    operands' lengths. held_out=False never returns an evaluation problem, held_out=True only those."""
+    kind = kind or rng.choices(("+", "-", "×", "word"), weights=(3, 3, 3, 2))[0]
     word = kind == "word"
     op = rng.choice(OPS) if word else kind
     while True:
         if digits:
             da, db = digits
-        elif op == "×":  # the bigger factor has 1 to 3 digits, the other one
-            da, db = rng.choices((1, 2, 3), weights=(1, 2, 4))[0], 1
+        elif op == "×":  # a factor of 1 to 3 digits times one of 1 or 2 digits
+            da, db = rng.choices((1, 2, 3), weights=(1, 2, 4))[0], rng.choice((1, 2))
         else:  # lengths 1 to 4, longer ones more often: they are the hard ones
             da, db = rng.choices((1, 2, 3, 4), weights=(1, 2, 3, 4), k=2)
-        if word:
-            da, db = min(da, 3), min(db, 3)
         a, b = _number(rng, da), _number(rng, db)
-        if op == "×" and rng.random() < 0.3 and not digits:
+        if op == "×" and rng.random() < 0.2 and not digits:
             b = rng.randint(2, 9)
-        if op == "-" and a < b:
+        if (op == "-" and a < b) or (op == "×" and len(str(a)) < len(str(b))):
             a, b = b, a
         if is_held_out(op, a, b) == held_out:
-            break
-    if word:
-        question, setup = rng.choice(WORD[op])
-        fill = dict(a=a, b=b, name=rng.choice(NAMES), item=rng.choice(ITEMS))
-        return Problem(op, a, b, question.format(**fill), setup.format(**fill))
-    template = rng.choice(QUESTIONS[op])
-    if op == "×" and rng.random() < 0.3:  # the one-digit factor first: the thinking swaps them
-        return Problem(op, a, b, template.format(a=b, b=a))
-    return Problem(op, a, b, template.format(a=a, b=b))
+            return op, a, b, word
 
 
-def trace(p: Problem) -> str:
-    """The step-by-step thinking for a problem: one line per column, right to left, carrying the digits so far."""
-    lines = [p.setup] if p.setup else []
-    a, b = str(p.a), str(p.b)
-    verb = {"+": "add", "-": "subtract", "×": "multiply digit by digit"}[p.op]
-    lines.append(f"{p.expression}: {verb}, starting from the ones.")
-    n = max(len(a), len(b)) if p.op != "×" else len(a)
-    carry, so_far = 0, ""
+def make_problem(rng: random.Random, kind: str | None = None, digits: tuple[int, int] | None = None,
+                 held_out: bool = False, phrasing: str = "train") -> Problem:
+    """A random problem in a random phrasing (see draw and phrase)."""
+    op, a, b, word = draw(rng, kind, digits, held_out)
+    return Problem(op, a, b, *phrase(rng, op, a, b, word, phrasing))
+
+
+def _columns(op: str, a: int, b: int) -> tuple[list[str], int]:
+    """Column lines for a + b, a - b (a >= b) or a × b (b one digit), right to left; and the result."""
+    x_digits, y_digits = str(a), str(b)
+    n = max(len(x_digits), len(y_digits)) if op != "×" else len(x_digits)
+    lines, carry, so_far = [], 0, ""
     for i in range(n):
-        x = int(a[-1 - i]) if i < len(a) else 0
-        y = int(b[-1 - i]) if i < len(b) else 0
+        x = int(x_digits[-1 - i]) if i < len(x_digits) else 0
+        y = int(y_digits[-1 - i]) if i < len(y_digits) else 0
         head = f"{PLACES[i]}: "
-        if p.op == "+":
+        if op == "+":
             s = x + y + carry
             so_far = str(s % 10) + so_far
             lines.append(f"{head}{x}+{y}+{carry}={s}, carry {s // 10}, so far {so_far}")
             carry = s // 10
-        elif p.op == "-":
+        elif op == "-":
             s = x - y - carry
             if s < 0:
                 so_far = str(s + 10) + so_far
@@ -147,13 +234,36 @@ def trace(p: Problem) -> str:
                 lines.append(f"{head}{x}-{y}-{carry}={s}, borrow 0, so far {so_far}")
                 carry = 0
         else:
-            s = x * p.b + carry
+            s = x * b + carry
             so_far = str(s % 10) + so_far
-            lines.append(f"{head}{x}×{p.b}+{carry}={s}, carry {s // 10}, so far {so_far}")
+            lines.append(f"{head}{x}×{b}+{carry}={s}, carry {s // 10}, so far {so_far}")
             carry = s // 10
-    if carry and p.op != "-":
+    if carry and op != "-":
         so_far = str(carry) + so_far
         lines.append(f"carry {carry} goes in front: {so_far}")
+    return lines, int(so_far)
+
+
+def trace(p: Problem) -> str:
+    """The step-by-step thinking: one line per column, right to left, carrying the digits so far. A two-digit
+    multiplier is the column method: a × ones digit, a × tens digit with a 0 behind, then their sum."""
+    lines = [p.setup] if p.setup else []
+    if p.op != "×" or p.b < 10:
+        verb = {"+": "add", "-": "subtract", "×": "multiply digit by digit"}[p.op]
+        lines.append(f"{p.expression}: {verb}, starting from the ones.")
+        lines += _columns(p.op, p.a, p.b)[0]
+    else:
+        tens, ones = divmod(p.b, 10)
+        lines.append(f"{p.expression}: {p.a} × {ones} plus {p.a} × {tens}0, starting from the ones.")
+        lines.append(f"{p.a} × {ones}:")
+        block, low = _columns("×", p.a, ones)
+        lines += block
+        lines.append(f"{p.a} × {tens}0 is {p.a} × {tens} with a 0 behind:")
+        block, high = _columns("×", p.a, tens)
+        lines += block
+        lines.append(f"with the 0: {high * 10}")
+        lines.append(f"{low} + {high * 10}: add, starting from the ones.")
+        lines += _columns("+", low, high * 10)[0]
     lines.append(f"So {p.expression} = {p.answer}.")
     return "\n".join(lines)
 
@@ -253,14 +363,18 @@ def make_samples(seed: int, n: int, encode_batch, mix: Mix = Mix()) -> list[tupl
     return encode_chats([make_chat(rng, mix) for _ in range(n)], encode_batch, rng)
 
 
-def eval_problems(n_per_kind: int = 100, seed: int = 1234) -> list[tuple[str, Problem]]:
-    """Held-out problems, by category: 4-digit + and -, 3-digit × 1-digit, word problems, and mixed lengths."""
-    rng = random.Random(seed)
-    kinds = {"add 4+4 digits": dict(kind="+", digits=(4, 4)), "sub 4-4 digits": dict(kind="-", digits=(4, 4)),
-             "mul 3x1 digits": dict(kind="×", digits=(3, 1)), "word problems": dict(kind="word"),
-             "mixed lengths": dict()}
+CATEGORIES = {"add 4+4 digits": dict(kind="+", digits=(4, 4)), "sub 4-4 digits": dict(kind="-", digits=(4, 4)),
+              "mul 3x1 digits": dict(kind="×", digits=(3, 1)), "mul 3x2 digits": dict(kind="×", digits=(3, 2)),
+              "word problems": dict(kind="word"), "mixed": dict()}
+
+
+def eval_problems(n_per_kind: int = 100, seed: int = 1234, phrasing: str = "train") -> list[tuple[str, Problem]]:
+    """Held-out problems, by category (CATEGORIES: 4-digit + and -, 3-digit × 1 and 2 digits, word problems, and
+    a mix of everything), asked in training's phrasings or in the held-out ones: the same problems either way."""
+    numbers, words = random.Random(seed), random.Random(seed * 31 + PHRASINGS.index(phrasing))
     out = []
-    for name, kw in kinds.items():
+    for name, kw in CATEGORIES.items():
         for _ in range(n_per_kind):
-            out.append((name, make_problem(rng, held_out=True, **kw)))
+            op, a, b, word = draw(numbers, held_out=True, **kw)
+            out.append((name, Problem(op, a, b, phrase(words, op, a, b, word, phrasing)[0])))
     return out

@@ -1,7 +1,8 @@
-"""Measure a demo checkpoint on held-out arithmetic problems: thinking vs non-thinking accuracy, the soft switches,
-and accuracy as a function of the thinking budget.
+"""Measure a demo checkpoint on held-out arithmetic problems: thinking vs non-thinking accuracy per category, asked
+in training's phrasings and in phrasings training never saw (with 95% intervals), the soft switches, accuracy as a
+function of the thinking budget, and ten short questions typed without spaces.
 
-    python scripts/eval_demo.py weights/demo-dense --json docs/demo_eval_dense.json --plot docs/demo_budget.png
+    python scripts/eval_demo.py weights/demo-dense weights/demo-moe --json docs/demo_eval.json --plot docs/demo_budget.png
 
 Decoding is greedy. The budget works as in minqwen3.chat: after `budget` tokens of thinking (counted after <think>)
 the tech report's early-stop text, ending in </think>, is fed in and the model writes its answer. Here it is done in
@@ -27,12 +28,18 @@ from minqwen3.chat import EARLY_STOP  # noqa: E402
 from minqwen3.chat_template import parse_reply  # noqa: E402
 from minqwen3.tokenizer import Tokenizer  # noqa: E402
 
-BUDGETS = (0, 16, 32, 48, 64, 80, 96, 112, 128, 144, 160, 176)
-MAX_THINK, MAX_ANSWER = 320, 24
+BUDGETS = (0, 32, 64, 96, 128, 160, 192, 224, 256, 320, 384)
+MAX_THINK, MAX_ANSWER = 480, 24  # the longest trace (999 × 99) is about 390 tokens
 EMPTY_THINK = "<think>\n\n</think>"
 # mode -> (text appended to the question, enable_thinking)
 MODES = {"thinking": ("", True), "non-thinking": ("", False), "/think": (" /think", True),
          "/no_think": (" /no_think", True)}
+
+
+# ten short questions typed without spaces, the way people type them (tests/test_demo.py asks them too)
+NO_SPACES = (("What is 17+25?", 42), ("What is 12*11?", 132), ("what is 503-78", 425), ("9x8=?", 72),
+             ("Compute 1234+5678.", 6912), ("64-29=", 35), ("what is 25x4?", 100), ("WHAT IS 999+1", 1000),
+             ("7×13?", 91), ("How much is 4,500-1,250?", 3250))
 
 
 def _until_stop(row: list[int], stops: set[int]) -> list[int]:
@@ -49,12 +56,14 @@ def _generate(model, rows: list[list[int]], n: int, stops: tuple[int, ...], pad_
     rows of 200 tokens is 30 GB. Groups keep that under ~2 GB on a CPU (8 GB on a GPU).
     """
     V = model.config.vocab_size
-    cap = (8e9 if next(model.parameters()).is_cuda else 2e9) / (4 * V * max(len(r) for r in rows))
+    cuda = next(model.parameters()).is_cuda
+    cap = (32e9 if cuda else 2e9) / (4 * V * max(len(r) for r in rows))
     group = max(1, int(cap))
     out = []
     for i in range(0, len(rows), group):
         chunk = rows[i:i + group]
-        ids = minqwen3.generate(model, chunk, n, stop_ids=stops, pad_id=pad_id)
+        # eager on a GPU too: every group has its own batch size and length, each a new compilation
+        ids = minqwen3.generate(model, chunk, n, stop_ids=stops, pad_id=pad_id, fast=False)
         T = max(len(r) for r in chunk)
         out += [_until_stop(row, set(stops)) for row in ids[:, T:].tolist()]
     return out
@@ -94,14 +103,26 @@ def prompt_ids(tok: Tokenizer, problems, mode: str) -> list[list[int]]:
                                 enable_thinking=thinking) for p in problems]
 
 
-def evaluate(model, tok: Tokenizer, items: list[tuple[str, arithmetic.Problem]], budgets=BUDGETS,
-             log=print) -> dict:
-    """Accuracy per category and mode, the soft-switch rates, and the budget curve (all categories together)."""
-    problems = [p for _, p in items]
-    res = {"n": len(items), "categories": sorted({c for c, _ in items}, key=[c for c, _ in items].index)}
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval for k successes in n trials (sound near 0% and 100%, unlike the normal one)."""
+    if n == 0:
+        return 0.0, 1.0
+    p = k / n
+    mid, half = (p + z * z / (2 * n)), z * (p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5
+    return max(0.0, (mid - half) / (1 + z * z / n)), min(1.0, (mid + half) / (1 + z * z / n))
 
-    def run(mode: str, budget: int | None = None) -> list[dict]:
+
+def evaluate(model, tok: Tokenizer, splits: dict[str, list[tuple[str, arithmetic.Problem]]], budgets=BUDGETS,
+             log=print, save=None) -> dict:
+    """Per phrasing split: accuracy per category and mode (with 95% intervals). On the first split: the soft-switch
+    rates and the budget curve (all categories together). save(res), if given, is called as parts are done."""
+    first = next(iter(splits))
+    res = {"n": sum(len(v) for v in splits.values()), "categories": list(dict.fromkeys(c for c, _ in splits[first])),
+           "splits": {}}
+
+    def run(items, mode: str, budget: int | None = None) -> list[dict]:
         t = time.perf_counter()
+        problems = [p for _, p in items]
         r = replies(model, tok, prompt_ids(tok, problems, mode), budget)
         for rep, p in zip(r, problems):
             rep["correct"] = arithmetic.check(p, rep["content"])
@@ -110,44 +131,65 @@ def evaluate(model, tok: Tokenizer, items: list[tuple[str, arithmetic.Problem]],
             f"({time.perf_counter() - t:.1f} s)")
         return r
 
-    def by_category(r: list[dict]) -> dict:
+    def by_category(items, r: list[dict]) -> dict:
         acc = defaultdict(list)
         for (c, _), x in zip(items, r):
             acc[c].append(x["correct"])
             acc["all"].append(x["correct"])
-        return {c: sum(v) / len(v) for c, v in acc.items()}
+        return acc
 
-    think, direct = run("thinking"), run("non-thinking")
-    res["accuracy"] = {"thinking": by_category(think), "non-thinking": by_category(direct)}
-    res["mean_think_tokens"] = sum(x["think_tokens"] for x in think) / len(think)
-    soft_think, soft_no = run("/think"), run("/no_think")
-    res["soft_switch"] = {
-        "/think: thought": sum(bool(x["reasoning"]) for x in soft_think) / len(soft_think),
-        "/think: accuracy": sum(x["correct"] for x in soft_think) / len(soft_think),
-        "/no_think: empty think block": sum(x["text"].startswith(EMPTY_THINK) for x in soft_no) / len(soft_no),
-        "/no_think: accuracy": sum(x["correct"] for x in soft_no) / len(soft_no),
-    }
-    curve = []
-    for b in budgets:
-        r = run("thinking", b)
-        curve.append({"budget": b, "accuracy": sum(x["correct"] for x in r) / len(r),
-                      "budget_hit": sum(x["budget_hit"] for x in r) / len(r), **{
-                          f"accuracy {c}": v for c, v in by_category(r).items() if c != "all"}})
-    curve.append({"budget": None, "accuracy": res["accuracy"]["thinking"]["all"],
-                  "budget_hit": sum(x["budget_hit"] for x in think) / len(think)})
-    res["budget_curve"] = curve
-    res["examples"] = {"thinking": think[0]["text"], "non-thinking": direct[0]["text"],
-                       "/no_think": soft_no[0]["text"]}
+    for split, items in splits.items():
+        log(f" {split}: {len(items)} problems")
+        think, direct = run(items, "thinking"), run(items, "non-thinking")
+        s = {"n": {}, "accuracy": {}, "interval": {}}
+        for mode, r in (("thinking", think), ("non-thinking", direct)):
+            acc = by_category(items, r)
+            s["n"] = {c: len(v) for c, v in acc.items()}
+            s["accuracy"][mode] = {c: sum(v) / len(v) for c, v in acc.items()}
+            s["interval"][mode] = {c: [round(x, 4) for x in wilson(sum(v), len(v))] for c, v in acc.items()}
+        s["mean_think_tokens"] = sum(x["think_tokens"] for x in think) / len(think)
+        s["examples"] = {"thinking": [items[0][1].question, think[0]["text"]],
+                         "non-thinking": [items[0][1].question, direct[0]["text"]],
+                         "wrong": [[p.question, x["text"]] for (_, p), x in zip(items, think) if not x["correct"]][:5]}
+        res["splits"][split] = s
+        if save:
+            save(res)
+        if split != first:
+            continue
+        soft_think, soft_no = run(items, "/think"), run(items, "/no_think")
+        res["soft_switch"] = {
+            "/think: thought": sum(bool(x["reasoning"]) for x in soft_think) / len(soft_think),
+            "/think: accuracy": sum(x["correct"] for x in soft_think) / len(soft_think),
+            "/no_think: empty think block": sum(x["text"].startswith(EMPTY_THINK) for x in soft_no) / len(soft_no),
+            "/no_think: accuracy": sum(x["correct"] for x in soft_no) / len(soft_no),
+        }
+        curve = []
+        for b in budgets:
+            if save:
+                save(res | {"budget_curve": curve, "budget_split": split})
+            r = run(items, "thinking", b)
+            curve.append({"budget": b, "accuracy": sum(x["correct"] for x in r) / len(r),
+                          "budget_hit": sum(x["budget_hit"] for x in r) / len(r), **{
+                              f"accuracy {c}": sum(v) / len(v) for c, v in by_category(items, r).items()
+                              if c != "all"}})
+        curve.append({"budget": None, "accuracy": s["accuracy"]["thinking"]["all"],
+                      "budget_hit": sum(x["budget_hit"] for x in think) / len(think)})
+        res["budget_curve"] = curve
+        res["budget_split"] = split
     return res
 
 
 def markdown(res: dict, name: str) -> str:
     cats = res["categories"] + ["all"]
-    acc = res["accuracy"]
-    lines = [f"| {name} | " + " | ".join(cats) + " |", "|---|" + "---:|" * len(cats)]
-    for mode in ("thinking", "non-thinking"):
-        lines.append(f"| {mode} | " + " | ".join(f"{100 * acc[mode][c]:.0f}%" for c in cats) + " |")
-    lines += ["", "| soft switch | rate |", "|---|---:|"]
+    lines = []
+    for split, s in res["splits"].items():
+        lines += [f"| {name}, {split} | " + " | ".join(cats) + " |", "|---|" + "---:|" * len(cats)]
+        for mode in ("thinking", "non-thinking"):
+            acc, ci = s["accuracy"][mode], s["interval"][mode]
+            lines.append(f"| {mode} | " + " | ".join(
+                f"{100 * acc[c]:.0f}% ({100 * ci[c][0]:.0f}-{100 * ci[c][1]:.0f})" for c in cats) + " |")
+        lines.append("")
+    lines += ["| soft switch | rate |", "|---|---:|"]
     lines += [f"| {k} | {100 * v:.0f}% |" for k, v in res["soft_switch"].items()]
     lines += ["", "| thinking budget (tokens) | " + " | ".join(
         "none" if c["budget"] is None else str(c["budget"]) for c in res["budget_curve"]) + " |",
@@ -164,10 +206,12 @@ def plot(results: dict[str, dict], path: str) -> None:
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
     for name, res in results.items():
         curve = [c for c in res["budget_curve"] if c["budget"] is not None]
+        acc = res["splits"][res["budget_split"]]["accuracy"]
         line, = ax.plot([c["budget"] for c in curve], [100 * c["accuracy"] for c in curve], "o-",
-                        label=f"{name} ({res['n']} held-out problems)")
-        ax.axhline(100 * res["accuracy"]["thinking"]["all"], color=line.get_color(), ls=":", lw=1)
-        ax.axhline(100 * res["accuracy"]["non-thinking"]["all"], color=line.get_color(), ls="--", lw=1)
+                        label=f"{name} ({res['splits'][res['budget_split']]['n']['all']} "
+                              "held-out problems)")
+        ax.axhline(100 * acc["thinking"]["all"], color=line.get_color(), ls=":", lw=1)
+        ax.axhline(100 * acc["non-thinking"]["all"], color=line.get_color(), ls="--", lw=1)
     ax.set_xlabel("thinking budget (tokens)")
     ax.set_ylabel("accuracy (%)")
     ax.set_title("Accuracy vs thinking budget (dotted: unlimited, dashed: no thinking)")
@@ -179,17 +223,22 @@ def plot(results: dict[str, dict], path: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    global MAX_THINK
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("models", nargs="+", help="checkpoint folders, e.g. weights/demo-dense weights/demo-moe")
-    p.add_argument("--n", type=int, default=100, help="held-out problems per category (5 categories)")
+    p.add_argument("--n", type=int, default=100, help="held-out problems per category and phrasing split "
+                   f"({len(arithmetic.CATEGORIES)} categories, 2 splits)")
     p.add_argument("--budgets", default=",".join(map(str, BUDGETS)))
+    p.add_argument("--max-think", type=int, default=MAX_THINK, help="most thinking tokens without a budget")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--json", help="write the results here (merged with what the file holds: one entry per model)")
     p.add_argument("--plot", help="write the budget curve here (png)")
     args = p.parse_args(argv)
+    MAX_THINK = args.max_think
 
     torch.manual_seed(0)
-    items = arithmetic.eval_problems(args.n)
+    splits = {"training phrasings": arithmetic.eval_problems(args.n, phrasing="train"),
+              "held-out phrasings": arithmetic.eval_problems(args.n, phrasing="held_out")}
     budgets = tuple(int(b) for b in args.budgets.split(",") if b)
     # results merge into an existing --json file, one entry per model, written as each model finishes
     results = json.loads(Path(args.json).read_text()) if args.json and Path(args.json).is_file() else {}
@@ -199,9 +248,18 @@ def main(argv: list[str] | None = None) -> int:
         model = minqwen3.from_pretrained(path, device=args.device, dtype=dtype)
         tok = Tokenizer.from_pretrained(path)
         name = Path(path).name
-        print(f"{name}: {len(items)} held-out problems on {args.device}")
+        print(f"{name}: {sum(map(len, splits.values()))} held-out problems on {args.device}")
         t = time.perf_counter()
-        results[name] = evaluate(model, tok, items, budgets)
+
+        def save(res: dict) -> None:  # what is done so far, in case the run is cut short
+            if args.json:
+                Path(args.json).write_text(json.dumps(results | {name: res}, indent=1) + "\n")
+
+        results[name] = evaluate(model, tok, splits, budgets, save=save)
+        reps = replies(model, tok, [tok.encode_messages([{"role": "user", "content": q}], add_generation_prompt=True)
+                                    for q, _ in NO_SPACES])
+        results[name]["typed without spaces"] = [[q, r["content"], arithmetic.extract_answer(r["content"]) == a]
+                                                 for (q, a), r in zip(NO_SPACES, reps)]
         results[name]["seconds"] = round(time.perf_counter() - t, 1)
         print(markdown(results[name], name) + "\n")
         if args.json:

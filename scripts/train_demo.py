@@ -1,7 +1,7 @@
 """Train a demo checkpoint (dense or MoE) on the arithmetic chat task and export it in the official layout.
 
-    python scripts/train_demo.py --model dense --out weights/demo-dense     # 135 s on one H200
-    python scripts/train_demo.py --model moe --out weights/demo-moe         # 135 s
+    python scripts/train_demo.py --model dense --out weights/demo-dense     # see STEPS, docs/demo.md for times
+    python scripts/train_demo.py --model moe --out weights/demo-moe
     python scripts/train_demo.py --model dense --out /tmp/smoke --steps 3 --batch 8 --micro 2   # CPU smoke test
 
 Data comes from scripts/arithmetic.py, seeded by step, so a run (or a resumed one) sees the same batches. The export
