@@ -371,6 +371,8 @@ CATEGORIES = {"add 4+4 digits": dict(kind="+", digits=(4, 4)), "sub 4-4 digits":
 def eval_problems(n_per_kind: int = 100, seed: int = 1234, phrasing: str = "train") -> list[tuple[str, Problem]]:
     """Held-out problems, by category (CATEGORIES: 4-digit + and -, 3-digit × 1 and 2 digits, word problems, and
     a mix of everything), asked in training's phrasings or in the held-out ones: the same problems either way."""
+    if phrasing not in PHRASINGS:
+        raise ValueError(f"phrasing must be one of {PHRASINGS}, got {phrasing!r}")
     numbers, words = random.Random(seed), random.Random(seed * 31 + PHRASINGS.index(phrasing))
     out = []
     for name, kw in CATEGORIES.items():

@@ -37,8 +37,9 @@ CONFIGS = {
     "moe": {**BASE, "num_experts": 8, "num_experts_per_tok": 2, "moe_intermediate_size": 256,
             "norm_topk_prob": True, "router_aux_loss_coef": 0.01},
 }
-# the steps the shipped checkpoints were trained for: what --minutes 2.5 fitted on one H200 (189 and 481 ms/step)
-STEPS = {"dense": 766, "moe": 306}
+# the steps the shipped checkpoints were trained for: what --steps 5000 --minutes 5.4 (dense) and 2.8 (MoE) fitted
+# on one H200, at 207 and 233 ms/step (docs/demo.md)
+STEPS = {"dense": 1530, "moe": 704}
 # Qwen3's published generation_config.json (thinking-mode sampling)
 GENERATION_CONFIG = {"bos_token_id": 151643, "do_sample": True, "eos_token_id": [151645, 151643],
                      "pad_token_id": 151643, "temperature": 0.6, "top_k": 20, "top_p": 0.95}
@@ -79,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", help="training checkpoints and log.jsonl (default: <out>-train)")
     p.add_argument("--steps", type=int, help=f"optimizer steps (default: as shipped, {STEPS})")
     p.add_argument("--minutes", type=float, help="fit the run in this time: fewer steps if needed (logged); "
-                   "the shipped runs used --steps 1500 --minutes 2.5")
+                   "the shipped runs: --steps 5000 --minutes 5.4 (dense), 2.8 (MoE)")
     p.add_argument("--batch", type=int, default=512, help="samples per optimizer step")
     p.add_argument("--micro", type=int, default=4, help="micro-batches per step (gradient accumulation)")
     p.add_argument("--lr", type=float, default=2e-3)
