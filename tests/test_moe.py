@@ -38,3 +38,26 @@ def test_router_picks_top_k_by_probability_and_renormalises():
         o = want_idx.argsort(-1)
         assert torch.equal(got_idx, want_idx.gather(-1, o))
         torch.testing.assert_close(got_w, want_w.gather(-1, o), rtol=1e-6, atol=1e-6)
+
+
+def test_training_path_of_every_expert_equals_the_sparse_path():
+    """Experts._every_expert (GPU training: every expert on every token, weight 0 where not chosen) gives the sparse
+    path's outputs and the same gradients for the tokens, the router weights and every expert's matrices."""
+    from minqwen3.moe import expert_counts
+    torch.manual_seed(0)
+    ex = Experts(8, 16, 24)
+    for p in ex.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    x = torch.randn(50, 16, dtype=torch.float64, requires_grad=True)
+    ex = ex.double()
+    logits = torch.randn(50, 8, dtype=torch.float64)
+    top, idx = logits.topk(2, dim=-1)
+    w = top.softmax(-1).requires_grad_(True)
+    sparse = (ex._sorted(x, idx.reshape(-1), 2).view(50, 2, -1) * w[..., None]).sum(1)
+    every = ex._every_expert(x, idx, w)
+    torch.testing.assert_close(every, sparse)
+    wrt = [x, w, ex.gate_proj, ex.up_proj, ex.down_proj]
+    for a, b in zip(torch.autograd.grad(every.square().sum(), wrt), torch.autograd.grad(sparse.square().sum(), wrt)):
+        torch.testing.assert_close(a, b)
+    mask = torch.rand(50) > 0.3  # the counts without bincount: those of the masked tokens' choices
+    assert torch.equal(expert_counts(logits, 2, mask), torch.bincount(idx[mask].reshape(-1), minlength=8).float())
