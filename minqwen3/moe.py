@@ -19,6 +19,7 @@ class Experts(nn.Module):
     elsewhere the prefill path reads each layer's block boundaries back once, to loop over experts.
     """
     gather_max = 16  # up to this many (token, expert) pairs, gather the chosen weights (decode)
+    every_expert_max = 16  # training on a GPU with up to this many experts runs them all (see _every_expert)
 
     def __init__(self, num_experts: int, hidden_size: int, intermediate_size: int):
         super().__init__()
@@ -30,7 +31,8 @@ class Experts(nn.Module):
     def forward(self, x: torch.Tensor, idx: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         """x (N, H) tokens, idx (N, k) chosen experts, w (N, k) their weights -> (N, H)."""
         N, k = idx.shape
-        if x.is_cuda and torch.is_grad_enabled() and not torch.compiler.is_compiling():
+        if (x.is_cuda and torch.is_grad_enabled() and self.gate_proj.shape[0] <= self.every_expert_max
+                and not torch.compiler.is_compiling()):
             return self._every_expert(x, idx, w)
         flat = idx.reshape(-1)  # (N*k,)
         # compiled code cannot loop over a host list of counts, so without grouped_mm it always gathers
