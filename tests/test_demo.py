@@ -250,7 +250,7 @@ def test_dense_demo_reaches_the_claimed_accuracy():
 def test_batched_budget_matches_chat():
     """eval_demo's batched thinking budget gives what minqwen3.chat gives, one conversation at a time."""
     import eval_demo
-    from minqwen3.chat import chat
+    from minqwen3 import chat
     path = weights("dense")
     model = minqwen3.from_pretrained(path, dtype=torch.float32)
     tok = minqwen3.tokenizer.Tokenizer.from_pretrained(path)
