@@ -315,10 +315,10 @@ def generate(model, input_ids: torch.Tensor | list[list[int]], max_new_tokens: i
     B, T = ids.shape
     check_sampling(temperature, top_k, top_p, min_p, presence_penalty)
     N = check_context(model, T, max_new_tokens)
-    if decoder is None:
-        on_cuda = next(model.parameters()).is_cuda
-        decoder = fast_decoder(model, T + N) if (on_cuda if fast is None else fast) else Decoder(model, T + N,
-                                                                                                 compile=False)
+    if decoder is None and (next(model.parameters()).is_cuda if fast is None else fast):
+        decoder = fast_decoder(model, T + N)
+    elif decoder is None:  # eager, and a cache of just the slots this call needs
+        decoder = Decoder(model, T + N, compile=False, cuda_graphs=False)
     ids = ids.to(decoder.device)
     if N < 1:
         return ids
