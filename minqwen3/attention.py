@@ -33,9 +33,10 @@ class Attention(nn.Module):
         else:
             if cache is not None:
                 k, v = cache.update(input_pos, k, v)  # (B, H_kv, S, D)
-            if T == 1 and cache is not None:
+            if T == 1 and cache is not None and q.is_cuda:
                 y = decode_attention(q, k, v, mask)  # (B, H, 1, D)
-            else:  # each group of n_heads / n_kv query heads shares one key/value head
+            else:  # each group of n_heads / n_kv query heads shares one key/value head (on a CPU, also to decode:
+                # one call where decode_attention's three parallel ones each wait for a thread)
                 y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and T > 1,
                                                    enable_gqa=self.n_heads != self.n_kv)  # (B, H, T, D)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))

@@ -232,6 +232,9 @@ class Decoder:
             for row, done in zip(self.seen, generated):
                 row[torch.tensor(list(done), dtype=torch.long, device=self.device)] = 1.0
         self.pad.copy_(pad if pad is not None else torch.zeros_like(self.pad))
+        # a compiled step always takes the pad buffer (one graph for every batch); an eager one only if there is
+        # padding, so that its mask is the short causal one
+        self.step_pad = self.pad if pad is not None or self.compiled else None
         logits = self.forward_last(ids, [c.prefix(T) for c in self.cache], torch.arange(T, device=self.device), pad)
         record(self._pick(logits), self.out, self.n, self.done, self.seen, self.tok, self.pos, self.stop, pad_id)
         self.pos.fill_(T)
@@ -246,7 +249,7 @@ class Decoder:
 
     def _step(self, n: int) -> None:
         fns = self.inputs, self.run_layer, self.head
-        tok = self._pick(self.forward_last(self.tok, self.prefixes[n], self.pos, self.pad, fns))
+        tok = self._pick(self.forward_last(self.tok, self.prefixes[n], self.pos, self.step_pad, fns))
         self.record(tok, self.out, self.n, self.done, self.seen, self.tok, self.pos, self.stop, self.pad_id)
 
     def _graph(self, n: int, key: tuple) -> torch.cuda.CUDAGraph:

@@ -71,6 +71,7 @@ def test_every_module_is_a_module():
     """No function hides its module: `import minqwen3.x as m` gives the module x, for every file of the package."""
     import importlib
     import pathlib
+    import sys
     import types
     names = sorted(p.stem for p in pathlib.Path(minqwen3.__file__).parent.glob("*.py")
                    if p.stem not in ("__init__", "__main__"))
@@ -78,6 +79,11 @@ def test_every_module_is_a_module():
     for name in names:
         importlib.import_module(f"minqwen3.{name}")
         assert isinstance(getattr(minqwen3, name), types.ModuleType), f"minqwen3.{name} is not the module"
+    # and every module the package imports is one of its files (not, say, a stale installed copy)
+    package = pathlib.Path(minqwen3.__file__).parent
+    for name, module in sys.modules.items():
+        if name.startswith("minqwen3."):
+            assert pathlib.Path(module.__file__).parent == package, f"{name} comes from {module.__file__}"
 
 
 def test_seeded_sampling_is_reproducible_and_seeds_differ():
