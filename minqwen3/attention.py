@@ -33,7 +33,7 @@ class Attention(nn.Module):
         else:
             if cache is not None:
                 k, v = cache.update(input_pos, k, v)  # (B, H_kv, S, D)
-            if T == 1 and cache is not None and q.is_cuda:
+            if T == 1 and cache is not None and q.device.type != "cpu":
                 y = decode_attention(q, k, v, mask)  # (B, H, 1, D)
             else:  # each group of n_heads / n_kv query heads shares one key/value head (on a CPU, also to decode:
                 # one call where decode_attention's three parallel ones each wait for a thread)
