@@ -21,14 +21,14 @@ class Attention(nn.Module):
     attention_bias (a minqwen3.Qwen3Config or a transformers.Qwen3Config).
     """
 
-    def __init__(self, config, layer_idx: int):
+    def __init__(self, config):
         """TODO: create, with exactly these names (they are the checkpoint's):
         - q_proj: Linear(hidden_size -> num_attention_heads * head_dim)
         - k_proj, v_proj: Linear(hidden_size -> num_key_value_heads * head_dim)
         - o_proj: Linear(num_attention_heads * head_dim -> hidden_size)
           all four with bias=config.attention_bias (False in every Qwen3);
         - q_norm, k_norm: RMSNorm(head_dim, rms_norm_eps)   (QK-Norm: over one head's 128 values, not the model width)
-        Keep layer_idx (the KV cache is indexed by it) and the head counts and head_dim for forward.
+        Keep the head counts and head_dim for forward.
         Note head_dim is its own setting: Qwen3-0.6B has hidden_size 1024 but 16 heads x 128 = 2048.
         """
         super().__init__()
@@ -39,15 +39,15 @@ class Attention(nn.Module):
         """x (B, T, hidden) -> (B, T, hidden).
 
         cos, sin: (B|1, 1, T, head_dim) from RotaryEmbedding. mask: None (plain causal) or boolean
-        (B|1, 1, T, S), True = may attend. cache: None, or a minqwen3.KVCache; input_pos (T,) are the slots
-        this call's tokens go to; then attend over everything cache.update returns.
+        (B|1, 1, T, S), True = may attend. cache: None, or this layer's minqwen3.KVCache; input_pos (T,) are
+        the slots this call's tokens go to; then attend over everything cache.update returns.
 
         TODO:
         1. q = q_proj(x) viewed (B, T, n_heads, head_dim); k, v likewise with n_kv heads.
         2. QK-Norm: q = q_norm(q), k = k_norm(k) (over head_dim), BEFORE RoPE. Then move heads to dim 1:
            (B, heads, T, head_dim).
         3. q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin).
-        4. if cache is not None: k, v = cache.update(self.layer_idx, input_pos, k, v).
+        4. if cache is not None: k, v = cache.update(input_pos, k, v).
         5. if T == 1 and there is a cache: y = decode_attention(q, k, v, mask); otherwise
            F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=(mask is None and T > 1),
            enable_gqa=True)   (or write it out: repeat k and v for each group, softmax(q k^T / sqrt(D)) v).

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 transformers = pytest.importorskip("transformers")
 from transformers.models.qwen3.modeling_qwen3 import Qwen3Attention, Qwen3RotaryEmbedding  # noqa: E402
 
-from minqwen3.cache import KVCache  # noqa: E402  (infrastructure, not under test: slots written in place)
+from minqwen3.cache import KVCache  # noqa: E402  (infrastructure, not under test: one layer's slots, written in place)
 
 
 def setup(impl, n_heads=4, n_kv=2, seed=0):
@@ -20,7 +20,7 @@ def setup(impl, n_heads=4, n_kv=2, seed=0):
     with torch.no_grad():
         theirs.q_norm.weight.uniform_(0.5, 1.5)  # QK-Norm gains of ones would hide a missing or swapped norm
         theirs.k_norm.weight.uniform_(0.5, 1.5)
-    ours = impl.Attention(cfg, 0)
+    ours = impl.Attention(cfg)
     ours.load_state_dict(theirs.state_dict())  # strict: q_proj, k_proj, v_proj, o_proj, q_norm, k_norm, no biases
     return cfg, ours, theirs, Qwen3RotaryEmbedding(cfg)
 

@@ -1,4 +1,4 @@
-"""Grouped-query attention with QK-Norm, RoPE and an optional KV cache."""
+"""Grouped-query attention with QK-Norm, RoPE and an optional KV cache (this layer's own)."""
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -9,10 +9,9 @@ from .rope import apply_rope
 
 
 class Attention(nn.Module):
-    def __init__(self, config, layer_idx: int):
+    def __init__(self, config):
         super().__init__()
         c = config
-        self.layer_idx = layer_idx
         self.n_heads, self.n_kv, self.head_dim = c.num_attention_heads, c.num_key_value_heads, c.head_dim
         self.q_proj = nn.Linear(c.hidden_size, c.num_attention_heads * c.head_dim, bias=c.attention_bias)
         self.k_proj = nn.Linear(c.hidden_size, c.num_key_value_heads * c.head_dim, bias=c.attention_bias)
@@ -30,13 +29,14 @@ class Attention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if T == 1 and cache is not None and flash_decode.available(q, mask):
             # decode on a GPU: one kernel writes k, v into the cache and attends (flash_decode.py)
-            y = flash_decode.flash_decode(q, k, v, *cache.layer(self.layer_idx), input_pos, mask)  # (B, H, 1, D)
+            y = flash_decode.flash_decode(q, k, v, cache.k, cache.v, input_pos, mask)  # (B, H, 1, D)
         else:
             if cache is not None:
-                k, v = cache.update(self.layer_idx, input_pos, k, v)  # (B, H_kv, S, D)
-            if T == 1 and cache is not None:
+                k, v = cache.update(input_pos, k, v)  # (B, H_kv, S, D)
+            if T == 1 and cache is not None and q.device.type != "cpu":
                 y = decode_attention(q, k, v, mask)  # (B, H, 1, D)
-            else:  # each group of n_heads / n_kv query heads shares one key/value head
+            else:  # each group of n_heads / n_kv query heads shares one key/value head (on a CPU, also to decode:
+                # one call where decode_attention's three parallel ones each wait for a thread)
                 y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and T > 1,
                                                    enable_gqa=self.n_heads != self.n_kv)  # (B, H, T, D)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))

@@ -17,9 +17,8 @@ from pathlib import Path
 import torch
 
 from .config import Qwen3Config, count_params
-from .fast import FastGenerator
-from .generate import generate
-from .model import Qwen3
+from .generation import Decoder, generate
+from .model import random_model
 
 COMPARE = ("transformers", "transformers-static")  # eager with its default cache; static cache + torch.compile
 
@@ -80,19 +79,6 @@ def prefill_flops(config: Qwen3Config, T: int) -> float:
 
 
 # ---------------------------------------------------------------- models
-def random_model(config: Qwen3Config, device: torch.device, dtype: torch.dtype, seed: int = 0) -> Qwen3:
-    """Random weights in the official shapes, built directly on the device in dtype (no fp32 copy on the host)."""
-    torch.manual_seed(seed)
-    before = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device(device):
-            model = Qwen3(config)
-    finally:
-        torch.set_default_dtype(before)
-    return model.to(device).eval().requires_grad_(False)
-
-
 def transformers_twin(model: Qwen3):
     """The same model in transformers, sharing every weight tensor with `model` (nothing is copied for good).
 
@@ -139,29 +125,44 @@ def _agree(a: torch.Tensor, b: torch.Tensor) -> int:
     return int((a.cpu() == b.cpu()).cumprod(-1).sum())
 
 
-def measure(name: str, gen_fn, prompt: torch.Tensor, new: int, long_prompt: torch.Tensor | None,
-            device: torch.device, repeats: int, warm_new: int) -> dict:
-    """gen_fn(ids, n) -> ids (1, T + n). Times generating `new` tokens and 1 token; decode = the difference."""
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    t = time.perf_counter()
-    gen_fn(prompt, warm_new)  # compile, capture, autotune, allocate
-    _sync(device)
-    warm = time.perf_counter() - t
-    out = None
-
-    def full():
-        nonlocal out
-        out = gen_fn(prompt, new)
-    t_new = _time(full, device, repeats)
-    t_one = _time(lambda: gen_fn(prompt, 1), device, repeats)
-    r = dict(impl=name, tok_s=new / t_new, decode_ms=1e3 * (t_new - t_one) / (new - 1), warmup_s=warm,
-             tokens=out[0, prompt.shape[1]:])
-    if long_prompt is not None:
-        r["prefill_s"] = _time(lambda: gen_fn(long_prompt, 1), device, repeats)
-    if device.type == "cuda":
-        r["peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
-    return r
+def measure(impls: list[tuple], prompt: torch.Tensor, new: int, long_prompt: torch.Tensor | None,
+            device: torch.device, repeats: int) -> list[dict]:
+    """impls: (name, gen_fn, warm_new, every_round, prefill), gen_fn(ids, n) -> ids (1, T + n). Times generating
+    `new` tokens and 1 token (decode = the difference), and 1 token after long_prompt where prefill is set. After a
+    warm-up each, the implementations take turns, `repeats` rounds (those with every_round False are timed in the
+    first round only), and the best time of each counts: alternating, a machine shared with other jobs slows all
+    of them alike."""
+    runs, timed = [], []
+    for name, fn, warm_new, every_round, prefill in impls:
+        _log(name)
+        try:  # one implementation failing must not lose the others' numbers
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            t = time.perf_counter()
+            fn(prompt, warm_new)  # compile, capture, autotune, allocate
+            _sync(device)
+            r = dict(impl=name, warmup_s=time.perf_counter() - t, tokens=fn(prompt, new)[0, prompt.shape[1]:],
+                     new=[], one=[], prefill=[])
+            if device.type == "cuda":
+                r["peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+            timed.append((r, fn, every_round, prefill and long_prompt is not None))
+        except Exception as e:  # report it in the table and carry on
+            r = dict(impl=name, error=f"{type(e).__name__}: {str(e).splitlines()[0][:200]}")
+            _log(f"{name} failed: {r['error']}")
+        runs.append(r)
+    for i in range(repeats):
+        for r, fn, every_round, prefill in timed:
+            if i == 0 or every_round:
+                r["new"].append(_time(lambda: fn(prompt, new), device))
+                r["one"].append(_time(lambda: fn(prompt, 1), device))
+                if prefill:
+                    r["prefill"].append(_time(lambda: fn(long_prompt, 1), device))
+    for r, *_ in timed:
+        t_new, t_one, prefill = min(r.pop("new")), min(r.pop("one")), r.pop("prefill")
+        r.update(tok_s=new / t_new, decode_ms=1e3 * (t_new - t_one) / (new - 1))
+        if prefill:
+            r["prefill_s"] = min(prefill)
+    return runs
 
 
 def bench_model(model_arg: str, device: torch.device, dtype: torch.dtype, prompt_len: int, new: int,
@@ -178,49 +179,40 @@ def bench_model(model_arg: str, device: torch.device, dtype: torch.dtype, prompt
     g = torch.Generator().manual_seed(seed)
     prompt = torch.randint(0, cfg.vocab_size, (1, prompt_len), generator=g).to(device)
     long_prompt = torch.randint(0, cfg.vocab_size, (1, prefill_len), generator=g).to(device) if prefill_len else None
-    runs = []
-
-    def attempt(name, fn, *args):  # one implementation failing must not lose the others' numbers
-        _log(f"{model_arg}: {name}")
-        try:
-            runs.append(measure(name, fn, *args))
-        except Exception as e:  # report it in the table and carry on
-            runs.append(dict(impl=name, error=f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"))
-            _log(f"{model_arg}: {name} failed: {runs[-1]['error']}")
-
-    fast = FastGenerator(model, max_len=max(prompt_len + new, prefill_len))
-    attempt("minqwen3 " + ("compiled + CUDA graphs" if fast.cuda_graphs else "FastGenerator (eager)"),
-            lambda ids, n: fast.generate(ids, n, stop_ids=()), prompt, new, long_prompt, device, repeats, new)
-    runs[-1]["compile_s"] = fast.setup_s
-    if profile and device.type == "cuda" and "error" not in runs[-1]:
-        runs[-1]["profile"] = kernel_profile(lambda: fast.generate(prompt, new, stop_ids=()), new - 1)
-    del fast
-    _release()
-    if eager:
-        attempt("minqwen3 eager generate()", lambda ids, n: generate(model, ids, n, stop_ids=(), fast=False),
-                prompt, new, None, device, 1, 4)
-    reference = next((r["tokens"] for r in reversed(runs) if "tokens" in r), None)
-    if compare:
-        hf = transformers_twin(model)
-        mask = lambda ids: torch.ones_like(ids)
-        if "transformers" in compare:
-            attempt("transformers eager", lambda ids, n: hf.generate(
-                ids, attention_mask=mask(ids), max_new_tokens=n, do_sample=False), prompt, new, long_prompt,
-                device, 1, 4)
-        if "transformers-static" in compare:
-            # on a GPU, transformers compiles its forward itself when the cache is static
-            attempt("transformers static cache", lambda ids, n: hf.generate(
-                ids, attention_mask=mask(ids), max_new_tokens=n, do_sample=False, cache_implementation="static"),
-                prompt, new, None, device, 1, new)
-        del hf
+    cuda = device.type == "cuda"
+    # On CUDA: the compiled decoder, with the eager loop as the token reference; on CPU nothing is compiled, so the
+    # one minqwen3 row is generate() as a user gets it, beside transformers in turns.
+    dec = Decoder(model, max_len=max(prompt_len + new, prefill_len))
+    impls = [("minqwen3 compiled + CUDA graphs" if cuda else "minqwen3 generate()",
+              lambda ids, n: generate(model, ids, n, stop_ids=(), decoder=dec), new, True, True)]
+    if eager and cuda:
+        impls.append(("minqwen3 eager generate()", lambda ids, n: generate(model, ids, n, stop_ids=(), fast=False),
+                      4, False, False))
+    hf = transformers_twin(model) if compare else None
+    mask = lambda ids: torch.ones_like(ids)  # noqa: E731
+    if "transformers" in compare:
+        impls.append(("transformers eager", lambda ids, n: hf.generate(
+            ids, attention_mask=mask(ids), max_new_tokens=n, do_sample=False), 4, not cuda, True))
+    if "transformers-static" in compare:  # on a GPU, transformers compiles its forward itself with a static cache
+        impls.append(("transformers static cache", lambda ids, n: hf.generate(
+            ids, attention_mask=mask(ids), max_new_tokens=n, do_sample=False, cache_implementation="static"),
+            new, not cuda, False))
+    runs = measure(impls, prompt, new, long_prompt, device, repeats)
+    if "error" not in runs[0]:
+        runs[0]["compile_s"] = dec.setup_s
+        if profile and cuda:
+            runs[0]["profile"] = kernel_profile(lambda: generate(model, prompt, new, stop_ids=(), decoder=dec),
+                                                new - 1)
+    reference = next((r["tokens"] for r in reversed(runs) if "tokens" in r and r["impl"].startswith("minqwen3")),
+                     None)
     theirs = next((r["tokens"] for r in runs if r["impl"] == "transformers eager" and "tokens" in r), None)
     for r in runs:
         if "tokens" in r:
             r["agree"] = _agree(r["tokens"], reference)
             r["agree_hf"] = None if theirs is None else _agree(r["tokens"], theirs)
             del r["tokens"]
-    del model
-    _release()
+    del model, dec, hf, impls
+    release()
     return dict(model=model_arg, source=source, config=cfg, runs=runs)
 
 
@@ -241,7 +233,8 @@ def _log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def _release() -> None:
+def release() -> None:
+    """Free what the last model left: its tensors, compiled code that holds them, the CUDA allocator's cache."""
     gc.collect()
     torch._dynamo.reset()  # compiled code can hold the last model's tensors
     if torch.cuda.is_available():

@@ -23,7 +23,8 @@ DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32, "F
           "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2}
 FOLDER_HELP = ("a checkpoint folder holds config.json, model.safetensors (or model-*-of-*.safetensors "
                "with model.safetensors.index.json), and tokenizer.json for chat")
-_EXPERT = re.compile(r"(.*\.mlp\.experts)\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight")
+# a stacked (E, out, in) expert parameter in memory; on disk one tensor per expert, KEY.j.PROJ.weight
+_STACKED = re.compile(r"(.*\.mlp\.experts)\.(gate_proj|up_proj|down_proj)")
 
 
 class CheckpointError(ValueError):
@@ -113,8 +114,8 @@ def _targets(model: nn.Module) -> dict[str, tuple[str, int | None, tuple]]:
     """Checkpoint key -> (parameter name, expert row or None, expected shape)."""
     out = {}
     for name, p in model.named_parameters():  # tied lm_head.weight is deduplicated away here
-        m = re.fullmatch(r"(.*\.mlp\.experts)\.(gate_proj|up_proj|down_proj)", name)
-        if m:  # stacked (E, out, in) in memory, one tensor per expert on disk
+        m = _STACKED.fullmatch(name)
+        if m:
             for j in range(p.shape[0]):
                 out[f"{m[1]}.{j}.{m[2]}.weight"] = (name, j, tuple(p.shape[1:]))
         else:
@@ -182,7 +183,7 @@ def state_dict_official(model: Qwen3) -> dict[str, torch.Tensor]:
     """The checkpoint keys and tensors, experts unstacked; tied lm_head left out (transformers re-ties it)."""
     out = {}
     for name, p in model.named_parameters():
-        m = re.fullmatch(r"(.*\.mlp\.experts)\.(gate_proj|up_proj|down_proj)", name)
+        m = _STACKED.fullmatch(name)
         if m:
             for j in range(p.shape[0]):
                 out[f"{m[1]}.{j}.{m[2]}.weight"] = p[j]

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from .config import PRESETS, Qwen3Config, count_params
+from .generation import NON_THINKING_DEFAULTS, THINKING_DEFAULTS
 
 WEIGHTS = Path("weights")
 
@@ -45,7 +46,7 @@ def cmd_demo(args) -> int:
         print(f"\nNo demo model at {WEIGHTS / 'demo-dense'} (train one: python scripts/train_demo.py --model dense "
               f"--out weights/demo-dense).\nFor official weights: {official}")
         return 0
-    from .chat import chat
+    from .assistant import chat
     from .checkpoint import from_pretrained
     from .tokenizer import Tokenizer
     t = time.perf_counter()
@@ -121,7 +122,7 @@ def load(args):
 
 
 def _sampling(args) -> dict:
-    from .chat import SAMPLING
+    from .assistant import SAMPLING
     return {k: getattr(args, k) for k in SAMPLING if getattr(args, k) is not None}
 
 
@@ -175,7 +176,7 @@ def _stats(reply, budget) -> str:
 
 def cmd_chat(args) -> int:
     """Answer PROMPT once, or talk turn by turn (history kept the way the template expects) until /exit or EOF."""
-    from .chat import chat
+    from .assistant import chat
     model, tok = load(args)
     system = [{"role": "system", "content": args.system}] if args.system else []
     printer = Printer()
@@ -215,7 +216,7 @@ def cmd_chat(args) -> int:
 
 def cmd_generate(args) -> int:
     """Raw completion: PROMPT is encoded as is (no chat template) and continued."""
-    from .generate import generate
+    from .generation import generate
     model, tok = load(args)
     ids = tok.encode(args.prompt)
     if not ids:
@@ -255,7 +256,7 @@ def _model_args(s: argparse.ArgumentParser, **defaults) -> None:
     s.add_argument("--temperature", type=float, default=defaults.get("temperature"), help="0 = greedy")
     s.add_argument("--top-k", type=int, default=defaults.get("top_k"), help="0 = off")
     s.add_argument("--top-p", type=float, default=defaults.get("top_p"))
-    s.add_argument("--min-p", type=float)
+    s.add_argument("--min-p", type=float, default=defaults.get("min_p"))
     s.add_argument("--presence-penalty", type=float, help="0 to 1.5 curbs repetition")
     s.add_argument("--eager", action="store_true", help="on a GPU, decode without torch.compile and CUDA graphs "
                    "(the fast path compiles for ~30 s before the first reply, then streams in bursts of 16 tokens)")
@@ -277,8 +278,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tokens", type=int, default=20, help="greedy tokens to compare per prompt")
     s.set_defaults(fn=cmd_verify)
     s = sub.add_parser("chat", help="talk to a model (one PROMPT, or a conversation)",
-                       description="Sampling defaults to Qwen's per mode: thinking T=0.6 top-p 0.95 top-k 20, "
-                                   "non-thinking T=0.7 top-p 0.8 top-k 20; the flags override them.")
+                       description="Sampling defaults to Qwen's per mode: thinking {}, non-thinking {}; the flags "
+                                   "override them.".format(*(", ".join(f"{k} {v}" for k, v in d.items())
+                                                             for d in (THINKING_DEFAULTS, NON_THINKING_DEFAULTS))))
     _model_args(s)
     s.add_argument("--no-think", action="store_true", help="answer without thinking (empty think block)")
     s.add_argument("--thinking-budget", type=int, help="at most N thinking tokens, then answer")
@@ -286,7 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("prompt", nargs="?", help="answer this once and exit; without it, a conversation")
     s.set_defaults(fn=cmd_chat)
     s = sub.add_parser("generate", help="continue a text as is, without the chat template")
-    _model_args(s, temperature=0.7, top_k=20, top_p=0.8)  # Qwen's non-thinking defaults
+    _model_args(s, **NON_THINKING_DEFAULTS)
     s.add_argument("prompt")
     s.set_defaults(fn=cmd_generate)
     s = sub.add_parser("bench", help="tokens/s against the memory-bandwidth limit (and transformers)")

@@ -19,6 +19,9 @@ import tokenizers
 from minqwen3.chat_template import chat_segments
 
 ASSETS = Path(__file__).resolve().parent / "assets"  # our own copy of the official tokenizer.json
+# Qwen3's stop tokens, the same in every Qwen3 vocabulary: for code that has ids but no tokenizer (generate()'s
+# defaults, training's padding). A Tokenizer looks its own up by name (im_end_id, endoftext_id).
+ENDOFTEXT, IM_END = 151643, 151645  # <|endoftext|> ends a document (base models stop on it), <|im_end|> a chat turn
 
 
 def _byte_level_alphabet() -> dict[str, int]:

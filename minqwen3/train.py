@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from .model import Qwen3
 from .moe import expert_counts, load_balancing_loss
+from .tokenizer import ENDOFTEXT
 
 
 @dataclass
@@ -47,7 +48,7 @@ def lr_at(step: int, tc: TrainConfig) -> float:
     return tc.min_lr + 0.5 * (tc.lr - tc.min_lr) * (1 + math.cos(math.pi * t))
 
 
-def collate(samples: list[tuple[list[int], list[bool]]], pad_id: int = 151643,
+def collate(samples: list[tuple[list[int], list[bool]]], pad_id: int = ENDOFTEXT,
             multiple: int = 8) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Right-pad samples (ids, loss mask) into ids, loss mask and valid mask, each (B, T).
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import torch
 
 from .checkpoint import from_pretrained
-from .generate import generate
+from .generation import generate
 
 PROMPTS = ["The capital of France is", "def fibonacci(n):", "量子力学是", "<|im_start|>user\n2+2=?<|im_end|>\n"]
 TOLERANCE = {torch.float32: 1e-3, torch.bfloat16: 0.5, torch.float16: 0.25}  # max |logit difference|

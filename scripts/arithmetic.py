@@ -20,12 +20,12 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from minqwen3.chat import EARLY_STOP
+from minqwen3 import EARLY_STOP
 from minqwen3.chat_template import apply_chat_template
+from minqwen3.tokenizer import IM_END
 
 TOKENIZER_JSON = Path(__file__).resolve().parents[1] / "minqwen3" / "assets" / "tokenizer.json"
-IM_END = 151645
-# What is fed in when the thinking budget runs out: the tech report's text (§4.3, minqwen3.chat uses it) and the
+# What is fed in when the thinking budget runs out: the tech report's text (§4.3, minqwen3.chat() uses it) and the
 # variant of Qwen's example code (a blank line before, no "." after </think>). Training sees both.
 STOP_SENTENCE = EARLY_STOP.split("\n</think>")[0]
 STOP_TEXTS = (EARLY_STOP, "\n\n" + STOP_SENTENCE + "\n</think>\n\n")

@@ -2,7 +2,7 @@
 
     PYTHONPATH=. python scripts/decode_variants.py --model Qwen3-0.6B Qwen3-8B Qwen3-30B-A3B
 
-Each variant patches one thing, builds a fresh FastGenerator (so it compiles again), and reports the decode time
+Each variant patches one thing, builds a fresh Decoder (so it compiles again), and reports the decode time
 per token, its fraction of the weight-bandwidth limit, and the GPU kernels per step. "after" is the package as
 it is; "before" routes as before docs/benchmarks.md's run 3 (softmax over all experts, sorted top-k); "+combo"
 and "+nocombo" force Inductor's combo kernels (independent kernels of one graph launched as one) on or off;
@@ -21,8 +21,9 @@ import sys
 import torch
 
 from minqwen3 import Qwen3Config, attention, flash_decode, moe
-from minqwen3.bench import _release, copy_bandwidth, decode_bytes, kernel_profile, measure, random_model
-from minqwen3.fast import FastGenerator
+from minqwen3.bench import copy_bandwidth, decode_bytes, kernel_profile, measure, release
+from minqwen3.generation import Decoder, generate
+from minqwen3.model import random_model
 
 
 def old_moe_forward(self, x):
@@ -66,7 +67,7 @@ def flex_decode(q, k, v, mask):
 def patched(name: str):
     """Apply a variant named by parts joined with "+": "before" (the old router), "combo" / "nocombo" (Inductor's
     combo kernels forced on / off), "cfg:KEY=VALUE" (any torch._inductor.config setting, VALUE a Python literal).
-    Yields FastGenerator's combo_kernels argument."""
+    Yields Decoder's combo_kernels argument."""
     parts = name.split("+")
     config = {k: ast.literal_eval(v) for k, v in (p[4:].split("=", 1) for p in parts if p.startswith("cfg:"))}
     saved = moe.SparseMoE.forward, attention.decode_attention, flash_decode.available
@@ -112,10 +113,12 @@ def main() -> int:
             with patched(v) as combo, torch.no_grad():
                 slots = [int(p[6:]) for p in v.split("+") if p.startswith("slots:")]
                 try:
-                    fast = FastGenerator(model, max_len=(slots or [args.max_len or args.prompt + args.new])[0],
-                                         combo_kernels=combo)
-                    gen = lambda ids, n: fast.generate(ids, n, stop_ids=())  # noqa: E731
-                    r = measure(v, gen, prompt, args.new, None, dev, 3, args.new)
+                    fast = Decoder(model, max_len=(slots or [args.max_len or args.prompt + args.new])[0],
+                                   combo_kernels=combo)
+                    gen = lambda ids, n: generate(model, ids, n, stop_ids=(), decoder=fast)  # noqa: E731
+                    r = measure([(v, gen, args.new, True, False)], prompt, args.new, None, dev, 3)[0]
+                    if "error" in r:
+                        raise RuntimeError(r["error"])
                     prof = kernel_profile(lambda: gen(prompt, args.new), args.new - 1, args.top)
                 except Exception as e:  # one variant failing must not lose the others
                     print(f"{name} {v}: failed: {type(e).__name__}: {str(e).splitlines()[0][:300]}", flush=True)
@@ -132,9 +135,9 @@ def main() -> int:
                     print(f"  {us:8.1f} us  {calls:5.1f}x  {key}")
                 sys.stdout.flush()
                 del fast
-                _release()
+                release()
         del model
-        _release()
+        release()
     print("\n| model | variant | decode ms/token | of limit | kernels/step | GPU busy ms | compile s | same tokens |")
     print("|---|---|---:|---:|---:|---:|---:|---:|")
     for n, v, ms, frac, k, busy, comp, same in rows:

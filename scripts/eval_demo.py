@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import arithmetic  # noqa: E402
 
 import minqwen3  # noqa: E402
-from minqwen3.chat import EARLY_STOP  # noqa: E402
+from minqwen3 import EARLY_STOP  # noqa: E402
 from minqwen3.chat_template import parse_reply  # noqa: E402
 from minqwen3.tokenizer import Tokenizer  # noqa: E402
 

@@ -23,6 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import arithmetic  # noqa: E402
 
 import minqwen3  # noqa: E402
+from minqwen3.generation import STOP_IDS, THINKING_DEFAULTS  # noqa: E402
+from minqwen3.tokenizer import ENDOFTEXT  # noqa: E402
 from minqwen3.train import TrainConfig, collate, load_checkpoint, make_optimizer, train  # noqa: E402
 
 ASSETS = Path(minqwen3.__file__).parent / "assets"
@@ -41,8 +43,8 @@ CONFIGS = {
 # on one H200, at 207 and 233 ms/step (docs/demo.md)
 STEPS = {"dense": 1530, "moe": 704}
 # Qwen3's published generation_config.json (thinking-mode sampling)
-GENERATION_CONFIG = {"bos_token_id": 151643, "do_sample": True, "eos_token_id": [151645, 151643],
-                     "pad_token_id": 151643, "temperature": 0.6, "top_k": 20, "top_p": 0.95}
+GENERATION_CONFIG = {"bos_token_id": ENDOFTEXT, "do_sample": True, "eos_token_id": list(STOP_IDS),
+                     "pad_token_id": ENDOFTEXT, **{k: THINKING_DEFAULTS[k] for k in ("temperature", "top_k", "top_p")}}
 
 
 class StepBatches(torch.utils.data.Dataset):

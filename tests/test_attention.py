@@ -27,7 +27,7 @@ def reference(attn, x, cos, sin):
 
 def test_attention_with_and_without_cache_matches_reference():
     torch.manual_seed(0)
-    attn = Attention(CFG, 0)
+    attn = Attention(CFG)
     for norm in (attn.q_norm, attn.k_norm):
         torch.nn.init.uniform_(norm.weight, 0.5, 1.5)
     x = torch.randn(2, 9, 48)

@@ -1,14 +1,14 @@
 """chat(): a real Qwen3 with the official vocabulary (151,936 rows, hidden size 32), rigged into a bigram model so
 that it writes a known reply, and the bundled tokenizer. The budget, stop and streaming logic run on real ids."""
-import sys
 
 import pytest
 import torch
 
 import minqwen3
-from minqwen3.chat import EARLY_STOP, Reply, chat
+import minqwen3.assistant as chat_module
+from minqwen3.assistant import EARLY_STOP, Reply, chat
 from minqwen3.chat_template import apply_chat_template
-from minqwen3.generate import NON_THINKING_DEFAULTS, THINKING_DEFAULTS
+from minqwen3.generation import NON_THINKING_DEFAULTS, THINKING_DEFAULTS
 from minqwen3.tokenizer import Tokenizer
 
 THINK, END_THINK, IM_END, ENDOFTEXT = 151667, 151668, 151645, 151643
@@ -147,7 +147,6 @@ def test_stream_holds_back_split_characters(tok):
 
 
 def test_per_mode_defaults_and_overrides(tok, model, monkeypatch):
-    chat_module = sys.modules["minqwen3.chat"]  # the module: minqwen3.chat itself is the function
     calls = []
     real = chat_module.generate
     monkeypatch.setattr(chat_module, "generate", lambda *a, **kw: calls.append(kw) or real(*a, **kw))

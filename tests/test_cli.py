@@ -10,7 +10,9 @@ import pytest
 
 import minqwen3
 from minqwen3 import cli
-from minqwen3.chat import EARLY_STOP
+import minqwen3.assistant as chat_module
+import minqwen3.generation as gen_module
+from minqwen3 import EARLY_STOP
 from minqwen3.tokenizer import ASSETS
 from test_chat import bigram_model
 
@@ -69,7 +71,6 @@ def test_chat_color_on_a_terminal():
 
 
 def test_repl_two_turns_then_eof(ckpt, capsys, monkeypatch):
-    chat_module = sys.modules["minqwen3.chat"]  # the module: minqwen3.chat itself is the function
     seen = []
     real = chat_module.chat
     monkeypatch.setattr(chat_module, "chat", lambda m, t, messages, **kw: seen.append(list(messages)) or
@@ -100,14 +101,13 @@ def test_generate_raw_completion(ckpt, capsys):
 
 def test_fast_path_by_device_and_eager_flag(ckpt, capsys, monkeypatch):
     """chat and generate leave the choice to the device (fast=None) unless --eager says otherwise."""
-    gen_module = sys.modules["minqwen3.generate"]  # the module: minqwen3.generate itself is the function
     seen, real = [], gen_module.generate
 
     def spy(*a, **kw):
         seen.append(kw["fast"])
         return real(*a, **kw)
     monkeypatch.setattr(gen_module, "generate", spy)
-    monkeypatch.setattr(sys.modules["minqwen3.chat"], "generate", spy)
+    monkeypatch.setattr(chat_module, "generate", spy)
     for cmd in (["generate"], ["chat", "--temperature", "0"]):
         for flag, want in (([], None), (["--eager"], False)):
             seen.clear()

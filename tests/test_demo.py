@@ -359,7 +359,7 @@ def test_dense_demo_understands_questions_typed_without_spaces():
 def test_batched_budget_matches_chat():
     """eval_demo's batched thinking budget gives what minqwen3.chat gives, one conversation at a time."""
     import eval_demo
-    from minqwen3.chat import chat
+    from minqwen3 import chat
     path = weights("dense")
     model = minqwen3.from_pretrained(path, dtype=torch.float32)
     tok = minqwen3.tokenizer.Tokenizer.from_pretrained(path)

@@ -1,4 +1,5 @@
-"""The fast path (minqwen3/fast.py) against the eager one, the benchmark's arithmetic, and the GPU-only parts."""
+"""The decode loop's Decoder (minqwen3/generation.py): cache prefixes, the compiled step, CUDA graphs, against the
+plain loop; the benchmark's arithmetic; and the GPU-only parts."""
 import gc
 import weakref
 
@@ -9,9 +10,10 @@ from torch._dynamo.testing import CompileCounter
 
 import minqwen3
 from conftest import TINY
-from minqwen3.bench import decode_bytes, prefill_flops, random_model
+from minqwen3 import Decoder, make_cache, random_model
+from minqwen3.bench import decode_bytes, prefill_flops
 from minqwen3.cli import main
-from minqwen3.fast import FastGenerator, LayerCache, fast_generator, forward_last, prefix_lengths
+from minqwen3.generation import fast_decoder, prefix_lengths
 
 MOE = dict(num_experts=8, num_experts_per_tok=2, moe_intermediate_size=32, mlp_only_layers=[1])
 
@@ -25,6 +27,10 @@ def tiny(seed=0, dtype=torch.float32, device="cpu", **over):
     return model
 
 
+def decode(decoder, ids, n, **kw):
+    return minqwen3.generate(decoder.model, ids, n, decoder=decoder, **kw)
+
+
 # ---------------------------------------------------------------- CPU: same tokens as generate()
 SAMPLED = dict(temperature=0.8, top_k=40, top_p=0.9, seed=7, presence_penalty=0.5)
 
@@ -32,9 +38,9 @@ SAMPLED = dict(temperature=0.8, top_k=40, top_p=0.9, seed=7, presence_penalty=0.
 @pytest.mark.parametrize("over, kw, stops", [(dict(), dict(), False), (MOE, dict(), True),
                                              (dict(), SAMPLED, True), (MOE, SAMPLED, False)],
                          ids=["dense-greedy", "moe-greedy-stops", "dense-sampled-stops", "moe-sampled"])
-def test_fast_generator_equals_generate(over, kw, stops):
+def test_decoder_over_cache_prefixes_equals_generate(over, kw, stops):
     model = tiny(**over)
-    fast = FastGenerator(model, max_len=48, smallest_prefix=8)  # prefixes 8, 16, 32, 48: several per run
+    fast = Decoder(model, max_len=48, smallest_prefix=8)  # prefixes 8, 16, 32, 48: several per run
     prompts = [[3, 1, 4, 1, 5], [9, 2, 6, 5, 3, 5, 8, 9, 7, 9, 3, 2]]  # left-padded batch
     for ids in (torch.randint(0, 320, (2, 7), generator=torch.Generator().manual_seed(1)), prompts):
         want = minqwen3.generate(model, ids, 30, pad_id=0, stop_ids=(), fast=False, **kw)
@@ -44,11 +50,11 @@ def test_fast_generator_equals_generate(over, kw, stops):
             stop_ids = (int(want[0, T + 5]), int(want[1, T + 15]))
             want = minqwen3.generate(model, ids, 30, pad_id=0, stop_ids=stop_ids, fast=False, **kw)
             assert want.shape[1] < T + 30 and (want[0, T + 6:] == 0).all()
-        assert torch.equal(fast.generate(ids, 30, pad_id=0, stop_ids=stop_ids, **kw), want)
+        assert torch.equal(decode(fast, ids, 30, pad_id=0, stop_ids=stop_ids, **kw), want)
 
 
 def test_generate_fast_streams_stops_and_limits_as_eager():
-    """generate(fast=True), the default on a GPU, goes through the model's FastGenerator: the same ids, the same
+    """generate(fast=True), the default on a GPU, goes through the model's own Decoder: the same ids, the same
     on_token steps (handed over in bursts), the same stops and vocab_limit as the eager loop."""
     model = tiny(seed=2)
     prompts = [[1, 2, 3], [9]]
@@ -66,21 +72,23 @@ def test_generate_fast_streams_stops_and_limits_as_eager():
             assert outs[True][:, 3:].max() < 100 <= free[:, 3:].max()
         if kw["stop_ids"]:
             assert outs[True].shape[1] <= 3 + 26
-    fast = fast_generator(model, 10)
-    assert fast is fast_generator(model, 43) and fast.max_len == 512  # one per model, cache capped by the context
+    fast = fast_decoder(model, 10)
+    assert fast is fast_decoder(model, 43) is model.fast_decoder and fast.max_len == 512  # one, capped by the context
     assert set(model.state_dict()) == set(tiny(seed=2).state_dict())  # not part of the checkpoint
+    del model.fast_decoder  # the documented way to drop it
+    assert fast_decoder(model, 10) is not fast
     gone = weakref.ref(model)
     del model, fast
     gc.collect()
-    assert gone() is None  # the cached generator does not keep the model (and its GPU memory) alive
+    assert gone() is None  # the kept decoder does not keep the model (and its GPU memory) alive
 
 
-def test_fast_generator_checks_its_cache_size():
-    fast = FastGenerator(tiny(), max_len=40)
+def test_decoder_checks_its_cache_size():
+    fast = Decoder(tiny(), max_len=40)
     with pytest.raises(ValueError, match="cache slots"):
-        fast.generate(torch.zeros(1, 30, dtype=torch.long), 20)
+        decode(fast, torch.zeros(1, 30, dtype=torch.long), 20)
     with pytest.raises(ValueError, match="CUDA graphs"):
-        FastGenerator(tiny(), cuda_graphs=True)
+        Decoder(tiny(), cuda_graphs=True)
 
 
 def test_prefix_lengths_and_cache_prefix_share_storage():
@@ -88,9 +96,9 @@ def test_prefix_lengths_and_cache_prefix_share_storage():
     assert prefix_lengths(300) == [256, 300] and prefix_lengths(100) == [100]
     cache = minqwen3.KVCache(tiny().config, 2, 64, dtype=torch.float32)
     view = cache.prefix(10)
-    view.update(1, torch.tensor([9]), torch.ones(2, 2, 1, 32), torch.full((2, 2, 1, 32), 2.0))
-    assert view.max_len == 10 and view.k[1].shape == (2, 2, 10, 32)
-    assert cache.k[1][:, :, 9].eq(1).all() and cache.v[1][:, :, 9].eq(2).all() and cache.k[1].sum() == 2 * 2 * 32
+    view.update(torch.tensor([9]), torch.ones(2, 2, 1, 32), torch.full((2, 2, 1, 32), 2.0))
+    assert view.max_len == 10 and view.k.shape == (2, 2, 10, 32)
+    assert cache.k[:, :, 9].eq(1).all() and cache.v[:, :, 9].eq(2).all() and cache.k.sum() == 2 * 2 * 32
     with pytest.raises(ValueError, match="prefix of 65"):
         cache.prefix(65)
 
@@ -100,22 +108,24 @@ def test_compiled_decode_traces_once_per_layer_kind():
     inputs, dense layer, MoE layer, head and emit compile once each, never again while decoding."""
     model = tiny(**MOE)  # layer 1 dense, layers 0 and 2 MoE
     counter = CompileCounter()
-    fast = FastGenerator(model, max_len=48, smallest_prefix=8, compile=True, backend=counter)
+    fast = Decoder(model, max_len=48, smallest_prefix=8, compile=True, backend=counter)
     ids = torch.randint(0, 320, (2, 5))
-    assert torch.equal(fast.generate(ids, 10, stop_ids=()), minqwen3.generate(model, ids, 10, stop_ids=(), fast=False))
+    assert torch.equal(decode(fast, ids, 10, stop_ids=()), minqwen3.generate(model, ids, 10, stop_ids=(), fast=False))
     assert counter.frame_count == 5
     ids = torch.randint(0, 320, (2, 20))  # other prefixes
-    assert torch.equal(fast.generate(ids, 25, stop_ids=()), minqwen3.generate(model, ids, 25, stop_ids=(), fast=False))
+    assert torch.equal(decode(fast, ids, 25, stop_ids=()), minqwen3.generate(model, ids, 25, stop_ids=(), fast=False))
     assert counter.frame_count == 5
 
 
 def test_forward_last_equals_the_model():
+    """The decoder's forward, from the model's public pieces (inputs, layers, head), is the model's forward."""
     model = tiny(**MOE)
     ids = torch.randint(0, 320, (2, 11))
-    cache = minqwen3.KVCache(model.config, 2, 11, dtype=torch.float32)
+    pad = torch.tensor([3, 0])
     with torch.no_grad():
-        got = forward_last(model, ids, [LayerCache(k, v) for k, v in zip(cache.k, cache.v)], torch.arange(11), None)
-        torch.testing.assert_close(got, model(ids)[:, -1], rtol=1e-5, atol=1e-5)
+        for cache, pad in ((make_cache(model, 2, 11), None), (make_cache(model, 2, 16), pad)):
+            got = Decoder(model).forward_last(ids, cache, torch.arange(11), pad)
+            torch.testing.assert_close(got, model(ids, pad=pad)[:, -1], rtol=1e-5, atol=1e-5)
 
 
 # ---------------------------------------------------------------- the benchmark's arithmetic
@@ -135,11 +145,9 @@ def test_prefill_flops_match_torch_flop_counter(over):
     from torch.utils.flop_counter import FlopCounterMode
     model = tiny(**over)
     T, c = 24, model.config
-    cache = minqwen3.KVCache(c, 1, T, dtype=torch.float32)
     counter = FlopCounterMode(display=False)
     with torch.no_grad(), counter, sdpa_kernel(SDPBackend.MATH):  # attention as plain matmuls the counter sees
-        forward_last(model, torch.randint(0, 320, (1, T)), [LayerCache(k, v) for k, v in zip(cache.k, cache.v)],
-                     torch.arange(T), None)
+        Decoder(model).forward_last(torch.randint(0, 320, (1, T)), make_cache(model, 1, T), torch.arange(T), None)
     # the math path computes all T x T scores, then masks half: count that half back
     skipped = 2 * T * T * c.num_attention_heads * c.head_dim * c.num_hidden_layers
     assert counter.get_total_flops() == prefill_flops(c, T) + skipped
@@ -156,9 +164,8 @@ def test_bench_command_on_a_tiny_checkpoint(tmp_path, capsys):
     assert rc == 0
     rows = [line for line in out.splitlines() if line.startswith("| ") and "implementation" not in line]
     assert [r.split("|")[1].strip() for r in rows] == [
-        "minqwen3 FastGenerator (eager)", "minqwen3 eager generate()", "transformers eager",
-        "transformers static cache"]
-    assert all(r.rstrip(" |").endswith("6/6 / 6/6") for r in rows), out  # the same greedy tokens, all four
+        "minqwen3 generate()", "transformers eager", "transformers static cache"]
+    assert all(r.rstrip(" |").endswith("6/6 / 6/6") for r in rows), out  # the same greedy tokens, all three
     assert (tmp_path / "r.json").stat().st_size > 0
 
 
@@ -176,16 +183,16 @@ def exact_fp32():
 def test_gpu_compiled_graphs_equal_eager(over, exact_fp32):
     """fp32, so that compiled and eager kernels agree far below the gaps between logits: identical tokens."""
     model = tiny(device="cuda", **over)
-    fast = FastGenerator(model, max_len=300, smallest_prefix=64)
+    fast = Decoder(model, max_len=300, smallest_prefix=64)
     assert fast.cuda_graphs
     ids = torch.randint(0, 320, (1, 40), generator=torch.Generator().manual_seed(0)).cuda()
     for ids in (ids, [[5, 6, 7], list(range(1, 60))]):
         want = minqwen3.generate(model, ids, 100, stop_ids=(), pad_id=0, fast=False)
-        assert torch.equal(fast.generate(ids, 100, stop_ids=(), pad_id=0), want)
+        assert torch.equal(decode(fast, ids, 100, stop_ids=(), pad_id=0), want)
     graphs, compiled = len(fast.graphs), torch._dynamo.utils.counters["stats"]["unique_graphs"]
     prompts = [[5, 6, 7], list(range(1, 151))]  # reaches prefix 300: a new graph, but no new compile
     want = minqwen3.generate(model, prompts, 140, stop_ids=(), pad_id=0, fast=False)
-    assert torch.equal(fast.generate(prompts, 140, stop_ids=(), pad_id=0), want)
+    assert torch.equal(decode(fast, prompts, 140, stop_ids=(), pad_id=0), want)
     assert len(fast.graphs) > graphs and torch._dynamo.utils.counters["stats"]["unique_graphs"] == compiled
 
 
@@ -201,7 +208,7 @@ def test_gpu_generate_defaults_to_the_fast_path(exact_fp32):
         a = minqwen3.generate(model, prompts, 60, pad_id=0, on_token=got.append, **kw)
         b = minqwen3.generate(model, prompts, 60, pad_id=0, on_token=want.append, fast=False, **kw)
         assert torch.equal(a, b) and torch.equal(torch.stack(got, 1), torch.stack(want, 1).cpu())
-    assert fast_generator(model, 63).cuda_graphs and fast_generator(model, 63).graphs  # it was the fast path
+    assert model.fast_decoder.cuda_graphs and model.fast_decoder.graphs  # it was the fast path
     # graphs captured by an earlier call replay in later ones: what they read must still be there (a chat's
     # thinking-budget phases call generate() again with the same stops; freed memory gets reused meanwhile)
     junk = [torch.randint(0, 320, (1 << 16,), device="cuda") for _ in range(50)]
@@ -216,18 +223,18 @@ def test_gpu_bf16_compiled_matches_eager():
     decisive logits (tiny() scales the weights up) the first tokens must still agree."""
     model = tiny(dtype=torch.bfloat16, device="cuda", **MOE)
     ids = torch.randint(0, 320, (1, 32), generator=torch.Generator().manual_seed(3)).cuda()
-    fast = FastGenerator(model, max_len=128, smallest_prefix=64)
-    got, want = fast.generate(ids, 64, stop_ids=()), minqwen3.generate(model, ids, 64, stop_ids=(), fast=False)
+    fast = Decoder(model, max_len=128, smallest_prefix=64)
+    got, want = decode(fast, ids, 64, stop_ids=()), minqwen3.generate(model, ids, 64, stop_ids=(), fast=False)
     assert torch.equal(got[:, :32 + 16], want[:, :32 + 16]), (got, want)
 
 
 @pytest.mark.gpu  # conftest skips these without CUDA
 def test_gpu_sampling_in_graphs_is_reproducible():
     model = tiny(device="cuda")
-    fast = FastGenerator(model, max_len=128, smallest_prefix=64)
+    fast = Decoder(model, max_len=128, smallest_prefix=64)
     ids = torch.randint(0, 320, (2, 16), device="cuda")
-    a, b = (fast.generate(ids, 60, temperature=1.0, seed=s, stop_ids=()) for s in (1, 1))
-    c = fast.generate(ids, 60, temperature=1.0, seed=2, stop_ids=())
+    a, b = (decode(fast, ids, 60, temperature=1.0, seed=s, stop_ids=()) for s in (1, 1))
+    c = decode(fast, ids, 60, temperature=1.0, seed=2, stop_ids=())
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import minqwen3
-from minqwen3.generate import sample
+from minqwen3.generation import sample
 
 TINY = dict(vocab_size=320, hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
             num_key_value_heads=2, head_dim=32, max_position_embeddings=512)
@@ -54,12 +54,36 @@ def test_left_padded_batch_matches_one_at_a_time(kind):
         assert row[11 - len(p):].tolist() == alone.tolist()
 
 
-def test_chunked_prefill_matches_one_pass(monkeypatch):
-    model = tiny(seed=3, **MOE)
-    prompts = [list(range(1, 30)), list(range(50, 61))]
-    whole = minqwen3.generate(model, prompts, 10, stop_ids=(), pad_id=0)
-    monkeypatch.setattr(minqwen3.Session, "prefill_chunk", 4)  # 29 prompt tokens: 8 chunks, the last one short
-    assert torch.equal(minqwen3.generate(model, prompts, 10, stop_ids=(), pad_id=0), whole)
+def test_no_needless_work():
+    """The prefill applies the LM head to the last position only, and no forward pass runs after the last token
+    is sampled: n new tokens cost one prefill and n - 1 one-token steps."""
+    model = tiny(**MOE)
+    calls, head_rows = [], []
+    model.model.layers[0].register_forward_pre_hook(lambda m, args: calls.append(args[0].shape[1]))
+    model.lm_head.register_forward_pre_hook(lambda m, args: head_rows.append(args[0].shape))
+    out = minqwen3.generate(model, [[1, 2, 3, 4, 5], [6, 7]], 6, stop_ids=(), pad_id=0)
+    assert out.shape == (2, 5 + 6)
+    assert calls == [5] + [1] * 5  # T tokens once, then one per step, none after the sixth token
+    assert head_rows == [(2, 64)] * 6  # (B, C): one position per row, never (B, T, C)
+
+
+def test_every_module_is_a_module():
+    """No function hides its module: `import minqwen3.x as m` gives the module x, for every file of the package."""
+    import importlib
+    import pathlib
+    import sys
+    import types
+    names = sorted(p.stem for p in pathlib.Path(minqwen3.__file__).parent.glob("*.py")
+                   if p.stem not in ("__init__", "__main__"))
+    assert {"generation", "assistant", "model", "cache"} <= set(names)
+    for name in names:
+        importlib.import_module(f"minqwen3.{name}")
+        assert isinstance(getattr(minqwen3, name), types.ModuleType), f"minqwen3.{name} is not the module"
+    # and every module the package imports is one of its files (not, say, a stale installed copy)
+    package = pathlib.Path(minqwen3.__file__).parent
+    for name, module in sys.modules.items():
+        if name.startswith("minqwen3."):
+            assert pathlib.Path(module.__file__).parent == package, f"{name} comes from {module.__file__}"
 
 
 def test_seeded_sampling_is_reproducible_and_seeds_differ():

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .chat_template import parse_reply
-from .generate import NON_THINKING_DEFAULTS, THINKING_DEFAULTS, check_context, check_sampling, generate
+from .generation import NON_THINKING_DEFAULTS, THINKING_DEFAULTS, check_context, generate
 
 # the tech report's text, verbatim (the "." after </think> included)
 EARLY_STOP = ("Considering the limited time by the user, I have to give the solution based on the thinking "
@@ -69,8 +69,7 @@ def chat(model, tokenizer, messages: Sequence[Mapping] | str, *, enable_thinking
     if unknown:
         raise TypeError(f"chat() got unknown sampling option(s) {', '.join(unknown)}; known: {', '.join(SAMPLING)}")
     settings = {**(THINKING_DEFAULTS if enable_thinking else NON_THINKING_DEFAULTS), "presence_penalty": 0.0,
-                **sampling}
-    check_sampling(**settings)
+                **sampling}  # checked by generate(), before any model work
     if thinking_budget is not None and thinking_budget < 0:
         raise ValueError(f"thinking_budget must be >= 0 tokens (None = unlimited), got {thinking_budget}")
     if isinstance(messages, str):

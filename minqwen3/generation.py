@@ -1,0 +1,355 @@
+"""Token generation: sampling, and the one decode loop (prefill the prompt into a KV cache, then one token at a time).
+
+The model maps ids to logits; choosing tokens lives here. How the pieces fit:
+
+- generate() is the loop, and the only one. It checks its arguments once, prefills the prompt, samples the first
+  token, then runs one step per further token: feed the last token, sample the next. No step runs after the last
+  token is sampled, and the prefill applies the LM head to the last position only.
+- A step is the model's own forward, piece by piece: Qwen3.inputs (embedding, RoPE tables, mask), each decoder
+  layer with its own KVCache, Qwen3.head (final norm and LM head on the last position), then sample() and
+  record(), which writes the token into the output and advances the position. The step reads and writes device
+  tensors only (a Decoder's buffers), never the host.
+- A Decoder holds what the loop works on: the per-layer caches, the step's buffers, and the step. Made with
+  compile=True it compiles the step's pieces once (one graph per layer kind, shared by every layer and every
+  cache length) and, on CUDA, captures the step as one CUDA graph per cache-prefix length: the same loop then
+  replays a graph where it would call the step. That is the whole of the fast path (benchmarks in
+  docs/benchmarks.md; notebook 09 says why it is fast).
+- Compiled state lives in the Decoder: pass your own (generate(decoder=Decoder(model))), or let generate() use the
+  model's on a CUDA device, made on first use and kept as model.fast_decoder (`del model.fast_decoder` frees it).
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+
+import torch
+
+from .cache import KVCache, make_cache
+from .tokenizer import ENDOFTEXT, IM_END
+
+STOP_IDS = (IM_END, ENDOFTEXT)
+# Qwen's published defaults per mode (thinking mode: greedy decoding is discouraged)
+THINKING_DEFAULTS = dict(temperature=0.6, top_p=0.95, top_k=20, min_p=0.0)
+NON_THINKING_DEFAULTS = dict(temperature=0.7, top_p=0.8, top_k=20, min_p=0.0)
+
+
+def check_sampling(temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0,
+                   presence_penalty: float = 0.0) -> None:
+    """Reject settings that would silently sample from nothing (or from everything)."""
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+    if top_k < 0:
+        raise ValueError(f"top_k must be >= 0 (0 = off), got {top_k}")
+    if not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1] (1 = off), got {top_p}")
+    if not 0.0 <= min_p < 1.0:
+        raise ValueError(f"min_p must be in [0, 1) (0 = off), got {min_p}")
+    if presence_penalty < 0:
+        raise ValueError(f"presence_penalty must be >= 0 (Qwen suggests 0 to 1.5), got {presence_penalty}")
+
+
+def sample(logits: torch.Tensor, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
+           min_p: float = 0.0, presence_penalty: float = 0.0, seen: torch.Tensor | None = None,
+           generator: torch.Generator | None = None) -> torch.Tensor:
+    """Choose the next token of each row. logits (B, V) -> ids (B,). temperature 0 means greedy.
+
+    Filters apply in the order transformers and vLLM use: temperature, top-k, top-p, min-p.
+    seen (B, V): 1.0 where a token was already generated, for the presence penalty.
+    """
+    logits = logits.float()
+    if presence_penalty and seen is not None:  # a flat penalty on every token already generated
+        logits = logits - presence_penalty * seen
+    if temperature <= 0:
+        return logits.argmax(-1)
+    # Work on the candidates only, best first: with top-k that is k of 151,936 tokens, so the softmax, the
+    # cumulative sum and the random draw below are cheap; top-p alone needs the whole vocabulary sorted.
+    idx = None
+    if top_k and top_k < logits.shape[-1]:
+        logits, idx = logits.topk(top_k, dim=-1)  # (B, k)
+    elif top_p < 1.0:
+        logits, idx = logits.sort(-1, descending=True)  # (B, V)
+    probs = (logits / temperature).softmax(-1)
+    if top_p < 1.0:  # keep the smallest set of tokens whose mass reaches top_p
+        probs = probs.masked_fill(probs.cumsum(-1) - probs >= top_p, 0.0)  # mass before it already reached top_p
+    if min_p > 0.0:  # drop tokens less likely than min_p times the best one
+        probs = probs.masked_fill(probs < min_p * probs.amax(-1, keepdim=True), 0.0)
+    # argmax(p / Exp(1)) draws from p (the exponential race) with no host sync, unlike multinomial
+    q = torch.empty_like(probs).exponential_(1.0, generator=generator).clamp_(min=1e-30)  # 0/0 would be NaN
+    choice = (probs / q).argmax(-1)  # (B,)
+    return choice if idx is None else idx.gather(-1, choice[:, None])[:, 0]
+
+
+def as_batch(input_ids: torch.Tensor | list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A (B, T) tensor as it is, or a list of prompts right-aligned: ids (B, T) left-padded with pad_id, and the
+    pad counts (B,) (None when no row is padded)."""
+    if isinstance(input_ids, torch.Tensor):
+        assert input_ids.dim() == 2, f"input_ids must be (batch, time), got shape {tuple(input_ids.shape)}"
+        return input_ids, None
+    assert input_ids and all(len(p) for p in input_ids), "every prompt needs at least one token"
+    T = max(len(p) for p in input_ids)
+    pad = torch.tensor([T - len(p) for p in input_ids])
+    ids = torch.tensor([[pad_id] * (T - len(p)) + list(p) for p in input_ids])
+    return ids, (pad if pad.any() else None)
+
+
+def check_context(model, prompt_len: int, max_new_tokens: int) -> int:
+    """Fail before any work on a prompt past the context; return how many new tokens fit."""
+    ctx = model.config.context_length
+    if prompt_len >= ctx:
+        raise ValueError(f"the prompt has {prompt_len} tokens; the model's context is {ctx} tokens")
+    return min(max_new_tokens, ctx - prompt_len)
+
+
+def prefix_lengths(max_len: int, smallest: int = 256) -> list[int]:
+    """The cache prefixes a decode step may read: smallest, 2x, 4x, ... and max_len itself."""
+    out = []
+    n = smallest
+    while n < max_len:
+        out.append(n)
+        n *= 2
+    return out + [max_len]
+
+
+def run_layer(layer, x, cos, sin, mask, cache: KVCache, input_pos) -> torch.Tensor:
+    return layer(x, cos, sin, mask, cache, input_pos)[0]  # the router logits are for training
+
+
+def record(tok, out, n, done, seen, last, pos, stops, pad_id: int) -> None:
+    """Write the sampled tokens (B,) as out[:, n] (pad_id for rows already finished), mark rows that stopped and
+    tokens seen, make tok the next input and advance n and pos: all on the device."""
+    out.index_copy_(1, n, torch.where(done, pad_id, tok)[:, None])
+    done |= torch.isin(tok, stops)
+    seen.scatter_(1, tok[:, None], 1.0)
+    last.copy_(tok[:, None])
+    n += 1
+    pos += 1
+
+
+class Decoder:
+    """The decode loop's working state for one model: per-layer KV caches of max_len slots, the step's buffers
+    (the token fed next, its slot, the output, done flags, tokens seen) and the step itself.
+
+    compile (default: on CUDA) compiles the step's pieces with torch.compile (backend; combo_kernels, Inductor's,
+    defaults to on for hidden sizes up to 2048, where it measured faster); cuda_graphs (default: on CUDA) captures
+    the step once per cache prefix (prefix_lengths(max_len, smallest_prefix)). Use it through generate(decoder=).
+    """
+
+    def __init__(self, model, max_len: int = 4096, *, compile: bool | None = None, cuda_graphs: bool | None = None,
+                 backend: str = "inductor", smallest_prefix: int = 256, combo_kernels: bool | None = None):
+        p = next(model.parameters())
+        self.model, self.device = model, p.device
+        on_cuda = self.device.type == "cuda"
+        self.cuda_graphs = on_cuda if cuda_graphs is None else cuda_graphs
+        if self.cuda_graphs and not on_cuda:
+            raise ValueError(f"CUDA graphs need the model on a CUDA device; it is on {self.device}")
+        self.max_len = min(max_len, model.config.context_length)
+        self.lengths = prefix_lengths(self.max_len, smallest_prefix)
+        self.compiled = on_cuda if compile is None else compile
+        self.inputs, self.run_layer, self.head, self.record = model.inputs, run_layer, model.head, record
+        if self.compiled:
+            # Regional compilation: every layer, and every prefix length, shares one compiled graph per layer kind
+            # (dense, MoE), so compile time does not grow with depth. Coordinate-descent tuning is what makes
+            # Inductor turn each matrix-vector product into a reduction that streams the weights; combo kernels
+            # launch a graph's independent kernels as one, which pays where matrices are small.
+            options = {"coordinate_descent_tuning": True} if backend == "inductor" else None
+            if options is not None and (model.config.hidden_size <= 2048 if combo_kernels is None else combo_kernels):
+                options["combo_kernels"] = True
+            self.inputs, self.run_layer, self.head, self.record = (
+                torch.compile(f, fullgraph=True, backend=backend, options=options)
+                for f in (model.inputs, run_layer, model.head, record))
+        self.generator = torch.Generator(self.device)
+        self.stops: dict[tuple[int, ...], torch.Tensor] = {}
+        self.batch = 0
+        self.setup_s = 0.0  # seconds spent compiling and capturing, summed
+
+    def _allocate(self, B: int) -> None:
+        """The caches and the step's buffers, once per batch size: a graph replays these exact addresses."""
+        dev, cfg = self.device, self.model.config
+        # one slot more than the longest prefix: every prefix is then a view with a gap after it, so the compiled
+        # layer sees one memory layout for all lengths (a prefix that filled the buffer would be contiguous)
+        self.cache = make_cache(self.model, B, self.max_len + 1)
+        self.prefixes = {n: [c.prefix(n) for c in self.cache] for n in self.lengths}
+        if self.compiled:  # the prefix length is a symbol to torch.compile: one graph for every length
+            for c in (c for caches in self.prefixes.values() for c in caches):
+                torch._dynamo.maybe_mark_dynamic(c.k, 2)
+                torch._dynamo.maybe_mark_dynamic(c.v, 2)
+        self.tok = torch.zeros(B, 1, dtype=torch.long, device=dev)  # the token fed next
+        self.pos = torch.zeros(1, dtype=torch.long, device=dev)  # its cache slot
+        self.pad = torch.zeros(B, dtype=torch.long, device=dev)  # left padding per row
+        self.out = torch.zeros(B, self.max_len, dtype=torch.long, device=dev)  # the new tokens
+        self.n = torch.zeros(1, dtype=torch.long, device=dev)  # how many are in out
+        self.done = torch.zeros(B, dtype=torch.bool, device=dev)
+        self.seen = torch.zeros(B, cfg.vocab_size, device=dev)  # for the presence penalty
+        self.graphs, self.batch = {}, B
+        self.pool = torch.cuda.graph_pool_handle() if self.cuda_graphs else None
+
+    def _state(self) -> list[torch.Tensor]:
+        return [self.tok, self.pos, self.n, self.done, self.seen]
+
+    def forward_last(self, ids: torch.Tensor, caches: list[KVCache], input_pos: torch.Tensor,
+                     pad: torch.Tensor | None, fns: tuple | None = None) -> torch.Tensor:
+        """Qwen3.forward piece by piece -> float logits (B, V) of the last position. fns: the pieces (inputs,
+        run_layer, head), the model's own by default, or their compiled versions (the decode step)."""
+        inputs, layer_fn, head = fns or (self.model.inputs, run_layer, self.model.head)
+        x, cos, sin, mask = inputs(ids, input_pos, caches, pad)
+        if fns is not None and mask is not None:
+            torch._dynamo.maybe_mark_dynamic(mask, 3)  # (B|1, 1, 1, S): the prefix length, like the cache's
+        for layer, cache in zip(self.model.model.layers, caches):
+            x = layer_fn(layer, x, cos, sin, mask, cache, input_pos)
+        return head(x)
+
+    def _pick(self, logits: torch.Tensor) -> torch.Tensor:
+        """Sample (B,) from logits (B, V) with this call's settings."""
+        limit, *settings = self.sampling
+        if limit is not None:  # ids from limit up are no token (the embedding's padding rows)
+            logits[:, limit:] = float("-inf")
+        return sample(logits, *settings, seen=self.seen, generator=self.gen)
+
+    def start(self, ids: torch.Tensor, pad: torch.Tensor | None, new: int, sampling: tuple,
+              stop_ids: tuple[int, ...], pad_id: int, seed: int | None,
+              generated: Sequence[Sequence[int]] | None) -> None:
+        """Reset the state, feed the prompt ids (B, T) into slots 0..T-1 (eagerly: a few large matmuls) and record
+        the first new token; capture the graphs the next new - 1 steps need, before any of them runs.
+        sampling: (vocab_limit, temperature, top_k, top_p, min_p, presence_penalty)."""
+        B, T = ids.shape
+        if T + new - 1 > self.max_len:
+            raise ValueError(f"{T} prompt + {new} new tokens need {T + new - 1} cache slots; this Decoder has "
+                             f"{self.max_len} (Decoder(model, max_len=...))")
+        if B != self.batch:
+            self._allocate(B)
+        self.sampling, self.pad_id = sampling, pad_id
+        # one generator for the object's life: a captured graph draws from the generator it was captured with
+        self.gen = None if seed is None else self.generator.manual_seed(seed)
+        # a graph reads the stop ids from the tensor it was captured with: keep one tensor per set of ids alive
+        # (a fresh tensor per call would leave the graph reading freed memory on the next call)
+        if stop_ids not in self.stops:
+            self.stops[stop_ids] = torch.tensor(stop_ids, dtype=torch.long, device=self.device)
+        self.stop = self.stops[stop_ids]
+        for t in self._state():
+            t.zero_()
+        if generated is not None:  # ids that count as generated already, for the presence penalty
+            assert len(generated) == B, f"generated has {len(generated)} rows for a batch of {B}"
+            for row, done in zip(self.seen, generated):
+                row[torch.tensor(list(done), dtype=torch.long, device=self.device)] = 1.0
+        self.pad.copy_(pad if pad is not None else torch.zeros_like(self.pad))
+        # a compiled step always takes the pad buffer (one graph for every batch); an eager one only if there is
+        # padding, so that its mask is the short causal one
+        self.step_pad = self.pad if pad is not None or self.compiled else None
+        logits = self.forward_last(ids, [c.prefix(T) for c in self.cache], torch.arange(T, device=self.device), pad)
+        record(self._pick(logits), self.out, self.n, self.done, self.seen, self.tok, self.pos, self.stop, pad_id)
+        self.pos.fill_(T)
+        self.plen = [next(n for n in self.lengths if n > T + i) for i in range(new - 1)]  # step i's prefix
+        key = (sampling, stop_ids, pad_id, seed is not None)
+        self.step_fns = {n: (self._graph(n, key).replay if self.cuda_graphs else lambda n=n: self._step(n))
+                         for n in dict.fromkeys(self.plen)}
+
+    def step(self, i: int) -> None:
+        """Step i: feed the token at slot T + i and record the next one, reading the smallest prefix holding it."""
+        self.step_fns[self.plen[i]]()
+
+    def _step(self, n: int) -> None:
+        fns = self.inputs, self.run_layer, self.head
+        tok = self._pick(self.forward_last(self.tok, self.prefixes[n], self.pos, self.step_pad, fns))
+        self.record(tok, self.out, self.n, self.done, self.seen, self.tok, self.pos, self.stop, self.pad_id)
+
+    def _graph(self, n: int, key: tuple) -> torch.cuda.CUDAGraph:
+        """The step over prefix n as a CUDA graph, captured on first use (compiling first if need be)."""
+        key = (n, *key)
+        if key in self.graphs:
+            return self.graphs[key]
+        t0 = time.perf_counter()
+        saved = [t.clone() for t in self._state()]
+        rng = self.gen.get_state() if self.gen is not None else None
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # warm up off the capture: compile, autotune, allocate workspaces
+            for _ in range(2):
+                self._step(n)
+                for t, s in zip(self._state(), saved):
+                    t.copy_(s)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        if self.gen is not None:
+            graph.register_generator_state(self.gen)  # replays then draw fresh numbers from gen
+            self.gen.set_state(rng)
+        with torch.cuda.graph(graph, pool=self.pool):
+            self._step(n)  # recorded, not run: the state is untouched
+        if self.gen is not None:  # as if nothing had been drawn: the same seed gives the same tokens, captured or not
+            self.gen.set_state(rng)
+        torch.cuda.synchronize()
+        self.setup_s += time.perf_counter() - t0
+        self.graphs[key] = graph
+        return graph
+
+
+def fast_decoder(model, slots: int) -> Decoder:
+    """The model's own Decoder (compiled on CUDA) with at least `slots` cache slots, made on first use and kept as
+    model.fast_decoder: a plain attribute, not a submodule, so state_dict() ignores it, and it goes when the model
+    goes. `del model.fast_decoder` frees its cache and graphs sooner."""
+    dec = model.__dict__.get("fast_decoder")
+    if dec is None or dec.max_len < slots:
+        n = 4096
+        while n < slots:
+            n *= 2
+        dec = model.fast_decoder = Decoder(model, max_len=min(n, model.config.context_length))
+    return dec
+
+
+@torch.no_grad()
+def generate(model, input_ids: torch.Tensor | list[list[int]], max_new_tokens: int, *,
+             temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0,
+             presence_penalty: float = 0.0, seed: int | None = None, stop_ids: Sequence[int] = STOP_IDS,
+             pad_id: int = ENDOFTEXT, on_token: Callable[[torch.Tensor], None] | None = None,
+             vocab_limit: int | None = None, generated: Sequence[Sequence[int]] | None = None,
+             fast: bool | None = None, decoder: Decoder | None = None) -> torch.Tensor:
+    """Continue each prompt; returns ids (B, T + new), greedy when temperature is 0.
+
+    input_ids: a (B, T) tensor, or a list of prompts of different lengths (left-padded with pad_id).
+    A row that emits a stop token is finished: it keeps the stop token, then pad_id fills the rest.
+    on_token: called with each step's new ids (B,) as they come, finished rows showing pad_id (for streaming).
+    vocab_limit: sample only ids below it, e.g. len(tokenizer): Qwen3's embedding has 151,936 rows for a vocabulary
+    of 151,669, and the padding rows are no token at all (a trained model never picks them; a random one may).
+    generated: per row, ids that count as already generated for the presence penalty (a reply continued in parts).
+    fast: decode with the model's compiled Decoder (torch.compile, CUDA graphs; the same tokens, on_token called in
+    bursts of 16). Default: on a CUDA device. The first fast call compiles for ~30 s; later calls reuse it.
+    decoder: decode with this Decoder instead (fast is then ignored).
+    """
+    ids, pad = as_batch(input_ids, pad_id)
+    B, T = ids.shape
+    check_sampling(temperature, top_k, top_p, min_p, presence_penalty)
+    N = check_context(model, T, max_new_tokens)
+    if decoder is None and (next(model.parameters()).is_cuda if fast is None else fast):
+        decoder = fast_decoder(model, T + N)
+    elif decoder is None:  # eager, and a cache of just the slots this call needs
+        decoder = Decoder(model, T + N, compile=False, cuda_graphs=False)
+    ids = ids.to(decoder.device)
+    if N < 1:
+        return ids
+    stop_ids = tuple(stop_ids)
+    decoder.start(ids, None if pad is None else pad.to(decoder.device), N,
+                  (vocab_limit, temperature, top_k, top_p, min_p, presence_penalty), stop_ids, pad_id, seed, generated)
+    # Replaying graphs, the host looks at the GPU only every 16 tokens (one wait each time): for the done flags and
+    # to hand tokens to on_token. Otherwise after every token.
+    every = 16 if decoder.cuda_graphs else 1
+    sent = 0  # tokens handed to on_token
+
+    def send(upto: int) -> None:
+        nonlocal sent
+        if on_token is not None and upto > sent:
+            for col in decoder.out[:, sent:upto].cpu().T:  # one copy per look
+                on_token(col)
+        sent = upto
+
+    for i in range(N - 1):  # step i feeds the token at slot T + i: none after the last token is sampled
+        if i % every == 0 and (stop_ids or on_token is not None):
+            if stop_ids and decoder.done.all():
+                break
+            send(i + 1)  # the first token and i steps, all before the step where every row finished
+        decoder.step(i)
+    out = decoder.out[:, :N]
+    if stop_ids:  # stop after the step where every row is done
+        finished = torch.isin(out, decoder.stop).cumsum(1).gt(0).all(0)  # (N,)
+        if finished.any():
+            out = out[:, :int(finished.nonzero()[0]) + 1]
+    send(out.shape[1])
+    return torch.cat([ids, out], dim=1)
