@@ -293,12 +293,24 @@ def save_pretrained(model: Qwen3, path: str | os.PathLike, max_shard_bytes: int 
     _atomic(path / "config.json", lambda tmp: config.save(tmp))
 
 
+def _file_mode() -> int:
+    """The permissions open() gives a new file: 0o666 less the umask (from /proc: os.umask reads only by setting)."""
+    try:
+        umask = int(next(line.split()[1] for line in open("/proc/self/status") if line.startswith("Umask:")), 8)
+    except (OSError, StopIteration, ValueError):
+        umask = os.umask(0o022)
+        os.umask(umask)
+    return 0o666 & ~umask
+
+
 def _atomic(dest: Path, write) -> None:
-    """Write dest through a temporary file (created by `write`, so it gets the umask's usual permissions, not 0600)
-    that is flushed to disk and then renamed over dest: readers see the old file or the new one, never a part."""
+    """Write dest through a temporary file, flushed to disk and then renamed over dest: readers see the old file or
+    the new one, never a part. It gets the usual permissions (safetensors makes its files 0600: unreadable to a web
+    server or another user of a published checkpoint)."""
     tmp = dest.parent / f".{dest.name}.{os.urandom(4).hex()}.tmp"
     try:
         write(tmp)
+        os.chmod(tmp, _file_mode())
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, dest)
