@@ -53,8 +53,8 @@ _RULES = {
                      "output_router_logits"], (_is(bool), "true or false")),
     "hidden_act": (lambda v: v == "silu", "'silu' (Qwen3's activation)"),
     "torch_dtype": (_optional(_is(str)), "a dtype name such as 'bfloat16'"),
-    **dict.fromkeys(["bos_token_id", "eos_token_id"], (
-        lambda v: v is None or _int(0)(v) or (_list_of(_int(0))(v) and len(v) > 0), "a token id, a list of them or null")),
+    **dict.fromkeys(["bos_token_id", "eos_token_id"], (lambda v: v is None or _int(0)(v) or (
+        _list_of(_int(0))(v) and len(v) > 0), "a token id, a list of them or null")),
     "mlp_only_layers": (_list_of(_int(0)), "a list of layer indices"),
     "router_aux_loss_coef": (_num(0, lo_open=False), "a number >= 0"),
     "model_type": (lambda v: v in ("qwen3", "qwen3_moe"), "'qwen3' or 'qwen3_moe'"),
