@@ -2,25 +2,26 @@
 
 Loading builds the model on the meta device (no memory), then reads each tensor from disk straight
 into its place on the target device and dtype: peak host memory is the model plus one tensor.
+A checkpoint is untrusted input: the safetensors library validates each file's header, we add the dtype policy,
+refuse shard paths that leave the folder, and compare the config with the tensors before building anything.
 """
 from __future__ import annotations
 
 import json
 import os
 import re
-import tempfile
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
 from .config import Qwen3Config
 from .model import Qwen3
 
-DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32, "F64": torch.float64,
-          "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-          "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2}
+DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32, "F64": torch.float64}  # weights only
+INDEX = "model.safetensors.index.json"
 FOLDER_HELP = ("a checkpoint folder holds config.json, model.safetensors (or model-*-of-*.safetensors "
                "with model.safetensors.index.json), and tokenizer.json for chat")
 # a stacked (E, out, in) expert parameter in memory; on disk one tensor per expert, KEY.j.PROJ.weight
@@ -34,32 +35,20 @@ class CheckpointError(ValueError):
 # ---------------------------------------------------------------- reading safetensors files
 def read_header(path: Path) -> tuple[dict, int]:
     """The tensor table of a .safetensors file (name -> dtype, shape, data_offsets) and where data starts."""
-    size = path.stat().st_size
+    try:  # the library checks the header: valid JSON entries, offsets contiguous, in range and covering the data
+        with safe_open(path, framework="pt"):
+            pass
+    except Exception as e:  # SafetensorError derives from Exception itself
+        raise CheckpointError(f"{path}: not a valid safetensors file, or truncated ({e})") from None
     with open(path, "rb") as f:
-        head = f.read(8)
-        n = int.from_bytes(head, "little") if len(head) == 8 else -1
-        if n < 2 or 8 + n > size:
-            raise CheckpointError(f"{path}: not a safetensors file, or truncated (header length {n}, file {size} bytes)")
-        try:
-            header = json.loads(f.read(n))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise CheckpointError(f"{path}: corrupt safetensors header ({e})") from None
+        n = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(n))
     header.pop("__metadata__", None)
-    start = 8 + n
-    for name, info in header.items():
-        dtype = DTYPES.get(info.get("dtype"))
-        if dtype is None:
-            raise CheckpointError(f"{path}: tensor {name} has unknown dtype {info.get('dtype')!r}")
-        b, e = info["data_offsets"]
-        numel = 1
-        for d in info["shape"]:
-            numel *= d
-        if e - b != numel * dtype.itemsize:
-            raise CheckpointError(f"{path}: tensor {name} holds {e - b} bytes, its shape {info['shape']} needs "
-                                  f"{numel * dtype.itemsize}: the file is corrupt")
-        if start + e > size:
-            raise CheckpointError(f"{path}: truncated: tensor {name} ends at byte {start + e}, the file has {size}")
-    return header, start
+    for name, info in header.items():  # what the library allows and we do not: integer, bool, FP8 weights
+        if info["dtype"] not in DTYPES:
+            raise CheckpointError(f"{path}: tensor {name} has dtype {info['dtype']}; weights must be one of "
+                                  f"{', '.join(DTYPES)}")
+    return header, 8 + n
 
 
 def _read_into(f, offset: int, t: torch.Tensor, path: Path) -> None:
@@ -87,26 +76,75 @@ def _load_tensor(fh, path: Path, offset: int, src_dtype: torch.dtype, dst: torch
         flat[i: i + part.numel()].copy_(part)
 
 
+def _finite(t: torch.Tensor, chunk: int = 2**20) -> bool:
+    """No NaN or Inf in t; checked in chunks, so the check's own memory stays small."""
+    return all(bool(torch.isfinite(c).all()) for c in t.reshape(-1).split(chunk))
+
+
+def _inside(folder: Path, name, source: Path) -> Path:
+    """folder/name, refused unless it stays in folder with symlinks resolved (a checkpoint is untrusted input).
+    A Hugging Face cache snapshot (snapshots/<rev>/x -> ../../blobs/<hash>) may point into its own blobs folder."""
+    root = folder.resolve()
+    allowed = [root] + ([root.parents[1] / "blobs"] if root.parent.name == "snapshots" else [])
+    if (not isinstance(name, str) or not name or Path(name).is_absolute()
+            or not any((folder / name).resolve().is_relative_to(a) for a in allowed)):
+        raise CheckpointError(f"{source}: file {name!r} is outside the checkpoint folder {folder}: refused")
+    return folder / name
+
+
+def _index_names(index: Path) -> list[str]:
+    """The shard file names an index lists (unchecked: see _inside)."""
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+        return list(dict.fromkeys(weight_map.values()))
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as e:
+        raise CheckpointError(f"{index}: not a valid safetensors index ({type(e).__name__}: {e})") from None
+
+
 def checkpoint_files(path: Path) -> list[Path]:
     """The .safetensors files of a checkpoint folder, single or sharded (via the index)."""
     if not path.is_dir():
         raise FileNotFoundError(f"checkpoint folder {path} does not exist; {FOLDER_HELP}")
-    index = path / "model.safetensors.index.json"
+    index = path / INDEX
     if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError) as e:
-            raise CheckpointError(f"{index}: not a valid safetensors index ({e})") from None
-        files = [path / f for f in dict.fromkeys(weight_map.values())]
+        files = [_inside(path, name, index) for name in _index_names(index)]
         missing = [str(f) for f in files if not f.is_file()]
         if missing:
             raise FileNotFoundError(f"{index} names shard(s) that are missing: {', '.join(missing)}")
         return files
     if (path / "model.safetensors").is_file():
-        return [path / "model.safetensors"]
+        return [_inside(path, "model.safetensors", path)]
     pickled = sorted(p.name for p in path.glob("*.bin")) + sorted(p.name for p in path.glob("*.pt"))
     hint = f" (found {', '.join(pickled)}: pickled weights are never loaded; convert them to safetensors)" if pickled else ""
     raise FileNotFoundError(f"no model.safetensors or model.safetensors.index.json in {path}{hint}; {FOLDER_HELP}")
+
+
+def read_tables(path: Path) -> dict[Path, tuple[dict, int]]:
+    """Every file's validated header; a tensor stored in two files is an error, not "the last one wins"."""
+    tables, seen = {}, {}
+    for f in checkpoint_files(path):
+        tables[f] = read_header(f)
+        for name in tables[f][0]:
+            if name in seen:
+                raise CheckpointError(f"tensor {name} is stored twice, in {seen[name]} and {f}")
+            seen[name] = f
+    return tables
+
+
+def check_config(config: Qwen3Config, tables: dict[Path, tuple[dict, int]], strict: bool = True) -> None:
+    """Compare the config's sizes with the tensor headers before any module is built: a config.json that says a
+    million layers fails here at once, instead of building them for minutes. The rest is checked tensor by tensor."""
+    shapes = {k: info["shape"] for header, _ in tables.values() for k, info in header.items()}
+    layers = [int(m[1]) for k in shapes if (m := re.match(r"model\.layers\.(\d+)\.", k))]
+    experts = [int(m[2]) for k in shapes if (m := _EXPERT.fullmatch(k))]
+    n_layers = max(layers, default=-1) + 1
+    moe = any(config.is_moe_layer(i) for i in range(min(n_layers, config.num_hidden_layers)))
+    found = {"num_hidden_layers": n_layers, "num_experts": max(experts, default=-1) + 1 if experts or moe else None,
+             "head_dim": shapes.get("model.layers.0.self_attn.q_norm.weight", [None])[0]}
+    for field, n in found.items():
+        want = getattr(config, field)
+        if n is not None and (want > n or (strict and want != n)):
+            raise CheckpointError(f"config.json says {field} = {want}, but the checkpoint's tensors hold {n}")
 
 
 # ---------------------------------------------------------------- loading
@@ -123,10 +161,11 @@ def _targets(model: nn.Module) -> dict[str, tuple[str, int | None, tuple]]:
     return out
 
 
-def load_weights(model: Qwen3, path: Path, device=None, dtype=None, strict: bool = True) -> Qwen3:
-    """Read the checkpoint in `path` into a (meta or real) model, placing every tensor on device/dtype."""
-    files = checkpoint_files(path)
-    tables = {f: read_header(f) for f in files}
+def load_weights(model: Qwen3, path: Path, device=None, dtype=None, strict: bool = True,
+                 tables: dict | None = None) -> Qwen3:
+    """Read the checkpoint in `path` into a (meta or real) model, placing every tensor on device/dtype.
+    NaN or Inf in a weight is an error: such a model only writes garbage."""
+    tables = tables or read_tables(path)
     targets = _targets(model)
     on_disk = {name: f for f, (header, _) in tables.items() for name in header}
     tied = model.config.tie_word_embeddings
@@ -136,15 +175,20 @@ def load_weights(model: Qwen3, path: Path, device=None, dtype=None, strict: bool
         raise CheckpointError(f"checkpoint {path} does not match the config: missing tensors {missing[:10]}"
                               f"{' ...' if len(missing) > 10 else ''}, unexpected tensors {unexpected[:10]}"
                               f"{' ...' if len(unexpected) > 10 else ''}")
+    stored = {}  # dtype name -> one tensor stored in it
     for key, f in on_disk.items():
         if key in targets:
+            stored.setdefault(tables[f][0][key]["dtype"], key)
             shape = tuple(tables[f][0][key]["shape"])
             if shape != targets[key][2]:
                 raise CheckpointError(f"tensor {key} in {f.name} has shape {list(shape)}, "
                                       f"the config expects {list(targets[key][2])}")
+    if dtype is None and len(stored) > 1:  # "the dtype stored in the files" is ambiguous; matmuls would fail later
+        raise CheckpointError(f"checkpoint {path} mixes dtypes ({', '.join(f'{d}: {k}' for d, k in stored.items())}); "
+                              "pass dtype= to convert them all")
     params = dict(model.named_parameters())
     device = torch.device(device or "cpu")
-    new = {}  # parameter name -> materialised tensor on the target device
+    new, bad = {}, []  # parameter name -> materialised tensor on the target device; keys holding NaN/Inf
     for f, (header, start) in tables.items():
         with open(f, "rb", buffering=0) as fh:
             for key, info in header.items():
@@ -156,6 +200,11 @@ def load_weights(model: Qwen3, path: Path, device=None, dtype=None, strict: bool
                     new[pname] = torch.empty(p.shape, device=device, dtype=dtype or DTYPES[info["dtype"]])
                 dst = new[pname] if row is None else new[pname][row]
                 _load_tensor(fh, f, start + info["data_offsets"][0], DTYPES[info["dtype"]], dst)
+                if not _finite(dst):
+                    bad.append(key)
+    if bad:
+        raise CheckpointError(f"checkpoint {path} has NaN or Inf values in {len(bad)} tensor(s): {bad[:10]}"
+                              f"{' ...' if len(bad) > 10 else ''}; the model would only write garbage")
     for pname, t in new.items():
         mod_name, _, attr = pname.rpartition(".")
         model.get_submodule(mod_name)._parameters[attr] = nn.Parameter(t, requires_grad=False)
@@ -173,9 +222,11 @@ def from_pretrained(path: str | os.PathLike, device=None, dtype: torch.dtype | N
     path = Path(path)
     checkpoint_files(path)  # fail fast, with the folder's contents explained, before reading the config
     config = Qwen3Config.from_pretrained(path)
+    tables = read_tables(path)
+    check_config(config, tables, strict)
     with torch.device("meta"):
         model = Qwen3(config)
-    return load_weights(model, path, device=device, dtype=dtype, strict=strict).eval()
+    return load_weights(model, path, device=device, dtype=dtype, strict=strict, tables=tables).eval()
 
 
 # ---------------------------------------------------------------- saving
@@ -196,10 +247,19 @@ def save_pretrained(model: Qwen3, path: str | os.PathLike, max_shard_bytes: int 
                     dtype: torch.dtype | None = None) -> None:
     """Write config.json and model.safetensors (or shards plus index) so transformers can load them.
 
-    Every file is written to a temporary name and renamed into place: never a half-written file.
+    Stopped at any point (an error, a kill), the folder holds the whole old checkpoint or the whole new one: every
+    file is written under a temporary name and renamed into place, new shards never take an existing file's name,
+    and one rename (the index, or model.safetensors) switches from old to new. Only then are the old weight files
+    removed, and only those the old index lists. config.json follows the weights (replaced on its own).
     """
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
+    index = path / INDEX
+    try:  # the weight files of the checkpoint there now: the only files a save may remove
+        old = ([_inside(path, n, index) for n in _index_names(index)] if index.is_file()
+               else [path / "model.safetensors"])
+    except CheckpointError:  # an unreadable or hostile old index: remove nothing it names
+        old = []
     tensors = state_dict_official(model)
     shards, size = [[]], 0
     for k, t in tensors.items():
@@ -209,34 +269,51 @@ def save_pretrained(model: Qwen3, path: str | os.PathLike, max_shard_bytes: int 
             size = 0
         shards[-1].append(k)
         size += nbytes
-    names = (["model.safetensors"] if len(shards) == 1 else
-             [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))])
+    n = len(shards)
+    names = ["model.safetensors"] if n == 1 else [f"model-{i:05d}-of-{n:05d}.safetensors" for i in range(1, n + 1)]
+    if n > 1 and any((path / name).exists() for name in names):  # the old checkpoint must stay whole until the switch
+        tag = os.urandom(3).hex()
+        names = [name.replace(".safetensors", f"-{tag}.safetensors") for name in names]
     for name, keys in zip(names, shards):
         # clone: slices of one stacked tensor share storage, which safetensors refuses
         part = {k: tensors[k].detach().to("cpu", dtype or tensors[k].dtype).clone().contiguous() for k in keys}
         _atomic(path / name, lambda tmp: save_file(part, tmp, metadata={"format": "pt"}))
-    if len(shards) > 1:
+    if n > 1:
         total = sum(t.numel() * (dtype or t.dtype).itemsize for t in tensors.values())
-        index = {"metadata": {"total_size": total},
-                 "weight_map": {k: n for n, keys in zip(names, shards) for k in keys}}
-        _atomic(path / "model.safetensors.index.json",
-                lambda tmp: Path(tmp).write_text(json.dumps(index, indent=2) + "\n"))
-    else:
-        (path / "model.safetensors.index.json").unlink(missing_ok=True)
-    for stale in [*path.glob("model-*-of-*.safetensors"), path / "model.safetensors"]:
-        if stale.name not in names:  # files of an earlier save in another layout
-            stale.unlink(missing_ok=True)
+        weight_map = {k: name for name, keys in zip(names, shards) for k in keys}
+        _atomic(index, lambda tmp: Path(tmp).write_text(json.dumps(
+            {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2) + "\n"))
+    elif index.exists():
+        os.unlink(index)  # the switch from old shards to the new single file
+    for f in old:
+        if f.name not in names and f.is_file():
+            os.unlink(f)
     config = model.config
     if dtype is not None:
         config = Qwen3Config.from_dict({**config.to_dict(), "torch_dtype": str(dtype).removeprefix("torch.")})
     _atomic(path / "config.json", lambda tmp: config.save(tmp))
 
 
+def _file_mode() -> int:
+    """The permissions open() gives a new file: 0o666 less the umask (from /proc: os.umask reads only by setting)."""
+    try:
+        umask = int(next(line.split()[1] for line in open("/proc/self/status") if line.startswith("Umask:")), 8)
+    except (OSError, StopIteration, ValueError):
+        umask = os.umask(0o022)
+        os.umask(umask)
+    return 0o666 & ~umask
+
+
 def _atomic(dest: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
-    os.close(fd)
+    """Write dest through a temporary file, flushed to disk and then renamed over dest: readers see the old file or
+    the new one, never a part. It gets the usual permissions (safetensors makes its files 0600: unreadable to a web
+    server or another user of a published checkpoint)."""
+    tmp = dest.parent / f".{dest.name}.{os.urandom(4).hex()}.tmp"
     try:
         write(tmp)
+        os.chmod(tmp, _file_mode())
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
         os.replace(tmp, dest)
     finally:
         if os.path.exists(tmp):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,61 @@ PRESETS = ("Qwen3-0.6B", "Qwen3-1.7B", "Qwen3-4B", "Qwen3-8B", "Qwen3-14B", "Qwe
 
 # transformers 5 renamed a few fields; a config.json may carry either spelling.
 _ALIASES = {"num_local_experts": "num_experts", "dtype": "torch_dtype"}
+
+
+# What each config.json field may hold: (check, what the error message asks for). bool is an int in Python, and
+# 16.0 or "16" is not a size: both are refused where an integer is meant.
+def _int(lo: int):
+    return lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= lo
+
+
+def _num(lo: float, hi: float = math.inf, lo_open: bool = True):
+    return lambda v: (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                      and (v > lo if lo_open else v >= lo) and v <= hi)
+
+
+def _optional(check):
+    return lambda v: v is None or check(v)
+
+
+def _list_of(check):
+    return lambda v: isinstance(v, list) and all(check(x) for x in v)
+
+
+def _is(*types):
+    return lambda v: isinstance(v, types)
+
+
+_SIZE, _COUNT = (_int(1), "an integer >= 1"), (_int(0), "an integer >= 0")
+_RULES = {
+    **dict.fromkeys(["vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                     "num_key_value_heads", "max_position_embeddings", "num_experts_per_tok", "moe_intermediate_size",
+                     "decoder_sparse_step"], _SIZE),
+    "head_dim": (lambda v: _int(2)(v) and v % 2 == 0, "an even integer >= 2 (RoPE rotates pairs)"),
+    "num_experts": _COUNT,
+    "rms_norm_eps": (_num(0), "a number > 0"),
+    "rope_theta": (_num(1), "a number > 1"),
+    "rope_scaling": (_optional(_is(dict)), "null or an object"),
+    **dict.fromkeys(["tie_word_embeddings", "attention_bias", "norm_topk_prob", "use_sliding_window", "use_cache",
+                     "output_router_logits"], (_is(bool), "true or false")),
+    "hidden_act": (lambda v: v == "silu", "'silu' (Qwen3's activation)"),
+    "torch_dtype": (_optional(_is(str)), "a dtype name such as 'bfloat16'"),
+    **dict.fromkeys(["bos_token_id", "eos_token_id"], (lambda v: v is None or _int(0)(v) or (
+        _list_of(_int(0))(v) and len(v) > 0), "a token id, a list of them or null")),
+    "mlp_only_layers": (_list_of(_int(0)), "a list of layer indices"),
+    "router_aux_loss_coef": (_num(0, lo_open=False), "a number >= 0"),
+    "model_type": (lambda v: v in ("qwen3", "qwen3_moe"), "'qwen3' or 'qwen3_moe'"),
+    "architectures": (_optional(_list_of(_is(str))), "a list of class names or null"),
+    "attention_dropout": (_num(0, 1, lo_open=False), "a number in 0..1"),
+    "initializer_range": (_num(0, lo_open=False), "a number >= 0"),
+    **dict.fromkeys(["max_window_layers", "sliding_window"], (_optional(_int(0)), "an integer >= 0 or null")),
+}
+_ROPE_RULES = {  # rope_scaling entries for YaRN; factor is required
+    "factor": (_num(1, lo_open=False), "a number >= 1"),
+    "original_max_position_embeddings": _SIZE,
+    **dict.fromkeys(["beta_fast", "beta_slow", "attention_factor"], (_optional(_num(0)), "a number > 0 or null")),
+    "truncate": (_is(bool), "true or false"),
+}
 
 
 @dataclass
@@ -54,13 +110,24 @@ class Qwen3Config:
     output_router_logits: bool = False
 
     def __post_init__(self):
-        assert self.num_attention_heads % self.num_key_value_heads == 0, (
-            f"num_attention_heads ({self.num_attention_heads}) must be a multiple of "
-            f"num_key_value_heads ({self.num_key_value_heads})")
-        assert self.hidden_act == "silu", f"hidden_act {self.hidden_act!r}: Qwen3 uses 'silu'"
+        for name, value in self.__dict__.items():  # config.json is input: every field checked, no asserts (python -O)
+            ok, what = _RULES[name]
+            if not ok(value):
+                raise ValueError(f"config field {name} = {value!r}: must be {what}")
+        rs = self.rope_scaling
+        rtype = (rs or {}).get("rope_type", (rs or {}).get("type", "default"))
+        if rtype not in ("default", "yarn"):
+            raise ValueError(f"config field rope_scaling = {rs!r}: rope_type {rtype!r} is not supported (only yarn)")
+        for key, (ok, what) in _ROPE_RULES.items():
+            if rtype == "yarn" and (key in rs or key == "factor") and not ok(rs.get(key)):
+                raise ValueError(f"config field rope_scaling = {rs!r}: {key} must be {what}")
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError(f"config field num_attention_heads = {self.num_attention_heads}: must be a multiple of "
+                             f"num_key_value_heads ({self.num_key_value_heads})")
         if self.num_experts:
-            assert 0 < self.num_experts_per_tok <= self.num_experts, (
-                f"num_experts_per_tok ({self.num_experts_per_tok}) must be in 1..num_experts ({self.num_experts})")
+            if self.num_experts_per_tok > self.num_experts:
+                raise ValueError(f"config field num_experts_per_tok = {self.num_experts_per_tok}: must be in "
+                                 f"1..num_experts ({self.num_experts})")
             self.model_type = "qwen3_moe"
         if self.architectures is None:
             self.architectures = ["Qwen3MoeForCausalLM" if self.num_experts else "Qwen3ForCausalLM"]
@@ -87,6 +154,8 @@ class Qwen3Config:
         d = {_ALIASES.get(k, k): v for k, v in d.items()}
         # transformers 5 folds rope_theta and rope_scaling into rope_parameters
         rp = d.pop("rope_parameters", None)
+        if rp is not None and not isinstance(rp, dict):
+            raise ValueError(f"config field rope_parameters = {rp!r}: must be an object")
         if rp:
             rp = dict(rp)
             d.setdefault("rope_theta", rp.pop("rope_theta", cls.rope_theta))
@@ -119,7 +188,7 @@ class Qwen3Config:
             raise ValueError(f"{file} lacks required field(s) {', '.join(missing)}")
         try:
             return cls.from_dict(d)
-        except (AssertionError, TypeError) as e:
+        except (ValueError, TypeError) as e:
             raise ValueError(f"{file}: {e}") from None
 
     @classmethod

@@ -9,6 +9,7 @@ supplied (contents, reasoning, tool data) with the special tokens read as plain 
 from __future__ import annotations
 
 import codecs
+import json
 import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -35,9 +36,17 @@ def _byte_level_alphabet() -> dict[str, int]:
 class Tokenizer:
     """Qwen3 tokenizer. `Tokenizer.default()` uses the copy shipped in minqwen3/assets."""
 
-    def __init__(self, tokenizer_json: str | os.PathLike):
+    def __init__(self, tokenizer_json: str | os.PathLike, vocab_size: int | None = None):
+        """vocab_size: the model's embedding rows; a tokenizer with ids beyond them belongs to another model."""
         self.path = Path(tokenizer_json)
-        self._tok = tokenizers.Tokenizer.from_file(str(self.path))
+        try:
+            self._tok = tokenizers.Tokenizer.from_file(str(self.path))
+        except Exception as e:  # the library raises a bare Exception for any file it cannot parse
+            raise ValueError(f"{self.path} is not a valid tokenizer.json ({e})") from None
+        if not (isinstance(self._tok.model, tokenizers.models.BPE)
+                and isinstance(self._tok.decoder, tokenizers.decoders.ByteLevel)):
+            raise ValueError(f"{self.path} is not a Qwen3 tokenizer: it is a {type(self._tok.model).__name__} model "
+                             f"with a {type(self._tok.decoder).__name__} decoder, Qwen3's is byte-level BPE")
         self._plain_tok: tokenizers.Tokenizer | None = None  # built on first use, see `_plain`
         added = self._tok.get_added_tokens_decoder()
         self.added_tokens: dict[str, int] = {t.content: i for i, t in added.items()}
@@ -48,6 +57,10 @@ class Tokenizer:
         longest_first = sorted(self.special_tokens, key=len, reverse=True)
         self._special_re = re.compile("(" + "|".join(map(re.escape, longest_first)) + ")")  # split() keeps matches
         self.vocab_size: int = self._tok.get_vocab_size(with_added_tokens=True)  # 151,669; embeddings pad to 151,936
+        top = max(self._tok.get_vocab(with_added_tokens=True).values(), default=-1)
+        if vocab_size is not None and top >= vocab_size:
+            raise ValueError(f"{self.path} does not fit the model: it has token ids up to {top}, the model's embedding "
+                             f"has {vocab_size} rows (vocab_size in config.json); are they from the same checkpoint?")
         self.im_start_id = self._added_id("<|im_start|>")
         self.im_end_id = self._added_id("<|im_end|>")
         self.eos_id = self.im_end_id  # chat models stop on <|im_end|>
@@ -59,14 +72,20 @@ class Tokenizer:
         self._alphabet = _byte_level_alphabet()
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike | None = None) -> Tokenizer:
-        """Load from a checkpoint folder holding tokenizer.json, or from the file itself; None: the bundled copy."""
+    def from_pretrained(cls, path: str | os.PathLike | None = None, vocab_size: int | None = None) -> Tokenizer:
+        """Load from a checkpoint folder holding tokenizer.json, or from the file itself; None: the bundled copy.
+        From a folder, the tokenizer is checked against the vocab_size of the config.json beside it."""
         p = ASSETS if path is None else Path(path)
         file = p / "tokenizer.json" if p.is_dir() else p
         if not file.is_file():
             raise FileNotFoundError(f"no tokenizer at '{file}': a checkpoint folder must hold tokenizer.json "
                                     "(or pass the path of the tokenizer.json file itself)")
-        return cls(file)
+        if vocab_size is None and p.is_dir() and (p / "config.json").is_file():
+            try:  # an unreadable config is the model loader's error to report, not ours
+                vocab_size = json.loads((p / "config.json").read_text()).get("vocab_size")
+            except (ValueError, OSError, AttributeError):
+                pass
+        return cls(file, vocab_size if isinstance(vocab_size, int) else None)
 
     @classmethod
     def default(cls) -> Tokenizer:
@@ -74,7 +93,7 @@ class Tokenizer:
 
     def _added_id(self, content: str) -> int:
         if content not in self.added_tokens:
-            raise KeyError(f"{self.path} has no added token {content!r}: is this a Qwen3 tokenizer.json?")
+            raise ValueError(f"{self.path} has no added token {content!r}: is this a Qwen3 tokenizer.json?")
         return self.added_tokens[content]
 
     @property

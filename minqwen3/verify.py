@@ -10,10 +10,19 @@ from .generation import generate
 
 PROMPTS = ["The capital of France is", "def fibonacci(n):", "量子力学是", "<|im_start|>user\n2+2=?<|im_end|>\n"]
 TOLERANCE = {torch.float32: 1e-3, torch.bfloat16: 0.5, torch.float16: 0.25}  # max |logit difference|
+STOPS = (151645, 151643)  # <|im_end|>, <|endoftext|>
+
+
+def _until_stop(ids: list[int], stops: set[int]) -> list[int]:
+    """The tokens up to and including the first stop token: where both generators end a reply."""
+    return next((ids[: i + 1] for i, t in enumerate(ids) if t in stops), ids)
 
 
 def verify(path: str | Path, device: str = "cpu", dtype: str = "float32", new_tokens: int = 20) -> int:
-    """Print the max logit difference and greedy agreement per prompt; return 0 if all agree, else 1."""
+    """Print the max logit difference and greedy agreement per prompt; return 0 if all agree, else 1.
+
+    Both sides generate the same way: greedy, stopping at the first end-of-turn or end-of-text token (a NaN or Inf
+    weight is refused when the checkpoint loads)."""
     try:
         import transformers
     except ImportError:
@@ -22,24 +31,27 @@ def verify(path: str | Path, device: str = "cpu", dtype: str = "float32", new_to
     path, dt = Path(path), getattr(torch, dtype)
     ours = from_pretrained(path, device=device, dtype=dt)
     theirs = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=dt).to(device).eval()
+    V, eos = ours.config.vocab_size, ours.config.eos_token_id
+    stops = sorted(i for i in {*STOPS, *(eos if isinstance(eos, list) else [eos])} if i is not None and i < V)
     if (path / "tokenizer.json").is_file():
-        from tokenizers import Tokenizer
-        tok = Tokenizer.from_file(str(path / "tokenizer.json"))
-        prompts = [tok.encode(p, add_special_tokens=False).ids for p in PROMPTS]
+        from .tokenizer import Tokenizer
+        tok = Tokenizer.from_pretrained(path)  # refuses a tokenizer that does not fit the model
+        prompts = [tok.encode(p) for p in PROMPTS]
     else:  # no tokenizer: fixed token ids still compare the two models
-        prompts = [[(i * 7919 + j * 104729) % ours.config.vocab_size for j in range(8 + i)] for i in range(4)]
+        prompts = [[(i * 7919 + j * 104729) % V for j in range(8 + i)] for i in range(4)]
     ok = True
     print(f"{'prompt':<40}{'max |dlogit|':>14}{'greedy tokens agree':>22}")
     for text, ids in zip(PROMPTS, prompts):
         x = torch.tensor([ids], device=device)
         with torch.no_grad():
             diff = (ours(x) - theirs(x).logits.float()).abs().max().item()
-            a = generate(ours, x, new_tokens, stop_ids=(), fast=False)[0, len(ids):]  # the plain model code
-            b = theirs.generate(x, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
-                                attention_mask=torch.ones_like(x))[0, len(ids):]
-        agree = int((a == b.to(a.device)).cumprod(0).sum())  # tokens equal before the first difference
-        good = diff <= TOLERANCE[dt] and agree == new_tokens
+            a = generate(ours, x, new_tokens, stop_ids=tuple(stops), fast=False)[0, len(ids):]  # the plain model code
+            b = theirs.generate(x, max_new_tokens=new_tokens, do_sample=False, eos_token_id=stops or None,
+                                pad_token_id=stops[0] if stops else 0, attention_mask=torch.ones_like(x))[0, len(ids):]
+        a, b = _until_stop(a.tolist(), set(stops)), _until_stop(b.tolist(), set(stops))
+        agree = next((i for i, (s, t) in enumerate(zip(a, b)) if s != t), min(len(a), len(b)))
+        good = diff <= TOLERANCE[dt] and a == b  # NaN compares false: a failure
         ok &= good
-        print(f"{text[:38]!r:<40}{diff:>14.2e}{f'{agree}/{new_tokens}':>22}{'' if good else '  <- disagree'}")
+        print(f"{text[:38]!r:<40}{diff:>14.2e}{f'{agree}/{len(b)}':>22}{'' if good else '  <- disagree'}")
     print("OK: minqwen3 and transformers agree" if ok else "FAIL: minqwen3 and transformers disagree")
     return 0 if ok else 1

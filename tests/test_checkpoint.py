@@ -53,13 +53,14 @@ def test_truncated_and_corrupt_files_are_named(saved):
     f = path / "model.safetensors"
     data = f.read_bytes()
     f.write_bytes(data[: len(data) - 100])
-    with pytest.raises(CheckpointError, match=r"model.safetensors: truncated: tensor .* ends at byte"):
+    bad = r"model.safetensors: not a valid safetensors file, or truncated \(Error while deserializing header: "
+    with pytest.raises(CheckpointError, match=bad + "incomplete metadata, file not fully covered"):
         minqwen3.from_pretrained(path)
     f.write_bytes(data[:8] + b"{garbage" + data[16:])
-    with pytest.raises(CheckpointError, match=r"model.safetensors: corrupt safetensors header"):
+    with pytest.raises(CheckpointError, match=bad + "invalid JSON"):
         minqwen3.from_pretrained(path)
     f.write_bytes(b"\x01\x02")
-    with pytest.raises(CheckpointError, match=r"model.safetensors: not a safetensors file, or truncated"):
+    with pytest.raises(CheckpointError, match=bad + "header too small"):
         minqwen3.from_pretrained(path)
 
 
@@ -131,6 +132,8 @@ def test_peak_host_memory_within_1_3x_model(tmp_path_factory, dtype):
         with torch.device("meta"):
             model = minqwen3.Qwen3(cfg)
         model.to_empty(device="cpu").to(torch.bfloat16)
+        for p in model.parameters():  # finite values: loading refuses NaN/Inf, which empty memory may hold
+            p.detach().fill_(0.5)
         minqwen3.save_pretrained(model, path, max_shard_bytes=150 * 2**20)
         del model
     out = subprocess.run([sys.executable, "-c", MEASURE, str(path), dtype], capture_output=True, text=True, check=True)

@@ -1,5 +1,8 @@
 """Qwen3Config: official config.json files, transformers-5 spellings, presets, parameter counts."""
 import json
+import re
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -83,5 +86,72 @@ def test_unknown_name_and_bad_configs(tmp_path):
         Qwen3Config.from_pretrained(tmp_path)
     (tmp_path / "config.json").write_text(json.dumps({"hidden_size": 8, "num_hidden_layers": 1, "vocab_size": 9,
                                                       "num_attention_heads": 3, "num_key_value_heads": 2}))
-    with pytest.raises(ValueError, match=r"num_attention_heads \(3\) must be a multiple of num_key_value_heads \(2\)"):
+    with pytest.raises(ValueError, match=r"config.json: config field num_attention_heads = 3: must be a multiple of "
+                                         r"num_key_value_heads \(2\)"):
         Qwen3Config.from_pretrained(tmp_path)
+
+
+# ---------------------------------------------------------------- every field validated, with a ValueError naming it
+BASE = dict(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, head_dim=8)
+MOE = dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16)
+BAD = [  # (field, value, extra fields, what the message must say)
+    ("hidden_size", "16", {}, "must be an integer >= 1"), ("hidden_size", 16.0, {}, "integer"),
+    ("hidden_size", None, {}, "integer"), ("hidden_size", True, {}, "integer"), ("hidden_size", -16, {}, ">= 1"),
+    ("vocab_size", 0, {}, ">= 1"), ("intermediate_size", [48], {}, "integer"), ("num_hidden_layers", -1, {}, ">= 1"),
+    ("num_hidden_layers", 2.5, {}, "integer"), ("num_attention_heads", 0, {}, ">= 1"),
+    ("num_key_value_heads", 0, {}, ">= 1"), ("num_key_value_heads", 3, {}, "multiple of num_key_value_heads"),
+    ("head_dim", 7, {}, "even"), ("head_dim", 0, {}, "even integer"), ("max_position_embeddings", "1k", {}, "integer"),
+    ("rope_theta", 0, {}, "a number > 1"), ("rope_theta", -1e6, {}, "> 1"), ("rope_theta", float("nan"), {}, "> 1"),
+    ("rope_theta", "1e6", {}, "number"), ("rms_norm_eps", -1, {}, "a number > 0"), ("rms_norm_eps", 0, {}, "> 0"),
+    ("rms_norm_eps", float("inf"), {}, "> 0"), ("rope_scaling", {"rope_type": "yarn"}, {}, "factor must be"),
+    ("rope_scaling", {"rope_type": "yarn", "factor": 0.5}, {}, "factor must be a number >= 1"),
+    ("rope_scaling", {"type": "yarn", "factor": "4"}, {}, "factor"),
+    ("rope_scaling", {"rope_type": "yarn", "factor": 4, "original_max_position_embeddings": 0}, {}, "original_max"),
+    ("rope_scaling", {"rope_type": "dynamic", "factor": 2}, {}, "not supported"), ("rope_scaling", [4], {}, "object"),
+    ("decoder_sparse_step", 0, MOE, ">= 1"), ("num_experts", -4, {}, ">= 0"),
+    ("num_experts_per_tok", 5, MOE, "1..num_experts"), ("num_experts_per_tok", 0, MOE, ">= 1"),
+    ("moe_intermediate_size", None, MOE, "integer"), ("mlp_only_layers", [0, -1], MOE, "layer indices"),
+    ("mlp_only_layers", "0", MOE, "layer indices"), ("tie_word_embeddings", "false", {}, "true or false"),
+    ("attention_bias", 1, {}, "true or false"), ("hidden_act", "gelu", {}, "silu"),
+    ("eos_token_id", -1, {}, "token id"), ("eos_token_id", "151645", {}, "token id"),
+    ("attention_dropout", 2, {}, "0..1"), ("torch_dtype", 16, {}, "dtype name"),
+    ("sliding_window", -5, {}, "integer >= 0 or null"),
+]
+
+
+def _case_id(case):
+    return f"{case[0]}={case[1]!r}"
+
+
+@pytest.mark.parametrize("field,value,extra,says", BAD, ids=[_case_id(c) for c in BAD])
+def test_every_field_is_validated_with_its_name_and_value(tmp_path, field, value, extra, says):
+    d = {**BASE, **extra, field: value}
+    (tmp_path / "config.json").write_text(json.dumps(d))
+    shown = field if field != "num_key_value_heads" or value != 3 else "num_attention_heads"
+    message = rf"config field {shown} = {re.escape(repr(d[shown]))}: .*{re.escape(says)}"
+    with pytest.raises(ValueError, match=rf"config.json: {message}"):
+        Qwen3Config.from_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=message):  # built in Python too, not only read from a file
+        Qwen3Config(**d)
+
+
+def test_validation_survives_python_O(tmp_path):
+    """The checks are exceptions, not asserts: python -O (which strips asserts) still refuses every bad config."""
+    cases = json.dumps([[{**BASE, **extra, field: value}, field] for field, value, extra, _ in BAD
+                        if value == value])  # NaN does not survive JSON
+    script = ("import json, sys\nfrom minqwen3 import Qwen3Config\nfor d, field in json.loads(sys.argv[1]):\n"
+              "    try:\n        Qwen3Config(**d)\n        print('ACCEPTED', field)\n"
+              "    except ValueError as e:\n        print('refused', e)\n")
+    r = subprocess.run([sys.executable, "-O", "-c", script, cases], capture_output=True, text=True, timeout=120)
+    lines = r.stdout.splitlines()
+    assert r.returncode == 0 and len(lines) == len(BAD) - 1, r.stderr
+    assert all(line.startswith("refused config field ") for line in lines), [x for x in lines if "ACCEPTED" in x]
+
+
+def test_valid_variants_still_load():
+    for d in ({}, MOE, {**MOE, "mlp_only_layers": [], "decoder_sparse_step": 2}, {"rope_theta": 1e6},
+              {"rope_scaling": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768}},
+              {"rope_scaling": {"rope_type": "default"}}, {"eos_token_id": [1, 2], "bos_token_id": None},
+              {"torch_dtype": None, "sliding_window": None, "max_window_layers": 28}):
+        Qwen3Config(**BASE, **d)

@@ -1,5 +1,6 @@
 """minqwen3.tokenizer: known encodings, special ids, round trips, streaming, and chat-injection safety."""
 import hashlib
+import re
 import shutil
 import unicodedata
 from collections.abc import Mapping
@@ -260,3 +261,83 @@ def test_chat_encoding_properties(tok, official, conv):
     # with nothing to neutralise, safe and trusted are the same encoding
     if not any(tok._special_re.search(t) for t, own in segments if not own):
         assert safe == trusted
+
+
+# ---------------------------------------------------------------------------------------------- hostile or wrong files
+def _write_tokenizer(path: Path, model, decoder=None, added=()):
+    import tokenizers
+    t = tokenizers.Tokenizer(model)
+    if decoder is not None:
+        t.decoder = decoder
+    t.add_special_tokens(list(added))
+    t.save(str(path))
+
+
+def _bad_tokenizer(kind: str, path: Path) -> None:
+    from tokenizers import decoders, models
+    byte_bpe = dict(model=models.BPE({"a": 0, "b": 1, "ab": 2}, [("a", "b")]), decoder=decoders.ByteLevel())
+    write = {
+        "garbage": lambda: path.write_bytes(bytes(range(256)) * 4),
+        "empty": lambda: path.write_bytes(b""),
+        "json object": lambda: path.write_text("{}"),
+        "json list": lambda: path.write_text("[1, 2]"),
+        "truncated": lambda: path.write_bytes((ASSETS / "tokenizer.json").read_bytes()[:100_000]),
+        "wordlevel": lambda: _write_tokenizer(path, models.WordLevel({"a": 0, "[UNK]": 1}, unk_token="[UNK]")),
+        "bpe, not byte-level": lambda: _write_tokenizer(path, models.BPE({"a": 0, "b": 1}, []),
+                                                        decoders.WordPiece(), ["<|im_start|>", "<|im_end|>"]),
+        "byte-level bpe without qwen tokens": lambda: _write_tokenizer(path, **byte_bpe),
+        "byte-level bpe without <think>": lambda: _write_tokenizer(
+            path, **byte_bpe, added=["<|im_start|>", "<|im_end|>", "<|endoftext|>"]),
+    }
+    write[kind]()
+
+
+@pytest.mark.parametrize("kind,says", [
+    ("garbage", "is not a valid tokenizer.json"), ("empty", "is not a valid tokenizer.json"),
+    ("json object", "is not a valid tokenizer.json"), ("json list", "is not a valid tokenizer.json"),
+    ("truncated", "is not a valid tokenizer.json"), ("wordlevel", "is not a Qwen3 tokenizer: it is a WordLevel model"),
+    ("bpe, not byte-level", "is not a Qwen3 tokenizer: it is a BPE model with a WordPiece decoder"),
+    ("byte-level bpe without qwen tokens", "has no added token '<|im_start|>': is this a Qwen3 tokenizer.json?"),
+    ("byte-level bpe without <think>", "has no added token '<think>'"),
+])
+def test_garbage_and_foreign_tokenizers_are_named_errors(tmp_path, kind, says):
+    _bad_tokenizer(kind, tmp_path / "tokenizer.json")
+    with pytest.raises(ValueError, match=re.escape(f"{tmp_path / 'tokenizer.json'}") + ".*" + re.escape(says)):
+        Tokenizer.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize("vocab_size,fits", [(64, False), (151_000, False), (151_668, False), (151_669, True),
+                                             (151_936, True)])
+def test_a_tokenizer_must_fit_the_models_embedding(tmp_path, vocab_size, fits):
+    shutil.copy(ASSETS / "tokenizer.json", tmp_path / "tokenizer.json")
+    (tmp_path / "config.json").write_text(f'{{"vocab_size": {vocab_size}}}')
+    for load in (lambda: Tokenizer.from_pretrained(tmp_path),  # the config.json beside it
+                 lambda: Tokenizer.from_pretrained(tmp_path / "tokenizer.json", vocab_size=vocab_size)):
+        if fits:
+            assert load().encode("hi") == [6023]
+        else:
+            with pytest.raises(ValueError, match=rf"tokenizer.json does not fit the model: it has token ids up to "
+                                                 rf"151668, the model's embedding has {vocab_size} rows"):
+                load()
+
+
+@pytest.mark.parametrize("kind", ["garbage", "wordlevel", "small model"])
+def test_cli_names_a_bad_tokenizer_in_one_line(tmp_path, kind):
+    import subprocess
+    import sys
+
+    import torch
+
+    import minqwen3
+    torch.manual_seed(0)
+    minqwen3.save_pretrained(minqwen3.Qwen3(minqwen3.Qwen3Config(
+        vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=1, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=8, torch_dtype="float32")), tmp_path)
+    if kind == "small model":  # the real Qwen3 tokenizer beside a 64-token model: "hi" would be id 6023
+        shutil.copy(ASSETS / "tokenizer.json", tmp_path / "tokenizer.json")
+    else:
+        _bad_tokenizer(kind, tmp_path / "tokenizer.json")
+    r = subprocess.run([sys.executable, "-m", "minqwen3", "generate", "--model", str(tmp_path), "hi"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.splitlines()[-1].startswith(f"error: {tmp_path / 'tokenizer.json'} ")

@@ -1,6 +1,11 @@
 """python -m minqwen3 verify: passes on a faithful checkpoint, fails (non-zero) on a tampered one."""
+import shutil
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file, save_file
 
 from conftest import hf_model
 
@@ -26,3 +31,42 @@ def test_verify_missing_folder_is_a_clear_error(tmp_path):
     r = subprocess.run([sys.executable, "-m", "minqwen3", "verify", str(tmp_path / "nope")], capture_output=True, text=True)
     assert r.returncode == 1 and "does not exist; a checkpoint folder holds config.json" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
+
+
+@pytest.mark.slow
+def test_verify_passes_on_the_bundled_checkpoints_and_fails_on_altered_ones(tmp_path, capsys):
+    """transformers and minqwen3 both stop at the first end-of-turn (the old verify masked it on one side only,
+    and printed FAIL with a logit difference of 0.0 on our own demo models)."""
+    from minqwen3.cli import main
+    for name in ("demo-dense", "demo-moe"):
+        assert main(["verify", str(WEIGHTS / name)]) == 0
+        out = capsys.readouterr().out
+        assert "OK: minqwen3 and transformers agree" in out and "disagree" not in out
+    # an altered copy: one weight NaN, which would make both sides write garbage alike, is refused by name
+    copy = tmp_path / "demo-dense"
+    shutil.copytree(WEIGHTS / "demo-dense", copy)
+    tensors = load_file(copy / "model.safetensors")
+    tensors["model.layers.2.mlp.up_proj.weight"][3, 4] = float("nan")
+    save_file(tensors, copy / "model.safetensors", metadata={"format": "pt"})
+    assert main(["verify", str(copy)]) == 1
+    assert "NaN or Inf values in 1 tensor(s): ['model.layers.2.mlp.up_proj.weight']" in capsys.readouterr().err
+    # and minqwen3 altered (a 1% error in RMSNorm): verify must see it
+    import minqwen3.rmsnorm as rn
+    orig = rn.RMSNorm.forward
+    try:
+        rn.RMSNorm.forward = lambda self, x: orig(self, x) * 1.01
+        assert main(["verify", str(WEIGHTS / "demo-moe"), "--tokens", "8"]) == 1
+    finally:
+        rn.RMSNorm.forward = orig
+    out = capsys.readouterr().out
+    assert "FAIL: minqwen3 and transformers disagree" in out and "<- disagree" in out
+
+
+def test_until_stop_compares_replies_up_to_their_first_stop():
+    from minqwen3.verify import _until_stop
+    assert _until_stop([5, 6, 151645, 7], {151645, 151643}) == [5, 6, 151645]
+    assert _until_stop([151643, 1], {151645, 151643}) == [151643]
+    assert _until_stop([1, 2, 3], {151645}) == [1, 2, 3]
