@@ -1,7 +1,7 @@
-"""Exercise 5 · Qwen3's chat template in plain Python.  Read notebooks/05_chat_template.ipynb, then fill in the TODOs.
+"""Exercise 6 · Qwen3's chat template in plain Python.  Read notebooks/06_chat_template.ipynb, then fill in the TODOs.
 
 Check your work:  pytest exercises/test_chat_template.py --impl student
-(the byte-for-byte tests need the official template, ../shared/reference/qwen3/chat_template.jinja)
+(the tests compare with the official template, minqwen3/assets/chat_template.jinja, byte for byte)
 
 The official template is a Jinja program; open it side by side with this file. Your output must equal its
 output byte for byte. Conventions worth knowing (they are the template's):
