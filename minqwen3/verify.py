@@ -12,6 +12,14 @@ PROMPTS = ["The capital of France is", "def fibonacci(n):", "量子力学是", "
 TOLERANCE = {torch.float32: 1e-3, torch.bfloat16: 0.5, torch.float16: 0.25}  # max |logit difference|
 
 
+def _greedy(hf_model, x: torch.Tensor, n: int) -> torch.Tensor:
+    """n greedy tokens from transformers' forward pass alone. Not its generate(): the checkpoint's
+    generation_config would stop at, or (with min_new_tokens) forbid, the end-of-turn token, which ours emits."""
+    for _ in range(n):
+        x = torch.cat([x, hf_model(x).logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+    return x
+
+
 def verify(path: str | Path, device: str = "cpu", dtype: str = "float32", new_tokens: int = 20) -> int:
     """Print the max logit difference and greedy agreement per prompt; return 0 if all agree, else 1."""
     try:
@@ -35,8 +43,7 @@ def verify(path: str | Path, device: str = "cpu", dtype: str = "float32", new_to
         with torch.no_grad():
             diff = (ours(x) - theirs(x).logits.float()).abs().max().item()
             a = generate(ours, x, new_tokens, stop_ids=(), fast=False)[0, len(ids):]  # the plain model code
-            b = theirs.generate(x, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
-                                attention_mask=torch.ones_like(x))[0, len(ids):]
+            b = _greedy(theirs, x, new_tokens)[0, len(ids):]
         agree = int((a == b.to(a.device)).cumprod(0).sum())  # tokens equal before the first difference
         good = diff <= TOLERANCE[dt] and agree == new_tokens
         ok &= good
