@@ -21,7 +21,7 @@ def last_query_index(messages: Sequence[Mapping]) -> int:
 
     TODO: walk the messages backwards.
     """
-    raise NotImplementedError("exercise 5: last_query_index")
+    raise NotImplementedError("exercise 6: last_query_index")
 
 
 def apply_chat_template(messages: list[dict], tools: list[dict] | None = None, add_generation_prompt: bool = False,
@@ -50,7 +50,7 @@ def apply_chat_template(messages: list[dict], tools: list[dict] | None = None, a
     4. add_generation_prompt: "<|im_start|>assistant\\n", plus "<think>\\n\\n</think>\\n\\n" when enable_thinking
        is False (only the boolean False: None keeps thinking on, as Jinja's `is false` does).
     """
-    raise NotImplementedError("exercise 5: apply_chat_template")
+    raise NotImplementedError("exercise 6: apply_chat_template")
 
 
 def parse_reply(text: str) -> tuple[str, str]:
@@ -65,4 +65,4 @@ def parse_reply(text: str) -> tuple[str, str]:
 
     TODO.
     """
-    raise NotImplementedError("exercise 5: parse_reply")
+    raise NotImplementedError("exercise 6: parse_reply")
