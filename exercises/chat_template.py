@@ -1,7 +1,7 @@
-"""Exercise 5 · Qwen3's chat template in plain Python.  Read notebooks/05_chat_template.ipynb, then fill in the TODOs.
+"""Exercise 6 · Qwen3's chat template in plain Python.  Read notebooks/06_chat_template.ipynb, then fill in the TODOs.
 
 Check your work:  pytest exercises/test_chat_template.py --impl student
-(the byte-for-byte tests need the official template, ../shared/reference/qwen3/chat_template.jinja)
+(the tests compare with the official template, minqwen3/assets/chat_template.jinja, byte for byte)
 
 The official template is a Jinja program; open it side by side with this file. Your output must equal its
 output byte for byte. Conventions worth knowing (they are the template's):
@@ -21,7 +21,7 @@ def last_query_index(messages: Sequence[Mapping]) -> int:
 
     TODO: walk the messages backwards.
     """
-    raise NotImplementedError("exercise 5: last_query_index")
+    raise NotImplementedError("exercise 6: last_query_index")
 
 
 def apply_chat_template(messages: list[dict], tools: list[dict] | None = None, add_generation_prompt: bool = False,
@@ -50,7 +50,7 @@ def apply_chat_template(messages: list[dict], tools: list[dict] | None = None, a
     4. add_generation_prompt: "<|im_start|>assistant\\n", plus "<think>\\n\\n</think>\\n\\n" when enable_thinking
        is False (only the boolean False: None keeps thinking on, as Jinja's `is false` does).
     """
-    raise NotImplementedError("exercise 5: apply_chat_template")
+    raise NotImplementedError("exercise 6: apply_chat_template")
 
 
 def parse_reply(text: str) -> tuple[str, str]:
@@ -65,4 +65,4 @@ def parse_reply(text: str) -> tuple[str, str]:
 
     TODO.
     """
-    raise NotImplementedError("exercise 5: parse_reply")
+    raise NotImplementedError("exercise 6: parse_reply")

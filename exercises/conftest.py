@@ -1,5 +1,6 @@
 """`--impl reference|student`: run the exercise tests against minqwen3 (default) or against your stubs."""
 import importlib
+import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -28,6 +29,17 @@ def pytest_report_header(config):
 
 @pytest.fixture(scope="module")
 def impl(request):
-    """The module under test: minqwen3.<name> or exercises.<name>, <name> read from the test file (test_<name>.py)."""
+    """The module under test: minqwen3.<name> or exercises.<name>, <name> read from the test file (test_<name>.py).
+
+    A test file may name the package module to fall back on when minqwen3 has no module of its name
+    (REFERENCE = "generate": sample() lives in minqwen3/generate.py).
+    test_mutants.py runs these tests in-process on a deliberately wrong module, passed as config.exercise_impl.
+    """
+    override = getattr(request.config, "exercise_impl", None)
+    if override is not None:
+        return override
     name = request.module.__name__.rsplit(".", 1)[-1].removeprefix("test_")
-    return importlib.import_module(f"{PACKAGES[request.config.getoption('--impl')]}.{name}")
+    package = PACKAGES[request.config.getoption("--impl")]
+    if package == "minqwen3" and importlib.util.find_spec(f"minqwen3.{name}") is None:
+        name = getattr(request.module, "REFERENCE", name)
+    return importlib.import_module(f"{package}.{name}")

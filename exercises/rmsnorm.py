@@ -1,4 +1,4 @@
-"""Exercise 1 · RMSNorm.  Read notebooks/01_rmsnorm.ipynb, then fill in the TODOs.
+"""Exercise 1 · RMSNorm.  Read notebooks/01_rmsnorm.ipynb first.
 
 Check your work:  pytest exercises/test_rmsnorm.py --impl student
 """
@@ -14,18 +14,22 @@ class RMSNorm(nn.Module):
     """
 
     def __init__(self, dim: int, eps: float = 1e-6):
-        """TODO: keep `eps` as self.eps; create the gain self.weight, an nn.Parameter of `dim` ones.
+        """Keep `eps` as self.eps; the gain is self.weight, an nn.Parameter of shape (dim,) starting at ones.
         (The names matter: a checkpoint stores this gain as `...norm.weight`.)"""
         super().__init__()
         raise NotImplementedError("exercise 1: RMSNorm.__init__")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x (..., dim) -> same shape and dtype as x.
+        """x (..., dim), any float dtype -> (..., dim), same dtype as x.
 
-        TODO:
-        1. compute the statistics in float32, whatever x's dtype (in bf16 a mean of 4096 squares loses too much);
-        2. multiply x (in float32) by torch.rsqrt(mean of squares + eps);
-        3. cast back to x.dtype FIRST, then multiply by self.weight: this is the order the checkpoints were
-           trained with, and the test compares bf16 results bit for bit.
+        The mean of squares and the normalisation are computed in float32 whatever x's dtype; the normalised
+        values are cast back to x's dtype, and only then multiplied by the gain (the order Qwen3's checkpoints
+        were trained with: the tests compare bf16 results with transformers' bit for bit).
         """
         raise NotImplementedError("exercise 1: RMSNorm.forward")
+
+# ---------------------------------------------------------------- hints (read them only if you are stuck)
+# - xf = x.float(); xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+# - then self.weight * that.to(x.dtype)
+# - Why float32: in bf16 (8 significant bits) the mean of 4096 squares with an outlier is badly rounded, and in
+#   fp16 a square of a few hundred overflows (65,504 is the largest fp16 number).

@@ -45,3 +45,13 @@ def test_gradients_flow(impl):
     x = torch.randn(3, 32, requires_grad=True)
     norm(x).square().sum().backward()
     assert x.grad is not None and norm.weight.grad is not None and norm.weight.grad.abs().sum() > 0
+
+
+def test_fp16_large_values_do_not_overflow(impl):
+    """fp16 stops at 65,504: squaring activations of a few hundred in fp16 overflows to inf (and the output to 0)."""
+    norm = make(impl, 64, dtype=torch.float16)
+    x = (torch.randn(3, 64) * 400).to(torch.float16)
+    out = norm(x)
+    assert out.dtype == torch.float16 and torch.isfinite(out).all()
+    want = F.rms_norm(x.float(), (64,), norm.weight.float(), eps=1e-6)
+    torch.testing.assert_close(out.float(), want, rtol=1e-2, atol=1e-2)

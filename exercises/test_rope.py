@@ -83,3 +83,28 @@ def test_score_depends_only_on_distance(impl):
     torch.testing.assert_close(score(5, 2), score(1005, 1002))
     assert not torch.allclose(score(5, 2), score(5, 3))
     torch.testing.assert_close(rotated(q, 777).norm(), q.norm())
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_angles_in_float32_at_large_positions(impl, dtype):
+    """Positions reach 131,072 with YaRN. Angles computed in the model's dtype are exact at position 1 and wrong by
+    whole radians at 10^5 (bf16 keeps 8 bits: 100,000 becomes 99,840; fp16 overflows past 65,504): compute the
+    angles in float32 and cast only the finished cos and sin."""
+    pos = torch.tensor([[1, 5000, 100_000, 131_071]])
+    cos, sin = impl.RotaryEmbedding(128, 1e6, QWEN3_YARN)(pos, dtype)
+    assert cos.dtype == sin.dtype == dtype
+    want_cos, want_sin = Qwen3RotaryEmbedding(hf_config(QWEN3_YARN))(torch.zeros(1), pos)  # (B, T, D), fp32 angles
+    torch.testing.assert_close(cos[:, 0].float(), want_cos, rtol=0, atol=1e-2)
+    torch.testing.assert_close(sin[:, 0].float(), want_sin, rtol=0, atol=1e-2)
+
+
+def test_rotation_pairs_i_and_i_plus_half(impl):
+    """Rotate-half: dimension i pairs with i + D/2 (not 2i with 2i+1), and a quarter turn sends (1, 0) to (0, 1)."""
+    D = 8
+    x = torch.zeros(1, 1, 1, D)
+    x[..., 0] = 1.0
+    cos = torch.zeros(1, 1, 1, D)
+    sin = torch.ones(1, 1, 1, D)  # every pair turned by 90 degrees
+    want = torch.zeros(1, 1, 1, D)
+    want[..., D // 2] = 1.0
+    torch.testing.assert_close(impl.apply_rope(x, cos, sin), want)

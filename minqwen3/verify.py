@@ -18,6 +18,7 @@ def _until_stop(ids: list[int], stops: set[int]) -> list[int]:
     return next((ids[: i + 1] for i, t in enumerate(ids) if t in stops), ids)
 
 
+
 def verify(path: str | Path, device: str = "cpu", dtype: str = "float32", new_tokens: int = 20) -> int:
     """Print the max logit difference and greedy agreement per prompt; return 0 if all agree, else 1.
 
