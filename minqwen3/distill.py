@@ -178,6 +178,7 @@ class DistillConfig:
     ce_coef: float = 0.0  # off-policy: plus this times the next-token loss on the teacher's tokens
     max_new_tokens: int = 256
     chunk: int = 1024
+    rollout_batch: int = 256  # prompts per generate call
     stop_ids: tuple[int, ...] = (151645, 151643)  # <|im_end|>, <|endoftext|>
     pad_id: int = 151643
 
@@ -193,13 +194,15 @@ def sample_replies(model, prompts: list[list[int]], thinking: list[bool], dc: Di
         idx = [i for i, t in enumerate(thinking) if t == mode]
         if not idx:
             continue
-        rows = [prompts[i] for i in idx]
-        T = max(map(len, rows))
-        ids = generate(model, rows, dc.max_new_tokens, stop_ids=dc.stop_ids, pad_id=dc.pad_id,
-                       seed=None if seed is None else seed + mode, **SAMPLING[mode], **extra)
-        for i, row in zip(idx, ids[:, T:].tolist()):
-            cut = next((j + 1 for j, t in enumerate(row) if t in dc.stop_ids), len(row))
-            out[i] = row[:cut]
+        for j in range(0, len(idx), dc.rollout_batch):  # the prefill's logits are (rows, T, V) floats: bound them
+            part = idx[j:j + dc.rollout_batch]
+            rows = [prompts[i] for i in part]
+            T = max(map(len, rows))
+            ids = generate(model, rows, dc.max_new_tokens, stop_ids=dc.stop_ids, pad_id=dc.pad_id,
+                           seed=None if seed is None else seed + 2 * j + mode, **SAMPLING[mode], **extra)
+            for i, row in zip(part, ids[:, T:].tolist()):
+                cut = next((k + 1 for k, t in enumerate(row) if t in dc.stop_ids), len(row))
+                out[i] = row[:cut]
     return out
 
 
@@ -275,7 +278,7 @@ def _step(student, opt, loss_fn, ids, mask, valid, tc: TrainConfig, step: int) -
     stats["grad_norm"] = torch.nn.utils.clip_grad_norm_(student.parameters(), tc.grad_clip)
     opt.step()
     opt.zero_grad(set_to_none=True)
-    return {k: float(v) for k, v in stats.items()} | {"tokens": int(mask[:, 1:].sum())}
+    return {k: float(v) for k, v in stats.items()} | {"tokens": int(mask[:, 1:].sum()), "batch_tokens": ids.numel()}
 
 
 def offpolicy_step(student, opt, data: dict[str, torch.Tensor], idx: list[int], dc: DistillConfig,
