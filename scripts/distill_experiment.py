@@ -128,10 +128,11 @@ def evaluate(model, tok, enc, items: list[arithmetic.Problem], heldout: dict, te
         greedy = [row[:next((j + 1 for j, t in enumerate(row) if t in dc.stop_ids), len(row))]
                   for row in ids[:, T:].tolist()]
         acc = [grade(tok, p, r) for p, r in zip(items, greedy)]
-        correct = [0] * len(items)
-        for s in range(n_samples):
-            for j, r in enumerate(sample_replies(model, ps, think, d, seed=seed * 1000 + s)):
-                correct[j] += grade(tok, items[j], r)
+        # n_samples sampled replies per problem, all in one batch (each row draws its own tokens)
+        d.rollout_batch = len(ps) * n_samples
+        sampled = sample_replies(model, ps * n_samples, think * n_samples, d, seed=seed)
+        correct = [sum(grade(tok, items[j], sampled[s * len(ps) + j]) for s in range(n_samples))
+                   for j in range(len(ps))]
         passk = {k: sum(1 - math.comb(n_samples - c, k) / math.comb(n_samples, k) for c in correct) / len(items)
                  for k in KS if k <= n_samples}
         # the forward KL to the teacher on its own sampled held-out replies of this mode
@@ -256,18 +257,19 @@ def build_pool(teacher, tok, enc, n: int, seed: int, held_out: bool, a, keep_wro
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", default="out/distill", help="stored teacher data and results.jsonl go here")
+    ap.add_argument("--results", help="results.jsonl elsewhere than in --work")
     ap.add_argument("--teacher", default=str(Path(__file__).resolve().parents[1] / "weights" / "demo-dense"))
     ap.add_argument("--layers", default="0,3", help="the teacher's layers the student starts from")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--budget-tflops", type=float, default=150.0, help="compute per arm and seed")
+    ap.add_argument("--budget-tflops", type=float, default=60.0, help="compute per arm and seed")
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--pool", type=int, default=8192, help="teacher replies generated for off-policy data")
+    ap.add_argument("--pool", type=int, default=4096, help="teacher replies generated for off-policy data")
     ap.add_argument("--top-k", type=int, default=20)
     ap.add_argument("--keep-wrong", action="store_true", help="keep the teacher's wrong replies in the data")
     ap.add_argument("--n-eval", type=int, default=300, help="held-out problems per mode")
-    ap.add_argument("--samples", type=int, default=8, help="sampled replies per problem for pass@k")
+    ap.add_argument("--samples", type=int, default=4, help="sampled replies per problem for pass@k")
     ap.add_argument("--max-think", type=int, default=256)
     ap.add_argument("--max-direct", type=int, default=48)
     ap.add_argument("--log-every", type=int, default=10)
@@ -278,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     a.pad_id = 151643
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
-    results = work / "results.jsonl"
+    results = Path(a.results) if a.results else work / "results.jsonl"
     if a.report:
         return report(results, a.report)
     t_begin = time.perf_counter()
@@ -318,7 +320,11 @@ def main(argv: list[str] | None = None) -> int:
     if ("teacher", 0) not in done:
         t = time.perf_counter()
         ev = evaluate(teacher, tok, enc, items, heldout, teacher, dc, a.samples, max_new, seed=0)
-        append({"arm": "teacher", "seed": 0, "eval": ev, "eval_seconds": time.perf_counter() - t,
+        import hashlib
+        sha = hashlib.sha256((Path(a.teacher) / "model.safetensors").read_bytes()).hexdigest()[:16]
+        append({"arm": "teacher", "seed": 0, "eval": ev, "eval_seconds": time.perf_counter() - t, "sha256": sha,
+                "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "args": {
+                    k: v for k, v in vars(a).items() if isinstance(v, (int, float, str, tuple))},
                 "kept": {m: float(pool[f"kept_{m}"]) for m in MODES}})
         print(f"teacher: {json.dumps(ev)}", flush=True)
     if ("init", 0) not in done:
