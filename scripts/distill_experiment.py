@@ -228,7 +228,8 @@ def build_pool(teacher, tok, enc, n: int, seed: int, held_out: bool, a, keep_wro
     items = problems(seed, n, held_out)
     think = [i % 2 == 0 for i in range(n)]
     ps = [prompt(enc, p, "think" if t else "no_think") for p, t in zip(items, think)]
-    dc = DistillConfig(kind="forward", top_k=a.top_k, max_new_tokens=a.max_think, pad_id=a.pad_id)
+    dc = DistillConfig(kind="forward", top_k=a.top_k, max_new_tokens=a.max_think, pad_id=a.pad_id,
+                       rollout_batch=1024 if next(teacher.parameters()).is_cuda else 64)
     device = next(teacher.parameters()).device
     sync(device)
     t0 = time.perf_counter()
@@ -262,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--layers", default="0,3", help="the teacher's layers the student starts from")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--budget-tflops", type=float, default=60.0, help="compute per arm and seed")
+    ap.add_argument("--budget-tflops", type=float, default=40.0, help="compute per arm and seed")
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--pool", type=int, default=4096, help="teacher replies generated for off-policy data")

@@ -334,3 +334,29 @@ def test_onpolicy_steps_reduce_the_divergence():
     assert stats["reply_tokens"] >= 1 and stats["divergence"] >= 0
     assert reverse_kl() < 0.7 * before
     assert all(p.grad is None for p in teacher.parameters())  # the teacher is never trained
+
+
+# ---------------------------------------------------------------- the experiment's pieces
+def test_experiment_student_is_the_teacher_with_layers_dropped():
+    """scripts/distill_experiment.py: keeping every layer gives the teacher back; keeping some, the same model with
+    those layers (checked against the teacher's own layers run by hand)."""
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    import distill_experiment as X
+    teacher = tiny(6, num_hidden_layers=3).eval()
+    ids = torch.randint(0, 64, (2, 9))
+    with torch.no_grad():
+        torch.testing.assert_close(X.make_student(teacher, (0, 1, 2), "cpu")(ids), teacher(ids))
+        student = X.make_student(teacher, (0, 2), "cpu")
+        assert student.config.num_hidden_layers == 2
+        # the oracle: the teacher with layer 1 made the identity (its two residual branches output zero)
+        teacher.model.layers[1].self_attn.o_proj.weight.zero_()
+        teacher.model.layers[1].mlp.down_proj.weight.zero_()
+        torch.testing.assert_close(student(ids), teacher(ids))
+    # the FLOP count: 2 per multiply-add of the body for every token, of the head for the head's tokens
+    c = teacher.config
+    # q, k, v, o (4 query and 2 KV heads of 8 on hidden 32), SwiGLU, the q/k norms and the two RMSNorms
+    per_layer = 32 * 8 * (4 + 2 + 2 + 4) + 3 * 32 * 64 + 2 * 8 + 2 * 32
+    body = 3 * per_layer + 32  # + the final norm
+    assert X.Meter.forward(teacher, 10, 4) == 2 * body * 10 + 2 * c.vocab_size * 32 * 4
