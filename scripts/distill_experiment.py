@@ -144,9 +144,9 @@ def evaluate(model, tok, enc, items: list[arithmetic.Problem], heldout: dict, te
             with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=x.device.type == "cuda"):
                 h, _ = model.hidden_states(x)
                 th, _ = teacher.hidden_states(x)
-            rows = int(m.sum())
-            kls += float(divergence_chunked(h[:, :-1][m], model.lm_head.weight,
-                                            (th[:, :-1][m], teacher.lm_head.weight), chunk=2048)) * rows
+                rows = int(m.sum())
+                kls += float(divergence_chunked(h[:, :-1][m], model.lm_head.weight,
+                                                (th[:, :-1][m], teacher.lm_head.weight), chunk=2048)) * rows
             n += rows
         out[mode] = {"accuracy": sum(acc) / len(acc), "correct": sum(acc), "n": len(acc),
                      "pass@k": passk, "kl_to_teacher": kls / max(n, 1),
@@ -286,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
         return report(results, a.report)
     t_begin = time.perf_counter()
     device = torch.device(a.device)
-    tok = Tokenizer.from_pretrained(a.teacher)
+    tok = Tokenizer.default()  # the bundled copy of the official tokenizer: teacher and student share it
     enc = tok.encode
     torch.manual_seed(0)
     teacher = minqwen3.from_pretrained(a.teacher, device=device,
