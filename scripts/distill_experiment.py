@@ -242,8 +242,8 @@ def build_pool(teacher, tok, enc, n: int, seed: int, held_out: bool, a, keep_wro
     sync(device)
     seconds = time.perf_counter() - t0
     replies = [got.get(i, []) for i in range(n)]
-    flops = gen_flops(teacher, ps, replies, think) + Meter.forward(teacher, int(data["lengths"].sum()),
-                                                                    int((data["lengths"] - data["prompt_lengths"]).sum()))
+    scored = int((data["lengths"] - data["prompt_lengths"]).sum())  # the head only at the reply tokens
+    flops = gen_flops(teacher, ps, replies, think) + Meter.forward(teacher, int(data["lengths"].sum()), scored)
     kept = [i for i in range(n) if i in got and (keep_wrong or grade(tok, items[i], got[i]))]
     # every generated sample costs; the kept ones carry the cost of the dropped ones too
     per = torch.tensor([[flops / len(kept), seconds / len(kept)]], dtype=torch.float64).repeat(len(kept), 1)
@@ -377,8 +377,8 @@ def report(results: Path, out: str) -> int:
     for r in rows:
         by.setdefault(r["arm"], []).append(r)
     pk = max(int(k) for r in rows for k in r["eval"]["think"]["pass@k"])
-    lines = [f"| arm | seeds | TFLOP | device s | /think acc % | /no_think acc % | /think pass@{pk} | /no_think pass@{pk} "
-             "| KL /think | KL /no_think |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [f"| arm | seeds | TFLOP | device s | /think acc % | /no_think acc % | /think pass@{pk} % "
+             f"| /no_think pass@{pk} % | KL /think | KL /no_think |", "|---|---|---|---|---|---|---|---|---|---|"]
 
     def cell(rs, f, pct=True):
         m, h = _mean_ci([f(r) for r in rs])
