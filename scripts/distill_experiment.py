@@ -199,8 +199,8 @@ def run_arm(arm: str, seed: int, teacher, pool: dict, enc, a, device) -> tuple[m
             meter.flops += float(cost[idx, 0].sum())
             meter.seconds += float(cost[idx, 1].sum())
         else:
-            items = problems(seed * 7919 + step, a.batch, held_out=False)
-            think = [i % 2 == 0 for i in range(a.batch)]
+            items = problems(seed * 7919 + step, a.on_batch, held_out=False)
+            think = [i % 2 == 0 for i in range(a.on_batch)]
             ps = [prompt(enc, p, "think" if t else "no_think") for p, t in zip(items, think)]
             stats = onpolicy_step(student, teacher, opt, ps, think, dc_on, tc, int(1000 * progress), seed=step)
             n_tok, shape = stats.pop("tokens"), stats.pop("batch_tokens")
@@ -263,10 +263,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--layers", default="0,3", help="the teacher's layers the student starts from")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--budget-tflops", type=float, default=40.0, help="compute per arm and seed")
-    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--budget-tflops", type=float, default=60.0, help="compute per arm and seed")
+    ap.add_argument("--batch", type=int, default=128, help="samples per step (next-token and off-policy)")
+    ap.add_argument("--on-batch", type=int, default=256, help="rollouts per on-policy step (decoding is latency-bound)")
     ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--pool", type=int, default=4096, help="teacher replies generated for off-policy data")
+    ap.add_argument("--pool", type=int, default=6144, help="teacher replies generated for off-policy data")
     ap.add_argument("--top-k", type=int, default=20)
     ap.add_argument("--keep-wrong", action="store_true", help="keep the teacher's wrong replies in the data")
     ap.add_argument("--n-eval", type=int, default=300, help="held-out problems per mode")
