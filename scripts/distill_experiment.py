@@ -1,0 +1,434 @@
+"""Strong-to-weak distillation at equal compute, on the arithmetic task: does a 2-layer student learn more from the
+4-layer demo teacher's distributions than from the task's own data?
+
+    python scripts/distill_experiment.py --work out/distill            # all stages; re-run to resume
+    python scripts/distill_experiment.py --work out/distill --report docs/distill   # table + plot from the results
+
+Arms, each from the same student initialisation (per seed), each given the same FLOPs (teacher passes included):
+  (a) ce:        next-token training on the task's own samples (scripts/arithmetic.py, ground-truth traces);
+  (b) off:       off-policy distillation: forward KL to the teacher's stored top-20 log-probs on its own sampled
+                 replies (/think and /no_think prompts), wrong replies filtered out (see docs/distill.md);
+  (c) off+on:    half the budget as (b), then on-policy: the student samples (both modes, per-mode defaults), the
+                 teacher scores the same tokens in one forward, reverse KL step.
+Evaluated per mode (/think, /no_think) on held-out problems: greedy accuracy, pass@k of sampled replies, and the
+forward KL to the teacher on the teacher's sampled held-out replies.
+
+Stages are resumable: the teacher's data are stored (safetensors), and each (arm, seed) appends one row to
+results.jsonl when done; a re-run skips what is there. --deadline stops starting new runs after that many seconds.
+"""
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import math
+import random
+import sys
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import arithmetic  # noqa: E402
+
+import minqwen3  # noqa: E402
+from minqwen3.chat_template import apply_chat_template, parse_reply  # noqa: E402
+from minqwen3.config import count_params  # noqa: E402
+from minqwen3.distill import (DistillConfig, data_batch, divergence_chunked,  # noqa: E402
+                              offpolicy_step, onpolicy_step, sample_replies, teacher_data)
+from minqwen3.tokenizer import Tokenizer  # noqa: E402
+from minqwen3.train import Balance, TrainConfig, collate, lr_at, make_optimizer, train_step  # noqa: E402
+
+ARMS = ("ce", "off", "off+on")
+MODES = {"think": " /think", "no_think": " /no_think"}
+KS = (1, 2, 4, 8)
+# eager decoding: compiling the fast path (~30 s per model) costs more than these short runs save
+NO_COMPILE = {"fast": False} if "fast" in inspect.signature(minqwen3.generate).parameters else {}
+
+
+# ---------------------------------------------------------------- compute accounting
+class Meter:
+    """FLOPs (2 per multiply-add; a backward pass costs twice the forward) and device seconds."""
+
+    def __init__(self):
+        self.flops, self.seconds = 0.0, 0.0
+
+    @staticmethod
+    def forward(model, tokens: int, head_tokens: int) -> float:
+        c = model.config
+        body = count_params(c)[1] - c.vocab_size * c.hidden_size * (1 if c.tie_word_embeddings else 2)
+        return 2.0 * body * tokens + 2.0 * c.vocab_size * c.hidden_size * head_tokens
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+# ---------------------------------------------------------------- prompts, replies, grading
+def prompt(tok_encode, p: arithmetic.Problem, mode: str) -> list[int]:
+    return tok_encode(apply_chat_template([{"role": "user", "content": p.question + MODES[mode]}],
+                                          add_generation_prompt=True))
+
+
+def grade(tok: Tokenizer, p: arithmetic.Problem, reply: list[int]) -> bool:
+    text = tok.decode([t for t in reply if t not in (tok.im_end_id, tok.endoftext_id)])
+    return arithmetic.check(p, parse_reply(text)[1])
+
+
+def problems(seed: int, n: int, held_out: bool) -> list[arithmetic.Problem]:
+    rng = random.Random(seed)
+    return [arithmetic.make_problem(rng, held_out=held_out) for _ in range(n)]
+
+
+def gen_flops(model, prompts: list[list[int]], replies: list[list[int]], thinking: list[bool]) -> float:
+    """Compute of batched generation as run: each mode's batch, padded to its longest prompt and reply."""
+    total = 0.0
+    for mode in (True, False):
+        rows = [(p, r) for p, r, t in zip(prompts, replies, thinking) if t == mode]
+        if rows:
+            n = len(rows) * (max(len(p) for p, _ in rows) + max(len(r) for _, r in rows))
+            total += Meter.forward(model, n, n)
+    return total
+
+
+# ---------------------------------------------------------------- models
+def make_student(teacher, layers: tuple[int, ...], device) -> minqwen3.Qwen3:
+    """The teacher with only `layers` kept (same embeddings, head and final norm): every arm starts here."""
+    import dataclasses
+    cfg = dataclasses.replace(teacher.config, num_hidden_layers=len(layers), max_window_layers=len(layers))
+    student = minqwen3.Qwen3(cfg)
+    sd = {}
+    for k, v in teacher.state_dict().items():
+        if k.startswith("model.layers."):
+            i, rest = k.split(".", 3)[2:]
+            if int(i) in layers:
+                sd[f"model.layers.{layers.index(int(i))}.{rest}"] = v
+        else:
+            sd[k] = v
+    student.load_state_dict(sd)
+    return student.float().to(device).train()
+
+
+# ---------------------------------------------------------------- evaluation
+@torch.no_grad()
+def evaluate(model, tok, enc, items: list[arithmetic.Problem], heldout: dict, teacher, dc: DistillConfig,
+             n_samples: int, max_new: dict, seed: int) -> dict:
+    model.eval()
+    out = {}
+    for mode in MODES:
+        ps = [prompt(enc, p, mode) for p in items]
+        think = [mode == "think"] * len(ps)
+        d = DistillConfig(**{**dc.__dict__, "max_new_tokens": max_new[mode]})
+        ids = minqwen3.generate(model, ps, max_new[mode], stop_ids=dc.stop_ids, pad_id=dc.pad_id, **NO_COMPILE)
+        T = max(map(len, ps))
+        greedy = [row[:next((j + 1 for j, t in enumerate(row) if t in dc.stop_ids), len(row))]
+                  for row in ids[:, T:].tolist()]
+        acc = [grade(tok, p, r) for p, r in zip(items, greedy)]
+        # n_samples sampled replies per problem, all in one batch (each row draws its own tokens)
+        d.rollout_batch = len(ps) * n_samples
+        sampled = sample_replies(model, ps * n_samples, think * n_samples, d, seed=seed)
+        correct = [sum(grade(tok, items[j], sampled[s * len(ps) + j]) for s in range(n_samples))
+                   for j in range(len(ps))]
+        passk = {k: sum(1 - math.comb(n_samples - c, k) / math.comb(n_samples, k) for c in correct) / len(items)
+                 for k in KS if k <= n_samples}
+        # the forward KL to the teacher on its own sampled held-out replies of this mode
+        sel = [i for i in range(len(heldout["lengths"])) if bool(heldout["thinking"][i]) == (mode == "think")]
+        kls, n = 0.0, 0
+        for j in range(0, len(sel), 64):
+            (x, mask, _), _ = data_batch(heldout, sel[j:j + 64], dc.pad_id)
+            x, m = x.to(next(model.parameters()).device), mask[:, 1:].to(next(model.parameters()).device)
+            with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=x.device.type == "cuda"):
+                h, _ = model.hidden_states(x)
+                th, _ = teacher.hidden_states(x)
+                rows = int(m.sum())
+                kls += float(divergence_chunked(h[:, :-1][m], model.lm_head.weight,
+                                                (th[:, :-1][m], teacher.lm_head.weight), chunk=2048)) * rows
+            n += rows
+        out[mode] = {"accuracy": sum(acc) / len(acc), "correct": sum(acc), "n": len(acc),
+                     "pass@k": passk, "kl_to_teacher": kls / max(n, 1),
+                     "reply_tokens": sum(map(len, greedy)) / len(greedy)}
+    model.train()
+    return out
+
+
+# ---------------------------------------------------------------- the arms
+def run_arm(arm: str, seed: int, teacher, pool: dict, enc, a, device) -> tuple[minqwen3.Qwen3, dict]:
+    torch.manual_seed(seed)
+    student = make_student(teacher, a.layers, device)
+    tc = TrainConfig(steps=1000, lr=a.lr, min_lr=a.lr / 10, warmup=50, balance="none")  # step = 1000 · progress
+    opt = make_optimizer(student, tc)
+    meter = Meter()
+    budget = a.budget_tflops * 1e12
+    dc_off = DistillConfig(kind="forward", top_k=pool["topk_ids"].shape[1], pad_id=a.pad_id)
+    dc_on = DistillConfig(kind="reverse", max_new_tokens=a.max_think, pad_id=a.pad_id)
+    rng = random.Random(seed)
+    order = list(range(len(pool["lengths"])))
+    rng.shuffle(order)
+    cost = pool["cost"]  # per stored sample: the teacher's FLOPs and seconds to make it
+    encode_batch = arithmetic.load_encoder()
+    log, step, used = [], 0, 0
+    phase = "ce" if arm == "ce" else "off"
+    t_start = time.perf_counter()
+    while meter.flops < budget:
+        progress = meter.flops / budget
+        if arm == "off+on" and progress >= 0.5:
+            phase = "on"
+        sync(device)
+        t0 = time.perf_counter()
+        if phase == "ce":
+            samples = arithmetic.make_samples(seed * 100003 + step, a.batch, encode_batch)
+            ids, mask, valid = collate(samples, a.pad_id)
+            for g in opt.param_groups:
+                g["lr"] = lr_at(int(1000 * progress), tc)
+            stats = train_step(student, opt, [(ids, mask, valid)], tc, Balance("none"), autocast=device.type == "cuda")
+            stats = {"loss": float(stats["loss"])}
+            meter.flops += 3 * Meter.forward(student, ids.numel(), int(mask[:, 1:].sum()))
+        elif phase == "off":
+            if used % len(order) + a.batch > len(order):  # another pass over the pool, in a new order
+                rng.shuffle(order)
+                used += len(order) - used % len(order)
+            idx = order[used % len(order):used % len(order) + a.batch]
+            used += a.batch
+            stats = offpolicy_step(student, opt, pool, idx, dc_off, tc, int(1000 * progress))
+            n_tok, shape = stats.pop("tokens"), stats.pop("batch_tokens")
+            meter.flops += 3 * Meter.forward(student, shape, n_tok)
+            meter.flops += float(cost[idx, 0].sum())
+            meter.seconds += float(cost[idx, 1].sum())
+        else:
+            items = problems(seed * 7919 + step, a.on_batch, held_out=False)
+            think = [i % 2 == 0 for i in range(a.on_batch)]
+            ps = [prompt(enc, p, "think" if t else "no_think") for p, t in zip(items, think)]
+            stats = onpolicy_step(student, teacher, opt, ps, think, dc_on, tc, int(1000 * progress), seed=step)
+            n_tok, shape = stats.pop("tokens"), stats.pop("batch_tokens")
+            # the rollout's batch is about the collated batch (prompt + longest reply per row); the teacher's
+            # scoring pass and the student's step run on that batch, the heads only at the reply tokens
+            meter.flops += Meter.forward(student, shape, shape)
+            meter.flops += Meter.forward(teacher, shape, n_tok) + 3 * Meter.forward(student, shape, n_tok)
+        sync(device)
+        meter.seconds += time.perf_counter() - t0
+        step += 1
+        if step % a.log_every == 0 or meter.flops >= budget:
+            row = {"step": step, "phase": phase, "tflops": round(meter.flops / 1e12, 2),
+                   "seconds": round(meter.seconds, 2), **{k: round(float(v), 4) for k, v in stats.items()}}
+            log.append(row)
+            print(f"  {arm} seed {seed}: {row}", flush=True)
+    return student, {"arm": arm, "seed": seed, "steps": step, "tflops": meter.flops / 1e12,
+                     "device_seconds": meter.seconds, "wall_seconds": time.perf_counter() - t_start,
+                     "teacher_samples_used": used, "log": log}
+
+
+# ---------------------------------------------------------------- the stored teacher data
+def build_pool(teacher, tok, enc, n: int, seed: int, held_out: bool, a, keep_wrong: bool) -> dict:
+    """The teacher's sampled replies in both modes, top-k log-probs stored; wrong ones dropped unless keep_wrong.
+    Adds per-sample cost (FLOPs, seconds) of making it, the prompts' modes and the kept fraction per mode."""
+    items = problems(seed, n, held_out)
+    think = [i % 2 == 0 for i in range(n)]
+    ps = [prompt(enc, p, "think" if t else "no_think") for p, t in zip(items, think)]
+    dc = DistillConfig(kind="forward", top_k=a.top_k, max_new_tokens=a.max_think, pad_id=a.pad_id,
+                       rollout_batch=1024 if next(teacher.parameters()).is_cuda else 64)
+    device = next(teacher.parameters()).device
+    sync(device)
+    t0 = time.perf_counter()
+    got: dict[int, list[int]] = {}
+
+    def keep(i, r):
+        got[i] = r
+        return keep_wrong or grade(tok, items[i], r)
+    data = teacher_data(teacher, ps, think, dc, seed=seed, keep=keep, batch=64)
+    sync(device)
+    seconds = time.perf_counter() - t0
+    replies = [got.get(i, []) for i in range(n)]
+    scored = int((data["lengths"] - data["prompt_lengths"]).sum())  # the head only at the reply tokens
+    flops = gen_flops(teacher, ps, replies, think) + Meter.forward(teacher, int(data["lengths"].sum()), scored)
+    kept = [i for i in range(n) if i in got and (keep_wrong or grade(tok, items[i], got[i]))]
+    # every generated sample costs; the kept ones carry the cost of the dropped ones too
+    per = torch.tensor([[flops / len(kept), seconds / len(kept)]], dtype=torch.float64).repeat(len(kept), 1)
+    data["cost"] = per
+    data["thinking"] = torch.tensor([think[i] for i in kept])
+    for mode, flag in (("think", True), ("no_think", False)):
+        tried = sum(t == flag for t in think)
+        data[f"kept_{mode}"] = torch.tensor(sum(think[i] == flag for i in kept) / max(tried, 1))
+    return data
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--work", default="out/distill", help="stored teacher data and results.jsonl go here")
+    ap.add_argument("--results", help="results.jsonl elsewhere than in --work")
+    ap.add_argument("--teacher", default=str(Path(__file__).resolve().parents[1] / "weights" / "demo-dense"))
+    ap.add_argument("--layers", default="0,3", help="the teacher's layers the student starts from")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--budget-tflops", type=float, default=60.0, help="compute per arm and seed")
+    ap.add_argument("--batch", type=int, default=128, help="samples per step (next-token and off-policy)")
+    ap.add_argument("--on-batch", type=int, default=256, help="rollouts per on-policy step (decoding is latency-bound)")
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--pool", type=int, default=6144, help="teacher replies generated for off-policy data")
+    ap.add_argument("--top-k", type=int, default=20)
+    ap.add_argument("--keep-wrong", action="store_true", help="keep the teacher's wrong replies in the data")
+    ap.add_argument("--n-eval", type=int, default=300, help="held-out problems per mode")
+    ap.add_argument("--samples", type=int, default=4, help="sampled replies per problem for pass@k")
+    ap.add_argument("--max-think", type=int, default=256)
+    ap.add_argument("--max-direct", type=int, default=48)
+    ap.add_argument("--log-every", type=int, default=10)
+    ap.add_argument("--deadline", type=float, default=None, help="seconds: start no new run after this")
+    ap.add_argument("--report", help="write <report>.md and <report>.png from results.jsonl, run nothing")
+    a = ap.parse_args(argv)
+    a.layers = tuple(int(x) for x in a.layers.split(","))
+    a.pad_id = 151643
+    work = Path(a.work)
+    work.mkdir(parents=True, exist_ok=True)
+    results = Path(a.results) if a.results else work / "results.jsonl"
+    if a.report:
+        return report(results, a.report)
+    t_begin = time.perf_counter()
+    device = torch.device(a.device)
+    tok = Tokenizer.default()  # the bundled copy of the official tokenizer: teacher and student share it
+    enc = tok.encode
+    torch.manual_seed(0)
+    teacher = minqwen3.from_pretrained(a.teacher, device=device,
+                                       dtype=torch.bfloat16 if device.type == "cuda" else torch.float32)
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    done = {(r["arm"], r["seed"]) for r in map(json.loads, results.read_text().splitlines())} \
+        if results.is_file() else set()
+
+    def stored(name, make):
+        f = work / f"{name}.safetensors"
+        if f.is_file():
+            return load_file(f)
+        t = time.perf_counter()
+        d = make()
+        save_file({k: v.contiguous() for k, v in d.items()}, str(f) + ".tmp")  # never a half-written file
+        Path(str(f) + ".tmp").rename(f)
+        print(f"{name}: {len(d['lengths'])} samples in {time.perf_counter() - t:.1f} s", flush=True)
+        return d
+    pool = stored("teacher_pool", lambda: build_pool(teacher, tok, enc, a.pool, 1, False, a, a.keep_wrong))
+    heldout = stored("teacher_heldout", lambda: build_pool(teacher, tok, enc, 2 * min(a.n_eval, 256), 2, True, a,
+                                                           keep_wrong=True))
+    items = [p for _, p in arithmetic.eval_problems(-(-a.n_eval // 5))][:a.n_eval]
+    dc = DistillConfig(pad_id=a.pad_id)
+    max_new = {"think": a.max_think, "no_think": a.max_direct}
+    print(f"teacher pool: kept {float(pool['kept_think']):.1%} of /think, {float(pool['kept_no_think']):.1%} of "
+          f"/no_think replies; {len(pool['lengths'])} samples", flush=True)
+
+    def append(row):
+        with open(results, "a") as f:
+            f.write(json.dumps(row) + "\n")
+    if ("teacher", 0) not in done:
+        t = time.perf_counter()
+        ev = evaluate(teacher, tok, enc, items, heldout, teacher, dc, a.samples, max_new, seed=0)
+        import hashlib
+        sha = hashlib.sha256((Path(a.teacher) / "model.safetensors").read_bytes()).hexdigest()[:16]
+        append({"arm": "teacher", "seed": 0, "eval": ev, "eval_seconds": time.perf_counter() - t, "sha256": sha,
+                "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "args": {
+                    k: v for k, v in vars(a).items() if isinstance(v, (int, float, str, tuple))},
+                "kept": {m: float(pool[f"kept_{m}"]) for m in MODES}})
+        print(f"teacher: {json.dumps(ev)}", flush=True)
+    if ("init", 0) not in done:
+        ev = evaluate(make_student(teacher, a.layers, device), tok, enc, items, heldout, teacher, dc, a.samples,
+                      max_new, seed=0)
+        append({"arm": "init", "seed": 0, "eval": ev})
+        print(f"student init: {json.dumps(ev)}", flush=True)
+    for seed in range(a.seeds):
+        for arm in ARMS:
+            if (arm, seed) in done:
+                continue
+            if a.deadline is not None and time.perf_counter() - t_begin > a.deadline:
+                print(f"deadline: stopping before {arm} seed {seed}", flush=True)
+                return 0
+            student, row = run_arm(arm, seed, teacher, pool, enc, a, device)
+            t = time.perf_counter()
+            row["eval"] = evaluate(student, tok, enc, items, heldout, teacher, dc, a.samples, max_new, seed=seed + 1)
+            row["eval_seconds"] = time.perf_counter() - t
+            append(row)
+            print(f"{arm} seed {seed}: " + ", ".join(f"{m} acc {row['eval'][m]['accuracy']:.3f} "
+                  f"KL {row['eval'][m]['kl_to_teacher']:.3f}" for m in MODES)
+                  + f" ({row['tflops']:.3g} TFLOP, {row['device_seconds']:.1f} s)", flush=True)
+    return 0
+
+
+# ---------------------------------------------------------------- the report
+def _mean_ci(xs: list[float]) -> tuple[float, float]:
+    """Mean and the half-width of a 95% t-interval over seeds (0 with one seed)."""
+    n = len(xs)
+    m = sum(xs) / n
+    if n < 2:
+        return m, float("nan")
+    t = {2: 12.71, 3: 4.30, 4: 3.18, 5: 2.78}.get(n, 2.0)
+    sd = math.sqrt(sum((x - m) ** 2 for x in xs) / (n - 1))
+    return m, t * sd / math.sqrt(n)
+
+
+def _wilson(c: int, n: int) -> tuple[float, float]:
+    z = 1.96
+    p = c / n
+    mid = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, mid - half), min(1.0, mid + half)
+
+
+def report(results: Path, out: str) -> int:
+    rows = [json.loads(x) for x in results.read_text().splitlines()]
+    by = {}
+    for r in rows:
+        by.setdefault(r["arm"], []).append(r)
+    pk = max(int(k) for r in rows for k in r["eval"]["think"]["pass@k"])
+    lines = [f"| arm | seeds | TFLOP | device s | /think acc % | /no_think acc % | /think pass@{pk} % "
+             f"| /no_think pass@{pk} % | KL /think | KL /no_think |", "|---|---|---|---|---|---|---|---|---|---|"]
+
+    def cell(rs, f, pct=True):
+        m, h = _mean_ci([f(r) for r in rs])
+        s = 100 if pct else 1
+        if len(rs) == 1:
+            return f"{m * s:.1f}" if pct else f"{m:.3f}"
+        return f"{m * s:.1f} ± {h * s:.1f}" if pct else f"{m:.3f} ± {h:.3f}"
+    for arm in ("teacher", "init", *ARMS):
+        rs = by.get(arm)
+        if not rs:
+            continue
+        tfl = f"{sum(r.get('tflops', 0) for r in rs) / len(rs):.3g}" if arm in ARMS else "-"
+        sec = f"{sum(r.get('device_seconds', 0) for r in rs) / len(rs):.1f}" if arm in ARMS else "-"
+        accs = []
+        for m in MODES:
+            c = cell(rs, lambda r: r["eval"][m]["accuracy"])
+            if len(rs) == 1:
+                lo, hi = _wilson(rs[0]["eval"][m]["correct"], rs[0]["eval"][m]["n"])
+                c += f" [{lo * 100:.1f}, {hi * 100:.1f}]"
+            accs.append(c)
+        lines.append(f"| {arm} | {len(rs)} | {tfl} | {sec} | {accs[0]} | {accs[1]} | "
+                     + " | ".join(cell(rs, lambda r: r["eval"][m]["pass@k"][str(pk)]) for m in MODES) + " | "
+                     + " | ".join(cell(rs, lambda r: r["eval"][m]["kl_to_teacher"], pct=False) for m in MODES) + " |")
+    table = "\n".join(lines)
+    Path(out + ".md").write_text(table + "\n")
+    print(table)
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for ax, m in zip(axes, MODES):
+        for arm in ("teacher", "init", *ARMS):
+            rs = by.get(arm)
+            if not rs:
+                continue
+            ks = sorted(int(k) for k in rs[0]["eval"][m]["pass@k"])
+            ys = [_mean_ci([r["eval"][m]["pass@k"][str(k)] for r in rs]) for k in ks]
+            ax.errorbar(ks, [y[0] for y in ys], yerr=[0 if math.isnan(y[1]) else y[1] for y in ys], marker="o",
+                        capsize=3, label=arm, linestyle="--" if arm in ("teacher", "init") else "-")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("k")
+        ax.set_ylabel("pass@k")
+        ax.set_title(f"/{m} (held-out problems)")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out + ".png", dpi=110)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
