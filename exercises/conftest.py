@@ -32,7 +32,7 @@ def impl(request):
     """The module under test: minqwen3.<name> or exercises.<name>, <name> read from the test file (test_<name>.py).
 
     A test file may name the package module to fall back on when minqwen3 has no module of its name
-    (REFERENCE = "generate": sample() lives in minqwen3/generate.py).
+    (REFERENCE = "generation": sample() lives in minqwen3/generation.py).
     test_mutants.py runs these tests in-process on a deliberately wrong module, passed as config.exercise_impl.
     """
     override = getattr(request.config, "exercise_impl", None)

@@ -2,7 +2,7 @@
 Read notebooks/07_generation_and_thinking_budget.ipynb first.
 
 Check your work:  pytest exercises/test_sampling.py --impl student
-(the reference is minqwen3.generate.sample)
+(the reference is minqwen3.generation.sample)
 """
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ transformers = pytest.importorskip("transformers")
 from transformers.generation.logits_process import (  # noqa: E402
     MinPLogitsWarper, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper)
 
-REFERENCE = "generate"  # the package keeps sample() in minqwen3/generate.py
+REFERENCE = "generation"  # the package keeps sample() in minqwen3/generation.py
 # a small vocabulary with a long tail: probabilities about .38 .23 .14 .09 .05 .03 ... at temperature 1
 LOGITS = torch.tensor([3.0, 2.5, 2.0, 1.5, 1.0, 0.5, 0.2, 0.0, -0.5, -1.0, -2.0, -4.0])
 N = 6000  # draws per distribution: a frequency is then within 0.02 of its probability (3.5 sigma at p = 0.5)

@@ -6,17 +6,15 @@ from pathlib import Path
 import torch
 
 from .checkpoint import from_pretrained
-from .generation import generate
+from .generation import STOP_IDS, generate
 
 PROMPTS = ["The capital of France is", "def fibonacci(n):", "量子力学是", "<|im_start|>user\n2+2=?<|im_end|>\n"]
 TOLERANCE = {torch.float32: 1e-3, torch.bfloat16: 0.5, torch.float16: 0.25}  # max |logit difference|
-STOPS = (151645, 151643)  # <|im_end|>, <|endoftext|>
 
 
 def _until_stop(ids: list[int], stops: set[int]) -> list[int]:
     """The tokens up to and including the first stop token: where both generators end a reply."""
     return next((ids[: i + 1] for i, t in enumerate(ids) if t in stops), ids)
-
 
 
 def verify(path: str | Path, device: str = "cpu", dtype: str = "float32", new_tokens: int = 20) -> int:
@@ -33,7 +31,7 @@ def verify(path: str | Path, device: str = "cpu", dtype: str = "float32", new_to
     ours = from_pretrained(path, device=device, dtype=dt)
     theirs = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=dt).to(device).eval()
     V, eos = ours.config.vocab_size, ours.config.eos_token_id
-    stops = sorted(i for i in {*STOPS, *(eos if isinstance(eos, list) else [eos])} if i is not None and i < V)
+    stops = sorted(i for i in {*STOP_IDS, *(eos if isinstance(eos, list) else [eos])} if i is not None and i < V)
     if (path / "tokenizer.json").is_file():
         from .tokenizer import Tokenizer
         tok = Tokenizer.from_pretrained(path)  # refuses a tokenizer that does not fit the model
