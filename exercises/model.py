@@ -6,7 +6,7 @@ Check your work:  pytest exercises/test_model.py --impl student
 Build it from the pieces of exercises 1-4, yours or the package's:
     minqwen3.rmsnorm.RMSNorm(dim, eps)                         x (..., dim) -> (..., dim)
     minqwen3.rope.RotaryEmbedding(head_dim, theta, scaling, max_position)(pos (B, T), dtype) -> cos, sin (B, 1, T, D)
-    minqwen3.attention.Attention(config, layer_idx)(x (B, T, C), cos, sin) -> (B, T, C), causal when given no mask
+    minqwen3.attention.Attention(config)(x (B, T, C), cos, sin) -> (B, T, C), causal when given no mask
     minqwen3.mlp.MLP(hidden_size, intermediate_size)          x (..., C) -> (..., C)
     minqwen3.moe.SparseMoE(config)(x (B, T, C)) -> (y (B, T, C), router logits (B*T, E))
 The tests load an official checkpoint into your model by name (load_state_dict), so keep the names below: they are
