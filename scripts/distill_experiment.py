@@ -409,7 +409,16 @@ def report(results: Path, out: str) -> int:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.6))
+    arms = [x for x in ("init", *ARMS) if x in by]
+    for j, m in enumerate(MODES):  # the KL to the teacher on its held-out replies, mean and interval over seeds
+        ys = [_mean_ci([r["eval"][m]["kl_to_teacher"] for r in by[x]]) for x in arms]
+        axes[2].bar([i + 0.4 * j for i in range(len(arms))], [y[0] for y in ys], width=0.4, label=f"/{m}",
+                    yerr=[0 if math.isnan(y[1]) else y[1] for y in ys], capsize=3)
+    axes[2].set_xticks([i + 0.2 for i in range(len(arms))], arms)
+    axes[2].set_ylabel("forward KL to the teacher (nats/token)")
+    axes[2].set_title("KL on the teacher's held-out replies")
+    axes[2].legend(fontsize=8)
     for ax, m in zip(axes, MODES):
         for arm in ("teacher", "init", *ARMS):
             rs = by.get(arm)
