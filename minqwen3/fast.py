@@ -28,7 +28,8 @@ from collections.abc import Callable, Sequence
 import torch
 
 from .cache import KVCache
-from .generate import ENDOFTEXT, IM_END, as_batch, check_context, check_sampling, mark_generated, sample
+from .generate import (ENDOFTEXT, IM_END, as_batch, check_context, check_ids, check_sampling, mark_generated,
+                       sample)
 
 
 class LayerCache:
@@ -239,9 +240,10 @@ class FastGenerator:
         With stop_ids, the host looks at the GPU's `done` flags every check_every tokens (one sync each time).
         on_token gets each step's ids (B,) as generate() gives them, but in bursts: at those looks, and at the end.
         """
+        check_ids(input_ids, self.model.config.vocab_size, pad_id, generated)
+        check_sampling(temperature, top_k, top_p, min_p, presence_penalty, seed=seed, max_new_tokens=max_new_tokens)
         ids, pad = as_batch(input_ids, pad_id)
         B, T = ids.shape
-        check_sampling(temperature, top_k, top_p, min_p, presence_penalty)
         N = check_context(self.model, T, max_new_tokens)
         if N < 1:
             return ids.to(self.device)
