@@ -1,13 +1,39 @@
-"""minqwen3: Qwen3 from scratch, in plain PyTorch."""
-from .cache import KVCache
-from .chat import EARLY_STOP, Reply, chat
-from .chat_template import apply_chat_template, parse_reply
-from .checkpoint import CheckpointError, from_pretrained, save_pretrained
-from .config import PRESETS, Qwen3Config, count_params
-from .generate import Session, generate, sample
-from .model import Qwen3
-from .tokenizer import Tokenizer
+"""minqwen3: Qwen3 from scratch, in plain PyTorch.
 
-__all__ = ["Qwen3", "Qwen3Config", "KVCache", "CheckpointError", "from_pretrained", "save_pretrained",
-           "count_params", "PRESETS", "generate", "sample", "Session", "chat", "Reply", "EARLY_STOP",
-           "apply_chat_template", "parse_reply", "Tokenizer"]
+The names below are imported on first use (PEP 562), so that `python -m minqwen3 --help` answers at once instead of
+loading torch first (seconds).
+"""
+import importlib
+import sys
+import types
+
+_WHERE = {"Qwen3": "model", "Qwen3Config": "config", "KVCache": "cache", "CheckpointError": "checkpoint",
+          "from_pretrained": "checkpoint", "save_pretrained": "checkpoint", "count_params": "config",
+          "PRESETS": "config", "generate": "generate", "sample": "generate", "Session": "generate", "chat": "chat",
+          "Reply": "chat", "EARLY_STOP": "chat", "apply_chat_template": "chat_template", "parse_reply": "chat_template",
+          "Tokenizer": "tokenizer"}
+__all__ = list(_WHERE)
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_WHERE))
+
+
+class _Package(types.ModuleType):
+    """minqwen3.chat and minqwen3.generate are functions, named as their modules are. Importing such a module sets
+    the package's attribute to the module; keep the function there instead (the module is in sys.modules)."""
+
+    def __setattr__(self, name: str, value) -> None:
+        if not (isinstance(value, types.ModuleType) and _WHERE.get(name) == name):
+            super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

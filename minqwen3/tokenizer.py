@@ -32,6 +32,15 @@ def _byte_level_alphabet() -> dict[str, int]:
     return {**{chr(b): b for b in printable}, **{chr(256 + k): b for k, b in enumerate(shifted)}}
 
 
+def _check_unicode(text: str) -> None:
+    """Text with a lone surrogate (what Python makes of invalid UTF-8 bytes in argv or a file read with
+    surrogateescape) has no UTF-8 encoding, so no tokens: say where, rather than fail inside the library."""
+    bad = re.search("[\ud800-\udfff]", text)
+    if bad:
+        raise ValueError(f"the text is not valid Unicode: a lone surrogate U+{ord(bad.group()):04X} at character "
+                         f"{bad.start()} (invalid UTF-8 bytes?) in {text[max(0, bad.start() - 20):bad.start() + 20]!r}")
+
+
 class Tokenizer:
     """Qwen3 tokenizer. `Tokenizer.default()` uses the copy shipped in minqwen3/assets."""
 
@@ -115,6 +124,7 @@ class Tokenizer:
         """Token ids of `text`. allow_special=False encodes <|im_end|> & co. as the plain characters they spell."""
         if not isinstance(text, str):
             raise TypeError(f"encode expects a str, got {type(text).__name__}")
+        _check_unicode(text)
         return (self._tok if allow_special else self._plain).encode(text, add_special_tokens=False).ids
 
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:
@@ -134,6 +144,7 @@ class Tokenizer:
         `encode(apply_chat_template(...))`. allow_special_in_content=True gives that official encoding
         unconditionally, every added token in every message a token (for trusted data, e.g. training transcripts)."""
         segments = chat_segments(messages, tools, add_generation_prompt, enable_thinking)
+        _check_unicode("".join(text for text, _ in segments))
         if allow_special_in_content:
             return self.encode("".join(text for text, _ in segments))
         # Added tokens cut the official encoding into independently encoded stretches; we cut only where a segment
