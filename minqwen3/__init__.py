@@ -16,6 +16,13 @@ __all__ = list(_WHERE)
 
 
 def __getattr__(name: str):
+    if name not in _WHERE and not name.startswith("__"):  # a module (minqwen3.rope, ...), as if all were imported
+        try:
+            return importlib.import_module(f".{name}", __name__)
+        except ModuleNotFoundError as e:
+            if e.name != f"{__name__}.{name}":
+                raise
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
     if name not in _WHERE:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)

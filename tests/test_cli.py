@@ -343,3 +343,17 @@ def test_ctrl_c_during_a_one_shot_reply(endless, mode):
     rc, out, err = r.interrupt()
     quiet_130(rc, err)
     assert out.endswith("\n")  # the reply's line is ended (and a colour reset, on a terminal)
+
+
+@pytest.mark.slow
+def test_readme_python_snippet_runs_offline():
+    """The README's Python snippet, as written, from the repository's root, with no network: it must run."""
+    import re
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```python\n(.*?)```", readme, flags=re.S)
+    assert blocks and "from_pretrained" in blocks[0]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    r = subprocess.run([sys.executable, "-c", blocks[0]], cwd=ROOT, capture_output=True, text=True, env=env,
+                       timeout=600)
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert r.stdout.strip()  # the reasoning and the answer were printed
