@@ -1,13 +1,32 @@
-"""minqwen3: Qwen3 from scratch, in plain PyTorch."""
-from .assistant import EARLY_STOP, Reply, chat
-from .cache import KVCache, make_cache
-from .chat_template import apply_chat_template, parse_reply
-from .checkpoint import CheckpointError, from_pretrained, save_pretrained
-from .config import PRESETS, Qwen3Config, count_params
-from .generation import Decoder, generate, sample
-from .model import Qwen3, random_model
-from .tokenizer import Tokenizer
+"""minqwen3: Qwen3 from scratch, in plain PyTorch.
 
-__all__ = ["Qwen3", "Qwen3Config", "KVCache", "make_cache", "CheckpointError", "from_pretrained", "save_pretrained",
-           "count_params", "PRESETS", "generate", "sample", "Decoder", "chat", "Reply", "EARLY_STOP",
-           "apply_chat_template", "parse_reply", "Tokenizer", "random_model"]
+The names below are imported on first use (PEP 562), so that `python -m minqwen3 --help` answers at once instead of
+loading torch first (seconds).
+"""
+import importlib
+
+_WHERE = {"Qwen3": "model", "random_model": "model", "Qwen3Config": "config", "PRESETS": "config",
+          "count_params": "config", "KVCache": "cache", "make_cache": "cache", "CheckpointError": "checkpoint",
+          "from_pretrained": "checkpoint", "save_pretrained": "checkpoint", "generate": "generation",
+          "sample": "generation", "Decoder": "generation", "chat": "assistant", "Reply": "assistant",
+          "EARLY_STOP": "assistant", "apply_chat_template": "chat_template", "parse_reply": "chat_template",
+          "Tokenizer": "tokenizer"}
+__all__ = list(_WHERE)
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    if not name.startswith("__"):  # a module (minqwen3.rope, ...), as if all were imported
+        try:
+            return importlib.import_module(f".{name}", __name__)
+        except ModuleNotFoundError as e:
+            if e.name != f"{__name__}.{name}":
+                raise
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_WHERE))

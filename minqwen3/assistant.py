@@ -2,7 +2,8 @@
 
 Thinking mode: the model opens <think> itself, reasons, closes </think> and answers. A thinking budget (Qwen3 tech
 report, section 4.3) caps the reasoning: when it has run `thinking_budget` tokens without closing, we append the
-report's early-stop sentence, which ends with </think>, to what it wrote and let the model write its answer.
+report's early-stop sentence, which ends with </think>, to what it wrote and let the model write its answer. As in
+Qwen's example code, a blank line separates the sentence from the cut thought (unless the thought ends in one).
 """
 from __future__ import annotations
 
@@ -13,12 +14,19 @@ from dataclasses import dataclass, field
 import torch
 
 from .chat_template import parse_reply
-from .generation import NON_THINKING_DEFAULTS, THINKING_DEFAULTS, check_context, generate
+from .generation import NON_THINKING_DEFAULTS, THINKING_DEFAULTS, check_context, check_sampling, generate
 
 # the tech report's text, verbatim (the "." after </think> included)
 EARLY_STOP = ("Considering the limited time by the user, I have to give the solution based on the thinking "
               "directly now.\n</think>.\n\n")
 SAMPLING = ("temperature", "top_k", "top_p", "min_p", "presence_penalty")
+
+
+def early_stop_ids(tokenizer, before: Sequence[int]) -> list[int]:
+    """What is fed when the budget runs out after the ids `before`: EARLY_STOP, after "\n\n" as Qwen's example code
+    does, or after as many newlines as complete a blank line. </think> in it is the control token (the model's own)."""
+    tail = tokenizer.decode(list(before[-2:]))  # two tokens hold at least two characters
+    return tokenizer.encode("\n" * (2 - (len(tail) - len(tail.rstrip("\n")))) + EARLY_STOP)
 
 
 @dataclass
@@ -69,9 +77,8 @@ def chat(model, tokenizer, messages: Sequence[Mapping] | str, *, enable_thinking
     if unknown:
         raise TypeError(f"chat() got unknown sampling option(s) {', '.join(unknown)}; known: {', '.join(SAMPLING)}")
     settings = {**(THINKING_DEFAULTS if enable_thinking else NON_THINKING_DEFAULTS), "presence_penalty": 0.0,
-                **sampling}  # checked by generate(), before any model work
-    if thinking_budget is not None and thinking_budget < 0:
-        raise ValueError(f"thinking_budget must be >= 0 tokens (None = unlimited), got {thinking_budget}")
+                **sampling}
+    check_sampling(**settings, seed=seed, max_new_tokens=max_new_tokens, thinking_budget=thinking_budget)
     if isinstance(messages, str):
         messages = [{"role": "user", "content": messages}]
     t0 = time.perf_counter()
@@ -80,7 +87,6 @@ def chat(model, tokenizer, messages: Sequence[Mapping] | str, *, enable_thinking
     n = check_context(model, len(prompt), max_new_tokens)  # fails here, before any model work
     stops = {tokenizer.im_end_id, tokenizer.endoftext_id} if stop_ids is None else set(stop_ids)
     think_id, end_think_id = tokenizer.think_id, tokenizer.end_think_id
-    early_stop = tokenizer.encode(EARLY_STOP)  # </think> in it becomes the control token, as the model wrote it
     decoder = tokenizer.stream()
     out: list[int] = []
     n_reasoning = 0
@@ -118,7 +124,7 @@ def chat(model, tokenizer, messages: Sequence[Mapping] | str, *, enable_thinking
     while len(out) < n and finish == "length":
         if thinking and thinking_budget is not None and think_len >= thinking_budget:
             forcing, budget_hit = True, True
-            for tok in early_stop[:n - len(out)]:  # what still fits
+            for tok in early_stop_ids(tokenizer, prompt + out)[:n - len(out)]:  # what still fits
                 emit(tok)
             forcing = False
             continue
@@ -129,7 +135,7 @@ def chat(model, tokenizer, messages: Sequence[Mapping] | str, *, enable_thinking
             limit = min(limit, thinking_budget - think_len)
         elif thinking_budget is not None and not closed:
             phase_stops.add(think_id)
-        generate(model, [prompt + out], limit, **settings, seed=None if seed is None else seed + phase,
+        generate(model, [prompt + out], limit, **settings, seed=None if seed is None else (seed + phase) % 2**64,
                  stop_ids=tuple(phase_stops), on_token=take, vocab_limit=len(tokenizer), fast=fast,
                  generated=[list(out)] if settings["presence_penalty"] else None)
         phase += 1

@@ -13,8 +13,10 @@ Where the template fails (empty conversation, non-string first system content, a
 that json cannot serialise) we raise ValueError. One deliberate difference: a message that is not a dict raises
 TypeError (Jinja would drop it; transformers rejects it before rendering, and so do we).
 
-The renderer emits segments tagged "template text" or "caller's data"; `apply_chat_template` joins them, and the
-tokenizer uses the tags to keep control tokens typed into content from acting as control tokens.
+The renderer emits segments tagged by where their text comes from: the template itself, the model (the assistant's
+earlier turns: content, reasoning, tool calls) or the input (user, system and tool content, tool schemas).
+`apply_chat_template` joins them; the tokenizer uses the tags so that markup typed into the input (<|im_end|>, but
+also <tool_call> or </tool_response>) stays text instead of acting as a control token.
 """
 from __future__ import annotations
 
@@ -40,6 +42,7 @@ _TOOLS_TAIL = ("\n</tools>\n\nFor each function call, return a json object with 
                "<tool_call></tool_call> XML tags:\n<tool_call>\n{\"name\": <function-name>, "
                "\"arguments\": <args-json-object>}\n</tool_call><|im_end|>\n")
 _EMPTY_THINK = "<think>\n\n</think>\n\n"  # what enable_thinking=False pre-fills: a finished, empty reasoning block
+TEMPLATE, MODEL, INPUT = "template", "model", "input"  # where a segment's text comes from (see chat_segments)
 
 
 def _get(obj: Any, key: str) -> Any:
@@ -74,9 +77,10 @@ def last_query_index(messages: Sequence[Mapping]) -> int:
 
 
 def chat_segments(messages: Sequence[Mapping], tools: Sequence[Any] | None = None,
-                  add_generation_prompt: bool = False, enable_thinking: bool = True) -> list[tuple[str, bool]]:
-    """Render a conversation as [(text, from_template)]: True for the template's own text, False for the caller's
-    data (contents, reasoning, tool names/arguments, tool schemas). Joined, the texts are `apply_chat_template`."""
+                  add_generation_prompt: bool = False, enable_thinking: bool = True) -> list[tuple[str, str]]:
+    """Render a conversation as [(text, source)], joined `apply_chat_template`. source: TEMPLATE for the template's
+    own text; MODEL for what the model wrote in earlier assistant turns (content, reasoning, tool call names and
+    arguments); INPUT for what people and tools wrote (user, system and tool content, the tool schemas)."""
     if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence):
         raise TypeError(f"messages must be a list of dicts, got {type(messages).__name__}")
     if len(messages) == 0:
@@ -86,9 +90,10 @@ def chat_segments(messages: Sequence[Mapping], tools: Sequence[Any] | None = Non
         if not isinstance(m, Mapping):
             raise TypeError(f"messages[{i}] must be a dict with 'role' and 'content', got {type(m).__name__}: {m!r}")
 
-    out: list[tuple[str, bool]] = []
-    tpl = lambda s: out.append((s, True))   # noqa: E731  the template's own text
-    data = lambda s: out.append((s, False))  # noqa: E731  text that came from the caller
+    out: list[tuple[str, str]] = []
+    tpl = lambda s: out.append((s, TEMPLATE))  # noqa: E731  the template's own text
+    data = lambda s: out.append((s, INPUT))  # noqa: E731  what people and tools wrote
+    said = lambda s: out.append((s, MODEL))  # noqa: E731  what the model wrote in an earlier turn
 
     # A leading system message goes into the header (merged with the tool block if there are tools).
     has_system = _get(messages[0], "role") == "system"
@@ -133,11 +138,11 @@ def chat_segments(messages: Sequence[Mapping], tools: Sequence[Any] | None = Non
             # empty one); earlier turns lose it, since the model never sees old reasoning at inference either.
             if i > query and (i == n - 1 or reasoning):
                 tpl("<think>\n")
-                data(reasoning.strip("\n"))
+                said(reasoning.strip("\n"))
                 tpl("\n</think>\n\n")
-                data(content.lstrip("\n"))
+                said(content.lstrip("\n"))
             else:
-                data(content)
+                said(content)
             calls = _get(m, "tool_calls")
             if calls:
                 try:
@@ -151,10 +156,10 @@ def chat_segments(messages: Sequence[Mapping], tools: Sequence[Any] | None = Non
                         call = _get(call, "function")
                     name, args = _get(call, "name"), _get(call, "arguments")
                     tpl('<tool_call>\n{"name": "')
-                    data("" if name is _UNDEFINED else str(name))
+                    said("" if name is _UNDEFINED else str(name))
                     tpl('", "arguments": ')
                     # string arguments go in verbatim (already JSON, presumably); anything else is serialised
-                    data(args if isinstance(args, str) else _tojson(args, f"messages[{i}].tool_calls[{j}].arguments"))
+                    said(args if isinstance(args, str) else _tojson(args, f"messages[{i}].tool_calls[{j}].arguments"))
                     tpl("}\n</tool_call>")
             tpl("<|im_end|>\n")
         elif role == "tool":

@@ -1,18 +1,22 @@
-"""Command line: python -m minqwen3 {demo,verify,download,...}. Each subcommand is one small function."""
+"""Command line: python -m minqwen3 {demo,verify,download,...}. Each subcommand is one small function.
+
+torch is imported inside the commands, so that --help answers at once. Every error is one line on stderr and a
+non-zero exit status; Ctrl-C exits quietly with status 130.
+"""
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import time
 from pathlib import Path
 
-import torch
-
 from .config import PRESETS, Qwen3Config, count_params
-from .generation import NON_THINKING_DEFAULTS, THINKING_DEFAULTS
+from .config import NON_THINKING_DEFAULTS, THINKING_DEFAULTS
 
-WEIGHTS = Path("weights")
+WEIGHTS = Path("weights")  # where `download` puts official weights, relative to the working directory
+BUNDLED = Path(__file__).resolve().parents[1] / "weights"  # the source tree's weights/: the demo models
 
 
 def _fmt(n: float) -> str:
@@ -40,12 +44,13 @@ def cmd_demo(args) -> int:
     official = ("python -m minqwen3 download Qwen/Qwen3-0.6B   "
                 "(then: python -m minqwen3 chat --model weights/Qwen3-0.6B)")
     # our own small Qwen3 trained on arithmetic (docs/demo.md); found from the working directory or the source tree
-    demo = next((d for d in (WEIGHTS / "demo-dense", Path(__file__).resolve().parents[1] / "weights" / "demo-dense")
-                 if (d / "config.json").is_file()), None)
+    demo = next((d for d in (WEIGHTS / "demo-dense", BUNDLED / "demo-dense") if (d / "config.json").is_file()), None)
     if demo is None:
         print(f"\nNo demo model at {WEIGHTS / 'demo-dense'} (train one: python scripts/train_demo.py --model dense "
               f"--out weights/demo-dense).\nFor official weights: {official}")
         return 0
+    import torch
+
     from .assistant import chat
     from .checkpoint import from_pretrained
     from .tokenizer import Tokenizer
@@ -86,21 +91,56 @@ def cmd_verify(args) -> int:
 
 # ---------------------------------------------------------------- chat and generate
 def find_model() -> Path:
-    """The default --model: our own demo model if trained, else the first official weights folder."""
-    found = [WEIGHTS / "demo-dense"] + sorted(WEIGHTS.glob("Qwen3-*"))
+    """The default --model: official weights if downloaded (weights/Qwen3-*, the first by name), else our own demo
+    model; in weights/ of the working directory, then of the source tree (where the demo models ship)."""
+    roots = [WEIGHTS] + ([BUNDLED] if BUNDLED.resolve() != WEIGHTS.resolve() else [])
+    found = [d for r in roots for d in sorted(r.glob("Qwen3-*"))] + [r / "demo-dense" for r in roots]
     for d in found:
         if (d / "config.json").is_file():
             return d
-    raise FileNotFoundError(f"no model found: looked for {WEIGHTS / 'demo-dense'} and {WEIGHTS / 'Qwen3-*'}. Get one "
-                            "with `python -m minqwen3 download Qwen/Qwen3-0.6B` (needs the network), or pass "
-                            "--model DIR")
+    raise FileNotFoundError(f"no model found: looked for {WEIGHTS / 'Qwen3-*'} and {WEIGHTS / 'demo-dense'} (also in "
+                            f"{BUNDLED}). Get one with `python -m minqwen3 download Qwen/Qwen3-0.6B` (needs the "
+                            "network), or pass --model DIR")
+
+
+def check_device(device: str) -> str:
+    """--device as torch will take it: auto = cuda if there is a GPU, else cpu; anything unusable is a named error."""
+    import torch
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        d = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"--device {device!r} is not a device: use cpu, cuda, cuda:N or auto") from None
+    if d.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: CUDA is not available on this machine (use --device cpu)")
+    if d.type == "cuda" and d.index is not None and d.index >= torch.cuda.device_count():
+        raise ValueError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if d.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--device {device}: MPS is not available on this machine (use --device cpu)")
+    if d.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"--device {device}: minqwen3 runs on cpu, cuda or mps")
+    return str(d)
+
+
+def check_text(text: str | None, what: str) -> None:
+    """A PROMPT or --system must be real text: invalid UTF-8 in argv arrives as lone surrogates."""
+    bad = None if text is None else re.search("[\ud800-\udfff]", text)
+    if bad:
+        raw = bytes([ord(bad.group()) - 0xDC00]) if ord(bad.group()) >= 0xDC80 else None
+        raise ValueError(f"{what} is not valid UTF-8 text" + (f" (byte 0x{raw[0]:02x} at character {bad.start()})"
+                                                             if raw else f" (U+{ord(bad.group()):04X})"))
 
 
 def load(args):
     """The model and tokenizer of args.model, with errors that say what a checkpoint folder must hold."""
+    import torch
+
     from .checkpoint import FOLDER_HELP, from_pretrained
     from .tokenizer import Tokenizer
     path = Path(args.model) if args.model else find_model()
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"--model {path} is a file, not a checkpoint folder: {FOLDER_HELP}")
     has_weights = (path / "model.safetensors").is_file() or (path / "model.safetensors.index.json").is_file()
     missing = [f for f, ok in (("config.json", (path / "config.json").is_file()),
                                ("model.safetensors", has_weights)) if not ok]
@@ -174,9 +214,22 @@ def _stats(reply, budget) -> str:
     return f"[{', '.join(parts)}; {reply.tokens_per_second:.1f} tokens/s, {reply.seconds:.1f}s]"
 
 
+def check_args(args) -> None:
+    """The prompt, the system prompt and the sampling settings, before the seconds of loading a model."""
+    from .generation import check_sampling
+    check_text(args.prompt, "PROMPT")
+    check_text(getattr(args, "system", None), "--system")
+    if args.prompt is not None and not args.prompt.strip():
+        raise ValueError("PROMPT is empty: give a question (or leave PROMPT out to start a conversation)"
+                         if args.cmd == "chat" else "PROMPT is empty: generate continues a text, so give it one")
+    check_sampling(**_sampling(args), seed=args.seed, max_new_tokens=args.max_new_tokens,
+                   thinking_budget=getattr(args, "thinking_budget", None))
+
+
 def cmd_chat(args) -> int:
     """Answer PROMPT once, or talk turn by turn (history kept the way the template expects) until /exit or EOF."""
     from .assistant import chat
+    check_args(args)
     model, tok = load(args)
     system = [{"role": "system", "content": args.system}] if args.system else []
     printer = Printer()
@@ -189,19 +242,35 @@ def cmd_chat(args) -> int:
         print(_stats(reply, args.thinking_budget), file=sys.stderr)
         return reply
 
-    if args.prompt:
-        turn(system + [{"role": "user", "content": args.prompt}])
+    if args.prompt is not None:
+        try:
+            turn(system + [{"role": "user", "content": args.prompt}])
+        except KeyboardInterrupt:
+            printer.end()  # the colour reset and a newline, then exit (status 130)
+            raise
         return 0
     print("chat: /exit or Ctrl-D quits; /think and /no_think switch the mode per message", file=sys.stderr)
     history = list(system)
+    # invalid UTF-8 on stdin arrives as surrogates, refused line by line (a decoding error would end the conversation)
+    try:
+        sys.stdin.reconfigure(errors="surrogateescape")
+    except (AttributeError, ValueError):  # not a text file, or already read from
+        pass
+    refused = 0  # lines that were not text: the exit status says so at the end
     while True:
         try:
             line = input("> ")
         except EOFError:
             print()
-            return 0
+            return 1 if refused else 0
+        try:
+            check_text(line, "this line")
+        except ValueError as e:
+            print(f"error: {e}; type it again", file=sys.stderr)
+            refused += 1
+            continue
         if line.strip() in ("/exit", "/quit"):
-            return 0
+            return 1 if refused else 0
         if not line.strip():
             continue
         try:
@@ -217,10 +286,9 @@ def cmd_chat(args) -> int:
 def cmd_generate(args) -> int:
     """Raw completion: PROMPT is encoded as is (no chat template) and continued."""
     from .generation import generate
+    check_args(args)
     model, tok = load(args)
     ids = tok.encode(args.prompt)
-    if not ids:
-        raise ValueError("the prompt is empty: generate continues a text, so give it at least one character")
     decoder = tok.stream()
     n = [0]
 
@@ -231,8 +299,12 @@ def cmd_generate(args) -> int:
 
     sys.stdout.write(args.prompt)
     t = time.perf_counter()
-    generate(model, [ids], args.max_new_tokens, seed=args.seed, on_token=show, vocab_limit=len(tok),
-             fast=False if args.eager else None, **_sampling(args))
+    try:
+        generate(model, [ids], args.max_new_tokens, seed=args.seed, on_token=show, vocab_limit=len(tok),
+                 fast=False if args.eager else None, **_sampling(args))
+    except KeyboardInterrupt:
+        print()  # end the text's line, then exit (status 130)
+        raise
     print(decoder.flush())
     dt = time.perf_counter() - t
     print(f"[{n[0]} tokens; {n[0] / dt:.1f} tokens/s, {dt:.1f}s]", file=sys.stderr)
@@ -246,18 +318,31 @@ def cmd_bench(args) -> int:
                args.repeats, not args.no_eager, args.out, args.profile)
 
 
-def _model_args(s: argparse.ArgumentParser, **defaults) -> None:
-    s.add_argument("--model", help="checkpoint folder (default: weights/demo-dense, else weights/Qwen3-*)")
-    s.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+DEVICE_HELP = "cpu, cuda, cuda:N, or auto: cuda if there is a GPU, else cpu (default: %(default)s)"
+
+
+def _model_args(s: argparse.ArgumentParser, per_mode: bool) -> None:
+    """The flags of chat and generate. per_mode: chat's sampling defaults depend on the mode (thinking or not)."""
+    def default(thinking, non_thinking) -> str:
+        if not per_mode:
+            return f"default: {non_thinking}, Qwen's non-thinking setting"
+        return f"default: {thinking}" if thinking == non_thinking else \
+            f"default: {thinking} thinking, {non_thinking} non-thinking, Qwen's"
+    s.add_argument("--model", help="checkpoint folder (default: official weights in weights/Qwen3-*, else the "
+                   "bundled demo model weights/demo-dense)")
+    s.add_argument("--device", default="auto", help=DEVICE_HELP)
     s.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
-                   help="auto: as stored in the checkpoint")
-    s.add_argument("--max-new-tokens", type=int, default=4096)
-    s.add_argument("--seed", type=int, help="fix the sampling for a reproducible reply")
-    s.add_argument("--temperature", type=float, default=defaults.get("temperature"), help="0 = greedy")
-    s.add_argument("--top-k", type=int, default=defaults.get("top_k"), help="0 = off")
-    s.add_argument("--top-p", type=float, default=defaults.get("top_p"))
-    s.add_argument("--min-p", type=float, default=defaults.get("min_p"))
-    s.add_argument("--presence-penalty", type=float, help="0 to 1.5 curbs repetition")
+                   help="auto: as stored in the checkpoint (default: %(default)s)")
+    s.add_argument("--max-new-tokens", type=int, default=4096, help="at most this many new tokens, thinking "
+                   "included (default: %(default)s, or what the context leaves)")
+    s.add_argument("--seed", type=int, help="fix the sampling for a reproducible reply (default: none, a new "
+                   "reply each time)")
+    T, N = {"presence_penalty": 0.0, **THINKING_DEFAULTS}, {"presence_penalty": 0.0, **NON_THINKING_DEFAULTS}
+    defaults = {} if per_mode else N
+    for flag, kind, what in (("temperature", float, "0 = greedy"), ("top_k", int, "0 = off"), ("top_p", float, "1 = off"),
+                             ("min_p", float, "0 = off"), ("presence_penalty", float, "0 to 1.5 curbs repetition")):
+        s.add_argument("--" + flag.replace("_", "-"), type=kind, default=defaults.get(flag),
+                       help=f"{what} ({default(T[flag], N[flag])})")
     s.add_argument("--eager", action="store_true", help="on a GPU, decode without torch.compile and CUDA graphs "
                    "(the fast path compiles for ~30 s before the first reply, then streams in bursts of 16 tokens)")
 
@@ -273,47 +358,59 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_download)
     s = sub.add_parser("verify", help="compare a checkpoint in minqwen3 against transformers")
     s.add_argument("model", help="checkpoint folder")
-    s.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    s.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    s.add_argument("--tokens", type=int, default=20, help="greedy tokens to compare per prompt")
+    s.add_argument("--device", default="auto", help=DEVICE_HELP)
+    s.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                   help="(default: %(default)s)")
+    s.add_argument("--tokens", type=int, default=20, help="greedy tokens to compare per prompt (default: %(default)s)")
     s.set_defaults(fn=cmd_verify)
     s = sub.add_parser("chat", help="talk to a model (one PROMPT, or a conversation)",
                        description="Sampling defaults to Qwen's per mode: thinking {}, non-thinking {}; the flags "
                                    "override them.".format(*(", ".join(f"{k} {v}" for k, v in d.items())
                                                              for d in (THINKING_DEFAULTS, NON_THINKING_DEFAULTS))))
-    _model_args(s)
+    _model_args(s, per_mode=True)
     s.add_argument("--no-think", action="store_true", help="answer without thinking (empty think block)")
-    s.add_argument("--thinking-budget", type=int, help="at most N thinking tokens, then answer")
-    s.add_argument("--system", help="a system prompt")
+    s.add_argument("--thinking-budget", type=int, help="at most N thinking tokens, then answer (default: none, "
+                   "unlimited)")
+    s.add_argument("--system", help="a system prompt (default: none)")
     s.add_argument("prompt", nargs="?", help="answer this once and exit; without it, a conversation")
     s.set_defaults(fn=cmd_chat)
     s = sub.add_parser("generate", help="continue a text as is, without the chat template")
-    _model_args(s, **NON_THINKING_DEFAULTS)
+    _model_args(s, per_mode=False)
     s.add_argument("prompt")
     s.set_defaults(fn=cmd_generate)
     s = sub.add_parser("bench", help="tokens/s against the memory-bandwidth limit (and transformers)")
     s.add_argument("--model", nargs="+", required=True, help="official names (random weights in their shapes) "
                    "or checkpoint folders, e.g. Qwen3-0.6B Qwen3-8B Qwen3-30B-A3B")
     s.add_argument("--compare", nargs="*", metavar="PEER", help="transformers (eager), transformers-static "
-                   "(static cache + torch.compile): measured in the same process on the same weights")
-    s.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+                   "(static cache + torch.compile): measured in the same process on the same weights (default: none)")
+    s.add_argument("--device", default="auto", help=DEVICE_HELP)
     s.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="default: bfloat16 on GPU, else float32")
-    s.add_argument("--prompt", type=int, default=128, help="prompt tokens")
-    s.add_argument("--new", type=int, default=128, help="new tokens")
+    s.add_argument("--prompt", type=int, default=128, help="prompt tokens (default: %(default)s)")
+    s.add_argument("--new", type=int, default=128, help="new tokens (default: %(default)s)")
     s.add_argument("--prefill", type=int, help="prompt tokens of the prefill measurement (default 4096 on GPU, "
                    "512 on CPU; 0 = skip)")
-    s.add_argument("--repeats", type=int, default=3, help="timed runs of minqwen3's fast path (median)")
+    s.add_argument("--repeats", type=int, default=3, help="timed runs of minqwen3's fast path, median (default: "
+                   "%(default)s)")
     s.add_argument("--no-eager", action="store_true", help="skip minqwen3's eager generate() (the token reference)")
-    s.add_argument("--out", help="also write every number to this JSON file")
+    s.add_argument("--out", help="also write every number to this JSON file (default: none)")
     s.add_argument("--profile", action="store_true", help="list the GPU kernels of minqwen3's decode step")
     s.set_defaults(fn=cmd_bench)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     try:
+        args = build_parser().parse_args(argv)
+        if getattr(args, "device", None) is not None:
+            args.device = check_device(args.device)
         return args.fn(args)
-    except (FileNotFoundError, ValueError) as e:  # errors a user can act on: say it, no traceback
-        print(f"error: {e}", file=sys.stderr)
+    except KeyboardInterrupt:  # Ctrl-C while loading, at the prompt or during a reply: quietly, as a shell expects
+        print(file=sys.stderr)
+        return 130
+    except (OSError, ValueError, TypeError) as e:  # errors a user can act on: say it in one line, no traceback
+        print("error: " + " ".join(str(e).split()), file=sys.stderr)
+        return 1
+    except Exception as e:  # anything else is a bug in minqwen3: still one line, with what to report
+        print(f"error: {type(e).__name__}: {' '.join(str(e).split())} (a bug in minqwen3? please report it)",
+              file=sys.stderr)
         return 1

@@ -13,6 +13,10 @@ PRESETS = ("Qwen3-0.6B", "Qwen3-1.7B", "Qwen3-4B", "Qwen3-8B", "Qwen3-14B", "Qwe
            "Qwen3-30B-A3B", "Qwen3-235B-A22B")
 
 # transformers 5 renamed a few fields; a config.json may carry either spelling.
+# Qwen's published sampling settings per mode (thinking mode: greedy decoding is discouraged); the official
+# generation_config.json carries the thinking ones
+THINKING_DEFAULTS = dict(temperature=0.6, top_p=0.95, top_k=20, min_p=0.0)
+NON_THINKING_DEFAULTS = dict(temperature=0.7, top_p=0.8, top_k=20, min_p=0.0)
 _ALIASES = {"num_local_experts": "num_experts", "dtype": "torch_dtype"}
 
 

@@ -10,7 +10,6 @@ Legend: N rows (tokens where the loss is), V vocabulary, C hidden size, k kept i
 """
 from __future__ import annotations
 
-import inspect
 import math
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -19,8 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from .generate import generate
+from .config import NON_THINKING_DEFAULTS, THINKING_DEFAULTS
+from .generation import STOP_IDS, generate
 from .moe import load_balancing_loss
+from .tokenizer import ENDOFTEXT
 from .train import TrainConfig, collate, lr_at
 
 KINDS = ("forward", "reverse", "jsd")
@@ -165,8 +166,7 @@ def divergence_chunked(hidden: torch.Tensor, weight: torch.Tensor, teacher, mask
 
 
 # ---------------------------------------------------------------- the loops
-# Qwen's published sampling defaults per mode (thinking: greedy decoding is discouraged)
-SAMPLING = {True: dict(temperature=0.6, top_p=0.95, top_k=20), False: dict(temperature=0.7, top_p=0.8, top_k=20)}
+SAMPLING = {True: THINKING_DEFAULTS, False: NON_THINKING_DEFAULTS}  # Qwen's published settings per mode
 
 
 @dataclass
@@ -179,8 +179,8 @@ class DistillConfig:
     max_new_tokens: int = 256
     chunk: int = 1024
     rollout_batch: int = 256  # prompts per generate call
-    stop_ids: tuple[int, ...] = (151645, 151643)  # <|im_end|>, <|endoftext|>
-    pad_id: int = 151643
+    stop_ids: tuple[int, ...] = STOP_IDS
+    pad_id: int = ENDOFTEXT
 
 
 def sample_replies(model, prompts: list[list[int]], thinking: list[bool], dc: DistillConfig,
@@ -188,7 +188,6 @@ def sample_replies(model, prompts: list[list[int]], thinking: list[bool], dc: Di
     """One sampled reply per prompt (up to and including its stop token), each mode with its own defaults."""
     if len(prompts) != len(thinking):
         raise ValueError(f"{len(prompts)} prompts but {len(thinking)} thinking flags")
-    extra = {"fast": False} if "fast" in inspect.signature(generate).parameters else {}  # no compile for short runs
     out: list[list[int]] = [[] for _ in prompts]
     for mode in (True, False):
         idx = [i for i, t in enumerate(thinking) if t == mode]
@@ -198,8 +197,8 @@ def sample_replies(model, prompts: list[list[int]], thinking: list[bool], dc: Di
             part = idx[j:j + dc.rollout_batch]
             rows = [prompts[i] for i in part]
             T = max(map(len, rows))
-            ids = generate(model, rows, dc.max_new_tokens, stop_ids=dc.stop_ids, pad_id=dc.pad_id,
-                           seed=None if seed is None else seed + 2 * j + mode, **SAMPLING[mode], **extra)
+            ids = generate(model, rows, dc.max_new_tokens, stop_ids=dc.stop_ids, pad_id=dc.pad_id,  # eager: no
+                           seed=None if seed is None else seed + 2 * j + mode, **SAMPLING[mode], fast=False)  # compile
             for i, row in zip(part, ids[:, T:].tolist()):
                 cut = next((k + 1 for k, t in enumerate(row) if t in dc.stop_ids), len(row))
                 out[i] = row[:cut]

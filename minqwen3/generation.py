@@ -19,33 +19,95 @@ The model maps ids to logits; choosing tokens lives here. How the pieces fit:
 """
 from __future__ import annotations
 
+import math
+import numbers
 import time
 from collections.abc import Callable, Sequence
 
 import torch
 
 from .cache import KVCache, make_cache
+from .config import NON_THINKING_DEFAULTS, THINKING_DEFAULTS  # noqa: F401 (sampling's defaults, for callers)
 from .tokenizer import ENDOFTEXT, IM_END
 
 STOP_IDS = (IM_END, ENDOFTEXT)
-# Qwen's published defaults per mode (thinking mode: greedy decoding is discouraged)
-THINKING_DEFAULTS = dict(temperature=0.6, top_p=0.95, top_k=20, min_p=0.0)
-NON_THINKING_DEFAULTS = dict(temperature=0.7, top_p=0.8, top_k=20, min_p=0.0)
+
+
+def _number(name: str, x, hint: str) -> None:
+    if isinstance(x, bool) or not isinstance(x, numbers.Real):
+        raise TypeError(f"{name} must be a number ({hint}), got {type(x).__name__} {x!r}")
+    if not math.isfinite(x):  # NaN passes every comparison below: NaN temperature would act greedy
+        raise ValueError(f"{name} must be a finite number ({hint}), got {x}")
+
+
+def _integer(name: str, x, hint: str, lo: int = 0, hi: int | None = None) -> None:
+    if isinstance(x, bool) or not isinstance(x, numbers.Integral):
+        raise TypeError(f"{name} must be an integer ({hint}), got {type(x).__name__} {x!r}")
+    if x < lo or (hi is not None and x > hi):
+        raise ValueError(f"{name} must be an integer in [{lo}, {'inf' if hi is None else hi}] ({hint}), got {x}")
 
 
 def check_sampling(temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0,
-                   presence_penalty: float = 0.0) -> None:
-    """Reject settings that would silently sample from nothing (or from everything)."""
+                   presence_penalty: float = 0.0, *, seed: int | None = None, max_new_tokens: int | None = None,
+                   thinking_budget: int | None = None) -> None:
+    """Reject settings that would silently sample from nothing (or from everything), before any work.
+
+    Each error names the argument and its value: TypeError for the wrong kind (a float top_k), ValueError for a
+    value out of range (NaN or a negative temperature). seed, max_new_tokens, thinking_budget: None = not given."""
+    _number("temperature", temperature, "0 = greedy")
+    _number("top_p", top_p, "1 = off")
+    _number("min_p", min_p, "0 = off")
+    _number("presence_penalty", presence_penalty, "Qwen suggests 0 to 1.5")
+    _integer("top_k", top_k, "0 = off")
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
-    if top_k < 0:
-        raise ValueError(f"top_k must be >= 0 (0 = off), got {top_k}")
     if not 0.0 < top_p <= 1.0:
         raise ValueError(f"top_p must be in (0, 1] (1 = off), got {top_p}")
     if not 0.0 <= min_p < 1.0:
         raise ValueError(f"min_p must be in [0, 1) (0 = off), got {min_p}")
     if presence_penalty < 0:
         raise ValueError(f"presence_penalty must be >= 0 (Qwen suggests 0 to 1.5), got {presence_penalty}")
+    if seed is not None:  # torch's generators take 64 bits (a negative seed would wrap around silently)
+        _integer("seed", seed, "None = not fixed", 0, 2**64 - 1)
+    if max_new_tokens is not None:
+        _integer("max_new_tokens", max_new_tokens, "tokens to generate at most")
+    if thinking_budget is not None:
+        _integer("thinking_budget", thinking_budget, "thinking tokens at most, None = unlimited")
+
+
+def check_ids(input_ids, vocab_size: int, pad_id: int | None = None,
+              generated: Sequence[Sequence[int]] | None = None) -> None:
+    """Prompts (a (B, T) integer tensor or a list of non-empty lists of ints), pad_id (where it pads prompts of
+    different lengths) and the `generated` ids must be token ids of the model (0 <= id < vocab_size). Otherwise
+    the embedding fails deep inside (on a GPU as a device assert, which ends the process)."""
+    def bad(name: str, value) -> ValueError:
+        return ValueError(f"{name} holds {value}, which is not a token id of this model (0..{vocab_size - 1})")
+
+    if isinstance(input_ids, torch.Tensor):
+        if input_ids.dtype.is_floating_point or input_ids.dtype.is_complex or input_ids.dtype == torch.bool:
+            raise TypeError(f"input_ids must hold integer token ids, got a {input_ids.dtype} tensor")
+        if input_ids.dim() != 2 or 0 in input_ids.shape:
+            raise ValueError(f"input_ids must be (batch, time), at least one token, got shape {tuple(input_ids.shape)}")
+        lo, hi = int(input_ids.min()), int(input_ids.max())  # once per call, before any work
+        if lo < 0 or hi >= vocab_size:
+            raise bad("input_ids", lo if lo < 0 else hi)
+    else:
+        if isinstance(input_ids, (str, bytes)) or not isinstance(input_ids, Sequence) or not input_ids:
+            raise TypeError(f"input_ids must be a (batch, time) tensor or a non-empty list of prompts (lists of "
+                            f"token ids), got {type(input_ids).__name__}")
+        for i, row in enumerate(input_ids):
+            if isinstance(row, (str, bytes)) or not isinstance(row, Sequence) or not row:
+                raise ValueError(f"input_ids[{i}] must be a non-empty list of token ids, got {row!r:.80}")
+    rows = [] if isinstance(input_ids, torch.Tensor) else [(f"input_ids[{i}]", r) for i, r in enumerate(input_ids)]
+    if pad_id is not None and len({len(r) for _, r in rows}) > 1:  # pad_id is fed to the model only as padding
+        rows.append(("pad_id", [pad_id]))
+    rows += [(f"generated[{i}]", r) for i, r in enumerate(generated or ())]
+    for name, row in rows:
+        for t in row:
+            if isinstance(t, bool) or not isinstance(t, numbers.Integral):
+                raise TypeError(f"{name} must hold integer token ids, got {type(t).__name__} {t!r}")
+            if not 0 <= t < vocab_size:
+                raise bad(name, t)
 
 
 def sample(logits: torch.Tensor, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
@@ -314,9 +376,10 @@ def generate(model, input_ids: torch.Tensor | list[list[int]], max_new_tokens: i
     bursts of 16). Default: on a CUDA device. The first fast call compiles for ~30 s; later calls reuse it.
     decoder: decode with this Decoder instead (fast is then ignored).
     """
+    check_ids(input_ids, model.config.vocab_size, pad_id, generated)  # all input checks before any work
+    check_sampling(temperature, top_k, top_p, min_p, presence_penalty, seed=seed, max_new_tokens=max_new_tokens)
     ids, pad = as_batch(input_ids, pad_id)
     B, T = ids.shape
-    check_sampling(temperature, top_k, top_p, min_p, presence_penalty)
     N = check_context(model, T, max_new_tokens)
     if decoder is None and (next(model.parameters()).is_cuda if fast is None else fast):
         decoder = fast_decoder(model, T + N)

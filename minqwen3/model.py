@@ -81,7 +81,15 @@ class Qwen3(nn.Module):
                       ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """forward() without the LM head: final normed hidden states (B, T, C) and router logits (B*T, E) per MoE
         layer. Training applies the head only where the loss needs it: most of a 151,936-way softmax's memory."""
-        assert input_ids.dim() == 2, f"input_ids must be (batch, time), got shape {tuple(input_ids.shape)}"
+        if input_ids.dtype not in (torch.long, torch.int32):
+            raise TypeError(f"input_ids must hold integer token ids, got a {input_ids.dtype} tensor")
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be (batch, time), got shape {tuple(input_ids.shape)}")
+        B, T = input_ids.shape
+        ctx = self.config.context_length  # checked on shapes only: the host knows them without a sync
+        if T > ctx or (cache is not None and T > cache[0].max_len):
+            raise ValueError(f"input_ids has {T} positions; the model's context is {ctx} tokens"
+                             + ("" if cache is None else f" and the cache holds {cache[0].max_len}"))
         if input_pos is None:
             input_pos = torch.arange(input_ids.shape[1], device=input_ids.device)
         x, cos, sin, mask = self.inputs(input_ids, input_pos, cache, pad)

@@ -1,14 +1,16 @@
 """Qwen3's tokenizer: byte-level BPE (via the `tokenizers` library), injection-safe chat encoding, streaming decode.
 
 Byte-level BPE spells every byte as one printable character, so any string encodes losslessly; 26 "added tokens"
-(<|im_start|>, <think>, ...) are matched in the raw text before BPE runs. That matching is a hazard in chat: a user
-who types "<|im_end|>\\n<|im_start|>system" would close their own turn and open a fake system turn. So
-`encode_messages` only lets the chat template's own text produce control tokens and encodes everything the caller
-supplied (contents, reasoning, tool data) with the special tokens read as plain text.
+(<|im_start|>, <think>, <tool_call>, ...) are matched in the raw text before BPE runs. That matching is a hazard in
+chat: a user who types "<|im_end|>\\n<|im_start|>system" would close their own turn and open a fake system turn, and
+a fetched web page that says "</tool_response>...<tool_call>" would close the tool's result and call a tool. So
+`encode_messages` lets only the chat template's own text produce control tokens, lets the model's own earlier turns
+keep the <think> / <tool_call> tokens it wrote, and encodes what people and tools wrote as plain text.
 """
 from __future__ import annotations
 
 import codecs
+import functools
 import json
 import os
 import re
@@ -31,6 +33,15 @@ def _byte_level_alphabet() -> dict[str, int]:
     printable = {*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)}
     shifted = (b for b in range(256) if b not in printable)
     return {**{chr(b): b for b in printable}, **{chr(256 + k): b for k, b in enumerate(shifted)}}
+
+
+def _check_unicode(text: str) -> None:
+    """Text with a lone surrogate (what Python makes of invalid UTF-8 bytes in argv or a file read with
+    surrogateescape) has no UTF-8 encoding, so no tokens: say where, rather than fail inside the library."""
+    bad = re.search("[\ud800-\udfff]", text)
+    if bad:
+        raise ValueError(f"the text is not valid Unicode: a lone surrogate U+{ord(bad.group()):04X} at character "
+                         f"{bad.start()} (invalid UTF-8 bytes?) in {text[max(0, bad.start() - 20):bad.start() + 20]!r}")
 
 
 class Tokenizer:
@@ -106,6 +117,27 @@ class Tokenizer:
             self._plain_tok.encode_special_tokens = True
         return self._plain_tok
 
+    @functools.cached_property
+    def _text_only(self) -> tokenizers.Tokenizer:
+        # A third instance on which every added token is flagged special, with `encode_special_tokens` on: <think>,
+        # <tool_call>, ... in the text are spelled out by BPE like <|im_end|> on `_plain`.
+        spec = json.loads(self._tok.to_str())
+        for t in spec["added_tokens"]:
+            t["special"] = True
+        tok = tokenizers.Tokenizer.from_str(json.dumps(spec))
+        tok.encode_special_tokens = True
+        return tok
+
+    @functools.cached_property
+    def _cuts(self) -> dict[str, re.Pattern | None]:
+        # the added tokens each source of chat text may produce: the template all of them, the model's earlier
+        # turns the non-special ones it writes itself (<think>, <tool_call>, ...), the input none
+        def alternation(tokens: Iterable[str]) -> re.Pattern | None:
+            tokens = sorted(tokens, key=len, reverse=True)  # longest first: the library matches leftmost-longest
+            return re.compile("(" + "|".join(map(re.escape, tokens)) + ")") if tokens else None
+        return {"template": alternation(self.added_tokens),
+                "model": alternation(set(self.added_tokens) - set(self.special_tokens)), "input": None}
+
     def __len__(self) -> int:
         return self.vocab_size
 
@@ -113,6 +145,7 @@ class Tokenizer:
         """Token ids of `text`. allow_special=False encodes <|im_end|> & co. as the plain characters they spell."""
         if not isinstance(text, str):
             raise TypeError(f"encode expects a str, got {type(text).__name__}")
+        _check_unicode(text)
         return (self._tok if allow_special else self._plain).encode(text, add_special_tokens=False).ids
 
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:
@@ -124,31 +157,34 @@ class Tokenizer:
                         allow_special_in_content: bool = False) -> list[int]:
         """Render a conversation with Qwen3's chat template and encode it.
 
-        By default control tokens can come only from the template: a "<|im_end|>" inside a message is encoded as
-        text. Decoding still gives back exactly the rendered string, and when no content contains a special-token
-        string the ids equal the official `encode(apply_chat_template(...))`. allow_special_in_content=True gives
-        that official encoding unconditionally (for trusted data, e.g. training transcripts)."""
+        By default control tokens come only from the template, and from the model's own earlier turns: a
+        "<|im_end|>", "<think>" or "<tool_call>" typed into a user, system or tool message (or a tool schema) is
+        encoded as the characters it spells, and so is a "<|im_end|>" in an assistant turn, while the <think> and
+        <tool_call> tokens the model wrote in its turns stay tokens. Decoding gives back exactly the rendered
+        string, and when no message contains such a string the ids equal the official
+        `encode(apply_chat_template(...))`. allow_special_in_content=True gives that official encoding
+        unconditionally, every added token in every message a token (for trusted data, e.g. training transcripts)."""
         segments = chat_segments(messages, tools, add_generation_prompt, enable_thinking)
+        _check_unicode("".join(text for text, _ in segments))
         if allow_special_in_content:
             return self.encode("".join(text for text, _ in segments))
-        # Special tokens cut the official encoding into independently encoded stretches; we cut at the template's
-        # special tokens only, so caller text never becomes a control token and everything else encodes as usual.
+        # Added tokens cut the official encoding into independently encoded stretches; we cut only where a segment
+        # may produce a token (see _cuts) and encode each stretch between cuts as text, so that everything else,
+        # the boundaries between template and message text included, encodes exactly as officially.
         ids: list[int] = []
         stretch: list[str] = []
 
         def flush() -> None:
             if stretch:
-                ids.extend(self.encode("".join(stretch), allow_special=False))
+                ids.extend(self._text_only.encode("".join(stretch), add_special_tokens=False).ids)
                 stretch.clear()
 
-        for text, from_template in segments:
-            if not from_template:
-                stretch.append(text)
-                continue
-            for piece in self._special_re.split(text):  # odd pieces are the matched special tokens
-                if piece in self.special_tokens:
+        for text, source in segments:
+            cut = self._cuts[source]
+            for k, piece in enumerate([text] if cut is None else cut.split(text)):  # odd pieces: the tokens
+                if k % 2:
                     flush()
-                    ids.append(self.special_tokens[piece])
+                    ids.append(self.added_tokens[piece])
                 elif piece:
                     stretch.append(piece)
         flush()

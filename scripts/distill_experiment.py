@@ -19,7 +19,6 @@ results.jsonl when done; a re-run skips what is there. --deadline stops starting
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import math
 import random
@@ -39,14 +38,13 @@ from minqwen3.chat_template import apply_chat_template, parse_reply  # noqa: E40
 from minqwen3.config import count_params  # noqa: E402
 from minqwen3.distill import (DistillConfig, data_batch, divergence_chunked,  # noqa: E402
                               offpolicy_step, onpolicy_step, sample_replies, teacher_data)
-from minqwen3.tokenizer import Tokenizer  # noqa: E402
+from minqwen3.tokenizer import ENDOFTEXT, Tokenizer  # noqa: E402
 from minqwen3.train import Balance, TrainConfig, collate, lr_at, make_optimizer, train_step  # noqa: E402
 
 ARMS = ("ce", "off", "off+on")
 MODES = {"think": " /think", "no_think": " /no_think"}
 KS = (1, 2, 4, 8)
 # eager decoding: compiling the fast path (~30 s per model) costs more than these short runs save
-NO_COMPILE = {"fast": False} if "fast" in inspect.signature(minqwen3.generate).parameters else {}
 
 
 # ---------------------------------------------------------------- compute accounting
@@ -123,7 +121,7 @@ def evaluate(model, tok, enc, items: list[arithmetic.Problem], heldout: dict, te
         ps = [prompt(enc, p, mode) for p in items]
         think = [mode == "think"] * len(ps)
         d = DistillConfig(**{**dc.__dict__, "max_new_tokens": max_new[mode]})
-        ids = minqwen3.generate(model, ps, max_new[mode], stop_ids=dc.stop_ids, pad_id=dc.pad_id, **NO_COMPILE)
+        ids = minqwen3.generate(model, ps, max_new[mode], stop_ids=dc.stop_ids, pad_id=dc.pad_id, fast=False)
         T = max(map(len, ps))
         greedy = [row[:next((j + 1 for j, t in enumerate(row) if t in dc.stop_ids), len(row))]
                   for row in ids[:, T:].tolist()]
@@ -279,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--report", help="write <report>.md and <report>.png from results.jsonl, run nothing")
     a = ap.parse_args(argv)
     a.layers = tuple(int(x) for x in a.layers.split(","))
-    a.pad_id = 151643
+    a.pad_id = ENDOFTEXT
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
     results = Path(a.results) if a.results else work / "results.jsonl"

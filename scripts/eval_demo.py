@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import arithmetic  # noqa: E402
 
 import minqwen3  # noqa: E402
-from minqwen3 import EARLY_STOP  # noqa: E402
+from minqwen3.assistant import early_stop_ids  # noqa: E402
 from minqwen3.chat_template import parse_reply  # noqa: E402
 from minqwen3.tokenizer import Tokenizer  # noqa: E402
 
@@ -73,10 +73,10 @@ def _generate(model, rows: list[list[int]], n: int, stops: tuple[int, ...], pad_
 def replies(model, tok: Tokenizer, prompts: list[list[int]], budget: int | None = None) -> list[dict]:
     """Greedy replies to many prompts: {"text", "reasoning", "content", "budget_hit", "think_tokens"} each."""
     end, stops = tok.end_think_id, (tok.im_end_id, tok.endoftext_id)
-    early_stop = tok.encode(EARLY_STOP)
     # phase 1: the thinking, up to </think> or the budget (+1: the <think> token itself)
     firsts = _generate(model, prompts, MAX_THINK if budget is None else budget + 1, (end, *stops), tok.endoftext_id)
-    forced = [[] if g and g[-1] in (end, *stops) else early_stop for g in firsts]  # the budget ran out: stop it
+    forced = [[] if g and g[-1] in (end, *stops) else early_stop_ids(tok, p + g)  # the budget ran out: stop it
+              for p, g in zip(prompts, firsts)]
     todo = [j for j, g in enumerate(firsts) if not (g and g[-1] in stops)]  # not yet answered
     # phase 2: the answers
     seconds = [[] for _ in prompts]

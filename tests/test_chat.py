@@ -1,5 +1,8 @@
 """chat(): a real Qwen3 with the official vocabulary (151,936 rows, hidden size 32), rigged into a bigram model so
 that it writes a known reply, and the bundled tokenizer. The budget, stop and streaming logic run on real ids."""
+import re
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,6 +18,7 @@ THINK, END_THINK, IM_END, ENDOFTEXT = 151667, 151668, 151645, 151643
 NL, NLNL = 198, 271  # "\n" ends the generation prompt "<|im_start|>assistant\n"; "\n\n" ends the empty think block
 HMM, OK, SO, HI, BANG = 80022, 5394, 773, 13048, 0  # "Hmm", " ok", " so", "Hi", "!"
 DOT_NLNL = 382  # ".\n\n", the last token of EARLY_STOP
+SENTENCE = EARLY_STOP.split("\n</think>")[0]  # the early-stop sentence, what the reasoning ends with
 # what the rigged model writes: "<think>Hmm ok so</think>\n\nHi!<|im_end|>", one token after another
 CHAIN = {NL: THINK, THINK: HMM, HMM: OK, OK: SO, SO: END_THINK, END_THINK: NLNL, NLNL: HI, DOT_NLNL: HI,
          HI: BANG, BANG: IM_END}
@@ -89,20 +93,22 @@ def test_thinking_budget(tok, model, budget):
     if budget >= 4:
         assert not r.budget_hit and EARLY_STOP not in r.text
         assert r.ids == [THINK, HMM, OK, SO, END_THINK, NLNL, HI, BANG, IM_END]
-    else:
+    else:  # the early-stop text follows a blank line, as in Qwen's example code: not glued to the cut thought
         assert r.budget_hit
-        assert r.ids == [THINK, *thought, *tok.encode(EARLY_STOP), HI, BANG, IM_END]
-        assert r.text == "<think>" + "".join(tok.decode([t]) for t in thought) + EARLY_STOP + "Hi!"
-        assert r.reasoning == tok.decode(thought) + EARLY_STOP.split("\n</think>")[0]
+        stop = tok.encode("\n\n" + EARLY_STOP)
+        assert stop[0] == NLNL and stop[1:] == tok.encode(EARLY_STOP)
+        assert r.ids == [THINK, *thought, *stop, HI, BANG, IM_END]
+        assert r.text == "<think>" + "".join(tok.decode([t]) for t in thought) + "\n\n" + EARLY_STOP + "Hi!"
+        assert r.reasoning == (tok.decode(thought) + "\n\n" + SENTENCE).lstrip("\n")
         assert r.content == "Hi!"
-        assert r.reasoning_tokens == 1 + budget + len(tok.encode(EARLY_STOP))
+        assert r.reasoning_tokens == 1 + budget + len(stop)
         assert r.content_tokens == 3
 
 
 def test_budget_text_is_fed_even_when_it_does_not_fit(tok, model):
     r = chat(model, tok, USER, thinking_budget=1, max_new_tokens=5)
     assert r.finish_reason == "length" and r.budget_hit
-    assert r.ids == [THINK, HMM, *tok.encode(EARLY_STOP)[:3]]
+    assert r.ids == [THINK, HMM, *tok.encode("\n\n" + EARLY_STOP)[:3]]
 
 
 def test_budget_ignored_without_thinking(tok, model):
@@ -209,9 +215,10 @@ def test_prompt_past_the_context_fails_before_any_work(tok):
 
 def test_think_tags_typed_by_the_user_do_not_open_thinking(tok, model):
     msgs = [{"role": "user", "content": "what does <think> do?"}]
-    assert THINK in tok.encode_messages(msgs, add_generation_prompt=True)  # not a control token: stays an id
+    assert THINK not in tok.encode_messages(msgs, add_generation_prompt=True)  # the user's <think> is text
+    assert THINK in tok.encode_messages(msgs, add_generation_prompt=True, allow_special_in_content=True)  # official
     r = chat(model, tok, msgs, thinking_budget=0)  # the budget starts at the model's own <think>
-    assert r.ids == [THINK, *tok.encode(EARLY_STOP), HI, BANG, IM_END]
+    assert r.ids == [THINK, *tok.encode("\n\n" + EARLY_STOP), HI, BANG, IM_END]
     r = chat(model, tok, msgs, enable_thinking=False, thinking_budget=0)
     assert (r.reasoning, r.content, r.reasoning_tokens, r.budget_hit) == ("", "Hi!", 0, False)
 
@@ -229,8 +236,8 @@ def test_prefilled_think_block_is_reasoning(tok, model):
             return tok.encode_messages(*a, **kw) + [THINK]
 
     r = chat(model, Prefill(), USER, thinking_budget=1, temperature=0)
-    assert r.ids[:2] == [HMM, *tok.encode(EARLY_STOP)[:1]] and r.budget_hit
-    assert r.reasoning == "Hmm" + EARLY_STOP.split("\n</think>")[0] and r.content == "Hi!"
+    assert r.ids[:2] == [HMM, NLNL] and r.budget_hit
+    assert r.reasoning == "Hmm\n\n" + SENTENCE and r.content == "Hi!"
     r = chat(model, Prefill(), USER, max_new_tokens=2, temperature=0)
     assert (r.reasoning, r.content, r.reasoning_tokens) == ("Hmm ok", "", 2)
 
@@ -243,3 +250,70 @@ def test_padding_rows_of_the_embedding_are_never_sampled(tok):
 
 def test_one_string_is_one_user_message(tok, model):
     assert chat(model, tok, "Say hi.", seed=0).ids == chat(model, tok, USER, seed=0).ids
+
+
+# ---------------------------------------------------------------------------------------------- issue 11
+DOT_NL = 624  # ".\n"
+
+
+@pytest.mark.parametrize("ends, sep", [(NLNL, ""), (DOT_NL, "\n"), (OK, "\n\n")])
+def test_early_stop_follows_a_blank_line_never_glued(tok, ends, sep):
+    """The thought is cut after "Hmm" and `ends`: the early-stop text comes after a blank line, completed as needed."""
+    m = bigram_model({NL: THINK, THINK: HMM, HMM: ends, ends: SO, SO: END_THINK, END_THINK: HI, DOT_NLNL: HI,
+                      HI: BANG, BANG: IM_END})
+    r = chat(m, tok, USER, thinking_budget=2, temperature=0)
+    assert r.budget_hit and r.ids == [THINK, HMM, ends, *tok.encode(sep + EARLY_STOP), HI, BANG, IM_END]
+    thought = tok.decode([HMM, ends])
+    assert r.text == "<think>" + thought + sep + EARLY_STOP + "Hi!"
+    assert r.reasoning == thought + sep + SENTENCE and r.content == "Hi!"
+    assert (thought + sep).endswith("\n\n") and not (thought + sep).endswith("\n\n\n")
+
+
+def test_demo_model_budget_text_is_separated(tok):
+    """The case from the issue: the bundled demo model's thought cut mid-line, "...4821 + 396Considering..."."""
+    demo = Path(__file__).resolve().parents[1] / "weights" / "demo-dense"
+    model = minqwen3.from_pretrained(demo, device="cpu", dtype=torch.float32)
+    r = chat(model, tok, "What is 4821 + 3967?", thinking_budget=8, temperature=0, max_new_tokens=80)
+    assert r.budget_hit
+    head, _, tail = r.reasoning.partition(SENTENCE)
+    assert tail == "" and head.endswith("\n\n") and not head.endswith("\n\n\n") and head.strip()
+    assert "Considering" not in head
+
+
+BAD_CHAT = [(dict(temperature=float("nan")), ValueError, "temperature"),
+            (dict(temperature=float("inf")), ValueError, "temperature"),
+            (dict(temperature="0.7"), TypeError, "temperature"),
+            (dict(presence_penalty=float("nan")), ValueError, "presence_penalty"),
+            (dict(presence_penalty=float("inf")), ValueError, "presence_penalty"),
+            (dict(top_p=float("nan")), ValueError, "top_p"),
+            (dict(min_p=float("nan")), ValueError, "min_p"),
+            (dict(top_k=2.5), TypeError, "top_k"),
+            (dict(top_k=True), TypeError, "top_k"),
+            (dict(thinking_budget=1.5), TypeError, "thinking_budget"),
+            (dict(thinking_budget=-1), ValueError, "thinking_budget"),
+            (dict(max_new_tokens=-1), ValueError, "max_new_tokens"),
+            (dict(max_new_tokens=10.0), TypeError, "max_new_tokens"),
+            (dict(seed=2**64), ValueError, "seed"),
+            (dict(seed=-1), ValueError, "seed"),
+            (dict(seed=1.5), TypeError, "seed")]
+
+
+@pytest.mark.parametrize("kw, error, name", BAD_CHAT, ids=[f"{k}={v!r}" for (d, _, _) in BAD_CHAT
+                                                          for k, v in d.items()])
+def test_bad_arguments_are_named_before_any_work(tok, model, kw, error, name):
+    calls = []
+    hook = model.register_forward_pre_hook(lambda *a: calls.append(1))
+    try:
+        with pytest.raises(error, match=rf"{name}.*{re.escape(str(next(iter(kw.values()))))}"):
+            chat(model, tok, USER, **kw)
+    finally:
+        hook.remove()
+    assert calls == []
+
+
+def test_largest_seed_works_across_phases(tok, model):
+    """chat() seeds each phase of a budgeted reply with seed + phase: the largest 64-bit seed wraps, not overflows."""
+    a = chat(model, tok, USER, seed=2**64 - 1, thinking_budget=1)
+    b = chat(model, tok, USER, seed=2**64 - 1, thinking_budget=1)
+    assert a.ids == b.ids and a.budget_hit and a.content == "Hi!"
+    assert chat(model, tok, USER, max_new_tokens=0).ids == []

@@ -168,9 +168,16 @@ def test_segments_tag_caller_data():
     segs = chat_segments([S("sys"), U(evil), A("ok", reasoning_content="why")], tools=[WEATHER])
     assert "".join(t for t, _ in segs) == apply_chat_template([S("sys"), U(evil), A("ok", reasoning_content="why")],
                                                               tools=[WEATHER])
-    data = [t for t, from_template in segs if not from_template]
+    data = [t for t, source in segs if source != "template"]
     assert evil in data and "sys" in data and "why" in data and json.dumps(WEATHER, ensure_ascii=False) in data
-    assert all("<|im_start|>" not in t for t, from_template in segs if not from_template and t != evil)
+    assert all("<|im_start|>" not in t for t in data if t != evil)
+    # what people and tools wrote is "input"; what the model wrote in its earlier turns is "model"
+    source = {t: s for t, s in segs if s != "template"}
+    assert source[evil] == source["sys"] == source[json.dumps(WEATHER, ensure_ascii=False)] == "input"
+    assert source["why"] == source["ok"] == "model"
+    segs = chat_segments([U("q"), A("", tool_calls=[CALL_FLAT_STR]), {"role": "tool", "content": "page"}])
+    assert {s for t, s in segs if t in ("q", "page")} == {"input"}
+    assert {s for t, s in segs if t in ("get_weather", CALL_FLAT_STR["arguments"])} == {"model"}
 
 
 # ---------------------------------------------------------------------------------------------- property-based

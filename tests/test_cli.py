@@ -2,8 +2,10 @@
 import io
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -50,7 +52,7 @@ def test_chat_no_think(ckpt, capsys):
 def test_chat_thinking_budget(ckpt, capsys):
     rc, out, err = run(capsys, "chat", "--model", ckpt, "--thinking-budget", "1", "--temperature", "0", "Say hi.")
     assert rc == 0
-    assert out == "thinking: Hmm" + EARLY_STOP.split("</think>")[0].rstrip("\n") + "\n\nHi!\n"
+    assert out == "thinking: Hmm\n\n" + EARLY_STOP.split("</think>")[0].rstrip("\n") + "\n\nHi!\n"
     assert "thinking budget of 1 reached" in err
 
 
@@ -146,14 +148,25 @@ def test_no_tokenizer_falls_back_to_the_bundled_one(ckpt, tmp_path, capsys):
 
 
 def test_default_model(ckpt, tmp_path, capsys, monkeypatch):
+    """As docs/demo.md says: official weights in weights/ if there are any, else the demo model; weights/ of the
+    working directory first, then the bundled one of the source tree, so chat works from any directory."""
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(cli, "BUNDLED", tmp_path / "elsewhere")  # as if nothing were bundled
     rc, out, err = run(capsys, "chat", "hi")
     assert rc == 1 and "weights/demo-dense" in err and "download Qwen/Qwen3-0.6B" in err and "--model" in err
     (tmp_path / "weights").mkdir()
-    os.symlink(ckpt, tmp_path / "weights" / "Qwen3-0.6B")
-    (tmp_path / "weights" / "demo-dense").mkdir()  # present but empty: skipped
+    os.symlink(ckpt, tmp_path / "weights" / "demo-dense")
     rc, out, err = run(capsys, "chat", "--no-think", "Say hi.")
-    assert (rc, out) == (0, "Hi!\n") and "weights/Qwen3-0.6B" in err
+    assert (rc, out) == (0, "Hi!\n") and "loaded weights/demo-dense" in err
+    os.symlink(ckpt, tmp_path / "weights" / "Qwen3-0.6B")  # official weights win over the demo model
+    rc, out, err = run(capsys, "chat", "--no-think", "Say hi.")
+    assert (rc, out) == (0, "Hi!\n") and "loaded weights/Qwen3-0.6B" in err
+
+
+def test_default_model_from_any_directory(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no weights/ here: the bundled demo model answers
+    rc, out, err = run(capsys, "chat", "--no-think", "--temperature", "0", "--max-new-tokens", "8", "What is 2 + 3?")
+    assert rc == 0 and f"loaded {ROOT / 'weights' / 'demo-dense'}" in err and out.strip()
 
 
 @pytest.mark.slow
@@ -165,3 +178,182 @@ def test_python_m_minqwen3_chat(ckpt):
     assert r.returncode == 0, r.stderr
     assert r.stdout.count("Hi!") == 2 and "Traceback" not in r.stderr
     assert r.stderr.count("tokens/s") == 2
+
+
+# ---------------------------------------------------------------------------------------------- issue 11
+def one_line_error(rc: int, err: str, *needles: str) -> None:
+    assert rc != 0 and "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    for n in needles:
+        assert n in lines[0], (n, err)
+
+
+@pytest.mark.parametrize("argv, needles", [
+    (["chat", "--device", "tpu", "hi"], ["--device", "tpu"]),
+    (["chat", "--device", "cuda:banana", "hi"], ["--device", "cuda:banana"]),
+    (["chat", "--device", "cuda", "hi"], ["--device cuda", "CUDA is not available"]),
+    (["generate", "--device", "cuda:1", "hi"], ["--device cuda:1"]),
+    (["chat", ""], ["PROMPT is empty"]),
+    (["chat", "  \n"], ["PROMPT is empty"]),
+    (["generate", ""], ["PROMPT is empty"]),
+    (["chat", "bad \udcff byte"], ["PROMPT", "UTF-8", "0xff"]),
+    (["chat", "--system", "\udce9t\udce9", "hi"], ["--system", "UTF-8", "0xe9"]),
+    (["generate", "lone \ud800 surrogate"], ["PROMPT", "UTF-8"]),
+    (["chat", "--temperature", "nan", "hi"], ["temperature", "nan"]),
+    (["chat", "--presence-penalty", "inf", "hi"], ["presence_penalty", "inf"]),
+    (["chat", "--max-new-tokens", "-1", "hi"], ["max_new_tokens", "-1"]),
+    (["chat", "--thinking-budget", "-5", "hi"], ["thinking_budget", "-5"]),
+    (["generate", "--seed", "-1", "hi"], ["seed", "-1"]),
+    (["generate", "--seed", str(2**64), "hi"], ["seed", str(2**64)]),
+])
+def test_errors_are_one_line(ckpt, capsys, argv, needles):
+    if "CUDA is not available" in needles or argv[2:3] == ["cuda:1"]:
+        import torch
+        if torch.cuda.device_count() > (1 if argv[2:3] == ["cuda:1"] else 0):
+            pytest.skip("this machine has the device")
+    rc, out, err = run(capsys, *argv[:-1], "--model", ckpt, argv[-1])
+    one_line_error(rc, err, *needles)
+    assert "loaded" not in err and out == ""  # refused before loading anything
+
+
+def test_a_file_where_a_folder_is_expected(ckpt, capsys):
+    for cmd in (["chat", "--model", ckpt / "config.json", "hi"], ["generate", "--model", ckpt / "model.safetensors",
+                                                                   "hi"]):
+        rc, out, err = run(capsys, *cmd)
+        one_line_error(rc, err, str(cmd[2]), "is a file, not a checkpoint folder")
+
+
+def test_invalid_utf8_on_stdin_is_refused_and_the_conversation_goes_on(ckpt):
+    """Bytes that are not UTF-8, typed or piped into a conversation: that line is refused in one line, the next one
+    is answered, and the exit status says a line was refused."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "NO_COLOR": "1"}
+    r = subprocess.run([sys.executable, "-m", "minqwen3", "chat", "--model", str(ckpt), "--no-think"],
+                       input=b"caf\xe9?\n\xff\xfe\nSay hi.\n", capture_output=True, env=env, timeout=300)
+    err = r.stderr.decode()
+    assert r.returncode == 1 and "Traceback" not in err, err
+    assert err.count("error: this line is not valid UTF-8") == 2 and "0xe9" in err and "0xff" in err
+    assert r.stdout.decode().count("Hi!") == 1
+    # and in argv (Python reads it as lone surrogates)
+    r = subprocess.run([sys.executable, "-m", "minqwen3", "chat", "--model", str(ckpt), b"caf\xe9?"],
+                       capture_output=True, env=env, timeout=300)
+    one_line_error(r.returncode, r.stderr.decode(), "PROMPT is not valid UTF-8", "0xe9")
+
+
+def test_every_flag_shows_its_default(capsys):
+    parser = cli.build_parser()
+    subs = next(a for a in parser._actions if isinstance(a, __import__("argparse")._SubParsersAction)).choices
+    checked = 0
+    for name, sub in subs.items():
+        for action in sub._actions:
+            if not action.option_strings or action.nargs == 0 or action.required:  # positionals, switches, --help
+                continue
+            assert action.help and "default" in action.help, f"{name} {action.option_strings[0]}: {action.help!r}"
+            checked += 1
+    assert checked >= 25
+    with pytest.raises(SystemExit):
+        cli.main(["chat", "--help"])
+    out = capsys.readouterr().out
+    assert "(default: 4096" in out and "(default: auto)" in out and "0.95 thinking, 0.8 non-thinking" in out
+
+
+@pytest.mark.slow
+def test_help_does_not_import_torch():
+    """--help answers without loading torch (seconds); asked in a fresh interpreter."""
+    code = ("import sys, runpy; sys.argv = ['minqwen3', 'chat', '--help']\n"
+            "try:\n    runpy.run_module('minqwen3', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+            "print('torch' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert r.returncode == 0 and r.stdout.strip().endswith("False"), r.stdout + r.stderr
+    assert "--thinking-budget" in r.stdout
+
+
+# ---------------------------------------------------------------------------------------------- Ctrl-C
+@pytest.fixture(scope="module")
+def endless(tmp_path_factory) -> Path:
+    """A checkpoint that thinks forever ("Hmm ok Hmm ok ..."), for a reply long enough to interrupt."""
+    d = tmp_path_factory.mktemp("endless")
+    minqwen3.save_pretrained(bigram_model({198: 151667, 151667: 80022, 80022: 5394, 5394: 80022}), d)
+    shutil.copy(ASSETS / "tokenizer.json", d / "tokenizer.json")
+    return d
+
+
+class Running:
+    """python -m minqwen3 in a subprocess, its output collected as it comes, for sending it signals."""
+
+    def __init__(self, *argv: str):
+        import threading
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "NO_COLOR": "1", "PYTHONUNBUFFERED": "1"}
+        self.p = subprocess.Popen([sys.executable, "-m", "minqwen3", *map(str, argv)], stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        self.out, self.err = bytearray(), bytearray()
+        for stream, buf in ((self.p.stdout, self.out), (self.p.stderr, self.err)):
+            threading.Thread(target=lambda s=stream, b=buf: [b.extend(c) for c in iter(lambda: s.read1(), b"")],
+                             daemon=True).start()
+
+    def wait_for(self, what: str, where: str = "err", timeout: float = 240) -> None:
+        end = time.monotonic() + timeout
+        while what.encode() not in getattr(self, where):
+            assert self.p.poll() is None and time.monotonic() < end, (self.out, self.err)
+            time.sleep(0.05)
+
+    def interrupt(self) -> tuple[int, str, str]:
+        self.p.send_signal(signal.SIGINT)
+        rc = self.p.wait(timeout=120)
+        time.sleep(0.2)  # the reader threads take the rest
+        return rc, self.out.decode(), self.err.decode()
+
+
+def quiet_130(rc: int, err: str) -> None:
+    assert rc == 130, (rc, err)
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err and "error" not in err, err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("after", [0.3, 1.5])
+def test_ctrl_c_while_loading(ckpt, after):
+    r = Running("chat", "--model", ckpt)
+    time.sleep(after)  # starting Python, importing torch, reading the checkpoint
+    assert r.p.poll() is None
+    rc, out, err = r.interrupt()
+    quiet_130(rc, err)
+    assert "chat: /exit" not in err  # it had not got as far as the prompt
+
+
+@pytest.mark.slow
+def test_ctrl_c_at_the_prompt(ckpt):
+    r = Running("chat", "--model", ckpt, "--no-think")
+    r.wait_for("chat: /exit")
+    r.p.stdin.write(b"Say hi.\n")
+    r.p.stdin.flush()
+    r.wait_for("tokens/s")  # one turn answered, the prompt shown again
+    rc, out, err = r.interrupt()
+    quiet_130(rc, err)
+    assert out.count("Hi!") == 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["one-shot", "generate"])
+def test_ctrl_c_during_a_one_shot_reply(endless, mode):
+    argv = ["chat", "--model", endless, "--temperature", "0", "Think."] if mode == "one-shot" else \
+        ["generate", "--model", endless, "--temperature", "0", "Hmm"]
+    r = Running(*argv)
+    r.wait_for("Hmm okHmm okHmm ok", where="out")
+    rc, out, err = r.interrupt()
+    quiet_130(rc, err)
+    assert out.endswith("\n")  # the reply's line is ended (and a colour reset, on a terminal)
+
+
+@pytest.mark.slow
+def test_readme_python_snippet_runs_offline():
+    """The README's Python snippet, as written, from the repository's root, with no network: it must run."""
+    import re
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```python\n(.*?)```", readme, flags=re.S)
+    assert blocks and "from_pretrained" in blocks[0]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    r = subprocess.run([sys.executable, "-c", blocks[0]], cwd=ROOT, capture_output=True, text=True, env=env,
+                       timeout=600)
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert r.stdout.strip()  # the reasoning and the answer were printed

@@ -1,4 +1,6 @@
 """Generation: the KV cache, left padding, sampling filters and stop tokens, each against an independent oracle."""
+import re
+
 import pytest
 import torch
 
@@ -251,3 +253,63 @@ def test_prompt_past_the_context_fails_before_any_work():
 def test_bad_sampling_settings_are_named(kw, name):
     with pytest.raises(ValueError, match=name):
         minqwen3.generate(tiny(), torch.tensor([[1, 2]]), 3, **kw)
+
+
+# ---------------------------------------------------------------------------------------------- issue 11
+BAD_SAMPLING = [(dict(temperature=float("nan")), ValueError, "temperature"),
+                (dict(temperature=float("-inf")), ValueError, "temperature"),
+                (dict(presence_penalty=float("nan")), ValueError, "presence_penalty"),
+                (dict(presence_penalty=float("inf")), ValueError, "presence_penalty"),
+                (dict(top_p=float("nan")), ValueError, "top_p"),
+                (dict(top_k=1.5), TypeError, "top_k"),
+                (dict(top_k="20"), TypeError, "top_k"),
+                (dict(max_new_tokens=-1), ValueError, "max_new_tokens"),
+                (dict(max_new_tokens=2.5), TypeError, "max_new_tokens"),
+                (dict(seed=2**64), ValueError, "seed"),
+                (dict(seed=-5), ValueError, "seed"),
+                (dict(seed=0.5), TypeError, "seed")]
+
+
+def _named(kw):
+    return [f"{k}={v!r}" for k, v in kw.items()][0]
+
+
+@pytest.mark.parametrize("kw, error, name", BAD_SAMPLING, ids=[_named(kw) for kw, _, _ in BAD_SAMPLING])
+@pytest.mark.parametrize("fast", [False, True])  # generate(), and generate() with a Decoder of one's own
+def test_bad_generation_arguments_are_named_before_any_work(kw, error, name, fast):
+    model = tiny()
+    calls = []
+    model.register_forward_pre_hook(lambda *a: calls.append(1))
+    kw = {"max_new_tokens": 3, **kw}
+    value = re.escape(str(next(v for k, v in kw.items() if k == name)))
+    with pytest.raises(error, match=rf"{name}.*{value}"):
+        decoder = minqwen3.Decoder(model, max_len=16, compile=False, cuda_graphs=False) if fast else None
+        minqwen3.generate(model, torch.tensor([[1, 2]]), decoder=decoder, **kw)
+    assert calls == []
+
+
+BAD_IDS = [(torch.tensor([[1, 320]]), {}, ValueError, "input_ids holds 320"),
+           (torch.tensor([[-1, 2]]), {}, ValueError, "input_ids holds -1"),
+           (torch.tensor([[1.0, 2.0]]), {}, TypeError, "input_ids.*float"),
+           (torch.tensor([[True, False]]), {}, TypeError, "input_ids.*bool"),
+           (torch.tensor([1, 2]), {}, ValueError, r"input_ids.*\(2,\)"),
+           (torch.zeros(1, 0, dtype=torch.long), {}, ValueError, r"input_ids.*\(1, 0\)"),
+           ([[1, 2], [5, 1000]], {}, ValueError, r"input_ids\[1\] holds 1000"),
+           ([[1, 2.0]], {}, TypeError, r"input_ids\[0\].*float"),
+           ([[1, 2], []], {}, ValueError, r"input_ids\[1\]"),
+           ([], {}, TypeError, "input_ids"),
+           ("hello", {}, TypeError, "input_ids"),
+           ([[1, 2], [3]], dict(pad_id=151643), ValueError, "pad_id holds 151643"),
+           ([[1, 2]], dict(generated=[[7, 400]], presence_penalty=1.0), ValueError, r"generated\[0\] holds 400")]
+
+
+@pytest.mark.parametrize("ids, kw, error, match", BAD_IDS, ids=[m for *_, m in BAD_IDS])
+def test_ids_outside_the_vocabulary_are_named_before_any_work(ids, kw, error, match):
+    model = tiny()  # 320 ids
+    calls = []
+    model.register_forward_pre_hook(lambda *a: calls.append(1))
+    with pytest.raises(error, match=match):
+        minqwen3.generate(model, ids, 3, **kw)
+    assert calls == []
+    # the same prompts within the vocabulary run
+    assert minqwen3.generate(model, [[1, 2], [3]], 2, pad_id=0, stop_ids=()).shape == (2, 4)

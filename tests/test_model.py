@@ -84,5 +84,40 @@ def test_bf16_logits_close_to_transformers(tmp_path):
 def test_input_shape_is_checked():
     model = minqwen3.Qwen3(minqwen3.Qwen3Config(**{k: v for k, v in hf_model().config.to_dict().items()
                                                    if k in ("vocab_size", "hidden_size", "num_hidden_layers")}))
-    with pytest.raises(AssertionError, match=r"\(batch, time\)"):
+    with pytest.raises(ValueError, match=r"\(batch, time\)"):
         model(torch.zeros(5, dtype=torch.long))
+
+
+def test_more_positions_than_the_context_are_refused():
+    """model() called directly: more positions than the context (or the cache) holds is an error, not a silent
+    extrapolation of RoPE past what the model was trained on. Checked on shapes, before any layer runs."""
+    cfg = minqwen3.Qwen3Config(vocab_size=64, hidden_size=32, intermediate_size=32, num_hidden_layers=1,
+                               num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=16)
+    model = minqwen3.Qwen3(cfg).eval()
+    calls = []
+    model.model.layers[0].register_forward_pre_hook(lambda *a: calls.append(1))
+    assert model(torch.zeros(2, 16, dtype=torch.long)).shape == (2, 16, 64)  # the whole context: fine
+    for T in (17, 40):
+        with pytest.raises(ValueError, match=rf"{T} positions.*context is 16 tokens"):
+            model(torch.zeros(1, T, dtype=torch.long))
+        with pytest.raises(ValueError, match=rf"{T} positions.*context is 16 tokens"):
+            model.hidden_states(torch.zeros(1, T, dtype=torch.long))
+    cache = minqwen3.KVCache(cfg, 1, 8, dtype=torch.float32)
+    with pytest.raises(ValueError, match=r"12 positions.*cache holds 8"):
+        model(torch.zeros(1, 12, dtype=torch.long), cache=cache, input_pos=torch.arange(12))
+    assert calls == [1]
+    # yarn stretches the context: 64 positions fit a factor-4 model of 16
+    yarn = minqwen3.Qwen3(minqwen3.Qwen3Config(**{**cfg.__dict__, "rope_scaling": {"rope_type": "yarn", "factor": 4.0,
+                                                    "original_max_position_embeddings": 16}}))
+    assert yarn(torch.zeros(1, 64, dtype=torch.long)).shape == (1, 64, 64)
+    with pytest.raises(ValueError, match="65 positions.*context is 64"):
+        yarn(torch.zeros(1, 65, dtype=torch.long))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bool, torch.float16])
+def test_non_integer_ids_are_refused(dtype):
+    model = minqwen3.Qwen3(minqwen3.Qwen3Config(vocab_size=64, hidden_size=32, intermediate_size=32,
+                                                num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+                                                head_dim=16))
+    with pytest.raises(TypeError, match=f"input_ids.*{dtype}"):
+        model(torch.zeros(1, 4, dtype=dtype))
