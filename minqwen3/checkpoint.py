@@ -136,7 +136,7 @@ def check_config(config: Qwen3Config, tables: dict[Path, tuple[dict, int]], stri
     million layers fails here at once, instead of building them for minutes. The rest is checked tensor by tensor."""
     shapes = {k: info["shape"] for header, _ in tables.values() for k, info in header.items()}
     layers = [int(m[1]) for k in shapes if (m := re.match(r"model\.layers\.(\d+)\.", k))]
-    experts = [int(m[2]) for k in shapes if (m := _EXPERT.fullmatch(k))]
+    experts = [int(m[1]) for k in shapes if (m := re.fullmatch(r".*\.mlp\.experts\.(\d+)\.\w+\.weight", k))]
     n_layers = max(layers, default=-1) + 1
     moe = any(config.is_moe_layer(i) for i in range(min(n_layers, config.num_hidden_layers)))
     found = {"num_hidden_layers": n_layers, "num_experts": max(experts, default=-1) + 1 if experts or moe else None,

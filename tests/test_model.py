@@ -102,7 +102,7 @@ def test_more_positions_than_the_context_are_refused():
             model(torch.zeros(1, T, dtype=torch.long))
         with pytest.raises(ValueError, match=rf"{T} positions.*context is 16 tokens"):
             model.hidden_states(torch.zeros(1, T, dtype=torch.long))
-    cache = minqwen3.KVCache(cfg, 1, 8, dtype=torch.float32)
+    cache = minqwen3.make_cache(model, 1, 8)  # one KVCache per layer
     with pytest.raises(ValueError, match=r"12 positions.*cache holds 8"):
         model(torch.zeros(1, 12, dtype=torch.long), cache=cache, input_pos=torch.arange(12))
     assert calls == [1]
