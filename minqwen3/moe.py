@@ -55,7 +55,7 @@ class Experts(nn.Module):
         sparse paths': an expert a token did not choose gets weight 0, so it adds nothing and learns nothing.
         """
         E = self.gate_proj.shape[0]
-        gates = torch.zeros(x.shape[0], E, device=x.device, dtype=w.dtype).scatter(1, idx, w)  # (N, E)
+        gates = torch.zeros(x.shape[0], E, device=x.device, dtype=w.dtype).scatter_add(1, idx, w)  # (N, E)
         h = F.silu(torch.matmul(x, self.gate_proj.transpose(1, 2))) * torch.matmul(x, self.up_proj.transpose(1, 2))
         y = torch.matmul(h, self.down_proj.transpose(1, 2))  # (E, N, H)
         return torch.einsum("enh,ne->nh", y, gates.to(y.dtype))
