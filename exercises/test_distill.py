@@ -1,4 +1,4 @@
-"""Exercise 6 · Distillation divergences, against torch's kl_div and probabilities written out in float64 (never
+"""Exercise 8 · Distillation divergences, against torch's kl_div and probabilities written out in float64 (never
 against minqwen3 itself). exercises/test_mutants_distill.py checks that these tests catch the usual mistakes."""
 import pytest
 import torch

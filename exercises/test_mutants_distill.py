@@ -1,4 +1,4 @@
-"""Tests of the tests: plausible wrong answers to exercise 6 must each fail a named test of test_distill.py, and a
+"""Tests of the tests: plausible wrong answers to exercise 8 must each fail a named test of test_distill.py, and a
 correct answer written differently from minqwen3's must pass them all. (This file tests the tests, not your code.)"""
 import inspect
 import math
