@@ -60,3 +60,44 @@ def test_tokens_of_the_common_case(impl, tok, official):
     got = impl.early_stop_ids(tok, ids(official, PROMPT_END + "Hmm"))
     assert impl.EARLY_STOP == REPORT_TEXT
     assert got[0] == NLNL and got[1:] == ids(official, SENTENCE + "\n") + [END_THINK, 382]
+
+
+# ---------------------------------------------------------------- your early_stop_ids inside minqwen3's chat()
+HMM, OK, SO, HI, BANG, IM_END, DOT_NLNL = 80022, 5394, 773, 13048, 0, 151645, 382  # "Hmm" " ok" " so" "Hi" "!"
+CHAIN = {NL: THINK, THINK: HMM, HMM: OK, OK: SO, SO: END_THINK, END_THINK: NLNL, NLNL: HI, DOT_NLNL: HI,
+         HI: BANG, BANG: IM_END}  # "<think>Hmm ok so</think>\n\nHi!<|im_end|>", and "Hi!" after the early stop
+
+
+@pytest.fixture(scope="module")
+def rigged():
+    """A real Qwen3 (the official vocabulary, hidden size 32) that follows CHAIN token by token: attention and MLP
+    outputs zeroed, orthonormal embeddings for the chain's tokens, lm_head row b along the embedding of a for a -> b."""
+    import torch
+
+    import minqwen3
+    cfg = minqwen3.Qwen3Config(vocab_size=151936, hidden_size=32, intermediate_size=32, num_hidden_layers=1,
+                               num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=512)
+    torch.manual_seed(0)
+    model = minqwen3.Qwen3(cfg).eval()
+    ids_ = sorted(set(CHAIN) | set(CHAIN.values()))
+    q = torch.linalg.qr(torch.randn(32, len(ids_)))[0].T * 32 ** 0.5
+    with torch.no_grad():
+        model.model.layers[0].self_attn.o_proj.weight.zero_()
+        model.model.layers[0].mlp.down_proj.weight.zero_()
+        model.model.embed_tokens.weight[ids_] = q
+        for a, b in CHAIN.items():
+            model.lm_head.weight[b] += 40 * q[ids_.index(a)] / 32
+    return model
+
+
+@pytest.mark.parametrize("budget", [0, 1, 3])
+def test_chat_with_your_early_stop(impl, tok, rigged, budget, monkeypatch):
+    """The model thinks "Hmm ok so" then closes </think> (4 thinking tokens): a budget under 4 cuts the thought
+    after `budget` tokens and feeds your early-stop text (tests/test_chat.py checks that no budget, or one of 4 or
+    more, changes nothing: that is chat()'s logic, not this exercise's)."""
+    import minqwen3.assistant
+    monkeypatch.setattr(minqwen3.assistant, "early_stop_ids", impl.early_stop_ids)
+    r = minqwen3.assistant.chat(rigged, tok, "Say hi.", thinking_budget=budget, temperature=0.0)
+    thought = "".join(["Hmm", " ok", " so"][:budget])
+    assert r.budget_hit and r.text == "<think>" + thought + "\n\n" + REPORT_TEXT + "Hi!"
+    assert (r.reasoning, r.content) == ((thought + "\n\n" + SENTENCE).lstrip("\n"), "Hi!")
