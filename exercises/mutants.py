@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
 
+import minqwen3.assistant as ref_assistant
 import minqwen3.chat_template as ref_chat
 import minqwen3.moe as ref_moe
 import minqwen3.rmsnorm as ref_rmsnorm
@@ -233,6 +234,43 @@ CHAT_TEMPLATE = {
 }
 
 
+# ---------------------------------------------------------------- 7b thinking budget (early_stop_ids)
+def _newlines_then(count_tail, spelled_out=False):
+    """early_stop_ids with the newlines counted by count_tail(tokenizer, before) -> newlines to add; spelled_out:
+    encoded with every control token, </think> included, as the characters it spells (the Tokenizer's text-only
+    encoder)."""
+    def early_stop_ids(tokenizer, before):
+        text = "\n" * count_tail(tokenizer, before) + ref_assistant.EARLY_STOP
+        if spelled_out:
+            return tokenizer._text_only.encode(text, add_special_tokens=False).ids
+        return tokenizer.encode(text)
+    return early_stop_ids
+
+
+def _right(tokenizer, before):  # what completes a blank line, from the last two tokens
+    tail = tokenizer.decode(list(before[-2:]))
+    return max(0, 2 - (len(tail) - len(tail.rstrip("\n"))))
+
+
+def _last_token_only(tokenizer, before):
+    tail = tokenizer.decode(list(before[-1:]))
+    return max(0, 2 - (len(tail) - len(tail.rstrip("\n"))))
+
+
+ASSISTANT = {
+    "no blank line before the sentence": variant(ref_assistant, early_stop_ids=_newlines_then(lambda t, b: 0)),
+    "blank line always added (two after a blank line)":
+        variant(ref_assistant, early_stop_ids=_newlines_then(lambda t, b: 2)),
+    "a thought ending in one newline gets two more": variant(
+        ref_assistant, early_stop_ids=_newlines_then(lambda t, b: 0 if t.decode(list(b[-2:])).endswith("\n\n")
+                                                      else 2)),
+    "only the last token looked at": variant(ref_assistant, early_stop_ids=_newlines_then(_last_token_only)),
+    "</think> encoded as text": variant(ref_assistant, early_stop_ids=_newlines_then(_right, spelled_out=True)),
+    "the '.' after </think> left out": variant(
+        ref_assistant, EARLY_STOP=ref_assistant.EARLY_STOP.replace("</think>.", "</think>")),
+}
+
+
 # ---------------------------------------------------------------- 7 sampling (a compact solution with switches)
 def sampling_module(bug: str | None = None) -> types.ModuleType:
     def sample(logits, temperature=0.0, top_k=0, top_p=1.0, min_p=0.0, presence_penalty=0.0, seen=None,
@@ -428,6 +466,7 @@ MUTANTS = {  # exercise test file -> {mistake: module}
     "test_moe.py": MOE,
     "test_chat_template.py": CHAT_TEMPLATE,
     "test_sampling.py": {b: sampling_module(b) for b in SAMPLING_BUGS},
+    "test_assistant.py": ASSISTANT,
     "test_model.py": {b: model_module(b) for b in MODEL_BUGS},
     "test_checkpoint.py": {b: checkpoint_module(b) for b in CHECKPOINT_BUGS},
 }
