@@ -88,6 +88,47 @@ TRAIN_WORD = {  # (question, the thinking's first line, which turns it into arit
           ("{name} buys {b} {item}s at {a} coins each. How many coins is that in total?",
            "{b} times {a} coins is {a} × {b}.")),
 }
+# Stage 2 of training (docs/demo.md) adds these: more sentence shapes around the same numbers, so the model learns
+# what the words mean rather than which of twelve sentences it is reading. None of them is a held-out template (a
+# test checks every training question against those).
+MORE_WORD = {
+    "+": ("{name} had {a} {item}s. Then {name} got {b} more. How many {item}s does {name} have now?",
+          "{name} has {a} {item}s and gets {b} more. How many {item}s is that?",
+          "A box has {a} {item}s. {b} more are put in the box. How many {item}s are in the box now?",
+          "A shop has {a} {item}s and gets {b} more on Monday. How many {item}s does the shop have now?",
+          "{name} sold {a} {item}s on Monday and {b} on Tuesday. How many {item}s did {name} sell?",
+          "There are {a} {item}s in a bag. {name} puts {b} more in the bag. How many {item}s are in the bag now?",
+          "{name} reads {a} pages on Monday and {b} pages on Tuesday. How many pages is that in total?",
+          "{name} buys {a} {item}s and then {b} more. How many {item}s did {name} buy?",
+          "{name} has {a} {item}s in a box and {b} in a bag. How many {item}s does {name} have?",
+          "On Tuesday a shop gets {b} {item}s. It had {a}. How many {item}s does it have now?"),
+    "-": ("{name} has {a} {item}s and gives {b} away. How many {item}s does {name} have now?",
+          "There were {a} {item}s in a bag. {name} took {b} out. How many are in the bag now?",
+          "A shop has {a} {item}s. It sells {b} of them. How many {item}s are left?",
+          "{name} had {a} {item}s. {name} sold {b}. How many {item}s does {name} have left?",
+          "Of {a} {item}s, {b} are sold. How many {item}s remain?",
+          "{name} has read {b} of {a} pages. How many pages are left?",
+          "A shop had {a} {item}s. On Monday it sold {b}. How many {item}s does the shop have now?",
+          "{name} takes {b} {item}s out of a box of {a}. How many {item}s are in the box now?",
+          "{name} had {a} coins and buys a {item} for {b} coins. How many coins are left?",
+          "A bag held {a} {item}s until {b} were taken out. How many remain in the bag?"),
+    "×": ("{name} buys {b} boxes of {a} {item}s. How many {item}s is that?",
+          "Each bag holds {a} {item}s. How many {item}s are there in {b} bags?",
+          "A shop sells {b} boxes with {a} {item}s in each. How many {item}s does it sell?",
+          "{name} reads {a} pages each day. How many pages does {name} read in {b} days?",
+          "There are {b} boxes and {a} {item}s in each box. How many {item}s are there in total?",
+          "{name} has {b} bags and puts {a} {item}s in each bag. How many {item}s is that in total?",
+          "{b} boxes hold {a} {item}s each. How many {item}s is that?",
+          "A shop sold {a} {item}s a day for {b} days. How many {item}s did it sell?",
+          "A {item} costs {a} coins. How many coins do {b} of them cost?",
+          "In each of {b} bags there are {a} {item}s. How many {item}s are there?"),
+}
+# In stage 2 every word problem, old template or new, starts its thinking the same way: the two numbers in the order
+# the question gives them, then the arithmetic they make. One first line for every sentence, where the twelve
+# sentences of stage 1 had twelve first lines of their own (which a new sentence left the model to guess among).
+SETUP = {"+": "The numbers are {x} and {y}; together: {a} + {b}.",
+         "-": "The numbers are {x} and {y}; what is left: {a} - {b}.",
+         "×": "The numbers are {x} and {y}; {b} groups of {a}: {a} × {b}."}
 HELD_OUT_WORD = {
     "+": ("{name} has {a} {item}s. {name} buys {b} more. How many {item}s is that now?",
           "A bag holds {a} {item}s and a box holds {b}. How many {item}s are there in total?",
@@ -153,19 +194,24 @@ def _restyle(rng: random.Random, text: str) -> str:
 
 
 def phrase(rng: random.Random, op: str, a: int, b: int, word: bool = False,
-           phrasing: str = "train") -> tuple[str, str]:
+           phrasing: str = "train", more_words: bool = False) -> tuple[str, str]:
     """The question (and for a word problem the thinking's first line) for a op b, in a random phrasing.
 
-    phrasing "train" draws from the templates training uses, "held_out" from those it never sees.
+    phrasing "train" draws from the templates training uses, "held_out" from those it never sees. more_words
+    (stage 2) adds MORE_WORD to the word problems and starts their thinking with SETUP.
     """
     if phrasing not in PHRASINGS:
         raise ValueError(f"phrasing must be one of {PHRASINGS}, got {phrasing!r}")
     x, y = (b, a) if op == "×" and rng.random() < 0.3 else (a, b)  # "×": either factor first
     if word:
-        if phrasing == "train":
-            question, setup = rng.choice(TRAIN_WORD[op])
-        else:
+        if phrasing == "held_out":
             question, setup = rng.choice(HELD_OUT_WORD[op]), ""
+        elif more_words:
+            question = rng.choice([q for q, _ in TRAIN_WORD[op]] + list(MORE_WORD[op]))
+            x, y = (a, b) if question.index("{a}") < question.index("{b}") else (b, a)  # as the question has them
+            setup = SETUP[op].format(x=x, y=y, a=a, b=b)
+        else:
+            question, setup = rng.choice(TRAIN_WORD[op])
         fill = dict(a=_written(rng, a), b=_written(rng, b), name=rng.choice(NAMES), item=rng.choice(ITEMS))
         setup = setup.replace("{a}", str(a)).replace("{b}", str(b))  # the thinking writes plain numbers
         return _restyle(rng, question.format(**fill)), setup.format(**fill)
@@ -178,11 +224,14 @@ def phrase(rng: random.Random, op: str, a: int, b: int, word: bool = False,
     return _restyle(rng, text), ""
 
 
+KINDS = ("+", "-", "×", "word")
+
+
 def draw(rng: random.Random, kind: str | None = None, digits: tuple[int, int] | None = None,
-         held_out: bool = False) -> tuple[str, int, int, bool]:
-    """(op, a, b, word) of a random problem; kind "+", "-", "×" or "word" (default: any); digits fixes the
-    operands' lengths. held_out=False never returns an evaluation problem, held_out=True only those."""
-    kind = kind or rng.choices(("+", "-", "×", "word"), weights=(3, 3, 3, 2))[0]
+         held_out: bool = False, weights: tuple[float, ...] = (3, 3, 3, 2)) -> tuple[str, int, int, bool]:
+    """(op, a, b, word) of a random problem; kind "+", "-", "×" or "word" (default: any, by `weights`); digits
+    fixes the operands' lengths. held_out=False never returns an evaluation problem, held_out=True only those."""
+    kind = kind or rng.choices(KINDS, weights=weights)[0]
     word = kind == "word"
     op = rng.choice(OPS) if word else kind
     while True:
@@ -202,10 +251,11 @@ def draw(rng: random.Random, kind: str | None = None, digits: tuple[int, int] | 
 
 
 def make_problem(rng: random.Random, kind: str | None = None, digits: tuple[int, int] | None = None,
-                 held_out: bool = False, phrasing: str = "train") -> Problem:
-    """A random problem in a random phrasing (see draw and phrase)."""
-    op, a, b, word = draw(rng, kind, digits, held_out)
-    return Problem(op, a, b, *phrase(rng, op, a, b, word, phrasing))
+                 held_out: bool = False, phrasing: str = "train", mix: "Mix | None" = None) -> Problem:
+    """A random problem in a random phrasing (see draw and phrase), drawn as `mix` says (default: stage 1)."""
+    mix = mix or Mix()
+    op, a, b, word = draw(rng, kind, digits, held_out, mix.kinds)
+    return Problem(op, a, b, *phrase(rng, op, a, b, word, phrasing, mix.more_words))
 
 
 def _columns(op: str, a: int, b: int) -> tuple[list[str], int]:
@@ -291,6 +341,13 @@ class Mix:
     flag_no_think: float = 0.3  # ... or in " /no_think"; neither: the default (thinking)
     prefill_no_think: float = 0.08  # enable_thinking=False: the empty think block is part of the prompt
     budget_cut: float = 0.3  # a thinking sample is cut at a random budget by the early-stop text
+    kinds: tuple[float, ...] = (3, 3, 3, 2)  # weights of +, -, × and word problems
+    more_words: bool = False  # word problems also in MORE_WORD's sentences, all starting with SETUP
+
+
+# stage 1 trains from scratch; stage 2 continues from stage 1 with more word problems and multiplications, asked in
+# more sentences (docs/demo.md gives the commands)
+MIXES = {"stage1": Mix(), "stage2": Mix(kinds=(2, 2, 3, 3), more_words=True)}
 
 
 def _flag(rng: random.Random, mix: Mix) -> str:
@@ -307,7 +364,7 @@ def make_chat(rng: random.Random, mix: Mix = Mix()) -> dict:
     """
     messages, thinking = [], True
     for _ in range(2 if rng.random() < mix.second_turn else 1):
-        p = make_problem(rng)
+        p = make_problem(rng, mix=mix)
         flag = _flag(rng, mix)
         thinking = {" /think": True, " /no_think": False}.get(flag, thinking)  # the last flag wins
         messages += [{"role": "user", "content": p.question + flag}, {"role": "assistant", "content": answer_text(p)}]

@@ -4,6 +4,12 @@
     python scripts/train_demo.py --model moe --out weights/demo-moe
     python scripts/train_demo.py --model dense --out /tmp/smoke --steps 3 --batch 8 --micro 2   # CPU smoke test
 
+The shipped checkpoints are stage 1 (the two commands above, from scratch) followed by stage 2, which continues from
+stage 1's weights with a fresh optimizer on the stage-2 mix (arithmetic.MIXES: more word problems, in more
+sentences, and more multiplications); docs/demo.md gives its commands:
+
+    python scripts/train_demo.py --model dense --init weights/demo-dense --mix stage2 --out weights/demo-dense ...
+
 Data comes from scripts/arithmetic.py, seeded by step, so a run (or a resumed one) sees the same batches. The export
 is bf16 with the official tokenizer files and generation_config.json, loadable by minqwen3 and transformers.
 """
@@ -51,8 +57,8 @@ class StepBatches(torch.utils.data.Dataset):
     """Item `step` is that step's micro-batches: `batch` fresh samples sorted by length and cut into `micro` groups
     (similar lengths share a micro-batch, so little is padding). Made in DataLoader workers, in parallel."""
 
-    def __init__(self, seed: int, batch: int, micro: int):
-        self.seed, self.batch, self.micro = seed, batch, micro
+    def __init__(self, seed: int, batch: int, micro: int, mix: str = "stage1"):
+        self.seed, self.batch, self.micro, self.mix = seed, batch, micro, arithmetic.MIXES[mix]
         self.encode = None  # made in each worker
 
     def __len__(self) -> int:
@@ -61,7 +67,7 @@ class StepBatches(torch.utils.data.Dataset):
     def __getitem__(self, step: int) -> list:
         if self.encode is None:
             self.encode = arithmetic.load_encoder()
-        samples = arithmetic.make_samples(self.seed * 1_000_003 + step, self.batch, self.encode)
+        samples = arithmetic.make_samples(self.seed * 1_000_003 + step, self.batch, self.encode, self.mix)
         samples.sort(key=lambda s: len(s[0]))
         n = -(-len(samples) // self.micro)
         return [collate(samples[i:i + n]) for i in range(0, len(samples), n)]
@@ -92,6 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=min(12, max(1, (os.cpu_count() or 2) - 2)))
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--resume", action="store_true", help="continue from <work>/checkpoint")
+    p.add_argument("--init", help="start from these weights (a checkpoint folder, e.g. weights/demo-dense) with a "
+                   "fresh optimizer and schedule: stage 2")
+    p.add_argument("--mix", choices=arithmetic.MIXES, default="stage1", help="what the samples are (arithmetic.MIXES)")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
 
@@ -104,20 +113,33 @@ def main(argv: list[str] | None = None) -> int:
     tc = TrainConfig(steps=args.steps or STEPS[args.model], lr=args.lr, min_lr=args.lr / 10, warmup=args.warmup,
                      balance=args.balance, out=str(work), log_every=10)
     start = 0
+    if args.resume and args.init:
+        raise ValueError("--resume continues a run and --init starts one: give one of them")
+    if args.init and not args.steps:
+        raise ValueError("--init starts a new stage: give its length with --steps (docs/demo.md has the shipped ones)")
     if args.resume:
         model, state = load_checkpoint(work / "checkpoint", device=device)
         opt = make_optimizer(model, tc)
         opt.load_state_dict(state["optimizer"])
         start = state["step"]
+    elif args.init:  # weights only: the optimizer and the schedule start afresh
+        model = minqwen3.from_pretrained(args.init, device=device, dtype=torch.float32).train()
+        if model.config.is_moe != (args.model == "moe"):
+            raise ValueError(f"--init {args.init} is {'an MoE' if model.config.is_moe else 'a dense'} checkpoint, "
+                             f"but --model is {args.model}")
+        for param in model.parameters():
+            param.requires_grad_(True)
+        opt = make_optimizer(model, tc)
     else:
         torch.manual_seed(args.seed)
         model = minqwen3.Qwen3(minqwen3.Qwen3Config(**CONFIGS[args.model])).to(device)
         opt = make_optimizer(model, tc)
     total, active = minqwen3.count_params(model.config)
     print(f"{args.model}: {total / 1e6:.1f}M parameters ({active / 1e6:.1f}M active), {args.batch} samples/step in "
-          f"{args.micro} micro-batches, steps {start}..{tc.steps}, on {device}")
+          f"{args.micro} micro-batches, steps {start}..{tc.steps}, {args.mix} from "
+          f"{args.init or 'scratch' if not args.resume else work / 'checkpoint'}, on {device}")
 
-    data = StepBatches(args.seed, args.batch, args.micro)
+    data = StepBatches(args.seed, args.batch, args.micro, args.mix)
     loader = torch.utils.data.DataLoader(data, batch_size=None, sampler=range(start, 10**9),
                                          num_workers=args.workers, pin_memory=device.type == "cuda",
                                          prefetch_factor=4 if args.workers else None,
@@ -129,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     export(model, out)
     print(f"trained {tc.steps - start} steps in {seconds:.0f} s; exported {out}")
     with open(work / "log.jsonl", "a") as f:
-        f.write(json.dumps({"trained_steps": tc.steps - start, "train_seconds": round(seconds, 1),
+        f.write(json.dumps({"trained_steps": tc.steps - start, "train_seconds": round(seconds, 1), "init": args.init,
+                            "mix": args.mix,
                             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"}) + "\n")
     return 0
 

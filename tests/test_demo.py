@@ -56,6 +56,23 @@ def test_traces_are_correct_arithmetic(seed):
         assert A.check(p, A.answer_text(p)) and not A.check(p, f"The answer is {want + 1}.")
 
 
+def test_stage2_word_problems_name_their_numbers_in_order():
+    """Stage 2 starts every word problem's thinking with the question's two numbers in its order, then the
+    arithmetic they make; the rest of the trace is stage 1's."""
+    rng = random.Random(4)
+    mix = A.MIXES["stage2"]
+    problems = [p for p in (A.make_problem(rng, kind="word", mix=mix) for _ in range(600))]
+    for p in problems:
+        numbers = [int(n) for n in re.findall(r"\d+", p.question.replace(",", ""))]
+        first, rest = A.trace(p).split("\n", 1)
+        assert first == A.SETUP[p.op].format(x=numbers[0], y=numbers[1], a=p.a, b=p.b), (p.question, first)
+        assert rest == A.trace(A.Problem(p.op, p.a, p.b, p.question))
+    assert {p.op for p in problems} == set(A.OPS)
+    firsts = [int(re.search(r"\d+", p.question.replace(",", "")).group()) for p in problems if p.a != p.b]
+    assert sum(n == p.b for n, p in zip(firsts, [p for p in problems if p.a != p.b])) > 100  # "b" first, too
+    assert A.Mix() == A.MIXES["stage1"]  # stage 1 is what the shipped stage-1 runs drew
+
+
 def test_known_trace():
     assert A.trace(A.Problem("+", 987, 45, "")) == (
         "987 + 45: add, starting from the ones.\n"
@@ -105,13 +122,16 @@ def test_held_out_phrasings():
     """Held-out templates never occur in training, use only words training uses, and ask the same problems."""
     words = lambda ts: {w for t in ts for w in re.findall(r"[a-z]+", re.sub(r"\{\w+\}", " ", t.lower()))}
     train = (list(A.TRAIN_EXPRESSION) + [t for v in A.TRAIN_VERBAL.values() for t in v]
-             + [q for v in A.TRAIN_WORD.values() for q, _ in v] + [s for v in A.SYMBOLS.values() for s in v])
+             + [q for v in A.TRAIN_WORD.values() for q, _ in v] + [q for v in A.MORE_WORD.values() for q in v]
+             + [s for v in A.SYMBOLS.values() for s in v])
     held = (list(A.HELD_OUT_EXPRESSION) + [t for v in A.HELD_OUT_VERBAL.values() for t in v]
             + [q for v in A.HELD_OUT_WORD.values() for q in v])
     assert words(held) <= words(train), words(held) - words(train)
     assert not set(held) & set(train)
     rng = random.Random(2)
-    questions = [A.make_problem(rng).question.rstrip("?.! ") for _ in range(3000)]
+    questions = [A.make_problem(rng, mix=mix).question.rstrip("?.! ") for mix in A.MIXES.values() for _ in range(3000)]
+    assert sum(bool(_template_regex(t.rstrip("?.! ")).fullmatch(q)) for v in A.MORE_WORD.values() for t in v
+               for q in questions) >= 300  # stage 2's sentences are asked (and checked above)
     for t in held:
         rx = _template_regex(t.rstrip("?.! "))
         assert not any(rx.fullmatch(q) for q in questions), t
