@@ -8,7 +8,8 @@ The shipped checkpoints are stage 1 (the two commands above, from scratch) follo
 stage 1's weights with a fresh optimizer on the stage-2 mix (arithmetic.MIXES: more word problems, in more
 sentences, and more multiplications); docs/demo.md gives its commands:
 
-    python scripts/train_demo.py --model dense --init weights/demo-dense --mix stage2 --out weights/demo-dense ...
+    python scripts/train_demo.py --model dense --init weights/demo-dense --mix stage2 --seed 1 --steps 392 \\
+        --lr 1e-3 --warmup 60 --micro 8 --out weights/demo-dense
 
 Data comes from scripts/arithmetic.py, seeded by step, so a run (or a resumed one) sees the same batches. The export
 is bf16 with the official tokenizer files and generation_config.json, loadable by minqwen3 and transformers.
@@ -45,8 +46,8 @@ CONFIGS = {
     "moe": {**BASE, "num_experts": 8, "num_experts_per_tok": 2, "moe_intermediate_size": 256,
             "norm_topk_prob": True, "router_aux_loss_coef": 0.01},
 }
-# the steps the shipped checkpoints were trained for: what --steps 5000 --minutes 5.4 (dense) and 2.8 (MoE) fitted
-# on one H200, at 207 and 233 ms/step (docs/demo.md)
+# the steps of the shipped checkpoints' stage 1: what --steps 5000 --minutes 5.4 (dense) and 2.8 (MoE) fitted on one
+# H200, at 207 and 233 ms/step; stage 2 (--init) takes --steps explicitly: 392 (dense) and 442 (MoE), docs/demo.md
 STEPS = {"dense": 1530, "moe": 704}
 # Qwen3's published generation_config.json (thinking-mode sampling)
 GENERATION_CONFIG = {"bos_token_id": ENDOFTEXT, "do_sample": True, "eos_token_id": list(STOP_IDS),

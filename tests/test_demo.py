@@ -315,7 +315,7 @@ def test_wilson_interval():
 def test_committed_evaluation_shows_what_the_issue_asks():
     """At least 100 problems per category and phrasing split, with their intervals; thinking beats non-thinking
     clearly; the soft switches are obeyed; the budget gives a curve, not a step; the MoE model is within 3 points
-    of the dense one; and the dense model reaches 95% per category on training's phrasings."""
+    of the dense one; and both reach 95% per category on training's phrasings and 85% on held-out ones."""
     import eval_demo
     results = json.loads(EVAL.read_text())
     assert set(results) == {"demo-dense", "demo-moe"}
@@ -337,9 +337,10 @@ def test_committed_evaluation_shows_what_the_issue_asks():
         assert sum(lo + 0.05 < a < hi - 0.05 for a in curve) >= 3, name  # budgets in between land in between
     for split in SPLITS:
         assert _claimed("moe", "all", split) >= _claimed("dense", "all", split) - 0.03, split
-    assert all(_claimed("dense", c) >= 0.95 for c in A.CATEGORIES)
-    assert all(_claimed(m, "all", SPLITS[1]) >= 0.9 for m in ("dense", "moe"))
-    assert sum(ok for _, _, ok in results["demo-dense"]["typed without spaces"]) >= 8
+    for m in ("dense", "moe"):  # the issue's bar, per category: 95% on training's phrasings, 85% on held-out ones
+        assert all(_claimed(m, c) >= 0.95 for c in A.CATEGORIES), (m, SPLITS[0])
+        assert all(_claimed(m, c, SPLITS[1]) >= 0.85 for c in A.CATEGORIES), (m, SPLITS[1])
+        assert sum(ok for _, _, ok in results[f"demo-{m}"]["typed without spaces"]) >= 8, m
 
 
 @pytest.mark.slow
