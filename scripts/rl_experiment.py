@@ -20,7 +20,6 @@ One row per stage and (arm, seed) in results.jsonl; --deadline stops starting ne
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import math
@@ -37,15 +36,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import arithmetic  # noqa: E402
 import distill_experiment as de  # noqa: E402
 
-import minqwen3  # noqa: E402
 from minqwen3.distill import DistillConfig, onpolicy_step, sample_replies  # noqa: E402
 from minqwen3.rl import GRPOConfig, check_reply, grpo_step  # noqa: E402
-from minqwen3.tokenizer import ENDOFTEXT, Tokenizer  # noqa: E402
+from minqwen3.tokenizer import ENDOFTEXT  # noqa: E402
 from minqwen3.train import TrainConfig, make_optimizer  # noqa: E402
 
 ARMS = ("on-policy", "grpo")
 MODES = de.MODES
 LABEL = {"on-policy": "(a) on-policy distillation", "grpo": "(b) GRPO"}
+COLOR = {"start": "gray", "on-policy": "C0", "grpo": "C1"}
 
 
 def reward_of(tok, p: arithmetic.Problem, reply: list[int], thinking: bool) -> float:
@@ -63,10 +62,7 @@ def evaluate(model, tok, enc, items, n_samples: int, max_new: dict, seed: int, g
         think = mode == "think"
         ps = [de.prompt(enc, p, mode) for p in items]
         dc = DistillConfig(max_new_tokens=max_new[mode], rollout_batch=1 << 14)
-        ids = minqwen3.generate(model, ps, max_new[mode], stop_ids=dc.stop_ids, pad_id=dc.pad_id, fast=False)
-        T = max(map(len, ps))
-        greedy = [row[:next((j + 1 for j, t in enumerate(row) if t in dc.stop_ids), len(row))]
-                  for row in ids[:, T:].tolist()]
+        greedy = de.greedy_replies(model, ps, max_new[mode], dc)
         acc = [de.grade(tok, p, r) for p, r in zip(items, greedy)]
         res = {"accuracy": sum(acc) / len(acc), "correct": sum(acc), "n": len(acc),
                "reward": sum(reward_of(tok, p, r, think) for p, r in zip(items, greedy)) / len(items),
@@ -75,9 +71,7 @@ def evaluate(model, tok, enc, items, n_samples: int, max_new: dict, seed: int, g
             sampled = sample_replies(model, ps * n_samples, [think] * (len(ps) * n_samples), dc, seed=seed)
             correct = [sum(de.grade(tok, items[j], sampled[s * len(ps) + j]) for s in range(n_samples))
                        for j in range(len(ps))]
-            ks = [2 ** i for i in range(int(math.log2(n_samples)) + 1)]
-            res["pass@k"] = {k: sum(1 - math.comb(n_samples - c, k) / math.comb(n_samples, k) for c in correct)
-                             / len(items) for k in ks}
+            res["pass@k"] = de.pass_at_k(correct, n_samples, [2 ** i for i in range(int(math.log2(n_samples)) + 1)])
         out[mode] = res
     model.train()
     return out
@@ -133,13 +127,7 @@ def run_arm(arm: str, seed: int, start: dict, teacher, tok, enc, items, a, devic
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--work", default="out/rl", help="stored teacher data, start checkpoint and results.jsonl")
-    ap.add_argument("--results", help="results.jsonl elsewhere than in --work")
-    ap.add_argument("--teacher", default=str(Path(__file__).resolve().parents[1] / "weights" / "demo-dense"))
-    ap.add_argument("--layers", default="0,1,2", help="the teacher's layers the student starts from")
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--seeds", type=int, default=3)
+    ap = de.common_args(__doc__, work="out/rl", layers="0,1,2", samples=64)
     ap.add_argument("--pool", type=int, default=4096, help="teacher replies generated for off-policy data")
     ap.add_argument("--off-tflops", type=float, default=30.0, help="the off-policy stage that makes the start")
     ap.add_argument("--arm-tflops", type=float, default=60.0, help="compute per arm and seed after the start")
@@ -149,30 +137,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--clip", type=float, default=0.2)
     ap.add_argument("--lr", type=float, default=1e-3, help="off-policy stage")
     ap.add_argument("--arm-lr", type=float, default=3e-4, help="both arms")
-    ap.add_argument("--curve", type=int, default=3, help="greedy evaluations along each arm (plus its end)")
-    ap.add_argument("--n-eval", type=int, default=300, help="held-out problems per mode")
-    ap.add_argument("--samples", type=int, default=64, help="sampled replies per problem for pass@k")
-    ap.add_argument("--max-think", type=int, default=256)
-    ap.add_argument("--max-direct", type=int, default=48)
-    ap.add_argument("--deadline", type=float, default=None, help="seconds: start no new stage after this")
-    ap.add_argument("--report", help="write <report>.md and <report>.png from results.jsonl, run nothing")
-    a = ap.parse_args(argv)
-    a.layers = tuple(int(x) for x in a.layers.split(","))
-    a.pad_id = ENDOFTEXT
-    work = Path(a.work)
-    work.mkdir(parents=True, exist_ok=True)
-    results = Path(a.results) if a.results else work / "results.jsonl"
+    ap.add_argument("--curve", type=int, default=2, help="greedy evaluations along each arm (plus its end)")
+    a, work, results = de.parse(ap, argv)
     if a.report:
         return report(results, a.report)
     t_begin = time.perf_counter()
-    device = torch.device(a.device)
-    tok = Tokenizer.default()
-    enc = tok.encode
-    torch.manual_seed(0)
-    teacher = minqwen3.from_pretrained(a.teacher, device=device,
-                                       dtype=torch.bfloat16 if device.type == "cuda" else torch.float32)
-    for p in teacher.parameters():
-        p.requires_grad_(False)
+    device, tok, enc, teacher = de.setup(a)
     rows = [json.loads(x) for x in results.read_text().splitlines()] if results.is_file() else []
     done = {(r["arm"], r.get("seed", 0)) for r in rows if "eval" in r}
     items = [p for _, p in arithmetic.eval_problems(-(-a.n_eval // 5))][:a.n_eval]
@@ -262,29 +232,17 @@ def report(results: Path, out: str) -> int:
              f"/think pass@1 % | /think pass@{kmax} % | /no_think pass@1 % | /no_think pass@{kmax} % |",
              "|---|---|---|---|---|---|---|---|---|---|"]
 
-    def cell(rs, f):
-        m, h = de._mean_ci([f(r) for r in rs])
-        if len(rs) == 1:
-            return f"{m * 100:.1f}"
-        return f"{m * 100:.1f} ± {h * 100:.1f}"
-
     for arm in ("teacher", "start", *ARMS):
         rs = by.get(arm)
         if not rs:
             continue
         tfl = f"{sum(r['tflops'] for r in rs) / len(rs):.3g}" if arm in ARMS else "-"
         sec = f"{sum(r['device_seconds'] for r in rs) / len(rs):.1f}" if arm in ARMS else "-"
-        accs = []
-        for m in MODES:
-            c = cell(rs, lambda r: r["eval"][m]["accuracy"])
-            if len(rs) == 1:
-                lo, hi = de._wilson(rs[0]["eval"][m]["correct"], rs[0]["eval"][m]["n"])
-                c += f" [{lo * 100:.1f}, {hi * 100:.1f}]"
-            accs.append(c)
+        accs = [de.accuracy_cell(rs, m) for m in MODES]
         pk = []
         for m in MODES:
             for k in (1, kmax):
-                pk.append(cell(rs, lambda r: r["eval"][m]["pass@k"][str(k)]) if "pass@k" in rs[0]["eval"][m]
+                pk.append(de.cell(rs, lambda r: r["eval"][m]["pass@k"][str(k)]) if "pass@k" in rs[0]["eval"][m]
                           else "-")
         name = {"start": f"start (off-policy, {start['tflops']:.3g} TFLOP)"}.get(arm, LABEL.get(arm, arm))
         lines.append(f"| {name} | {len(rs)} | {tfl} | {sec} | {accs[0]} | {accs[1]} | " + " | ".join(pk) + " |")
@@ -311,9 +269,10 @@ def report(results: Path, out: str) -> int:
                 for unit, j in (("TFLOP", 0), ("device s", 1)):
                     c = _interp_cost([(p[j], p[2][m]) for p in mean_curve[x]], target)
                     have = mean_curve[y][-1][j]
+                    need = "not reached" if c is None else "0 (the start has it)" if c == 0 else f"{c:.3g}"
                     ratio_lines.append(f"| /{m} | {LABEL[x]} to reach {LABEL[y]}'s final {target * 100:.1f} % | "
-                                       f"{unit} | " + ("not reached" if c is None else f"{c:.3g}")
-                                       + f" | {have:.3g} | " + ("-" if c is None else f"{c / have:.2f}") + " |")
+                                       f"{unit} | {need} | {have:.3g} | " + ("-" if c is None else f"{c / have:.2f}")
+                                       + " |")
     table = "\n".join(lines)
     if ratio_lines:
         table += ("\n\n| mode | what | unit | compute needed | the other arm used | ratio |\n|---|---|---|---|---|---|\n"
@@ -331,8 +290,8 @@ def report(results: Path, out: str) -> int:
                 sc = [(0.0, start["eval"][m]["accuracy"])] + [
                     (c["tflops"], c[f"{m}_accuracy"]) for c in curves if c["arm"] == arm and c["seed"] == seed] + [
                     (r["tflops"], r["eval"][m]["accuracy"]) for r in by[arm] if r["seed"] == seed]
-                ax.plot([x for x, _ in sc], [y for _, y in sc], color=f"C{ARMS.index(arm)}", alpha=0.3, lw=1)
-            ax.plot([p[0] for p in pts], [p[2][m] for p in pts], color=f"C{ARMS.index(arm)}", marker="o",
+                ax.plot([x for x, _ in sc], [y for _, y in sc], color=COLOR[arm], alpha=0.3, lw=1)
+            ax.plot([p[0] for p in pts], [p[2][m] for p in pts], color=COLOR[arm], marker="o",
                     label=LABEL[arm] + " (mean)")
         ax.axhline(by["teacher"][0]["eval"][m]["accuracy"], color="gray", ls=":", label="teacher")
         ax.set_xlabel("TFLOP after the start")
@@ -341,19 +300,8 @@ def report(results: Path, out: str) -> int:
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     for j, m in enumerate(MODES):
-        ax = axes[2 + j]
-        for arm in ("start", *ARMS):
-            rs = by.get(arm)
-            if not rs:
-                continue
-            ys = [de._mean_ci([r["eval"][m]["pass@k"][str(k)] for r in rs]) for k in ks]
-            ax.errorbar(ks, [y[0] for y in ys], yerr=[0 if math.isnan(y[1]) else y[1] for y in ys], marker="o",
-                        capsize=3, label=LABEL.get(arm, arm), linestyle="--" if arm == "start" else "-")
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("k")
-        ax.set_ylabel("pass@k")
-        ax.set_title(f"/{m}: pass@k (held-out)")
-        ax.grid(alpha=0.3)
+        de.plot_pass_at_k(axes[2 + j], by, m, ("start", *ARMS), dashed=("start",), label=LABEL, color=COLOR)
+        axes[2 + j].set_title(f"/{m}: pass@k (held-out)")
     axes[2].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out + ".png", dpi=100)

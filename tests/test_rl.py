@@ -28,20 +28,18 @@ def test_advantages_are_group_normalised():
 
 
 def oracle_loss(lp, old, adv, mask, clip, kl_coef, ref):
-    """float64, one token at a time: -min(rho A, clip(rho) A) + kl_coef k3, mean per reply, then over replies."""
-    total = 0.0
+    """float64, one reply at a time, in the clip's other form: A >= 0 caps the ratio at 1 + clip, A < 0 floors it at
+    1 - clip (min(rho A, clip(rho) A) is exactly that); plus kl_coef times KL's k3 estimate; mean per reply."""
+    replies = []
     for b in range(lp.shape[0]):
-        terms = []
-        for t in range(lp.shape[1]):
-            if not mask[b, t]:
-                continue
-            rho = torch.exp(lp[b, t] - old[b, t])
-            term = -torch.minimum(rho * adv[b], torch.clamp(rho, 1 - clip, 1 + clip) * adv[b])
-            if kl_coef:
-                term = term + kl_coef * (torch.exp(ref[b, t] - lp[b, t]) - (ref[b, t] - lp[b, t]) - 1)
-            terms.append(term)
-        total = total + sum(terms) / len(terms)
-    return total / lp.shape[0]
+        rho = torch.exp(lp[b][mask[b]] - old[b][mask[b]])
+        capped = torch.clamp(rho, max=1 + clip) if adv[b] >= 0 else torch.clamp(rho, min=1 - clip)
+        per = -capped * adv[b]
+        if kl_coef:
+            log_r = ref[b][mask[b]] - lp[b][mask[b]]
+            per = per + kl_coef * (torch.exp(log_r) - log_r - 1)
+        replies.append(per.mean())
+    return torch.stack(replies).mean()
 
 
 @pytest.mark.parametrize("kl_coef", [0.0, 0.3])
