@@ -120,15 +120,18 @@ def grpo_step(model, opt, prompts: list[list[int]], thinking: list[bool], reward
             h, _ = ref.hidden_states(ids.to(device))
             ref_lp = token_logprobs(h[:, :-1][sel.to(device)], ref.lm_head.weight, ids[:, 1:][sel].to(device))
 
-    def loss_fn(h, tokens):  # h (N, C), tokens (N,) in the mask's row-major order
+    def loss_fn(h, tokens):  # h (N, C), tokens (N,): the reply tokens in the mask's row-major order
+        m = sel.to(h.device)
+
+        def grid(x):  # (N,) -> (B, T - 1), zeros off the mask
+            return torch.zeros(m.shape, device=h.device, dtype=x.dtype).masked_scatter(m, x)
+
         lp = token_logprobs(h, model.lm_head.weight, tokens, gc.sample.chunk)
-        full = torch.zeros(sel.shape, device=h.device, dtype=lp.dtype)
-        def grid(x):
-            return full.masked_scatter(sel.to(h.device), x)
-        loss = grpo_loss(grid(lp), grid(lp.detach()), adv.to(h.device), sel.to(h.device), clip=gc.clip,
-                         kl_coef=gc.kl_coef, ref_logprobs=None if ref_lp is None else grid(ref_lp))
+        loss = grpo_loss(grid(lp), grid(lp.detach()), adv.to(h.device), m, clip=gc.clip, kl_coef=gc.kl_coef,
+                         ref_logprobs=None if ref_lp is None else grid(ref_lp))
         return loss, {"loss": loss.detach()}
 
     stats = _step(model, opt, loss_fn, ids, mask, valid, tc, step)
     return stats | {"reward": float(r.mean()), "solved_groups": float((r.amax(1) > 0).float().mean()),
+                    "mixed_groups": float((r.amax(1) > r.amin(1)).float().mean()),  # the ones that teach anything
                     "reply_tokens": sum(map(len, replies)) / len(replies)}

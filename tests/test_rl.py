@@ -130,6 +130,16 @@ def test_checker_holds_each_mode_to_its_form():
     assert check_reply("<think>\n  \n</think>\n\nThe answer is 42.<|im_end|>", 42, thinking=True) == 0.0
 
 
+def test_checker_reads_the_tokenizers_decoding():
+    """Replies reach the checker as ids decoded by the official tokenizer: the special tokens must survive."""
+    from minqwen3.tokenizer import Tokenizer
+    tok = Tokenizer.default()
+    for text, thinking in ((GOOD_THINK, True), (GOOD_DIRECT, False)):
+        ids = tok.encode(text)
+        assert ids[-1] == tok.im_end_id and tok.decode(ids) == text
+        assert check_reply(tok.decode(ids), 42, thinking) == 1.0
+
+
 def test_checker_on_the_demo_teachers_format():
     """The demo task's own target text (scripts/arithmetic.py), rendered by the chat template, is well-formed."""
     import sys
@@ -209,7 +219,8 @@ def test_grpo_steps_raise_the_reward(kl_coef):
     for step in range(30):
         stats = grpo_step(model, opt, ps, think, toy_reward(ps), gc, tc, step, ref=ref, seed=step)
     after = mean_reward(model, ps, dc, seed=1000)
-    assert {"loss", "reward", "grad_norm", "solved_groups"} <= set(stats)
+    assert {"loss", "reward", "grad_norm", "solved_groups", "mixed_groups"} <= set(stats)
+    assert 0 <= stats["mixed_groups"] <= stats["solved_groups"] <= 1
     assert before < 0.4 and after > before + 0.4, (before, after)
     if ref is not None:
         assert all(p.grad is None for p in ref.parameters())
