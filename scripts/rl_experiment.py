@@ -167,6 +167,9 @@ def main(argv: list[str] | None = None) -> int:
                 "args": {k: v for k, v in vars(a).items() if isinstance(v, (int, float, str, tuple))}})
         print(f"teacher {sha[:16]}: {json.dumps(ev)}", flush=True)
     start_file = work / "start.safetensors"
+    if not start_file.is_file() and ("start", 0) in done:
+        raise SystemExit(f"{results} has results from a start checkpoint that {start_file} no longer holds: restore "
+                         "it, or use a fresh --work / --results (a regenerated start would mix two starts)")
     if not start_file.is_file():
         pool_file = work / "teacher_pool.safetensors"
         if pool_file.is_file():
