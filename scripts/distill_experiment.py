@@ -112,6 +112,18 @@ def make_student(teacher, layers: tuple[int, ...], device) -> minqwen3.Qwen3:
 
 
 # ---------------------------------------------------------------- evaluation
+def greedy_replies(model, ps: list[list[int]], max_new: int, dc: DistillConfig) -> list[list[int]]:
+    """Each prompt's greedy reply, eagerly decoded, up to and including its stop token."""
+    ids = minqwen3.generate(model, ps, max_new, stop_ids=dc.stop_ids, pad_id=dc.pad_id, fast=False)
+    T = max(map(len, ps))
+    return [row[:next((j + 1 for j, t in enumerate(row) if t in dc.stop_ids), len(row))] for row in ids[:, T:].tolist()]
+
+
+def pass_at_k(correct: list[int], n: int, ks) -> dict[int, float]:
+    """The unbiased pass@k (k <= n) over problems, from the number of right replies of n sampled per problem."""
+    return {k: sum(1 - math.comb(n - c, k) / math.comb(n, k) for c in correct) / len(correct) for k in ks if k <= n}
+
+
 @torch.no_grad()
 def evaluate(model, tok, enc, items: list[arithmetic.Problem], heldout: dict, teacher, dc: DistillConfig,
              n_samples: int, max_new: dict, seed: int) -> dict:
@@ -121,18 +133,14 @@ def evaluate(model, tok, enc, items: list[arithmetic.Problem], heldout: dict, te
         ps = [prompt(enc, p, mode) for p in items]
         think = [mode == "think"] * len(ps)
         d = DistillConfig(**{**dc.__dict__, "max_new_tokens": max_new[mode]})
-        ids = minqwen3.generate(model, ps, max_new[mode], stop_ids=dc.stop_ids, pad_id=dc.pad_id, fast=False)
-        T = max(map(len, ps))
-        greedy = [row[:next((j + 1 for j, t in enumerate(row) if t in dc.stop_ids), len(row))]
-                  for row in ids[:, T:].tolist()]
+        greedy = greedy_replies(model, ps, max_new[mode], dc)
         acc = [grade(tok, p, r) for p, r in zip(items, greedy)]
         # n_samples sampled replies per problem, all in one batch (each row draws its own tokens)
         d.rollout_batch = len(ps) * n_samples
         sampled = sample_replies(model, ps * n_samples, think * n_samples, d, seed=seed)
         correct = [sum(grade(tok, items[j], sampled[s * len(ps) + j]) for s in range(n_samples))
                    for j in range(len(ps))]
-        passk = {k: sum(1 - math.comb(n_samples - c, k) / math.comb(n_samples, k) for c in correct) / len(items)
-                 for k in KS if k <= n_samples}
+        passk = pass_at_k(correct, n_samples, KS)
         # the forward KL to the teacher on its own sampled held-out replies of this mode
         sel = [i for i in range(len(heldout["lengths"])) if bool(heldout["thinking"][i]) == (mode == "think")]
         kls, n = 0.0, 0
@@ -253,14 +261,48 @@ def build_pool(teacher, tok, enc, n: int, seed: int, held_out: bool, a, keep_wro
     return data
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--work", default="out/distill", help="stored teacher data and results.jsonl go here")
+def common_args(doc: str, work: str, layers: str, samples: int) -> argparse.ArgumentParser:
+    """The arguments this experiment shares with scripts/rl_experiment.py (defaults differ where given)."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--work", default=work, help="stored teacher data and results.jsonl go here")
     ap.add_argument("--results", help="results.jsonl elsewhere than in --work")
     ap.add_argument("--teacher", default=str(Path(__file__).resolve().parents[1] / "weights" / "demo-dense"))
-    ap.add_argument("--layers", default="0,3", help="the teacher's layers the student starts from")
+    ap.add_argument("--layers", default=layers, help="the teacher's layers the student starts from")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--n-eval", type=int, default=300, help="held-out problems per mode")
+    ap.add_argument("--samples", type=int, default=samples, help="sampled replies per problem for pass@k")
+    ap.add_argument("--max-think", type=int, default=256)
+    ap.add_argument("--max-direct", type=int, default=48)
+    ap.add_argument("--deadline", type=float, default=None, help="seconds: start no new run after this")
+    ap.add_argument("--report", help="write <report>.md and <report>.png from results.jsonl, run nothing")
+    return ap
+
+
+def parse(ap: argparse.ArgumentParser, argv: list[str] | None):
+    """-> (args, the work folder (made), the results file)."""
+    a = ap.parse_args(argv)
+    a.layers = tuple(int(x) for x in a.layers.split(","))
+    a.pad_id = ENDOFTEXT
+    work = Path(a.work)
+    work.mkdir(parents=True, exist_ok=True)
+    return a, work, Path(a.results) if a.results else work / "results.jsonl"
+
+
+def setup(a):
+    """-> (device, tokenizer, its encode, the frozen teacher: bf16 on a GPU)."""
+    device = torch.device(a.device)
+    tok = Tokenizer.default()  # the bundled copy of the official tokenizer: teacher and student share it
+    torch.manual_seed(0)
+    teacher = minqwen3.from_pretrained(a.teacher, device=device,
+                                       dtype=torch.bfloat16 if device.type == "cuda" else torch.float32)
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return device, tok, tok.encode, teacher
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = common_args(__doc__, work="out/distill", layers="0,3", samples=4)
     ap.add_argument("--budget-tflops", type=float, default=60.0, help="compute per arm and seed")
     ap.add_argument("--batch", type=int, default=128, help="samples per step (next-token and off-policy)")
     ap.add_argument("--on-batch", type=int, default=256, help="rollouts per on-policy step (decoding is latency-bound)")
@@ -268,30 +310,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pool", type=int, default=6144, help="teacher replies generated for off-policy data")
     ap.add_argument("--top-k", type=int, default=20)
     ap.add_argument("--keep-wrong", action="store_true", help="keep the teacher's wrong replies in the data")
-    ap.add_argument("--n-eval", type=int, default=300, help="held-out problems per mode")
-    ap.add_argument("--samples", type=int, default=4, help="sampled replies per problem for pass@k")
-    ap.add_argument("--max-think", type=int, default=256)
-    ap.add_argument("--max-direct", type=int, default=48)
     ap.add_argument("--log-every", type=int, default=10)
-    ap.add_argument("--deadline", type=float, default=None, help="seconds: start no new run after this")
-    ap.add_argument("--report", help="write <report>.md and <report>.png from results.jsonl, run nothing")
-    a = ap.parse_args(argv)
-    a.layers = tuple(int(x) for x in a.layers.split(","))
-    a.pad_id = ENDOFTEXT
-    work = Path(a.work)
-    work.mkdir(parents=True, exist_ok=True)
-    results = Path(a.results) if a.results else work / "results.jsonl"
+    a, work, results = parse(ap, argv)
     if a.report:
         return report(results, a.report)
     t_begin = time.perf_counter()
-    device = torch.device(a.device)
-    tok = Tokenizer.default()  # the bundled copy of the official tokenizer: teacher and student share it
-    enc = tok.encode
-    torch.manual_seed(0)
-    teacher = minqwen3.from_pretrained(a.teacher, device=device,
-                                       dtype=torch.bfloat16 if device.type == "cuda" else torch.float32)
-    for p in teacher.parameters():
-        p.requires_grad_(False)
+    device, tok, enc, teacher = setup(a)
     done = {(r["arm"], r["seed"]) for r in map(json.loads, results.read_text().splitlines())} \
         if results.is_file() else set()
 
@@ -370,6 +394,41 @@ def _wilson(c: int, n: int) -> tuple[float, float]:
     return max(0.0, mid - half), min(1.0, mid + half)
 
 
+def plot_pass_at_k(ax, by: dict, mode: str, arms, dashed=(), label=None, color=None) -> None:
+    """pass@k against k per arm (mean and 95% t-interval over its seeds' rows by[arm]), log2 x axis."""
+    for arm in arms:
+        rs = by.get(arm)
+        if not rs or "pass@k" not in rs[0]["eval"][mode]:
+            continue
+        ks = sorted(int(k) for k in rs[0]["eval"][mode]["pass@k"])
+        ys = [_mean_ci([r["eval"][mode]["pass@k"][str(k)] for r in rs]) for k in ks]
+        ax.errorbar(ks, [y[0] for y in ys], yerr=[0 if math.isnan(y[1]) else y[1] for y in ys], marker="o",
+                    capsize=3, label=(label or {}).get(arm, arm), linestyle="--" if arm in dashed else "-",
+                    color=(color or {}).get(arm))
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("k")
+    ax.set_ylabel("pass@k")
+    ax.grid(alpha=0.3)
+
+
+def cell(rs: list[dict], f, pct: bool = True) -> str:
+    """f(row) over the seeds' rows: the mean ± the 95% t-interval's half-width (the mean alone for one row)."""
+    m, h = _mean_ci([f(r) for r in rs])
+    s = 100 if pct else 1
+    if len(rs) == 1:
+        return f"{m * s:.1f}" if pct else f"{m:.3f}"
+    return f"{m * s:.1f} ± {h * s:.1f}" if pct else f"{m:.3f} ± {h:.3f}"
+
+
+def accuracy_cell(rs: list[dict], mode: str) -> str:
+    """The greedy accuracy in %: over seeds as cell(), or one row's value with its 95% Wilson interval."""
+    c = cell(rs, lambda r: r["eval"][mode]["accuracy"])
+    if len(rs) == 1:
+        lo, hi = _wilson(rs[0]["eval"][mode]["correct"], rs[0]["eval"][mode]["n"])
+        c += f" [{lo * 100:.1f}, {hi * 100:.1f}]"
+    return c
+
+
 def report(results: Path, out: str) -> int:
     rows = [json.loads(x) for x in results.read_text().splitlines()]
     by = {}
@@ -379,25 +438,13 @@ def report(results: Path, out: str) -> int:
     lines = [f"| arm | seeds | TFLOP | device s | /think acc % | /no_think acc % | /think pass@{pk} % "
              f"| /no_think pass@{pk} % | KL /think | KL /no_think |", "|---|---|---|---|---|---|---|---|---|---|"]
 
-    def cell(rs, f, pct=True):
-        m, h = _mean_ci([f(r) for r in rs])
-        s = 100 if pct else 1
-        if len(rs) == 1:
-            return f"{m * s:.1f}" if pct else f"{m:.3f}"
-        return f"{m * s:.1f} ± {h * s:.1f}" if pct else f"{m:.3f} ± {h:.3f}"
     for arm in ("teacher", "init", *ARMS):
         rs = by.get(arm)
         if not rs:
             continue
         tfl = f"{sum(r.get('tflops', 0) for r in rs) / len(rs):.3g}" if arm in ARMS else "-"
         sec = f"{sum(r.get('device_seconds', 0) for r in rs) / len(rs):.1f}" if arm in ARMS else "-"
-        accs = []
-        for m in MODES:
-            c = cell(rs, lambda r: r["eval"][m]["accuracy"])
-            if len(rs) == 1:
-                lo, hi = _wilson(rs[0]["eval"][m]["correct"], rs[0]["eval"][m]["n"])
-                c += f" [{lo * 100:.1f}, {hi * 100:.1f}]"
-            accs.append(c)
+        accs = [accuracy_cell(rs, m) for m in MODES]
         lines.append(f"| {arm} | {len(rs)} | {tfl} | {sec} | {accs[0]} | {accs[1]} | "
                      + " | ".join(cell(rs, lambda r: r["eval"][m]["pass@k"][str(pk)]) for m in MODES) + " | "
                      + " | ".join(cell(rs, lambda r: r["eval"][m]["kl_to_teacher"], pct=False) for m in MODES) + " |")
@@ -418,19 +465,8 @@ def report(results: Path, out: str) -> int:
     axes[2].set_title("KL on the teacher's held-out replies")
     axes[2].legend(fontsize=8)
     for ax, m in zip(axes, MODES):
-        for arm in ("teacher", "init", *ARMS):
-            rs = by.get(arm)
-            if not rs:
-                continue
-            ks = sorted(int(k) for k in rs[0]["eval"][m]["pass@k"])
-            ys = [_mean_ci([r["eval"][m]["pass@k"][str(k)] for r in rs]) for k in ks]
-            ax.errorbar(ks, [y[0] for y in ys], yerr=[0 if math.isnan(y[1]) else y[1] for y in ys], marker="o",
-                        capsize=3, label=arm, linestyle="--" if arm in ("teacher", "init") else "-")
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("k")
-        ax.set_ylabel("pass@k")
+        plot_pass_at_k(ax, by, m, ("teacher", "init", *ARMS), dashed=("teacher", "init"))
         ax.set_title(f"/{m} (held-out problems)")
-        ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out + ".png", dpi=110)

@@ -1,0 +1,315 @@
+"""Distillation vs reasoning RL at equal compute (Qwen3 tech report §4.5 and Table 21, in miniature): from one
+student checkpoint made by off-policy distillation, continue with (a) on-policy distillation or (b) GRPO.
+
+    python scripts/rl_experiment.py --work out/rl                 # all stages; re-run to resume
+    python scripts/rl_experiment.py --work out/rl --report docs/rl_experiment   # table + plot from the results
+
+Stages, each stored in --work, each skipped when its output is there:
+  1. the teacher's (weights/demo-dense) replies to training problems, top-20 log-probs stored, wrong ones dropped
+     (scripts/distill_experiment.py's build_pool: the distillation experiment's off-policy data);
+  2. the start: the student (the teacher with --layers kept) trained off-policy on them for --off-tflops
+     (distill_experiment.run_arm("off")), saved as start.safetensors and evaluated;
+  3. per seed, the two arms from the start, each given --arm-tflops (FLOPs, 2 per multiply-add, backward = 2×
+     forward): (a) "on-policy": the student samples (both modes, per-mode defaults), the teacher scores the same tokens,
+     reverse-KL step (minqwen3.distill.onpolicy_step); teacher passes counted; (b) "grpo": --group replies to each of
+     --prompts prompts, reward 1 for a well-formed right reply (minqwen3.rl.check_reply), clipped policy-gradient step
+     (minqwen3.rl.grpo_step); every sample counted. Greedy accuracy on the held-out problems at --curve points.
+Evaluation per mode (/think, /no_think) on --n-eval held-out problems (scripts/arithmetic.py's eval_problems):
+greedy accuracy, and pass@k (k = 1 .. --samples) from --samples sampled replies per problem, per-mode defaults.
+One row per stage and (arm, seed) in results.jsonl; --deadline stops starting new stages after that many seconds.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+from safetensors.torch import load_file, save_file
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import arithmetic  # noqa: E402
+import distill_experiment as de  # noqa: E402
+
+from minqwen3.distill import DistillConfig, onpolicy_step, sample_replies  # noqa: E402
+from minqwen3.rl import GRPOConfig, check_reply, grpo_step  # noqa: E402
+from minqwen3.tokenizer import ENDOFTEXT  # noqa: E402
+from minqwen3.train import TrainConfig, make_optimizer  # noqa: E402
+
+ARMS = ("on-policy", "grpo")
+MODES = de.MODES
+LABEL = {"on-policy": "(a) on-policy distillation", "grpo": "(b) GRPO"}
+COLOR = {"start": "gray", "on-policy": "C0", "grpo": "C1"}
+
+
+def reward_of(tok, p: arithmetic.Problem, reply: list[int], thinking: bool) -> float:
+    return check_reply(tok.decode(reply), p.answer, thinking)
+
+
+# ---------------------------------------------------------------- evaluation
+@torch.no_grad()
+def evaluate(model, tok, enc, items, n_samples: int, max_new: dict, seed: int, greedy_only: bool = False) -> dict:
+    """Per mode: greedy accuracy (the reply's answer, de.grade) and well-formed accuracy (the reward); pass@k from
+    n_samples sampled replies per problem (the unbiased estimator, k = 1, 2, 4, ... n_samples)."""
+    model.eval()
+    out = {}
+    for mode in MODES:
+        think = mode == "think"
+        ps = [de.prompt(enc, p, mode) for p in items]
+        dc = DistillConfig(max_new_tokens=max_new[mode], rollout_batch=1 << 14)
+        greedy = de.greedy_replies(model, ps, max_new[mode], dc)
+        acc = [de.grade(tok, p, r) for p, r in zip(items, greedy)]
+        res = {"accuracy": sum(acc) / len(acc), "correct": sum(acc), "n": len(acc),
+               "reward": sum(reward_of(tok, p, r, think) for p, r in zip(items, greedy)) / len(items),
+               "reply_tokens": sum(map(len, greedy)) / len(greedy)}
+        if not greedy_only:
+            sampled = sample_replies(model, ps * n_samples, [think] * (len(ps) * n_samples), dc, seed=seed)
+            correct = [sum(de.grade(tok, items[j], sampled[s * len(ps) + j]) for s in range(n_samples))
+                       for j in range(len(ps))]
+            res["pass@k"] = de.pass_at_k(correct, n_samples, [2 ** i for i in range(int(math.log2(n_samples)) + 1)])
+        out[mode] = res
+    model.train()
+    return out
+
+
+# ---------------------------------------------------------------- the arms
+def run_arm(arm: str, seed: int, start: dict, teacher, tok, enc, items, a, device, append_curve) -> tuple:
+    torch.manual_seed(seed)
+    student = de.make_student(teacher, a.layers, device)
+    student.load_state_dict({"lm_head.weight": start["model.embed_tokens.weight"], **start})  # tied head
+    tc = TrainConfig(steps=1000, lr=a.arm_lr, min_lr=a.arm_lr / 10, warmup=20, balance="none")  # step = 1000 · progress
+    opt = make_optimizer(student, tc)
+    sample = DistillConfig(kind="reverse", max_new_tokens=a.max_think, pad_id=ENDOFTEXT, rollout_batch=1 << 14)
+    gc = GRPOConfig(group=a.group, clip=a.clip, kl_coef=0.0, sample=sample)
+    meter, budget = de.Meter(), a.arm_tflops * 1e12
+    curve_at = [budget * (i + 1) / (a.curve + 1) for i in range(a.curve)]
+    log, step, t_start = [], 0, time.perf_counter()
+    while meter.flops < budget:
+        progress = meter.flops / budget
+        de.sync(device)
+        t0 = time.perf_counter()
+        if arm == "on-policy":
+            n = a.prompts * a.group  # as many rollouts per step as GRPO, both modes
+            ps_items = de.problems(seed * 7919 + step, n, held_out=False)
+            think = [i % 2 == 0 for i in range(n)]
+            ps = [de.prompt(enc, p, "think" if t else "no_think") for p, t in zip(ps_items, think)]
+            stats = onpolicy_step(student, teacher, opt, ps, think, sample, tc, int(1000 * progress), seed=step)
+            n_tok, shape = stats.pop("tokens"), stats.pop("batch_tokens")
+            meter.flops += de.Meter.forward(student, shape, shape)  # the rollouts (padded batch)
+            meter.flops += de.Meter.forward(teacher, shape, n_tok) + 3 * de.Meter.forward(student, shape, n_tok)
+        else:
+            ps_items = de.problems(seed * 7919 + step, a.prompts, held_out=False)
+            think = [i % 2 == 0 for i in range(a.prompts)]
+            ps = [de.prompt(enc, p, "think" if t else "no_think") for p, t in zip(ps_items, think)]
+            stats = grpo_step(student, opt, ps, think, lambda i, r: reward_of(tok, ps_items[i], r, think[i]), gc,
+                              tc, int(1000 * progress), seed=step)
+            n_tok, shape = stats.pop("tokens"), stats.pop("batch_tokens")
+            meter.flops += de.Meter.forward(student, shape, shape) + 3 * de.Meter.forward(student, shape, n_tok)
+        de.sync(device)
+        meter.seconds += time.perf_counter() - t0
+        step += 1
+        row = {"step": step, "tflops": round(meter.flops / 1e12, 2), "seconds": round(meter.seconds, 2),
+               **{k: round(float(v), 4) for k, v in stats.items()}}
+        log.append(row)
+        print(f"  {arm} seed {seed}: {row}", flush=True)
+        while curve_at and meter.flops >= curve_at[0]:  # greedy accuracy along the way (not counted as compute)
+            curve_at.pop(0)
+            ev = evaluate(student, tok, enc, items, 1, {"think": a.max_think, "no_think": a.max_direct}, 0, True)
+            append_curve({"arm": arm, "seed": seed, "tflops": meter.flops / 1e12, "device_seconds": meter.seconds,
+                          **{f"{m}_accuracy": ev[m]["accuracy"] for m in MODES}})
+    return student, {"arm": arm, "seed": seed, "steps": step, "tflops": meter.flops / 1e12,
+                     "device_seconds": meter.seconds, "wall_seconds": time.perf_counter() - t_start, "log": log}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = de.common_args(__doc__, work="out/rl", layers="0,1,2", samples=64)
+    ap.add_argument("--pool", type=int, default=4096, help="teacher replies generated for off-policy data")
+    ap.add_argument("--off-tflops", type=float, default=30.0, help="the off-policy stage that makes the start")
+    ap.add_argument("--arm-tflops", type=float, default=60.0, help="compute per arm and seed after the start")
+    ap.add_argument("--batch", type=int, default=128, help="samples per off-policy step")
+    ap.add_argument("--prompts", type=int, default=32, help="GRPO prompts per step")
+    ap.add_argument("--group", type=int, default=8, help="GRPO replies per prompt")
+    ap.add_argument("--clip", type=float, default=0.2)
+    ap.add_argument("--lr", type=float, default=1e-3, help="off-policy stage")
+    ap.add_argument("--arm-lr", type=float, default=3e-4, help="both arms")
+    ap.add_argument("--curve", type=int, default=2, help="greedy evaluations along each arm (plus its end)")
+    a, work, results = de.parse(ap, argv)
+    if a.report:
+        return report(results, a.report)
+    t_begin = time.perf_counter()
+    device, tok, enc, teacher = de.setup(a)
+    rows = [json.loads(x) for x in results.read_text().splitlines()] if results.is_file() else []
+    done = {(r["arm"], r.get("seed", 0)) for r in rows if "eval" in r}
+    items = [p for _, p in arithmetic.eval_problems(-(-a.n_eval // 5))][:a.n_eval]
+    max_new = {"think": a.max_think, "no_think": a.max_direct}
+
+    def append(row):
+        with open(results, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+    def late(what):
+        if a.deadline is not None and time.perf_counter() - t_begin > a.deadline:
+            print(f"deadline: stopping before {what}", flush=True)
+            return True
+        return False
+
+    if ("teacher", 0) not in done:  # greedy only: its sampled accuracy is docs/distill_experiment.md's
+        t = time.perf_counter()
+        ev = evaluate(teacher, tok, enc, items, 1, max_new, 0, greedy_only=True)
+        sha = hashlib.sha256((Path(a.teacher) / "model.safetensors").read_bytes()).hexdigest()
+        append({"arm": "teacher", "seed": 0, "eval": ev, "eval_seconds": time.perf_counter() - t, "sha256": sha,
+                "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+                "args": {k: v for k, v in vars(a).items() if isinstance(v, (int, float, str, tuple))}})
+        print(f"teacher {sha[:16]}: {json.dumps(ev)}", flush=True)
+    start_file = work / "start.safetensors"
+    if not start_file.is_file() and ("start", 0) in done:
+        raise SystemExit(f"{results} has results from a start checkpoint that {start_file} no longer holds: restore "
+                         "it, or use a fresh --work / --results (a regenerated start would mix two starts)")
+    if not start_file.is_file():
+        pool_file = work / "teacher_pool.safetensors"
+        if pool_file.is_file():
+            pool = load_file(pool_file)
+        else:
+            t = time.perf_counter()
+            pool = de.build_pool(teacher, tok, enc, a.pool, 1, False, SimpleNamespace(
+                top_k=20, max_think=a.max_think, pad_id=a.pad_id), keep_wrong=False)
+            save_file({k: v.contiguous() for k, v in pool.items()}, str(pool_file) + ".tmp")
+            Path(str(pool_file) + ".tmp").rename(pool_file)
+            print(f"teacher pool: {len(pool['lengths'])} kept in {time.perf_counter() - t:.1f} s", flush=True)
+        off = SimpleNamespace(layers=a.layers, lr=a.lr, budget_tflops=a.off_tflops, batch=a.batch, on_batch=0,
+                              pad_id=a.pad_id, max_think=a.max_think, log_every=20)
+        student, row = de.run_arm("off", 0, teacher, pool, enc, off, device)
+        save_file({k: v.detach().contiguous() for k, v in student.state_dict().items()  # the head is tied
+                   if k != "lm_head.weight"}, str(start_file) + ".tmp")
+        Path(str(start_file) + ".tmp").rename(start_file)
+        row["arm"] = "start"
+        t = time.perf_counter()
+        row["eval"] = evaluate(student, tok, enc, items, a.samples, max_new, seed=1)
+        row["eval_seconds"] = time.perf_counter() - t
+        row["kept"] = {m: float(pool[f"kept_{m}"]) for m in MODES}
+        append(row)
+        print("start: " + json.dumps({m: row["eval"][m]["accuracy"] for m in MODES})
+              + f" ({row['tflops']:.3g} TFLOP, {row['device_seconds']:.1f} s)", flush=True)
+    start = load_file(start_file, device=str(device))
+    for seed in range(a.seeds):
+        for arm in ARMS:
+            if (arm, seed) in done or late(f"{arm} seed {seed}"):
+                continue
+            student, row = run_arm(arm, seed, start, teacher, tok, enc, items, a, device,
+                                   lambda r: append({"curve": True, **r}))
+            t = time.perf_counter()
+            row["eval"] = evaluate(student, tok, enc, items, a.samples, max_new, seed=seed + 1)
+            row["eval_seconds"] = time.perf_counter() - t
+            append(row)
+            print(f"{arm} seed {seed}: " + ", ".join(f"{m} acc {row['eval'][m]['accuracy']:.3f}" for m in MODES)
+                  + f" ({row['tflops']:.3g} TFLOP, {row['device_seconds']:.1f} s, eval {row['eval_seconds']:.1f} s)",
+                  flush=True)
+    return 0
+
+
+# ---------------------------------------------------------------- the report
+def _interp_cost(curve: list[tuple[float, float]], target: float) -> float | None:
+    """The compute at which a rising accuracy curve [(compute, acc)] first reaches target (linear between points)."""
+    for (x0, y0), (x1, y1) in zip(curve, curve[1:]):
+        if y0 < target <= y1:
+            return x0 + (x1 - x0) * (target - y0) / (y1 - y0)
+    return curve[0][0] if curve and curve[0][1] >= target else None
+
+
+def report(results: Path, out: str) -> int:
+    rows = [json.loads(x) for x in results.read_text().splitlines()]
+    ends = [r for r in rows if "eval" in r]
+    curves = [r for r in rows if r.get("curve")]
+    by = {}
+    for r in ends:
+        by.setdefault(r["arm"], []).append(r)
+    start = by["start"][0]
+    ks = sorted(int(k) for k in start["eval"]["think"]["pass@k"])
+    kmax = ks[-1]
+    lines = [f"| model | seeds | TFLOP after start | device s after start | /think acc % | /no_think acc % | "
+             f"/think pass@1 % | /think pass@{kmax} % | /no_think pass@1 % | /no_think pass@{kmax} % |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+
+    for arm in ("teacher", "start", *ARMS):
+        rs = by.get(arm)
+        if not rs:
+            continue
+        tfl = f"{sum(r['tflops'] for r in rs) / len(rs):.3g}" if arm in ARMS else "-"
+        sec = f"{sum(r['device_seconds'] for r in rs) / len(rs):.1f}" if arm in ARMS else "-"
+        accs = [de.accuracy_cell(rs, m) for m in MODES]
+        pk = []
+        for m in MODES:
+            for k in (1, kmax):
+                pk.append(de.cell(rs, lambda r: r["eval"][m]["pass@k"][str(k)]) if "pass@k" in rs[0]["eval"][m]
+                          else "-")
+        name = {"start": f"start (off-policy, {start['tflops']:.3g} TFLOP)"}.get(arm, LABEL.get(arm, arm))
+        lines.append(f"| {name} | {len(rs)} | {tfl} | {sec} | {accs[0]} | {accs[1]} | " + " | ".join(pk) + " |")
+    # the compute each arm needs to reach the other's final accuracy (mean curves over seeds, /think greedy)
+    mean_curve = {}
+    for arm in ARMS:
+        pts = {}
+        for r in [c for c in curves if c["arm"] == arm] + [
+                {"seed": r["seed"], "tflops": r["tflops"], "device_seconds": r["device_seconds"],
+                 **{f"{m}_accuracy": r["eval"][m]["accuracy"] for m in MODES}} for r in by.get(arm, [])]:
+            pts.setdefault(r["seed"], []).append(r)
+        if not pts:
+            continue
+        n = min(len(v) for v in pts.values())
+        seeds = list(pts.values())
+        mean_curve[arm] = [(0.0, 0.0, {m: start["eval"][m]["accuracy"] for m in MODES})] + [
+            (sum(s[i]["tflops"] for s in seeds) / len(seeds), sum(s[i]["device_seconds"] for s in seeds) / len(seeds),
+             {m: sum(s[i][f"{m}_accuracy"] for s in seeds) / len(seeds) for m in MODES}) for i in range(n)]
+    ratio_lines = []
+    if len(mean_curve) == 2:
+        for m in MODES:
+            for x, y in ((ARMS[0], ARMS[1]), (ARMS[1], ARMS[0])):
+                target = mean_curve[y][-1][2][m]
+                for unit, j in (("TFLOP", 0), ("device s", 1)):
+                    c = _interp_cost([(p[j], p[2][m]) for p in mean_curve[x]], target)
+                    have = mean_curve[y][-1][j]
+                    need = "not reached" if c is None else "0 (the start has it)" if c == 0 else f"{c:.3g}"
+                    ratio_lines.append(f"| /{m} | {LABEL[x]} to reach {LABEL[y]}'s final {target * 100:.1f} % | "
+                                       f"{unit} | {need} | {have:.3g} | " + ("-" if c is None else f"{c / have:.2f}")
+                                       + " |")
+    table = "\n".join(lines)
+    if ratio_lines:
+        table += ("\n\n| mode | what | unit | compute needed | the other arm used | ratio |\n|---|---|---|---|---|---|\n"
+                  + "\n".join(ratio_lines))
+    Path(out + ".md").write_text(table + "\n")
+    print(table)
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 4, figsize=(18, 3.8))
+    for j, m in enumerate(MODES):
+        ax = axes[j]
+        for arm, pts in mean_curve.items():
+            for seed in sorted({r["seed"] for r in by.get(arm, [])}):
+                sc = [(0.0, start["eval"][m]["accuracy"])] + [
+                    (c["tflops"], c[f"{m}_accuracy"]) for c in curves if c["arm"] == arm and c["seed"] == seed] + [
+                    (r["tflops"], r["eval"][m]["accuracy"]) for r in by[arm] if r["seed"] == seed]
+                ax.plot([x for x, _ in sc], [y for _, y in sc], color=COLOR[arm], alpha=0.3, lw=1)
+            ax.plot([p[0] for p in pts], [p[2][m] for p in pts], color=COLOR[arm], marker="o",
+                    label=LABEL[arm] + " (mean)")
+        ax.axhline(by["teacher"][0]["eval"][m]["accuracy"], color="gray", ls=":", label="teacher")
+        ax.set_xlabel("TFLOP after the start")
+        ax.set_ylabel("greedy accuracy")
+        ax.set_title(f"/{m}: accuracy vs compute")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    for j, m in enumerate(MODES):
+        de.plot_pass_at_k(axes[2 + j], by, m, ("start", *ARMS), dashed=("start",), label=LABEL, color=COLOR)
+        axes[2 + j].set_title(f"/{m}: pass@k (held-out)")
+    axes[2].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out + ".png", dpi=100)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
