@@ -195,7 +195,12 @@ def use_compile_cache() -> str:
     TORCHINDUCTOR_CACHE_DIR is set (then that, as torch would); torch's own default is /tmp/torchinductor_$USER,
     which many systems empty at boot. Returns the directory. Set for this process, so it must run before the first
     compilation (a Decoder that compiles calls it); "" where no such directory can be made (torch's default)."""
-    if not os.environ.get("TORCHINDUCTOR_CACHE_DIR"):
+    try:  # importing Inductor sets the variable to torch's default: that one is not the user's choice
+        from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+        default = os.path.abspath(default_cache_dir())
+    except (ImportError, AttributeError):
+        default = None
+    if os.environ.get("TORCHINDUCTOR_CACHE_DIR") in (None, "", default):
         base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
         path = os.path.join(base, "minqwen3", "inductor")
         try:

@@ -198,6 +198,9 @@ def test_compile_cache_under_the_users_cache_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     assert use_compile_cache() == str(tmp_path / "minqwen3" / "inductor")
     assert (tmp_path / "minqwen3" / "inductor").is_dir()
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", default_cache_dir())  # what importing Inductor sets
+    assert use_compile_cache() == str(tmp_path / "minqwen3" / "inductor")
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))
     assert use_compile_cache() == str(tmp_path / "mine")
 
