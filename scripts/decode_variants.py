@@ -7,7 +7,9 @@ per token, its fraction of the weight-bandwidth limit, and the GPU kernels per s
 it is; "before" routes as before docs/benchmarks.md's run 3 (softmax over all experts, sorted top-k); "+combo"
 and "+nocombo" force Inductor's combo kernels (independent kernels of one graph launched as one) on or off;
 "+mmattn" decodes attention as three library calls (attention.decode_attention) instead of flash_decode.py's
-one kernel, "+flex" with FlexAttention; "+maxk" routes with k rounds of max instead of topk; "+slots:N" gives the
+one kernel, "+flex" with FlexAttention; "+maxk" routes with k rounds of max instead of topk; "+swiglu" computes
+the dense MLP's silu(gate) * up in a kernel of its own (a custom op Inductor cannot inline), so the down projection
+reads the realised product instead of recomputing it in every program; "+slots:N" gives the
 cache N slots; "+cfg:KEY=VALUE" sets any Inductor option. Random weights in the official shapes, bf16, batch 1, as
 `python -m minqwen3 bench`.
 """
@@ -20,7 +22,7 @@ import sys
 
 import torch
 
-from minqwen3 import Qwen3Config, attention, flash_decode, moe
+from minqwen3 import Qwen3Config, attention, flash_decode, mlp, moe
 from minqwen3.bench import copy_bandwidth, decode_bytes, kernel_profile, measure, release
 from minqwen3.generation import Decoder, generate
 from minqwen3.model import random_model
@@ -63,6 +65,36 @@ def flex_decode(q, k, v, mask):
     return flex_attention(q, k, v, score_mod=score_mod, enable_gqa=True)
 
 
+@torch.library.custom_op("minqwen3_variants::swiglu", mutates_args=())
+def swiglu(g: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """silu(g) * u in one Triton kernel, in float32, rounded once."""
+    import triton
+    g, u = g.contiguous(), u.contiguous()
+    h = torch.empty_like(g)
+    _swiglu[(triton.cdiv(g.numel(), 1024),)](g, u, h, g.numel(), BLOCK=1024)
+    return h
+
+
+@swiglu.register_fake
+def _(g, u):
+    return torch.empty_like(g, memory_format=torch.contiguous_format)
+
+
+if flash_decode.triton is not None:
+    import triton.language as tl
+
+    @flash_decode.triton.jit
+    def _swiglu(G, U, H, n, BLOCK: tl.constexpr):
+        i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        g = tl.load(G + i, mask=i < n).to(tl.float32)
+        u = tl.load(U + i, mask=i < n).to(tl.float32)
+        tl.store(H + i, (g * tl.sigmoid(g) * u).to(H.dtype.element_ty), mask=i < n)
+
+
+def swiglu_mlp_forward(self, x):
+    return self.down_proj(swiglu(self.gate_proj(x), self.up_proj(x)))
+
+
 @contextlib.contextmanager
 def patched(name: str):
     """Apply a variant named by parts joined with "+": "before" (the old router), "combo" / "nocombo" (Inductor's
@@ -70,8 +102,10 @@ def patched(name: str):
     Yields Decoder's combo_kernels argument."""
     parts = name.split("+")
     config = {k: ast.literal_eval(v) for k, v in (p[4:].split("=", 1) for p in parts if p.startswith("cfg:"))}
-    saved = moe.SparseMoE.forward, attention.decode_attention, flash_decode.available
+    saved = moe.SparseMoE.forward, attention.decode_attention, flash_decode.available, mlp.MLP.forward
     try:
+        if "swiglu" in parts:
+            mlp.MLP.forward = swiglu_mlp_forward
         if "before" in parts:
             moe.SparseMoE.forward = old_moe_forward
         if "maxk" in parts:
@@ -83,7 +117,7 @@ def patched(name: str):
         with torch._inductor.config.patch(config):
             yield True if "combo" in parts else False if "nocombo" in parts else None
     finally:
-        moe.SparseMoE.forward, attention.decode_attention, flash_decode.available = saved
+        moe.SparseMoE.forward, attention.decode_attention, flash_decode.available, mlp.MLP.forward = saved
 
 
 def main() -> int:
@@ -130,7 +164,7 @@ def main() -> int:
                              prof["busy_ms_per_step"], fast.setup_s, same))
                 print(f"\n### {name} {v}: decode {r['decode_ms']:.3f} ms ({100 * limit_ms / r['decode_ms']:.0f}% of "
                       f"limit), {prof['kernels_per_step']:.0f} kernels, busy {prof['busy_ms_per_step']:.3f} ms, "
-                      f"compile {fast.setup_s:.1f} s, same tokens as the first variant {same}/{len(tokens)}")
+                      f"compile {fast.setup_s:.1f} s, same tokens as the first variant {same}/{tokens.numel()}")
                 for key, calls, us in prof["top"]:
                     print(f"  {us:8.1f} us  {calls:5.1f}x  {key}")
                 sys.stdout.flush()
