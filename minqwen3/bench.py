@@ -410,7 +410,8 @@ def _print(res: dict, bw: float, flops: float, dtype: torch.dtype, prefill: int,
     print(f"\n## {res['model']} ({res['source']}), batch {B}{routed}: {nbytes / 1e9:.2f} GB of weights per step -> "
           f"limit {limit_ms:.3f} ms/step = {B * 1e3 / limit_ms:,.0f} tok/s")
     pf = prefill_flops(cfg, prefill) if prefill else 0
-    print(f"| implementation | tok/s | decode ms/step | of limit | prefill {prefill} tok/s | prefill TFLOP/s "
+    label = f"prefill {prefill}" if prefill and B == 1 else "prefill (batch 1 only)"
+    print(f"| implementation | tok/s | decode ms/step | of limit | {label} tok/s | prefill TFLOP/s "
           f"(of matmul) | warm-up s | peak GiB | same tokens as eager / as transformers |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in res["runs"]:
