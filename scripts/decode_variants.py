@@ -9,9 +9,13 @@ and "+nocombo" force Inductor's combo kernels (independent kernels of one graph 
 "+mmattn" decodes attention as three library calls (attention.decode_attention) instead of flash_decode.py's
 one kernel, "+flex" with FlexAttention; "+maxk" routes with k rounds of max instead of topk; "+swiglu" computes
 the dense MLP's silu(gate) * up in a kernel of its own (a custom op Inductor cannot inline), so the down projection
-reads the realised product instead of recomputing it in every program; "+slots:N" gives the
-cache N slots; "+cfg:KEY=VALUE" sets any Inductor option. Random weights in the official shapes, bf16, batch 1, as
-`python -m minqwen3 bench`.
+reads the realised product instead of recomputing it in every program; "+mmrows:N" lets Inductor write a
+matrix product of up to N rows as a broadcast-multiply and sum (a reduction it fuses with what is around it), as
+it does by itself only for one row (torch/_inductor/decomposition.py's mm, with coordinate-descent tuning): at
+batch > 1 each projection is otherwise a library GEMM of its own; "+slots:N" gives the
+cache N slots; "+cfg:KEY=VALUE" sets any Inductor option. Random weights in the official shapes, bf16, batch 1
+(--batch N: N rows; "of limit" then counts each row's top-k experts only, where `bench` counts their union),
+as `python -m minqwen3 bench`.
 """
 from __future__ import annotations
 
@@ -96,6 +100,29 @@ def swiglu_mlp_forward(self, x):
 
 
 @contextlib.contextmanager
+def mm_as_reduction(rows: int):
+    """Inductor decomposes aten.mm into multiply + sum (a reduction it can fuse and tune) for up to `rows` rows,
+    not only for one."""
+    from torch._inductor import decomposition
+    op = torch.ops.aten.mm.default
+    tables = [decomposition.decompositions, decomposition.fast_random_decomps()]  # the second is a cached merge
+    saved = tables[0][op]
+
+    def mm(a, b, out_dtype=None):
+        if a.device.type == "cuda" and out_dtype is None and isinstance(a.shape[0], int) and a.shape[0] <= rows:
+            return (a.unsqueeze(2).float() * b.unsqueeze(0).float()).sum(dim=1).to(a.dtype)
+        return saved(a, b, out_dtype) if out_dtype is not None else saved(a, b)
+    for t in tables:
+        t[op] = mm
+    try:  # the compile caches' keys do not see a changed decomposition: no caches for this variant
+        with torch._inductor.config.patch(force_disable_caches=True):
+            yield
+    finally:
+        for t in tables:
+            t[op] = saved
+
+
+@contextlib.contextmanager
 def patched(name: str):
     """Apply a variant named by parts joined with "+": "before" (the old router), "combo" / "nocombo" (Inductor's
     combo kernels forced on / off), "cfg:KEY=VALUE" (any torch._inductor.config setting, VALUE a Python literal).
@@ -114,7 +141,8 @@ def patched(name: str):
             flash_decode.available = lambda q, mask: False
         if "flex" in parts:
             attention.decode_attention = flex_decode
-        with torch._inductor.config.patch(config):
+        rows = [int(p[7:]) for p in parts if p.startswith("mmrows:")]
+        with torch._inductor.config.patch(config), (mm_as_reduction(rows[0]) if rows else contextlib.nullcontext()):
             yield True if "combo" in parts else False if "nocombo" in parts else None
     finally:
         moe.SparseMoE.forward, attention.decode_attention, flash_decode.available, mlp.MLP.forward = saved
@@ -127,6 +155,7 @@ def main() -> int:
                    help="e.g. after+cfg:triton.persistent_reductions=False (see patched())")
     p.add_argument("--moe-variants", nargs="*", default=["before"], help="extra variants for MoE models")
     p.add_argument("--prompt", type=int, default=128)
+    p.add_argument("--batch", type=int, default=1, help="rows, each its own random prompt (default: 1)")
     p.add_argument("--new", type=int, default=128)
     p.add_argument("--top", type=int, default=10, help="kernels to list per variant")
     p.add_argument("--max-len", type=int, help="cache slots (default: prompt + new; the bench uses 4096)")
@@ -139,7 +168,7 @@ def main() -> int:
         cfg = Qwen3Config.from_name(name)
         limit_ms = 1e3 * decode_bytes(cfg, torch.bfloat16) / bw
         model = random_model(cfg, dev, torch.bfloat16)
-        prompt = torch.randint(0, cfg.vocab_size, (1, args.prompt), generator=torch.Generator().manual_seed(0))
+        prompt = torch.randint(0, cfg.vocab_size, (args.batch, args.prompt), generator=torch.Generator().manual_seed(0))
         prompt = prompt.to(dev)
         reference = None
         variants = args.variants + (args.moe_variants if cfg.num_experts else [])
