@@ -310,3 +310,18 @@ def test_gpu_grouped_mm_matches_loop_without_host_sync():
         ref += w[:, s, None].float() * torch.einsum("nhi,ni->nh", f["down_proj"][e], h)
     assert ((y.float() - ref).norm() / ref.norm()).item() < 1e-2
     assert ((y_train.float() - ref).norm() / ref.norm()).item() < 1e-2  # a repeated expert counts twice in both
+
+
+@pytest.mark.slow
+def test_bench_first_call_runs_in_two_fresh_processes(tmp_path, capsys, monkeypatch):
+    """--first-call: cold, then warm, each a new process with the same new home; on a CPU nothing is compiled."""
+    model = tiny()
+    minqwen3.save_pretrained(model, tmp_path / "m")
+    monkeypatch.setenv("MINQWEN3_FIRST_CALL_HOME", str(tmp_path / "home"))
+    rc = main(["bench", "--model", str(tmp_path / "m"), "--device", "cpu", "--prompt", "6", "--new", "4",
+               "--prefill", "0", "--repeats", "1", "--first-call"])
+    out = capsys.readouterr().out
+    rows = {line.split("|")[1].strip(): line for line in out.splitlines() if line.startswith("| cold")
+            or line.startswith("| warm")}
+    assert rc == 0 and set(rows) == {"cold", "warm"} and "failed" not in out, out
+    assert (tmp_path / "home").is_dir()  # the children's home, kept as asked
