@@ -191,7 +191,8 @@ def record(tok, out, n, done, seen, last, pos, stops, pad_id: int) -> None:
 def use_compile_cache() -> str:
     """Keep torch.compile's caches under the user's cache directory, so that a second process starts warm: the
     kernels Inductor generated, their tuned launch settings and AOTAutograd's compiled graphs are found there and
-    nothing is compiled or tuned again. ~/.cache/minqwen3/inductor ($XDG_CACHE_HOME respected), unless
+    nothing is compiled again (torch 2.11 still re-tunes some kernels: docs/benchmarks.md, run 6).
+    ~/.cache/minqwen3/inductor ($XDG_CACHE_HOME respected), unless
     TORCHINDUCTOR_CACHE_DIR is set (then that, as torch would); torch's own default is /tmp/torchinductor_$USER,
     which many systems empty at boot. Returns the directory. Set for this process, so it must run before the first
     compilation (a Decoder that compiles calls it); "" where no such directory can be made (torch's default)."""
