@@ -6,11 +6,15 @@ Both ceilings are measured here, in the same run, rather than taken from a datas
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import gc
 import json
+import os
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -58,13 +62,39 @@ def matmul_rate(device: torch.device, dtype: torch.dtype, n: int | None = None) 
     return 2 * n**3 * 10 / _time(lambda: [a @ b for _ in range(10)], device, 3)
 
 
-def decode_bytes(config: Qwen3Config, dtype: torch.dtype) -> int:
+def decode_bytes(config: Qwen3Config, dtype: torch.dtype, experts: float | None = None) -> int:
     """Weight bytes one decode step reads: active parameters, less the embedding table (only one row is
-    read) unless the LM head shares it."""
-    _, active = count_params(config)
-    if not config.tie_word_embeddings:
-        active -= config.vocab_size * config.hidden_size
+    read) unless the LM head shares it. experts: how many distinct experts a step reads per MoE layer (a batch's
+    rows route to different ones; routed_experts measures it); default top-k, as at batch 1."""
+    c = config
+    _, active = count_params(c)
+    if not c.tie_word_embeddings:
+        active -= c.vocab_size * c.hidden_size
+    if experts is not None and c.num_experts:
+        moe_layers = sum(c.is_moe_layer(i) for i in range(c.num_hidden_layers))
+        active += round(moe_layers * (experts - c.num_experts_per_tok) * 3 * c.hidden_size * c.moe_intermediate_size)
     return active * dtype.itemsize
+
+
+@torch.no_grad()
+def routed_experts(model, ids: torch.Tensor, prompt_len: int) -> float | None:
+    """How many distinct experts one decode step of the batch reads per MoE layer, on average over the layers and
+    the steps: the union of the rows' top-k. ids (B, T): the prompts (prompt_len tokens) and what was generated;
+    decode steps fed positions prompt_len .. T-2 (the last token is sampled, never fed). The router's choices
+    are recomputed in one pass over ids; None for a dense model."""
+    cfg = model.config
+    if not cfg.num_experts or ids.shape[1] - 1 <= prompt_len:
+        return None
+    B, T = ids.shape[0], ids.shape[1] - 1
+    _, router = model.hidden_states(ids[:, :T])  # per MoE layer (B*T, E)
+    per_layer = []
+    for logits in router:
+        idx = logits.view(B, T, -1)[:, prompt_len:].topk(cfg.num_experts_per_tok, dim=-1).indices  # (B, n, k)
+        n = idx.shape[1]
+        hit = torch.zeros(n, cfg.num_experts, dtype=torch.bool, device=idx.device)
+        hit.scatter_(1, idx.transpose(0, 1).reshape(n, -1), True)  # (n, E): experts any row chose at step i
+        per_layer.append(hit.sum(1).float().mean())
+    return float(torch.stack(per_layer).mean())
 
 
 def prefill_flops(config: Qwen3Config, T: int) -> float:
@@ -127,7 +157,7 @@ def _agree(a: torch.Tensor, b: torch.Tensor) -> int:
 
 def measure(impls: list[tuple], prompt: torch.Tensor, new: int, long_prompt: torch.Tensor | None,
             device: torch.device, repeats: int) -> list[dict]:
-    """impls: (name, gen_fn, warm_new, every_round, prefill), gen_fn(ids, n) -> ids (1, T + n). Times generating
+    """impls: (name, gen_fn, warm_new, every_round, prefill), gen_fn(ids, n) -> ids (B, T + n). Times generating
     `new` tokens and 1 token (decode = the difference), and 1 token after long_prompt where prefill is set. After a
     warm-up each, the implementations take turns, `repeats` rounds (those with every_round False are timed in the
     first round only), and the best time of each counts: alternating, a machine shared with other jobs slows all
@@ -141,7 +171,7 @@ def measure(impls: list[tuple], prompt: torch.Tensor, new: int, long_prompt: tor
             t = time.perf_counter()
             fn(prompt, warm_new)  # compile, capture, autotune, allocate
             _sync(device)
-            r = dict(impl=name, warmup_s=time.perf_counter() - t, tokens=fn(prompt, new)[0, prompt.shape[1]:],
+            r = dict(impl=name, warmup_s=time.perf_counter() - t, tokens=fn(prompt, new)[:, prompt.shape[1]:],
                      new=[], one=[], prefill=[])
             if device.type == "cuda":
                 r["peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
@@ -159,30 +189,36 @@ def measure(impls: list[tuple], prompt: torch.Tensor, new: int, long_prompt: tor
                     r["prefill"].append(_time(lambda: fn(long_prompt, 1), device))
     for r, *_ in timed:
         t_new, t_one, prefill = min(r.pop("new")), min(r.pop("one")), r.pop("prefill")
-        r.update(tok_s=new / t_new, decode_ms=1e3 * (t_new - t_one) / (new - 1))
+        r.update(tok_s=prompt.shape[0] * new / t_new, decode_ms=1e3 * (t_new - t_one) / (new - 1))
         if prefill:
             r["prefill_s"] = min(prefill)
     return runs
 
 
-def bench_model(model_arg: str, device: torch.device, dtype: torch.dtype, prompt_len: int, new: int,
-                prefill_len: int, compare: list[str], repeats: int, eager: bool, profile: bool = False,
-                seed: int = 0) -> dict:
+def load_model(model_arg: str, device: torch.device, dtype: torch.dtype, seed: int = 0):
+    """(model, source): a checkpoint folder, or random weights in an official model's shapes."""
     path = Path(model_arg)
-    _log(f"{model_arg}: building")
     if path.is_dir():
         from .checkpoint import from_pretrained
-        model, source = from_pretrained(path, device=device, dtype=dtype).requires_grad_(False), str(path)
-    else:
-        model, source = random_model(Qwen3Config.from_name(model_arg), device, dtype, seed), "random weights"
+        return from_pretrained(path, device=device, dtype=dtype).requires_grad_(False), str(path)
+    return random_model(Qwen3Config.from_name(model_arg), device, dtype, seed), "random weights"
+
+
+def bench_model(model_arg: str, device: torch.device, dtype: torch.dtype, prompt_len: int, new: int,
+                prefill_len: int, compare: list[str], repeats: int, eager: bool, profile: bool = False,
+                seed: int = 0, batch: int = 1) -> dict:
+    _log(f"{model_arg}, batch {batch}: building")
+    model, source = load_model(model_arg, device, dtype, seed)
     cfg = model.config
     g = torch.Generator().manual_seed(seed)
-    prompt = torch.randint(0, cfg.vocab_size, (1, prompt_len), generator=g).to(device)
-    long_prompt = torch.randint(0, cfg.vocab_size, (1, prefill_len), generator=g).to(device) if prefill_len else None
+    prompt = torch.randint(0, cfg.vocab_size, (batch, prompt_len), generator=g).to(device)
+    # prefill is measured at batch 1 only (a second batch size would compile and capture the decoder again)
+    long_prompt = (torch.randint(0, cfg.vocab_size, (1, prefill_len), generator=g).to(device)
+                   if prefill_len and batch == 1 else None)
     cuda = device.type == "cuda"
     # On CUDA: the compiled decoder, with the eager loop as the token reference; on CPU nothing is compiled, so the
     # one minqwen3 row is generate() as a user gets it, beside transformers in turns.
-    dec = Decoder(model, max_len=max(prompt_len + new, prefill_len))
+    dec = Decoder(model, max_len=max(prompt_len + new, prefill_len if long_prompt is not None else 0))
     impls = [("minqwen3 compiled + CUDA graphs" if cuda else "minqwen3 generate()",
               lambda ids, n: generate(model, ids, n, stop_ids=(), decoder=dec), new, True, True)]
     if eager and cuda:
@@ -205,6 +241,9 @@ def bench_model(model_arg: str, device: torch.device, dtype: torch.dtype, prompt
                                                 new - 1)
     reference = next((r["tokens"] for r in reversed(runs) if "tokens" in r and r["impl"].startswith("minqwen3")),
                      None)
+    experts = None
+    if cfg.num_experts and "tokens" in runs[0]:  # what the batch's routing makes a decode step read
+        experts = routed_experts(model, torch.cat([prompt, runs[0]["tokens"].to(device)], 1), prompt_len)
     theirs = next((r["tokens"] for r in runs if r["impl"] == "transformers eager" and "tokens" in r), None)
     for r in runs:
         if "tokens" in r:
@@ -213,7 +252,7 @@ def bench_model(model_arg: str, device: torch.device, dtype: torch.dtype, prompt
             del r["tokens"]
     del model, dec, hf, impls
     release()
-    return dict(model=model_arg, source=source, config=cfg, runs=runs)
+    return dict(model=model_arg, source=source, config=cfg, runs=runs, batch=batch, experts=experts)
 
 
 def kernel_profile(fn, steps: int, top: int = 12) -> dict:
@@ -227,6 +266,72 @@ def kernel_profile(fn, steps: int, top: int = 12) -> dict:
     return dict(kernels_per_step=sum(e.count for e in kernels) / steps,
                 busy_ms_per_step=sum(e.self_device_time_total for e in kernels) / steps / 1e3,
                 top=[(e.key[:90], e.count / steps, e.self_device_time_total / steps) for e in kernels[:top]])
+
+
+# ---------------------------------------------------------------- the first call, in a fresh process
+FIRST_NEW = 64  # a first call is timed to its 64th new token
+# torch.compile's phases worth printing (torch._dynamo.utils.compilation_time_metrics, seconds summed over graphs)
+PHASES = {"_compile.compile_inner": "Dynamo, all", "bytecode_tracing": "tracing",
+          "OutputGraph.call_user_compiler": "AOTAutograd + Inductor", "PyCodeCache.load_by_key_path": "loading",
+          "async_compile.wait": "kernel compiles"}
+
+
+def first_call(model_arg: str, device: torch.device, dtype: torch.dtype, prompt_len: int, new: int = FIRST_NEW,
+               seed: int = 0, preimport: bool = False) -> dict:
+    """In this process: load the model (not timed), then time generate()'s first call as a user makes it (the
+    model's own decoder, compiled and captured on a GPU; streaming, as chat does) until its first and its `new`-th
+    token; with torch.compile's phases and its cache hits and misses. preimport: import torch.compile's machinery
+    (Dynamo, Inductor, Triton) before, and time it apart (a first call otherwise imports it: seconds)."""
+    t = time.perf_counter()
+    if preimport:
+        import importlib
+        for name in ("torch._dynamo", "torch._inductor.compile_fx", "torch._inductor.runtime.triton_heuristics"):
+            importlib.import_module(name)
+    import_s = time.perf_counter() - t
+    from torch._dynamo.utils import compilation_time_metrics, counters
+    model, _ = load_model(model_arg, device, dtype, seed)
+    g = torch.Generator().manual_seed(seed)
+    prompt = torch.randint(0, model.config.vocab_size, (1, prompt_len), generator=g).to(device)
+    _sync(device)
+    seen = []  # when each burst of tokens reached the host
+    t = time.perf_counter()
+    generate(model, prompt, new, stop_ids=(), on_token=lambda ids: seen.append(time.perf_counter()))
+    _sync(device)
+    total = time.perf_counter() - t
+    dec = model.__dict__.get("fast_decoder")
+    return dict(first_s=total, first_token_s=seen[0] - t, setup_s=dec.setup_s if dec is not None else 0.0,
+                import_s=import_s,
+                phases={k: sum(v) for k, v in compilation_time_metrics.items()},
+                caches={k: v for group in ("inductor", "aot_autograd") for k, v in counters[group].items()
+                        if "cache" in k}, cache_dir=os.environ.get("TORCHINDUCTOR_CACHE_DIR", ""))
+
+
+def first_calls(model_arg: str, device: torch.device, dtype: torch.dtype, prompt_len: int,
+                new: int = FIRST_NEW) -> dict:
+    """first_call() in two fresh processes, one after the other, with a new, empty home directory: cold (no
+    compile caches: ~/.cache/minqwen3 and Triton's ~/.triton are empty) and warm (what the first left there: a
+    user's second `chat`). {"cold": dict, "warm": dict}, or {"error": ...} for a process that failed.
+    The home directory is a temporary one, or $MINQWEN3_FIRST_CALL_HOME (which must not exist yet; kept after)."""
+    root = str(Path(__file__).resolve().parents[1])  # so the children import this same minqwen3
+    res = {}
+    keep = os.environ.get("MINQWEN3_FIRST_CALL_HOME")
+    if keep:
+        os.makedirs(keep)  # fails if it exists: a used home would not be a cold start
+    with (contextlib.nullcontext(keep) if keep else tempfile.TemporaryDirectory(prefix="minqwen3-home-")) as home:
+        env = {k: v for k, v in os.environ.items()
+               if k not in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR", "XDG_CACHE_HOME")}
+        env.update(HOME=home, PYTHONPATH=os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])]))
+        for start in ("cold", "warm"):
+            _log(f"{model_arg}: first call, {start}, in a new process")
+            t = time.perf_counter()
+            p = subprocess.run([sys.executable, "-m", "minqwen3.bench", "--first-call", model_arg, str(device),
+                                str(dtype).removeprefix("torch."), str(prompt_len), str(new)],
+                               env=env, capture_output=True, text=True)
+            line = next((x for x in p.stdout.splitlines() if x.startswith("FIRST_CALL ")), None)
+            res[start] = json.loads(line.removeprefix("FIRST_CALL ")) if line else dict(
+                error=f"status {p.returncode}: " + ((p.stderr.strip().splitlines() or ["no output"])[-1])[:200])
+            res[start]["process_s"] = time.perf_counter() - t  # python, imports, the model, the call, the exit
+    return res
 
 
 def _log(msg: str) -> None:
@@ -244,8 +349,12 @@ def release() -> None:
 # ---------------------------------------------------------------- the command
 def run(models: list[str], device: str, dtype: str | None, prompt: int, new: int, prefill: int | None,
         compare: list[str], repeats: int = 3, eager: bool = True, out: str | None = None,
-        profile: bool = False) -> int:
+        profile: bool = False, batch: list[int] | None = None, first: bool = False) -> int:
     dev = torch.device(device)
+    batch = batch or [1]
+    for b in batch:
+        if b < 1:
+            raise ValueError(f"--batch {b}: a batch has at least 1 row")
     dt = getattr(torch, dtype) if dtype else (torch.bfloat16 if dev.type == "cuda" else torch.float32)
     if prefill is None:
         prefill = 4096 if dev.type == "cuda" else 512
@@ -266,16 +375,24 @@ def run(models: list[str], device: str, dtype: str | None, prompt: int, new: int
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     with torch.no_grad():
         bw, flops = copy_bandwidth(dev), matmul_rate(dev, dt)
-    print(f"# minqwen3 bench, {datetime.date.today()}: {name}, {versions}, {str(dt).removeprefix('torch.')}, batch 1")
+    print(f"# minqwen3 bench, {datetime.date.today()}: {name}, {versions}, {str(dt).removeprefix('torch.')}, "
+          f"batch {', '.join(map(str, batch))}")
     print(f"# measured ceilings: copy {bw / 1e12:.2f} TB/s (read + write), "
           f"{str(dt).removeprefix('torch.')} matmul {flops / 1e12:.3g} TFLOP/s")
-    print(f"# tok/s: {new} new tokens after a {prompt}-token prompt, end to end; decode: per-token time "
-          f"(generate {new} minus generate 1) / {new - 1}; limit: weight bytes per token / copy bandwidth")
+    print(f"# tok/s: {new} new tokens after a {prompt}-token prompt, per row, end to end, all rows counted; decode: "
+          f"per-step time (generate {new} minus generate 1) / {new - 1}; limit: weight bytes per step / copy "
+          f"bandwidth")
     results = []
     for m in models:
-        res = bench_model(m, dev, dt, prompt, new, prefill, compare, repeats, eager, profile)
-        results.append(res)
-        _print(res, bw, flops, dt, prefill, new, dev)
+        starts = first_calls(m, dev, dt, prompt) if first else None  # before this process holds the model
+        for b in batch:
+            res = bench_model(m, dev, dt, prompt, new, prefill, compare, repeats, eager, profile, batch=b)
+            results.append(res)
+            _print(res, bw, flops, dt, prefill, new, dev)
+            sys.stdout.flush()
+        if starts:
+            results[-1]["first_call"] = starts
+            _print_first(m, starts, prompt)
     if out:
         Path(out).write_text(json.dumps(dict(date=str(datetime.date.today()), device=name, versions=versions,
                                              dtype=str(dt), copy_Bps=bw, matmul_flops=flops, results=[
@@ -285,13 +402,16 @@ def run(models: list[str], device: str, dtype: str | None, prompt: int, new: int
 
 
 def _print(res: dict, bw: float, flops: float, dtype: torch.dtype, prefill: int, new: int, dev) -> None:
-    cfg = res["config"]
-    nbytes = decode_bytes(cfg, dtype)
+    cfg, B = res["config"], res["batch"]
+    nbytes = decode_bytes(cfg, dtype, res["experts"])
     limit_ms = 1e3 * nbytes / bw
-    print(f"\n## {res['model']} ({res['source']}): {nbytes / 1e9:.2f} GB of weights per token -> "
-          f"limit {limit_ms:.3f} ms/token = {1e3 / limit_ms:,.0f} tok/s")
+    routed = "" if res["experts"] is None else (f"; the rows route to {res['experts']:.1f} distinct experts of "
+                                                 f"{cfg.num_experts} per MoE layer and step (measured)")
+    print(f"\n## {res['model']} ({res['source']}), batch {B}{routed}: {nbytes / 1e9:.2f} GB of weights per step -> "
+          f"limit {limit_ms:.3f} ms/step = {B * 1e3 / limit_ms:,.0f} tok/s")
     pf = prefill_flops(cfg, prefill) if prefill else 0
-    print(f"| implementation | tok/s | decode ms/token | of limit | prefill {prefill} tok/s | prefill TFLOP/s "
+    label = f"prefill {prefill}" if prefill and B == 1 else "prefill (batch 1 only)"
+    print(f"| implementation | tok/s | decode ms/step | of limit | {label} tok/s | prefill TFLOP/s "
           f"(of matmul) | warm-up s | peak GiB | same tokens as eager / as transformers |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in res["runs"]:
@@ -304,7 +424,7 @@ def _print(res: dict, bw: float, flops: float, dtype: torch.dtype, prefill: int,
             pre = f"{prefill / r['prefill_s']:,.0f}", f"{rate / 1e12:.3g} ({rate / flops:.0%})"
         peak = f"{r['peak_gib']:.1f}" if "peak_gib" in r else "-"
         warm = f"{r['warmup_s']:.1f}" + (f" (compile {r['compile_s']:.1f})" if r.get("compile_s") else "")
-        same = f"{r['agree']}/{new}" + ("" if r["agree_hf"] is None else f" / {r['agree_hf']}/{new}")
+        same = f"{r['agree']}/{B * new}" + ("" if r["agree_hf"] is None else f" / {r['agree_hf']}/{B * new}")
         print(f"| {r['impl']} | {r['tok_s']:,.1f} | {r['decode_ms']:.3f} | {limit_ms / r['decode_ms']:.0%} | "
               f"{pre[0]} | {pre[1]} | {warm} | {peak} | {same} |")
     for r in res["runs"]:
@@ -315,3 +435,27 @@ def _print(res: dict, bw: float, flops: float, dtype: torch.dtype, prefill: int,
             print("| kernel | calls/step | us/step |\n|---|---:|---:|")
             for name, calls, us in p["top"]:
                 print(f"| `{name}` | {calls:.1f} | {us:.1f} |")
+
+
+def _print_first(model_arg: str, starts: dict, prompt: int, new: int = FIRST_NEW) -> None:
+    print(f"\n{model_arg}: generate()'s first call in a fresh process, batch 1, a {prompt}-token prompt, until the "
+          f"{new}th new token (from the call; the whole process also imports torch and builds the model)")
+    print("| start | whole process s | to the first token s | to the last s | of which compile + capture s | "
+          + " | ".join(f"{v} s" for v in PHASES.values()) + " | compile caches |")
+    print("|---|---:|---:|---:|---:|" + "---:|" * len(PHASES) + "---|")
+    for start, r in starts.items():
+        if "error" in r:
+            print(f"| {start} | failed: {r['error']} |")
+            continue
+        phases = " | ".join(f"{r['phases'].get(k, 0.0):.2f}" for k in PHASES)
+        caches = ", ".join(f"{k} {v}" for k, v in sorted(r["caches"].items())) or "-"
+        print(f"| {start} | {r['process_s']:.1f} | {r['first_token_s']:.1f} | {r['first_s']:.1f} | "
+              f"{r['setup_s']:.1f} | {phases} | {caches} |")
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["--first-call"]:  # first_calls() runs this in a fresh process
+    _model, _device, _dtype, _prompt, _new, *_pre = sys.argv[2:]
+    with torch.no_grad():
+        _res = first_call(_model, torch.device(_device), getattr(torch, _dtype), int(_prompt), int(_new),
+                          preimport=_pre == ["preimport"])
+    print("FIRST_CALL " + json.dumps(_res), flush=True)

@@ -315,7 +315,7 @@ def cmd_bench(args) -> int:
     """Decode and prefill speed against the measured bandwidth and matmul ceilings, optionally vs transformers."""
     from .bench import run
     return run(args.model, args.device, args.dtype, args.prompt, args.new, args.prefill, args.compare or [],
-               args.repeats, not args.no_eager, args.out, args.profile)
+               args.repeats, not args.no_eager, args.out, args.profile, args.batch, args.first_call)
 
 
 DEVICE_HELP = "cpu, cuda, cuda:N, or auto: cuda if there is a GPU, else cpu (default: %(default)s)"
@@ -344,7 +344,8 @@ def _model_args(s: argparse.ArgumentParser, per_mode: bool) -> None:
         s.add_argument("--" + flag.replace("_", "-"), type=kind, default=defaults.get(flag),
                        help=f"{what} ({default(T[flag], N[flag])})")
     s.add_argument("--eager", action="store_true", help="on a GPU, decode without torch.compile and CUDA graphs "
-                   "(the fast path compiles for ~30 s before the first reply, then streams in bursts of 16 tokens)")
+                   "(the fast path compiles for ~30 s before the first reply, ~8 s once ~/.cache/minqwen3 holds its "
+                   "compile caches, then streams in bursts of 16 tokens)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -394,6 +395,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-eager", action="store_true", help="skip minqwen3's eager generate() (the token reference)")
     s.add_argument("--out", help="also write every number to this JSON file (default: none)")
     s.add_argument("--profile", action="store_true", help="list the GPU kernels of minqwen3's decode step")
+    s.add_argument("--batch", type=int, nargs="+", default=[1], metavar="N", help="rows per batch, each its own "
+                   "random prompt; one table per N (default: %(default)s)")
+    s.add_argument("--first-call", action="store_true", help="also time generate()'s first call (compile "
+                   "included) in two fresh processes: with empty compile caches, then with what the first left")
     s.set_defaults(fn=cmd_bench)
     return p
 

@@ -7,9 +7,15 @@ per token, its fraction of the weight-bandwidth limit, and the GPU kernels per s
 it is; "before" routes as before docs/benchmarks.md's run 3 (softmax over all experts, sorted top-k); "+combo"
 and "+nocombo" force Inductor's combo kernels (independent kernels of one graph launched as one) on or off;
 "+mmattn" decodes attention as three library calls (attention.decode_attention) instead of flash_decode.py's
-one kernel, "+flex" with FlexAttention; "+maxk" routes with k rounds of max instead of topk; "+slots:N" gives the
-cache N slots; "+cfg:KEY=VALUE" sets any Inductor option. Random weights in the official shapes, bf16, batch 1, as
-`python -m minqwen3 bench`.
+one kernel, "+flex" with FlexAttention; "+maxk" routes with k rounds of max instead of topk; "+swiglu" computes
+the dense MLP's silu(gate) * up in a kernel of its own (a custom op Inductor cannot inline), so the down projection
+reads the realised product instead of recomputing it in every program; "+mmrows:N" lets Inductor write a
+matrix product of up to N rows as a broadcast-multiply and sum (a reduction it fuses with what is around it), as
+it does by itself only for one row (torch/_inductor/decomposition.py's mm, with coordinate-descent tuning): at
+batch > 1 each projection is otherwise a library GEMM of its own; "+slots:N" gives the
+cache N slots; "+cfg:KEY=VALUE" sets any Inductor option. Random weights in the official shapes, bf16, batch 1
+(--batch N: N rows; "of limit" then counts each row's top-k experts only, where `bench` counts their union),
+as `python -m minqwen3 bench`.
 """
 from __future__ import annotations
 
@@ -20,7 +26,7 @@ import sys
 
 import torch
 
-from minqwen3 import Qwen3Config, attention, flash_decode, moe
+from minqwen3 import Qwen3Config, attention, flash_decode, mlp, moe
 from minqwen3.bench import copy_bandwidth, decode_bytes, kernel_profile, measure, release
 from minqwen3.generation import Decoder, generate
 from minqwen3.model import random_model
@@ -63,6 +69,59 @@ def flex_decode(q, k, v, mask):
     return flex_attention(q, k, v, score_mod=score_mod, enable_gqa=True)
 
 
+@torch.library.custom_op("minqwen3_variants::swiglu", mutates_args=())
+def swiglu(g: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """silu(g) * u in one Triton kernel, in float32, rounded once."""
+    import triton
+    g, u = g.contiguous(), u.contiguous()
+    h = torch.empty_like(g)
+    _swiglu[(triton.cdiv(g.numel(), 1024),)](g, u, h, g.numel(), BLOCK=1024)
+    return h
+
+
+@swiglu.register_fake
+def _(g, u):
+    return torch.empty_like(g, memory_format=torch.contiguous_format)
+
+
+if flash_decode.triton is not None:
+    import triton.language as tl
+
+    @flash_decode.triton.jit
+    def _swiglu(G, U, H, n, BLOCK: tl.constexpr):
+        i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        g = tl.load(G + i, mask=i < n).to(tl.float32)
+        u = tl.load(U + i, mask=i < n).to(tl.float32)
+        tl.store(H + i, (g * tl.sigmoid(g) * u).to(H.dtype.element_ty), mask=i < n)
+
+
+def swiglu_mlp_forward(self, x):
+    return self.down_proj(swiglu(self.gate_proj(x), self.up_proj(x)))
+
+
+@contextlib.contextmanager
+def mm_as_reduction(rows: int):
+    """Inductor decomposes aten.mm into multiply + sum (a reduction it can fuse and tune) for up to `rows` rows,
+    not only for one."""
+    from torch._inductor import decomposition
+    op = torch.ops.aten.mm.default
+    tables = [decomposition.decompositions, decomposition.fast_random_decomps()]  # the second is a cached merge
+    saved = tables[0][op]
+
+    def mm(a, b, out_dtype=None):
+        if a.device.type == "cuda" and out_dtype is None and isinstance(a.shape[0], int) and a.shape[0] <= rows:
+            return (a.unsqueeze(2).float() * b.unsqueeze(0).float()).sum(dim=1).to(a.dtype)
+        return saved(a, b, out_dtype) if out_dtype is not None else saved(a, b)
+    for t in tables:
+        t[op] = mm
+    try:  # the compile caches' keys do not see a changed decomposition: no caches for this variant
+        with torch._inductor.config.patch(force_disable_caches=True):
+            yield
+    finally:
+        for t in tables:
+            t[op] = saved
+
+
 @contextlib.contextmanager
 def patched(name: str):
     """Apply a variant named by parts joined with "+": "before" (the old router), "combo" / "nocombo" (Inductor's
@@ -70,8 +129,10 @@ def patched(name: str):
     Yields Decoder's combo_kernels argument."""
     parts = name.split("+")
     config = {k: ast.literal_eval(v) for k, v in (p[4:].split("=", 1) for p in parts if p.startswith("cfg:"))}
-    saved = moe.SparseMoE.forward, attention.decode_attention, flash_decode.available
+    saved = moe.SparseMoE.forward, attention.decode_attention, flash_decode.available, mlp.MLP.forward
     try:
+        if "swiglu" in parts:
+            mlp.MLP.forward = swiglu_mlp_forward
         if "before" in parts:
             moe.SparseMoE.forward = old_moe_forward
         if "maxk" in parts:
@@ -80,10 +141,11 @@ def patched(name: str):
             flash_decode.available = lambda q, mask: False
         if "flex" in parts:
             attention.decode_attention = flex_decode
-        with torch._inductor.config.patch(config):
+        rows = [int(p[7:]) for p in parts if p.startswith("mmrows:")]
+        with torch._inductor.config.patch(config), (mm_as_reduction(rows[0]) if rows else contextlib.nullcontext()):
             yield True if "combo" in parts else False if "nocombo" in parts else None
     finally:
-        moe.SparseMoE.forward, attention.decode_attention, flash_decode.available = saved
+        moe.SparseMoE.forward, attention.decode_attention, flash_decode.available, mlp.MLP.forward = saved
 
 
 def main() -> int:
@@ -93,6 +155,7 @@ def main() -> int:
                    help="e.g. after+cfg:triton.persistent_reductions=False (see patched())")
     p.add_argument("--moe-variants", nargs="*", default=["before"], help="extra variants for MoE models")
     p.add_argument("--prompt", type=int, default=128)
+    p.add_argument("--batch", type=int, default=1, help="rows, each its own random prompt (default: 1)")
     p.add_argument("--new", type=int, default=128)
     p.add_argument("--top", type=int, default=10, help="kernels to list per variant")
     p.add_argument("--max-len", type=int, help="cache slots (default: prompt + new; the bench uses 4096)")
@@ -105,7 +168,7 @@ def main() -> int:
         cfg = Qwen3Config.from_name(name)
         limit_ms = 1e3 * decode_bytes(cfg, torch.bfloat16) / bw
         model = random_model(cfg, dev, torch.bfloat16)
-        prompt = torch.randint(0, cfg.vocab_size, (1, args.prompt), generator=torch.Generator().manual_seed(0))
+        prompt = torch.randint(0, cfg.vocab_size, (args.batch, args.prompt), generator=torch.Generator().manual_seed(0))
         prompt = prompt.to(dev)
         reference = None
         variants = args.variants + (args.moe_variants if cfg.num_experts else [])
@@ -130,7 +193,7 @@ def main() -> int:
                              prof["busy_ms_per_step"], fast.setup_s, same))
                 print(f"\n### {name} {v}: decode {r['decode_ms']:.3f} ms ({100 * limit_ms / r['decode_ms']:.0f}% of "
                       f"limit), {prof['kernels_per_step']:.0f} kernels, busy {prof['busy_ms_per_step']:.3f} ms, "
-                      f"compile {fast.setup_s:.1f} s, same tokens as the first variant {same}/{len(tokens)}")
+                      f"compile {fast.setup_s:.1f} s, same tokens as the first variant {same}/{tokens.numel()}")
                 for key, calls, us in prof["top"]:
                     print(f"  {us:8.1f} us  {calls:5.1f}x  {key}")
                 sys.stdout.flush()

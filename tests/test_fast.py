@@ -2,6 +2,7 @@
 plain loop; the benchmark's arithmetic; and the GPU-only parts."""
 import gc
 import weakref
+from pathlib import Path
 
 import pytest
 import torch
@@ -159,14 +160,56 @@ def test_bench_command_on_a_tiny_checkpoint(tmp_path, capsys):
     minqwen3.save_pretrained(model, tmp_path)
     rc = main(["bench", "--model", str(tmp_path), "--device", "cpu", "--prompt", "10", "--new", "6",
                "--prefill", "16", "--repeats", "1", "--compare", "transformers", "transformers-static",
-               "--out", str(tmp_path / "r.json")])
+               "--batch", "1", "3", "--out", str(tmp_path / "r.json")])
     out = capsys.readouterr().out
     assert rc == 0
     rows = [line for line in out.splitlines() if line.startswith("| ") and "implementation" not in line]
     assert [r.split("|")[1].strip() for r in rows] == [
-        "minqwen3 generate()", "transformers eager", "transformers static cache"]
-    assert all(r.rstrip(" |").endswith("6/6 / 6/6") for r in rows), out  # the same greedy tokens, all three
+        "minqwen3 generate()", "transformers eager", "transformers static cache"] * 2  # batch 1, then 3
+    assert all(r.rstrip(" |").endswith("6/6 / 6/6") for r in rows[:3]), out  # the same greedy tokens, all three
+    assert all(r.rstrip(" |").endswith("18/18 / 18/18") for r in rows[3:]), out  # every row of the batch
+    assert "batch 1; the rows route to 2.0 distinct experts of 8" in out  # top-2: a lone row reads 2
     assert (tmp_path / "r.json").stat().st_size > 0
+
+
+def test_routed_experts_counts_the_union_of_the_rows_choices():
+    """What a batched decode step reads: per MoE layer and step, the experts any row chose, against a plain loop."""
+    from minqwen3.bench import routed_experts
+    model = tiny(**MOE)
+    ids = torch.randint(0, 320, (4, 12), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        _, router = model.hidden_states(ids[:, :-1])
+    want = []
+    for logits in router:  # layers 0 and 2
+        chosen = logits.view(4, 11, 8).topk(2, dim=-1).indices
+        want += [len(set(chosen[:, t].flatten().tolist())) for t in range(5, 11)]  # steps fed positions 5..10
+    assert routed_experts(model, ids, 5) == pytest.approx(sum(want) / len(want))
+    assert 2 < routed_experts(model, ids, 5) <= 8 and routed_experts(tiny(), ids, 5) is None
+    c = model.config  # two MoE layers of 8 experts, 3 * 64 * 32 weights each
+    extra = decode_bytes(c, torch.bfloat16, experts=5.0) - decode_bytes(c, torch.bfloat16)
+    assert extra == 2 * (5 - 2) * 3 * 64 * 32 * 2
+
+
+def test_compile_cache_under_the_users_cache_dir(tmp_path, monkeypatch):
+    """A compiling Decoder keeps torch.compile's caches in ~/.cache/minqwen3 (a second process starts warm), unless
+    the user chose a directory."""
+    from minqwen3.generation import use_compile_cache
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert use_compile_cache() == str(tmp_path / "minqwen3" / "inductor")
+    assert (tmp_path / "minqwen3" / "inductor").is_dir()
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", default_cache_dir())  # what importing Inductor sets
+    assert use_compile_cache() == str(tmp_path / "minqwen3" / "inductor")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))
+    assert use_compile_cache() == str(tmp_path / "mine")
+
+
+def test_first_call_reports_its_timings():
+    from minqwen3.bench import first_call
+    model_dir = Path(__file__).resolve().parents[1] / "weights" / "demo-dense"
+    r = first_call(str(model_dir), torch.device("cpu"), torch.float32, 8, 20)
+    assert 0 < r["first_token_s"] < r["first_s"] and r["setup_s"] == 0.0  # on a CPU nothing is compiled
 
 
 # ---------------------------------------------------------------- GPU: compiled + CUDA graphs
@@ -267,3 +310,18 @@ def test_gpu_grouped_mm_matches_loop_without_host_sync():
         ref += w[:, s, None].float() * torch.einsum("nhi,ni->nh", f["down_proj"][e], h)
     assert ((y.float() - ref).norm() / ref.norm()).item() < 1e-2
     assert ((y_train.float() - ref).norm() / ref.norm()).item() < 1e-2  # a repeated expert counts twice in both
+
+
+@pytest.mark.slow
+def test_bench_first_call_runs_in_two_fresh_processes(tmp_path, capsys, monkeypatch):
+    """--first-call: cold, then warm, each a new process with the same new home; on a CPU nothing is compiled."""
+    model = tiny()
+    minqwen3.save_pretrained(model, tmp_path / "m")
+    monkeypatch.setenv("MINQWEN3_FIRST_CALL_HOME", str(tmp_path / "home"))
+    rc = main(["bench", "--model", str(tmp_path / "m"), "--device", "cpu", "--prompt", "6", "--new", "4",
+               "--prefill", "0", "--repeats", "1", "--first-call"])
+    out = capsys.readouterr().out
+    rows = {line.split("|")[1].strip(): line for line in out.splitlines() if line.startswith("| cold")
+            or line.startswith("| warm")}
+    assert rc == 0 and set(rows) == {"cold", "warm"} and "failed" not in out, out
+    assert (tmp_path / "home").is_dir()  # the children's home, kept as asked
