@@ -189,18 +189,22 @@ def shard(model: Qwen3, plan: Plan) -> Qwen3:
 # ---------------------------------------------------------------- building and loading
 def random_model(config: Qwen3Config, plan: Plan, device="cpu", dtype: torch.dtype = torch.bfloat16,
                  seed: int = 0) -> Qwen3:
-    """Random weights in config's shapes, only this rank's slices, made directly on the device (benchmarks: the
-    full model never exists anywhere). Not the weights model.random_model draws."""
+    """Random weights in config's shapes, only this rank's slices kept, made on the device (benchmarks: the full
+    model never exists anywhere). Every parameter is drawn whole from one generator and then sliced, so any plan,
+    one process included, holds slices of the same weights (the draws differ from model.random_model's)."""
     with torch.device("meta"):
         model = Qwen3(config)
+    full = {n: tuple(p.shape) for n, p in model.named_parameters(remove_duplicate=False)}
     shard(model, plan)
-    g = torch.Generator(device).manual_seed(seed + plan.rank)
+    g = torch.Generator(device).manual_seed(seed)
     for name, p in list(model.named_parameters()):
-        t = torch.empty(p.shape, device=device, dtype=dtype)
         if name.endswith("norm.weight"):
-            t.fill_(1.0)
-        else:
-            t.normal_(0, config.initializer_range, generator=g)
+            t = torch.ones(p.shape, device=device, dtype=dtype)
+        elif name == "lm_head.weight" and config.tie_word_embeddings:  # split from the (replicated) embedding
+            t = model.model.embed_tokens.weight[slices(name, full[name], config, plan)].clone()
+        else:  # drawn whole, in the same order on every rank, then cut: one full tensor at a time in memory
+            t = torch.empty(full[name], device=device, dtype=dtype).normal_(0, config.initializer_range, generator=g)
+            t = t[slices(name, full[name], config, plan)].clone()
         mod_name, _, attr = name.rpartition(".")
         model.get_submodule(mod_name)._parameters[attr] = nn.Parameter(t, requires_grad=False)
     if config.tie_word_embeddings and not vocab_split(config, plan):
