@@ -372,3 +372,19 @@ def spawn(fn, world: int, *args, timeout_s: float = 300) -> list:
     import numpy as np
     return [tree_map(lambda a: torch.from_numpy(a) if isinstance(a, np.ndarray) else a, results[r])
             for r in range(world)]
+
+
+def sharded_forward(plan: Plan, path: str, prompts: list[list[int]], new: int, experts: str = "tp",
+                    pad_id: int = 0) -> dict:
+    """What one rank computes for a left-padded batch (tests and notebook 10 compare it with one process): the
+    checkpoint in `path` loaded sharded (float32), the batch's logits (B, T, V), `new` greedy tokens per row, and
+    the weight bytes this rank holds."""
+    from dataclasses import replace
+
+    from .generation import as_batch, generate
+    model = from_pretrained(path, replace(plan, experts=experts), dtype=torch.float32)
+    ids, pad = as_batch(prompts, pad_id)
+    with torch.no_grad():
+        logits = model(ids, pad=pad)
+    tokens = generate(model, prompts, new, stop_ids=(), pad_id=pad_id)
+    return dict(logits=logits, tokens=tokens, weight_bytes=weight_bytes(model))
