@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime
 import gc
 import json
+import os
 import statistics
 import sys
 import time
@@ -167,10 +168,16 @@ def measure(impls: list[tuple], prompt: torch.Tensor, new: int, long_prompt: tor
 
 def bench_model(model_arg: str, device: torch.device, dtype: torch.dtype, prompt_len: int, new: int,
                 prefill_len: int, compare: list[str], repeats: int, eager: bool, profile: bool = False,
-                seed: int = 0) -> dict:
+                seed: int = 0, plan=None) -> dict:
     path = Path(model_arg)
     _log(f"{model_arg}: building")
-    if path.is_dir():
+    if plan is not None:  # under torchrun: this rank's slices (parallel.py)
+        from . import parallel
+        model, source = ((parallel.from_pretrained(path, plan, device, dtype), str(path)) if path.is_dir() else
+                         (parallel.random_model(Qwen3Config.from_name(model_arg), plan, device, dtype, seed),
+                          "random weights"))
+        source += f", {plan.world} ranks, experts {plan.experts}"
+    elif path.is_dir():
         from .checkpoint import from_pretrained
         model, source = from_pretrained(path, device=device, dtype=dtype).requires_grad_(False), str(path)
     else:
@@ -244,7 +251,14 @@ def release() -> None:
 # ---------------------------------------------------------------- the command
 def run(models: list[str], device: str, dtype: str | None, prompt: int, new: int, prefill: int | None,
         compare: list[str], repeats: int = 3, eager: bool = True, out: str | None = None,
-        profile: bool = False) -> int:
+        profile: bool = False, experts: str = "tp") -> int:
+    plan = None
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # one of several processes (torchrun): tensor parallel
+        from . import parallel
+        plan, device = parallel.init(device, experts)
+        if compare:
+            print("under torchrun: measuring minqwen3 alone (transformers would need the whole model per rank)")
+            compare = []
     dev = torch.device(device)
     dt = getattr(torch, dtype) if dtype else (torch.bfloat16 if dev.type == "cuda" else torch.float32)
     if prefill is None:
@@ -273,9 +287,9 @@ def run(models: list[str], device: str, dtype: str | None, prompt: int, new: int
           f"(generate {new} minus generate 1) / {new - 1}; limit: weight bytes per token / copy bandwidth")
     results = []
     for m in models:
-        res = bench_model(m, dev, dt, prompt, new, prefill, compare, repeats, eager, profile)
+        res = bench_model(m, dev, dt, prompt, new, prefill, compare, repeats, eager, profile, plan=plan)
         results.append(res)
-        _print(res, bw, flops, dt, prefill, new, dev)
+        _print(res, bw * (plan.world if plan else 1), flops, dt, prefill, new, dev)
     if out:
         Path(out).write_text(json.dumps(dict(date=str(datetime.date.today()), device=name, versions=versions,
                                              dtype=str(dt), copy_Bps=bw, matmul_flops=flops, results=[

@@ -276,7 +276,7 @@ def launched() -> bool:
 
 def init(device: str = "auto", experts: str = "tp", timeout_s: float = 600) -> tuple[Plan, str]:
     """Join the process group torchrun set up (env RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT): NCCL with one
-    GPU per process, or gloo on CPUs. Ranks other than 0 print nothing (their stdout goes to /dev/null).
+    GPU per process, or gloo on CPUs. Ranks other than 0 print nothing (stdout and stderr go to /dev/null).
     Returns the plan and this rank's device."""
     for k, v in NO_MULTICAST.items():
         os.environ.setdefault(k, v)
@@ -293,8 +293,8 @@ def init(device: str = "auto", experts: str = "tp", timeout_s: float = 600) -> t
         dist.init_process_group("nccl" if cuda else "gloo", rank=rank, world_size=world,
                                 timeout=datetime.timedelta(seconds=timeout_s),
                                 **({"device_id": torch.device(device)} if cuda else {}))
-    if rank:
-        sys.stdout = open(os.devnull, "w")
+    if rank:  # one voice: the others' output would repeat rank 0's (their errors still reach sys.__stderr__)
+        sys.stdout = sys.stderr = open(os.devnull, "w")
     return Plan(rank, world, experts), device
 
 

@@ -46,12 +46,15 @@ def expected_bytes(model, world: int) -> int:
     return (parallel.weight_bytes(model) - whole - kv + head) // world + whole + kv // min(world, cfg.num_key_value_heads)
 
 
-def check(results, model, world, prompts=PROMPTS):
+def check(results, model, world, prompts=PROMPTS, rel: float | None = None):
+    """Every rank's logits within 1e-5 of one process's (or rel times the largest logit: summing partial results in
+    another order rounds differently, and 94 layers carry it further), the same tokens, the expected bytes."""
     want_logits, want_tokens = one_process(model, prompts)
+    tol = 1e-5 if rel is None else rel * want_logits.abs().max().item()
     want_bytes = expected_bytes(model, world)
     for rank, r in enumerate(results):
         err = (r["logits"] - want_logits).abs().max().item()
-        assert err < 1e-5, f"rank {rank}: logits differ from one process by {err:.2e}"
+        assert err < tol, f"rank {rank}: logits differ from one process by {err:.2e} (tolerance {tol:.2e})"
         assert torch.equal(r["tokens"], want_tokens), f"rank {rank}: greedy tokens differ"
         # sharded loading: a rank holds its 1/world of the split weights and the replicated ones, nothing more
         assert r["weight_bytes"] == want_bytes, f"rank {rank} holds {r['weight_bytes']} bytes, not {want_bytes}"
@@ -143,7 +146,7 @@ def test_235b_shaped_model_on_four_ranks(tmp_path):
     prompts = PROMPTS[:2]
     results = parallel.spawn(_jobs_short, 4, [(str(tmp_path), "tp"), (str(tmp_path), "ep")], timeout_s=600)
     for i in range(2):
-        check([r[i] for r in results], model, 4, prompts)
+        check([r[i] for r in results], model, 4, prompts, rel=1e-6)
 
 
 def _jobs_short(plan, jobs):
