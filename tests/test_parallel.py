@@ -146,7 +146,9 @@ def test_235b_shaped_model_on_four_ranks(tmp_path):
     prompts = PROMPTS[:2]
     results = parallel.spawn(_jobs_short, 4, [(str(tmp_path), "tp"), (str(tmp_path), "ep")], timeout_s=600)
     for i in range(2):
-        check([r[i] for r in results], model, 4, prompts, rel=1e-6)
+        # rel: in this model a 1e-7 relative nudge of the embedding, in one process, already moves the logits by
+        # 2e-4 of the largest (a router near a tie flips an expert, 94 layers deep); a wrong slice moves them by ~1
+        check([r[i] for r in results], model, 4, prompts, rel=1e-3)
 
 
 def _jobs_short(plan, jobs):
