@@ -126,16 +126,24 @@ def _shape(shape: tuple[int, ...], sl: tuple[slice, ...]) -> tuple[int, ...]:
 
 # ---------------------------------------------------------------- the collectives, as forward hooks
 def _all_reduce(t: torch.Tensor, group) -> torch.Tensor:
-    # functional collective: traceable by torch.compile, capturable in a CUDA graph, plain eager otherwise
-    from torch.distributed import _functional_collectives as funcol
-    return funcol.all_reduce(t, "sum", group)
+    if torch.compiler.is_compiling():  # the functional form, which torch.compile traces into its graph
+        from torch.distributed import _functional_collectives as funcol
+        return funcol.all_reduce(t, "sum", group)
+    dist.all_reduce(t, group=group)  # eager: in place on a fresh output (a CUDA graph captures it as it is)
+    return t
 
 
 def _all_gather_last(t: torch.Tensor, group) -> torch.Tensor:
-    from torch.distributed import _functional_collectives as funcol
-    gather = getattr(funcol, "all_gather_single", None) or funcol.all_gather_tensor  # the newer name, else the older
-    # the ranks' slices stack along dimension 0: put the vocabulary there and back
-    return gather(t.movedim(-1, 0).contiguous(), 0, group).movedim(0, -1)
+    """(..., V/N) on each rank -> (..., V), the ranks' slices in rank order. They stack along dimension 0, so the
+    vocabulary goes there and back."""
+    x = t.movedim(-1, 0).contiguous()
+    if torch.compiler.is_compiling():
+        from torch.distributed import _functional_collectives as funcol
+        gather = getattr(funcol, "all_gather_single", None) or funcol.all_gather_tensor  # the newer name, or older
+        return gather(x, 0, group).movedim(0, -1)
+    out = x.new_empty((x.shape[0] * dist.get_world_size(group), *x.shape[1:]))
+    dist.all_gather_into_tensor(out, x, group=group)
+    return out.movedim(0, -1)
 
 
 def _remap_experts(first: int, n_local: int):
