@@ -63,18 +63,18 @@ def run(name: str, cfg, plan, device, args, compiled: bool, graphs: bool, bws: l
     ms = 1e3 * (t_new - t_one) / (args.new - 1)
     n = plan.world
     limit_ms = 1e3 * decode_bytes(cfg, torch.bfloat16) / (n * min(bws[:n]))
-    agree = "-" if ref is None or n == 1 else f"{int((tokens == ref[1]).cumprod(0).sum())}/{args.new}"
+    agree = "-" if ref[1] is None or n == 1 else f"{int((tokens == ref[1]).cumprod(0).sum())}/{args.new}"
     return dict(model=name, gpus=n, experts=plan.experts if cfg.is_moe else "-", compiled=compiled,
                 graphs=graphs, tok_s=args.new / t_new, ms_token=ms, limit_tok_s=1e3 / limit_ms,
-                of_limit=limit_ms / ms, vs_one=None if ref is None or n == 1 else ref[0] / ms,
+                of_limit=limit_ms / ms, vs_one=None if ref[0] is None or n == 1 else ref[0] / ms,
                 weights_gib=wbytes / 2**30, peak_gib=torch.cuda.max_memory_allocated() / 2**30 if cuda else 0.0,
                 setup_s=setup, agree=agree, tokens=tokens)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--runs", nargs="+", default=["Qwen3-32B:1", "Qwen3-32B:2", "Qwen3-30B-A3B:1",
-                                                  "Qwen3-30B-A3B:2:tp", "Qwen3-30B-A3B:2:ep"])
+    ap.add_argument("--runs", nargs="+", default=["Qwen3-32B:1", "Qwen3-32B:2", "Qwen3-30B-A3B:2:tp",
+                                                  "Qwen3-30B-A3B:2:ep", "Qwen3-0.6B:1", "Qwen3-0.6B:2:compile"])
     ap.add_argument("--prompt", type=int, default=128)
     ap.add_argument("--new", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=3)
@@ -97,7 +97,8 @@ def main() -> None:
     print("| model | GPUs | experts | decode | tok/s | ms/token | limit tok/s | of limit | vs 1 GPU | weights/GPU GiB "
           "| peak/GPU GiB | setup s | same tokens as 1 GPU |\n|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
           flush=True)
-    single = {}  # model -> (ms/token, tokens) of its one-GPU run
+    # one-GPU runs: (model, compiled) -> (ms/token,), a ratio only between like modes; model -> greedy tokens
+    single = {}
     for spec in args.runs:
         name, n, *rest = spec.split(":")
         n = int(n)
@@ -116,12 +117,13 @@ def main() -> None:
         if rank < n:
             assert n in (1, world), "a run uses one GPU or all of them"
             try:
-                row = run(name, cfg, parallel.Plan(rank, n, experts), device, args, compiled, graphs, bws, single.get(name))
+                row = run(name, cfg, parallel.Plan(rank, n, experts), device, args, compiled, graphs, bws,
+                          (single.get((name, compiled), (None,))[0], single.get(name)))
             except Exception as e:  # on every rank alike (same code, same shapes): report it, go on to the next
                 row = dict(error=f"{type(e).__name__}: {str(e).splitlines()[0][:160]}")
             release()
             if n == 1 and "tokens" in row:
-                single[name] = (row["ms_token"], row["tokens"])
+                single[name, compiled], single[name] = (row["ms_token"],), row["tokens"]
             row.pop("tokens", None)
         rows = [None] * world
         dist.all_gather_object(rows, row, group=ctl)  # also: the others wait here while rank 0 runs alone
