@@ -22,7 +22,9 @@ all-to-all instead (not done here).
 
 The plan is applied to the unchanged model (model.py, attention.py, mlp.py, moe.py) by parameter name:
 `shard(model, plan)` replaces each parameter by its slice (on the meta device, before loading: nothing is
-allocated), sets the attention modules' head counts, and adds the collectives as forward hooks. `from_pretrained`
+allocated), sets the attention modules' head counts, and adds the collectives as forward hooks: in place when
+eager (a CUDA graph captures NCCL's kernels as they are), functional under torch.compile, which traces them into
+its graph. `from_pretrained`
 then reads only each rank's slice of every tensor from the safetensors files.
 
 Run with torchrun (one process per GPU, or per CPU "rank" with gloo):
@@ -142,7 +144,7 @@ def _all_gather_last(t: torch.Tensor, group) -> torch.Tensor:
         gather = getattr(funcol, "all_gather_single", None) or funcol.all_gather_tensor  # the newer name, or older
         return gather(x, 0, group).movedim(0, -1)
     out = x.new_empty((x.shape[0] * dist.get_world_size(group), *x.shape[1:]))
-    dist.all_gather_into_tensor(out, x, group=group)
+    (getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor)(out, x, group=group)  # newer name
     return out.movedim(0, -1)
 
 

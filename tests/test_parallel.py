@@ -46,10 +46,10 @@ def expected_bytes(model, world: int) -> int:
     return (parallel.weight_bytes(model) - whole - kv + head) // world + whole + kv // min(world, cfg.num_key_value_heads)
 
 
-def check(results, model, world, prompts=PROMPTS, rel: float | None = None):
+def check(results, model, world, prompts=PROMPTS, rel: float | None = None, new: int = NEW):
     """Every rank's logits within 1e-5 of one process's (or rel times the largest logit: summing partial results in
     another order rounds differently, and 94 layers carry it further), the same tokens, the expected bytes."""
-    want_logits, want_tokens = one_process(model, prompts)
+    want_logits, want_tokens = one_process(model, prompts, new)
     tol = 1e-5 if rel is None else rel * want_logits.abs().max().item()
     want_bytes = expected_bytes(model, world)
     for rank, r in enumerate(results):
@@ -67,12 +67,30 @@ def two_ranks(tmp_path_factory):
     d = tmp_path_factory.mktemp("tp2")
     models = {"dense": tiny(d / "dense", tie_word_embeddings=True), "moe": tiny(d / "moe", seed=1, **MOE)}
     jobs = [("dense", "tp"), ("moe", "tp"), ("moe", "ep")]
-    results = parallel.spawn(_jobs, 2, [(str(d / m), e) for m, e in jobs], timeout_s=300)
-    return models, {job: [r[i] for r in results] for i, job in enumerate(jobs)}
+    results = parallel.spawn(_jobs, 2, [(str(d / m), e) for m, e in jobs] + [({**TINY, **MOE}, "ep")], timeout_s=300)
+    return models, {job: [r[i] for r in results] for i, job in enumerate(jobs + [("random", "ep")])}
 
 
-def _jobs(plan, jobs):  # runs in each spawned rank
-    return [parallel.sharded_forward(plan, path, PROMPTS, NEW, experts) for path, experts in jobs]
+def _jobs(plan, jobs):  # runs in each spawned rank: checkpoints loaded sharded, or a config built sharded
+    return [parallel.sharded_forward(plan, path, PROMPTS, NEW, experts) if isinstance(path, str) else
+            _random_logits(plan, path, experts) for path, experts in jobs]
+
+
+def _random_logits(plan, config: dict, experts: str) -> torch.Tensor:
+    from dataclasses import replace
+    model = parallel.random_model(Qwen3Config(**config), replace(plan, experts=experts), dtype=torch.float32)
+    ids, pad = as_batch(PROMPTS, 0)
+    with torch.no_grad():
+        return model(ids, pad=pad)
+
+
+def test_random_weights_are_slices_of_the_same_model(two_ranks):
+    """parallel.random_model (the GPU benchmarks' weights, built sharded on each device) draws every tensor whole
+    and keeps its slice: 2 ranks compute what the one-process build computes."""
+    _, results = two_ranks
+    want = _random_logits(parallel.Plan(0, 1), {**TINY, **MOE}, "tp")
+    for rank, logits in enumerate(results["random", "ep"]):
+        assert (logits - want).abs().max() < 1e-5, f"rank {rank}"
 
 
 @pytest.mark.parametrize("job", [("dense", "tp"), ("moe", "tp"), ("moe", "ep")], ids=["dense", "moe-tp", "moe-ep"])
@@ -103,7 +121,15 @@ def test_four_ranks_replicate_kv_heads(tmp_path):
     check([r[0] for r in results], model, 4)
 
 
-# ---------------------------------------------------------------- the plan, without processes
+# ---------------------------------------------------------------- the plan and the command line, without processes
+def test_torchrun_chat_needs_a_prompt(monkeypatch, capsys):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    from minqwen3.cli import main
+    assert main(["chat", "--device", "cpu"]) == 1
+    assert "under torchrun, chat answers one PROMPT" in capsys.readouterr().err
+
+
+
 def test_plan_for_the_official_shapes():
     c = Qwen3Config.from_name("Qwen3-32B")  # 64 query heads, 8 KV heads
     assert parallel.heads(c, parallel.Plan(1, 2)) == (32, 32, 4, 4)
@@ -148,8 +174,8 @@ def test_235b_shaped_model_on_four_ranks(tmp_path):
     for i in range(2):
         # rel: in this model a 1e-7 relative nudge of the embedding, in one process, already moves the logits by
         # 2e-4 of the largest (a router near a tie flips an expert, 94 layers deep); a wrong slice moves them by ~1
-        check([r[i] for r in results], model, 4, prompts, rel=1e-3)
+        check([r[i] for r in results], model, 4, prompts, rel=1e-3, new=4)
 
 
 def _jobs_short(plan, jobs):
-    return [parallel.sharded_forward(plan, path, PROMPTS[:2], NEW, experts) for path, experts in jobs]
+    return [parallel.sharded_forward(plan, path, PROMPTS[:2], 4, experts) for path, experts in jobs]
