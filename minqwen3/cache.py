@@ -46,5 +46,5 @@ def make_cache(model, batch_size: int, max_len: int) -> list[KVCache]:
     """One KVCache per layer of `model`, on its device and in its dtype, for the key/value heads its attention
     holds (all of them, or this process's share under tensor parallelism)."""
     p = next(model.parameters())
-    return [KVCache(model.config, batch_size, max_len, p.device, p.dtype, layer.self_attn.n_kv)
-            for layer in model.model.layers]
+    return [KVCache(model.config, batch_size, max_len, p.device, p.dtype, getattr(layer.self_attn, "n_kv", None))
+            for layer in model.model.layers]  # n_kv: this rank's share under tensor parallelism

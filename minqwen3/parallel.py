@@ -98,24 +98,28 @@ def vocab_split(config: Qwen3Config, plan: Plan) -> bool:
 def slices(name: str, shape: tuple[int, ...], config: Qwen3Config, plan: Plan) -> tuple[slice, ...]:
     """This rank's part of parameter `name` (full shape `shape`): one slice per dimension. The whole plan."""
     c, full = config, tuple(slice(None) for _ in shape)
+    if plan.world == 1:
+        return full
     q0, hq, k0, hk = heads(c, plan)
     D = c.head_dim
     q, kv = slice(q0 * D, (q0 + hq) * D), slice(k0 * D, (k0 + hk) * D)
-    rules = (  # (pattern, dimension, slice); a stacked expert tensor is (E, out, in)
+    inner = lambda: _split(c.intermediate_size, plan, "intermediate_size")  # noqa: E731
+    expert_inner = lambda: _split(c.moe_intermediate_size, plan, "moe_intermediate_size")  # noqa: E731
+    if plan.experts == "ep":  # whole experts: rows of the stacked (E, out, in) tensors
+        experts = [(r".*mlp\.experts\.(gate|up|down)_proj", 0, lambda: _split(c.num_experts, plan, "num_experts"))]
+    else:  # every expert cut like an MLP
+        experts = [(r".*mlp\.experts\.(gate|up)_proj", 1, expert_inner),
+                   (r".*mlp\.experts\.down_proj", 2, expert_inner)]
+    rules = [  # (pattern, dimension cut, this rank's slice of it)
         (r".*self_attn\.q_proj\.(weight|bias)", 0, lambda: q),  # by output: this rank's query heads
         (r".*self_attn\.[kv]_proj\.(weight|bias)", 0, lambda: kv),  # its key/value heads
         (r".*self_attn\.o_proj\.weight", 1, lambda: q),  # by input: the same heads
-        (r".*mlp\.(gate|up)_proj\.weight", 0, lambda: _split(c.intermediate_size, plan, "intermediate_size")),
-        (r".*mlp\.down_proj\.weight", 1, lambda: _split(c.intermediate_size, plan, "intermediate_size")),
-        (r".*mlp\.experts\.(gate|up|down)_proj", 0, lambda: _split(c.num_experts, plan, "num_experts"))
-        if plan.experts == "ep" else
-        (r".*mlp\.experts\.(gate|up)_proj", 1, lambda: _split(c.moe_intermediate_size, plan, "moe_intermediate_size")),
-        (r".*mlp\.experts\.down_proj", 2, lambda: _split(c.moe_intermediate_size, plan, "moe_intermediate_size")),
+        (r".*mlp\.(gate|up)_proj\.weight", 0, inner),  # dense MLP: by output
+        (r".*mlp\.down_proj\.weight", 1, inner),  # by input
+        *experts,
         (r"lm_head\.weight", 0, lambda: _split(c.vocab_size, plan, "vocab_size") if vocab_split(c, plan)
          else slice(None)),
-    )
-    if plan.world == 1:
-        return full
+    ]
     for pattern, dim, part in rules:
         if re.fullmatch(pattern, name):
             return full[:dim] + (part(),) + full[dim + 1:]

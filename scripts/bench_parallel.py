@@ -2,7 +2,8 @@
 
     torchrun --nproc-per-node 2 scripts/bench_parallel.py [--runs 32B:1 32B:2 30B-A3B:2:tp 30B-A3B:2:ep] [--out F]
 
-Each run is MODEL:RANKS[:EXPERTS][:compile][:nograph] (MODEL: an official name or a config.json). A one-rank run uses rank 0 alone (the others wait), so every ratio is
+Each run is MODEL:RANKS[:EXPERTS][:compile][:nograph] (MODEL: an official name or a config.json). A one-rank run
+uses rank 0 alone (the others wait), so every ratio is
 against a peer measured in the same process and on the same machine. Weights are random in the official shapes,
 drawn whole and sliced (parallel.random_model), so every layout holds the same weights and the greedy tokens can
 be compared: in bf16 the split changes the rounding, so the count of agreeing tokens is reported, not asserted.
@@ -95,8 +96,8 @@ def main() -> None:
           f"{', '.join(f'{b / 1e12:.2f}' for b in bws)} TB/s (read + write); bf16, batch 1, {args.new} new tokens "
           f"after {args.prompt}", flush=True)
     print("| model | GPUs | experts | decode | tok/s | ms/token | limit tok/s | of limit | vs 1 GPU | weights/GPU GiB "
-          "| peak/GPU GiB | setup s | same tokens as 1 GPU |\n|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-          flush=True)
+          "| peak/GPU GiB | setup s | same tokens as 1 GPU |\n|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:"
+          "|---:|", flush=True)
     # one-GPU runs: (model, compiled) -> (ms/token,), a ratio only between like modes; model -> greedy tokens
     single = {}
     for spec in args.runs:
@@ -133,7 +134,8 @@ def main() -> None:
         elif rank == 0:
             peak = max(x["peak_gib"] for x in rows if x)
             vs = "-" if r["vs_one"] is None else f"{r['vs_one']:.2f}x"
-            print(f"| {r['model']} | {n} | {r['experts']} | {'compiled' if compiled else 'eager'}{' + CUDA graph' if graphs else ''} "
+            mode = ("compiled" if compiled else "eager") + (" + CUDA graph" if graphs else "")
+            print(f"| {r['model']} | {n} | {r['experts']} | {mode} "
                   f"| {r['tok_s']:.1f} | {r['ms_token']:.2f} | {r['limit_tok_s']:.0f} | {r['of_limit']:.0%} | "
                   f"{vs} | {r['weights_gib']:.1f} | {peak:.1f} | "
                   f"{r['setup_s']:.0f} | {r['agree']} |", flush=True)

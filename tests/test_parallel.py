@@ -43,7 +43,8 @@ def expected_bytes(model, world: int) -> int:
     whole = nbytes(("embed_tokens", "norm", "mlp.gate.") + (() if split_head else ("lm_head",)))
     kv = nbytes(("k_proj", "v_proj"))
     head = cfg.vocab_size * cfg.hidden_size * 4 if split_head and cfg.tie_word_embeddings else 0  # a copied slice
-    return (parallel.weight_bytes(model) - whole - kv + head) // world + whole + kv // min(world, cfg.num_key_value_heads)
+    split = parallel.weight_bytes(model) - whole - kv + head
+    return split // world + whole + kv // min(world, cfg.num_key_value_heads)
 
 
 def check(results, model, world, prompts=PROMPTS, rel: float | None = None, new: int = NEW):
