@@ -389,14 +389,14 @@ def spawn(fn, world: int, *args, timeout_s: float = 300) -> list:
 
 
 def sharded_forward(plan: Plan, path: str, prompts: list[list[int]], new: int, experts: str = "tp",
-                    pad_id: int = 0) -> dict:
+                    pad_id: int = 0, dtype: torch.dtype = torch.float32) -> dict:
     """What one rank computes for a left-padded batch (tests and notebook 10 compare it with one process): the
-    checkpoint in `path` loaded sharded (float32), the batch's logits (B, T, V), `new` greedy tokens per row, and
+    checkpoint in `path` loaded sharded (in dtype), the batch's logits (B, T, V), `new` greedy tokens per row, and
     the weight bytes this rank holds."""
     from dataclasses import replace
 
     from .generation import as_batch, generate
-    model = from_pretrained(path, replace(plan, experts=experts), dtype=torch.float32)
+    model = from_pretrained(path, replace(plan, experts=experts), dtype=dtype)
     ids, pad = as_batch(prompts, pad_id)
     with torch.no_grad():
         logits = model(ids, pad=pad)
