@@ -195,9 +195,16 @@ def measure(impls: list[tuple], prompt: torch.Tensor, new: int, long_prompt: tor
     return runs
 
 
-def load_model(model_arg: str, device: torch.device, dtype: torch.dtype, seed: int = 0):
-    """(model, source): a checkpoint folder, or random weights in an official model's shapes."""
+def load_model(model_arg: str, device: torch.device, dtype: torch.dtype, seed: int = 0, plan=None):
+    """(model, source): a checkpoint folder, or random weights in an official model's shapes; under torchrun
+    (`plan`), this rank's slices of either (parallel.py)."""
     path = Path(model_arg)
+    if plan is not None:
+        from . import parallel
+        model, source = ((parallel.from_pretrained(path, plan, device, dtype), str(path)) if path.is_dir() else
+                         (parallel.random_model(Qwen3Config.from_name(model_arg), plan, device, dtype, seed),
+                          "random weights"))
+        return model, source + f", {plan.world} ranks, experts {plan.experts}"
     if path.is_dir():
         from .checkpoint import from_pretrained
         return from_pretrained(path, device=device, dtype=dtype).requires_grad_(False), str(path)
@@ -206,9 +213,9 @@ def load_model(model_arg: str, device: torch.device, dtype: torch.dtype, seed: i
 
 def bench_model(model_arg: str, device: torch.device, dtype: torch.dtype, prompt_len: int, new: int,
                 prefill_len: int, compare: list[str], repeats: int, eager: bool, profile: bool = False,
-                seed: int = 0, batch: int = 1) -> dict:
+                seed: int = 0, batch: int = 1, plan=None) -> dict:
     _log(f"{model_arg}, batch {batch}: building")
-    model, source = load_model(model_arg, device, dtype, seed)
+    model, source = load_model(model_arg, device, dtype, seed, plan)
     cfg = model.config
     g = torch.Generator().manual_seed(seed)
     prompt = torch.randint(0, cfg.vocab_size, (batch, prompt_len), generator=g).to(device)
@@ -349,7 +356,17 @@ def release() -> None:
 # ---------------------------------------------------------------- the command
 def run(models: list[str], device: str, dtype: str | None, prompt: int, new: int, prefill: int | None,
         compare: list[str], repeats: int = 3, eager: bool = True, out: str | None = None,
-        profile: bool = False, batch: list[int] | None = None, first: bool = False) -> int:
+        profile: bool = False, batch: list[int] | None = None, first: bool = False, experts: str = "tp") -> int:
+    plan = None
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # one of several processes (torchrun): tensor parallel
+        from . import parallel
+        plan, device = parallel.init(device, experts)
+        if compare:
+            print("under torchrun: measuring minqwen3 alone (transformers would need the whole model per rank)")
+            compare = []
+        if first:
+            print("under torchrun: --first-call is measured in one process only; skipping it")
+            first = False
     dev = torch.device(device)
     batch = batch or [1]
     for b in batch:
@@ -386,9 +403,9 @@ def run(models: list[str], device: str, dtype: str | None, prompt: int, new: int
     for m in models:
         starts = first_calls(m, dev, dt, prompt) if first else None  # before this process holds the model
         for b in batch:
-            res = bench_model(m, dev, dt, prompt, new, prefill, compare, repeats, eager, profile, batch=b)
+            res = bench_model(m, dev, dt, prompt, new, prefill, compare, repeats, eager, profile, batch=b, plan=plan)
             results.append(res)
-            _print(res, bw, flops, dt, prefill, new, dev)
+            _print(res, bw * (plan.world if plan else 1), flops, dt, prefill, new, dev)
             sys.stdout.flush()
         if starts:
             results[-1]["first_call"] = starts

@@ -12,8 +12,10 @@ class KVCache:
     named by `input_pos` and attends over all of them, with a mask hiding slots not yet written.
     """
 
-    def __init__(self, config, batch_size: int, max_len: int, device=None, dtype=torch.bfloat16):
-        shape = (batch_size, config.num_key_value_heads, max_len, config.head_dim)
+    def __init__(self, config, batch_size: int, max_len: int, device=None, dtype=torch.bfloat16,
+                 kv_heads: int | None = None):
+        # kv_heads: this process's share of the key/value heads under tensor parallelism (parallel.py)
+        shape = (batch_size, kv_heads or config.num_key_value_heads, max_len, config.head_dim)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
 
@@ -41,6 +43,8 @@ class KVCache:
 
 
 def make_cache(model, batch_size: int, max_len: int) -> list[KVCache]:
-    """One KVCache per layer of `model`, on its device and in its dtype."""
+    """One KVCache per layer of `model`, on its device and in its dtype, for the key/value heads its attention
+    holds (all of them, or this process's share under tensor parallelism)."""
     p = next(model.parameters())
-    return [KVCache(model.config, batch_size, max_len, p.device, p.dtype) for _ in model.model.layers]
+    return [KVCache(model.config, batch_size, max_len, p.device, p.dtype, getattr(layer.self_attn, "n_kv", None))
+            for layer in model.model.layers]  # n_kv: this rank's share under tensor parallelism

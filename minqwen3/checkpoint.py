@@ -161,11 +161,10 @@ def _targets(model: nn.Module) -> dict[str, tuple[str, int | None, tuple]]:
     return out
 
 
-def load_weights(model: Qwen3, path: Path, device=None, dtype=None, strict: bool = True,
-                 tables: dict | None = None) -> Qwen3:
-    """Read the checkpoint in `path` into a (meta or real) model, placing every tensor on device/dtype.
-    NaN or Inf in a weight is an error: such a model only writes garbage."""
-    tables = tables or read_tables(path)
+def check_tensors(model: Qwen3, path: Path, tables: dict, strict: bool = True,
+                  dtype: torch.dtype | None = None) -> dict[str, tuple[str, int | None, tuple]]:
+    """Compare the checkpoint's tensors with the model's parameters before reading any: names (missing,
+    unexpected), shapes, and one dtype unless `dtype` converts them all. Returns _targets(model)."""
     targets = _targets(model)
     on_disk = {name: f for f, (header, _) in tables.items() for name in header}
     tied = model.config.tie_word_embeddings
@@ -186,6 +185,16 @@ def load_weights(model: Qwen3, path: Path, device=None, dtype=None, strict: bool
     if dtype is None and len(stored) > 1:  # "the dtype stored in the files" is ambiguous; matmuls would fail later
         raise CheckpointError(f"checkpoint {path} mixes dtypes ({', '.join(f'{d}: {k}' for d, k in stored.items())}); "
                               "pass dtype= to convert them all")
+    return targets
+
+
+def load_weights(model: Qwen3, path: Path, device=None, dtype=None, strict: bool = True,
+                 tables: dict | None = None) -> Qwen3:
+    """Read the checkpoint in `path` into a (meta or real) model, placing every tensor on device/dtype.
+    NaN or Inf in a weight is an error: such a model only writes garbage."""
+    tables = tables or read_tables(path)
+    targets = check_tensors(model, path, tables, strict, dtype)
+    tied = model.config.tie_word_embeddings
     params = dict(model.named_parameters())
     device = torch.device(device or "cpu")
     new, bad = {}, []  # parameter name -> materialised tensor on the target device; keys holding NaN/Inf

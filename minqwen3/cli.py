@@ -149,16 +149,29 @@ def load(args):
         raise FileNotFoundError(f"model folder {path} {what}: {FOLDER_HELP}")
     t = time.perf_counter()
     dtype = None if args.dtype == "auto" else getattr(torch, args.dtype)
-    model = from_pretrained(path, device=args.device, dtype=dtype)
+    if parallel_run():  # one of several processes (torchrun): this rank's slices only
+        from . import parallel
+        plan, args.device = parallel.init(args.device, args.experts)
+        model = parallel.from_pretrained(path, plan, device=args.device, dtype=dtype)
+        args.seed = parallel.shared_seed(args.seed)  # every rank must draw the same tokens
+    else:
+        model = from_pretrained(path, device=args.device, dtype=dtype)
     if (path / "tokenizer.json").is_file():
         tok = Tokenizer.from_pretrained(path)
     else:
         print(f"note: {path} has no tokenizer.json; using the Qwen3 tokenizer bundled with minqwen3", file=sys.stderr)
         tok = Tokenizer.default()
     p = next(model.parameters())
-    print(f"loaded {path} ({_fmt(sum(q.numel() for q in model.parameters()))} parameters, {p.dtype}, {p.device}) "
-          f"in {time.perf_counter() - t:.1f}s", file=sys.stderr)
+    where = f"{p.device}" if not parallel_run() else f"{os.environ['WORLD_SIZE']} ranks, experts {args.experts}"
+    print(f"loaded {path} ({_fmt(sum(q.numel() for q in model.parameters()))} parameters"
+          f"{' on this rank' if parallel_run() else ''}, {p.dtype}, {where}) in {time.perf_counter() - t:.1f}s",
+          file=sys.stderr)
     return model, tok
+
+
+def parallel_run() -> bool:
+    """Started by torchrun as one of several processes: tensor (and expert) parallel, see minqwen3/parallel.py."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
 def _sampling(args) -> dict:
@@ -230,6 +243,8 @@ def cmd_chat(args) -> int:
     """Answer PROMPT once, or talk turn by turn (history kept the way the template expects) until /exit or EOF."""
     from .assistant import chat
     check_args(args)
+    if parallel_run() and args.prompt is None:
+        raise ValueError("under torchrun, chat answers one PROMPT (give it); a conversation needs one process")
     model, tok = load(args)
     system = [{"role": "system", "content": args.system}] if args.system else []
     printer = Printer()
@@ -315,7 +330,7 @@ def cmd_bench(args) -> int:
     """Decode and prefill speed against the measured bandwidth and matmul ceilings, optionally vs transformers."""
     from .bench import run
     return run(args.model, args.device, args.dtype, args.prompt, args.new, args.prefill, args.compare or [],
-               args.repeats, not args.no_eager, args.out, args.profile, args.batch, args.first_call)
+               args.repeats, not args.no_eager, args.out, args.profile, args.batch, args.first_call, args.experts)
 
 
 DEVICE_HELP = "cpu, cuda, cuda:N, or auto: cuda if there is a GPU, else cpu (default: %(default)s)"
@@ -346,6 +361,9 @@ def _model_args(s: argparse.ArgumentParser, per_mode: bool) -> None:
     s.add_argument("--eager", action="store_true", help="on a GPU, decode without torch.compile and CUDA graphs "
                    "(the fast path compiles for ~30 s before the first reply, ~8 s once ~/.cache/minqwen3 holds its "
                    "compile caches, then streams in bursts of 16 tokens)")
+    s.add_argument("--experts", choices=["tp", "ep"], default="tp", help="under torchrun, how a MoE model's "
+                   "experts are split: tp, each expert across all ranks; ep, whole experts per rank (default: "
+                   "%(default)s)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -399,6 +417,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "random prompt; one table per N (default: %(default)s)")
     s.add_argument("--first-call", action="store_true", help="also time generate()'s first call (compile "
                    "included) in two fresh processes: with empty compile caches, then with what the first left")
+    s.add_argument("--experts", choices=["tp", "ep"], default="tp", help="under torchrun, how a MoE model's "
+                   "experts are split (default: %(default)s)")
     s.set_defaults(fn=cmd_bench)
     return p
 
@@ -413,9 +433,15 @@ def main(argv: list[str] | None = None) -> int:
         print(file=sys.stderr)
         return 130
     except (OSError, ValueError, TypeError) as e:  # errors a user can act on: say it in one line, no traceback
-        print("error: " + " ".join(str(e).split()), file=sys.stderr)
+        print(_rank() + "error: " + " ".join(str(e).split()), file=sys.__stderr__ if _rank() else sys.stderr)
         return 1
     except Exception as e:  # anything else is a bug in minqwen3: still one line, with what to report
-        print(f"error: {type(e).__name__}: {' '.join(str(e).split())} (a bug in minqwen3? please report it)",
-              file=sys.stderr)
+        print(f"{_rank()}error: {type(e).__name__}: {' '.join(str(e).split())} (a bug in minqwen3? please report "
+              "it)", file=sys.__stderr__ if _rank() else sys.stderr)
         return 1
+
+
+def _rank() -> str:
+    """'rank N: ' in a process of a torchrun launch other than rank 0 (whose output alone is shown), else ''."""
+    rank = int(os.environ.get("RANK", "0")) if parallel_run() else 0
+    return f"rank {rank}: " if rank else ""

@@ -1,0 +1,404 @@
+"""Tensor and expert parallelism on torch.distributed: one model, split across N processes by its weights' names.
+
+Tensor parallelism (Megatron-style, Shoeybi et al. 2019). A block's first matrices are split by output, its last by
+input, so each rank computes a slice of the block's inner activations and a partial sum of its output:
+
+    attention: q, k, v split by heads (rows) -> each rank attends with its own heads -> o split by input (columns)
+    MLP:       gate, up split by rows        -> silu(gate) * up is elementwise, stays local -> down split by columns
+
+The partial outputs add up to the whole, so one all-reduce (sum) per block, two per layer, is all the talking.
+QK-Norm normalises each head on its own (its weight, shared by all heads, is replicated), RoPE too. Heads must
+divide among the ranks; key/value heads too, or where ranks outnumber them, the ranks of one group of query heads
+each hold a copy of that group's key/value head (Qwen3-32B: 64 query, 8 KV heads; 16 ranks would hold each KV head
+twice). The LM head is split by vocabulary rows and the logits all-gathered (every rank then samples the same
+token from the same numbers); the embedding is replicated: a token reads one row of it, so splitting it would save
+memory only, at the price of one more all-reduce per step.
+
+Expert parallelism (MoE layers, "ep"): each rank holds E/N whole experts; the router is replicated, so every rank
+routes every token the same way, runs the tokens' choices that are its own experts (others get weight 0), and the
+same all-reduce that ends a tensor-parallel block sums the experts' partial outputs. Attention stays
+tensor-parallel. Plain all-reduce is right for decode (a few tokens); large batches would move tokens with an
+all-to-all instead (not done here).
+
+The plan is applied to the unchanged model (model.py, attention.py, mlp.py, moe.py) by parameter name:
+`shard(model, plan)` replaces each parameter by its slice (on the meta device, before loading: nothing is
+allocated), sets the attention modules' head counts, and adds the collectives as forward hooks: in place when
+eager (a CUDA graph captures NCCL's kernels as they are), functional under torch.compile, which traces them into
+its graph. `from_pretrained`
+then reads only each rank's slice of every tensor from the safetensors files.
+
+Run with torchrun (one process per GPU, or per CPU "rank" with gloo):
+    torchrun --nproc-per-node 2 -m minqwen3 generate --device cuda "The capital of France is"
+"""
+from __future__ import annotations
+
+import datetime
+import os
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from .config import Qwen3Config
+from .model import Qwen3
+
+MODES = ("tp", "ep")  # how MoE layers' experts are split; attention and dense MLPs are always tensor-parallel
+# NVLink multicast (NVLS) must stay off on shared machines (the device notes): set before NCCL starts
+NO_MULTICAST = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Where this process stands: rank of world; experts: "tp" (every expert split like an MLP) or "ep" (whole
+    experts divided among the ranks); group: the process group (None = the default one)."""
+    rank: int
+    world: int
+    experts: str = "tp"
+    group: object = None
+
+    def __post_init__(self):
+        if not 0 <= self.rank < self.world:
+            raise ValueError(f"rank {self.rank} is not in 0..{self.world - 1}")
+        if self.experts not in MODES:
+            raise ValueError(f"experts = {self.experts!r}: choose 'tp' or 'ep'")
+
+
+def heads(config: Qwen3Config, plan: Plan) -> tuple[int, int, int, int]:
+    """(first query head, query heads, first key/value head, key/value heads) of this rank.
+
+    Query heads split evenly. Key/value heads split evenly too when the ranks divide them; when the ranks are more
+    (and a multiple), every world/KV ranks share one KV head, each holding a copy: rank r's query heads all belong
+    to KV head r // (world / KV)."""
+    H, K, N = config.num_attention_heads, config.num_key_value_heads, plan.world
+    if H % N:
+        raise ValueError(f"num_attention_heads = {H} does not divide among {N} ranks")
+    if K % N and N % K:
+        raise ValueError(f"num_key_value_heads = {K} and {N} ranks: one must divide the other")
+    hq = H // N
+    kv = K // N if K % N == 0 else 1
+    return plan.rank * hq, hq, plan.rank * hq // (H // K), kv
+
+
+def _split(n: int, plan: Plan, what: str) -> slice:
+    if n % plan.world:
+        raise ValueError(f"{what} = {n} does not divide among {plan.world} ranks")
+    k = n // plan.world
+    return slice(plan.rank * k, (plan.rank + 1) * k)
+
+
+def vocab_split(config: Qwen3Config, plan: Plan) -> bool:
+    """Whether the LM head is split by vocabulary (it is, when the ranks divide the rows; else replicated)."""
+    return plan.world > 1 and config.vocab_size % plan.world == 0
+
+
+def slices(name: str, shape: tuple[int, ...], config: Qwen3Config, plan: Plan) -> tuple[slice, ...]:
+    """This rank's part of parameter `name` (full shape `shape`): one slice per dimension. The whole plan."""
+    c, full = config, tuple(slice(None) for _ in shape)
+    if plan.world == 1:
+        return full
+    q0, hq, k0, hk = heads(c, plan)
+    D = c.head_dim
+    q, kv = slice(q0 * D, (q0 + hq) * D), slice(k0 * D, (k0 + hk) * D)
+    inner = lambda: _split(c.intermediate_size, plan, "intermediate_size")  # noqa: E731
+    expert_inner = lambda: _split(c.moe_intermediate_size, plan, "moe_intermediate_size")  # noqa: E731
+    if plan.experts == "ep":  # whole experts: rows of the stacked (E, out, in) tensors
+        experts = [(r".*mlp\.experts\.(gate|up|down)_proj", 0, lambda: _split(c.num_experts, plan, "num_experts"))]
+    else:  # every expert cut like an MLP
+        experts = [(r".*mlp\.experts\.(gate|up)_proj", 1, expert_inner),
+                   (r".*mlp\.experts\.down_proj", 2, expert_inner)]
+    rules = [  # (pattern, dimension cut, this rank's slice of it)
+        (r".*self_attn\.q_proj\.(weight|bias)", 0, lambda: q),  # by output: this rank's query heads
+        (r".*self_attn\.[kv]_proj\.(weight|bias)", 0, lambda: kv),  # its key/value heads
+        (r".*self_attn\.o_proj\.weight", 1, lambda: q),  # by input: the same heads
+        (r".*mlp\.(gate|up)_proj\.weight", 0, inner),  # dense MLP: by output
+        (r".*mlp\.down_proj\.weight", 1, inner),  # by input
+        *experts,
+        (r"lm_head\.weight", 0, lambda: _split(c.vocab_size, plan, "vocab_size") if vocab_split(c, plan)
+         else slice(None)),
+    ]
+    for pattern, dim, part in rules:
+        if re.fullmatch(pattern, name):
+            return full[:dim] + (part(),) + full[dim + 1:]
+    return full  # norms, router, embedding: replicated
+
+
+def _shape(shape: tuple[int, ...], sl: tuple[slice, ...]) -> tuple[int, ...]:
+    return tuple(len(range(n)[s]) for n, s in zip(shape, sl))
+
+
+# ---------------------------------------------------------------- the collectives, as forward hooks
+def _all_reduce(t: torch.Tensor, group) -> torch.Tensor:
+    if torch.compiler.is_compiling():  # the functional form, which torch.compile traces into its graph
+        from torch.distributed import _functional_collectives as funcol
+        return funcol.all_reduce(t, "sum", group)
+    dist.all_reduce(t, group=group)  # eager: in place on a fresh output (a CUDA graph captures it as it is)
+    return t
+
+
+def _all_gather_last(t: torch.Tensor, group) -> torch.Tensor:
+    """(..., V/N) on each rank -> (..., V), the ranks' slices in rank order. They stack along dimension 0, so the
+    vocabulary goes there and back."""
+    x = t.movedim(-1, 0).contiguous()
+    if torch.compiler.is_compiling():
+        from torch.distributed import _functional_collectives as funcol
+        gather = getattr(funcol, "all_gather_single", None) or funcol.all_gather_tensor  # the newer name, or older
+        return gather(x, 0, group).movedim(0, -1)
+    out = x.new_empty((x.shape[0] * dist.get_world_size(group), *x.shape[1:]))
+    (getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor)(out, x, group=group)  # newer name
+    return out.movedim(0, -1)
+
+
+def _remap_experts(first: int, n_local: int):
+    """Pre-hook of an expert-parallel Experts module: global expert ids -> this rank's rows; choices that are
+    another rank's experts get weight 0 (and point at a local row, which then adds nothing)."""
+    def hook(module, args):
+        x, idx, w = args
+        local = idx - first
+        mine = (local >= 0) & (local < n_local)
+        return x, local.clamp(0, n_local - 1), w * mine.to(w.dtype)
+    return hook
+
+
+def shard(model: Qwen3, plan: Plan) -> Qwen3:
+    """Apply the plan to model in place: every parameter becomes this rank's slice (a meta model stays on meta,
+    a real one keeps only its slice), head counts follow, the collectives are hooked in. Returns the model."""
+    c = model.config
+    if plan.world == 1:
+        return model
+    if c.attention_bias:
+        raise ValueError("attention_bias = true: the bias of o_proj would be added once per rank; "
+                         "tensor parallelism supports Qwen3's bias-free attention only")
+    group = plan.group or dist.group.WORLD
+    if vocab_split(c, plan) and c.tie_word_embeddings:  # the head gets its own slice of the shared table
+        model.lm_head.weight = nn.Parameter(model.model.embed_tokens.weight, requires_grad=False)
+    for name, p in list(model.named_parameters()):
+        sl = slices(name, tuple(p.shape), c, plan)
+        if all(s == slice(None) for s in sl):
+            continue
+        mod_name, _, attr = name.rpartition(".")
+        part = p.detach()[sl].clone() if not p.is_meta else torch.empty(_shape(p.shape, sl), dtype=p.dtype,
+                                                                         device="meta")
+        model.get_submodule(mod_name)._parameters[attr] = nn.Parameter(part, requires_grad=False)
+    _, hq, _, hk = heads(c, plan)
+    for layer in model.model.layers:
+        layer.self_attn.n_heads, layer.self_attn.n_kv = hq, hk
+        layer.self_attn.register_forward_hook(lambda m, a, out: _all_reduce(out, group))
+        if layer.is_moe:
+            layer.mlp.register_forward_hook(lambda m, a, out: (_all_reduce(out[0], group), out[1]))
+            if plan.experts == "ep":
+                rows = _split(c.num_experts, plan, "num_experts")
+                layer.mlp.experts.register_forward_pre_hook(_remap_experts(rows.start, rows.stop - rows.start))
+        else:
+            layer.mlp.register_forward_hook(lambda m, a, out: _all_reduce(out, group))
+    if vocab_split(c, plan):
+        model.lm_head.register_forward_hook(lambda m, a, out: _all_gather_last(out, group))
+    model.plan = plan
+    return model
+
+
+# ---------------------------------------------------------------- building and loading
+def random_model(config: Qwen3Config, plan: Plan, device="cpu", dtype: torch.dtype = torch.bfloat16,
+                 seed: int = 0) -> Qwen3:
+    """Random weights in config's shapes, only this rank's slices kept, made on the device (benchmarks: the full
+    model never exists anywhere). Every parameter is drawn whole from one generator and then sliced, so any plan,
+    one process included, holds slices of the same weights (the draws differ from model.random_model's)."""
+    with torch.device("meta"):
+        model = Qwen3(config)
+    full = {n: tuple(p.shape) for n, p in model.named_parameters(remove_duplicate=False)}
+    shard(model, plan)
+    g = torch.Generator(device).manual_seed(seed)
+    for name, p in list(model.named_parameters()):
+        if name.endswith("norm.weight"):
+            t = torch.ones(p.shape, device=device, dtype=dtype)
+        elif name == "lm_head.weight" and config.tie_word_embeddings:  # split from the (replicated) embedding
+            t = model.model.embed_tokens.weight[slices(name, full[name], config, plan)].clone()
+        else:  # drawn whole, in the same order on every rank, then cut: one full tensor at a time in memory
+            t = torch.empty(full[name], device=device, dtype=dtype).normal_(0, config.initializer_range, generator=g)
+            t = t[slices(name, full[name], config, plan)].clone()
+        mod_name, _, attr = name.rpartition(".")
+        model.get_submodule(mod_name)._parameters[attr] = nn.Parameter(t, requires_grad=False)
+    if config.tie_word_embeddings and not vocab_split(config, plan):
+        model.lm_head.weight = model.model.embed_tokens.weight
+    return model.to(device).eval()
+
+
+def from_pretrained(path: str | os.PathLike, plan: Plan, device=None, dtype: torch.dtype | None = None) -> Qwen3:
+    """Load this rank's slices of a checkpoint folder: each tensor's slice is read from the file (safetensors'
+    get_slice), so a rank holds about 1/N of the weights (plus the replicated norms, router and embedding)."""
+    from safetensors import safe_open
+
+    from .checkpoint import CheckpointError, DTYPES, _STACKED, _finite, check_config, check_tensors, \
+        checkpoint_files, read_tables
+    path = Path(path)
+    checkpoint_files(path)
+    config = Qwen3Config.from_pretrained(path)
+    tables = read_tables(path)
+    check_config(config, tables)
+    with torch.device("meta"):
+        model = Qwen3(config)
+    check_tensors(model, path, tables, strict=True, dtype=dtype)  # names, shapes, dtypes: as the one-process load
+    full = {n: tuple(p.shape) for n, p in model.named_parameters(remove_duplicate=False)}
+    where = {k: f for f, (header, _) in tables.items() for k in header}
+    shard(model, plan)
+    device = torch.device(device or "cpu")
+    handles, bad = {}, []
+
+    def read(key: str, sl: tuple[slice, ...]) -> torch.Tensor:
+        f = where[key]
+        if f not in handles:
+            handles[f] = safe_open(f, framework="pt")
+        t = handles[f].get_slice(key)[sl]  # reads only this rank's rows or columns
+        if not _finite(t):
+            bad.append(key)
+        return t
+
+    tied = config.tie_word_embeddings
+    for name, p in list(model.named_parameters()):
+        sl = slices(name, full[name], config, plan)
+        m = _STACKED.fullmatch(name)
+        if m:  # stacked experts: one checkpoint tensor per expert row
+            parts = [(f"{m[1]}.{j}.{m[2]}.weight", sl[1:]) for j in range(full[name][0])[sl[0]]]
+        else:
+            parts = [("model.embed_tokens.weight" if name == "lm_head.weight" and tied else name, sl)]
+        stored = DTYPES[tables[where[parts[0][0]]][0][parts[0][0]]["dtype"]]
+        t = torch.empty(p.shape, device=device, dtype=dtype or stored)
+        for i, (key, s) in enumerate(parts):
+            (t[i] if m else t).copy_(read(key, s))
+        mod_name, _, attr = name.rpartition(".")
+        model.get_submodule(mod_name)._parameters[attr] = nn.Parameter(t, requires_grad=False)
+    if bad:
+        raise CheckpointError(f"checkpoint {path} has NaN or Inf values in {bad[:10]}")
+    if tied and not vocab_split(config, plan):
+        model.lm_head.weight = model.model.embed_tokens.weight
+    return model.to(device).eval()
+
+
+def weight_bytes(model: nn.Module) -> int:
+    """Bytes of the parameters this process holds (a tied table once)."""
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+# ---------------------------------------------------------------- processes
+def launched() -> bool:
+    """Whether this process was started by torchrun (or anything that sets WORLD_SIZE) as one of several."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def init(device: str = "auto", experts: str = "tp", timeout_s: float = 600) -> tuple[Plan, str]:
+    """Join the process group torchrun set up (env RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT): NCCL with one
+    GPU per process, or gloo on CPUs. Ranks other than 0 print nothing (stdout and stderr go to /dev/null).
+    Returns the plan and this rank's device."""
+    for k, v in NO_MULTICAST.items():
+        os.environ.setdefault(k, v)
+    rank, world, local = (int(os.environ.get(k, d)) for k, d in (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0)))
+    cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    if cuda:
+        if local >= torch.cuda.device_count():
+            raise ValueError(f"local rank {local} has no GPU: this machine has {torch.cuda.device_count()}")
+        device = f"cuda:{local}"
+        torch.cuda.set_device(local)
+    else:
+        device = "cpu"
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if cuda else "gloo", rank=rank, world_size=world,
+                                timeout=datetime.timedelta(seconds=timeout_s),
+                                **({"device_id": torch.device(device)} if cuda else {}))
+    if rank:  # one voice: the others' output would repeat rank 0's (their errors still reach sys.__stderr__)
+        sys.stdout = sys.stderr = open(os.devnull, "w")
+    return Plan(rank, world, experts), device
+
+
+def shared_seed(seed: int | None) -> int | None:
+    """A sampling seed every rank agrees on: rank 0's, or a fresh random one from rank 0 when none is given (ranks
+    drawing their own numbers would pick different tokens and then feed the model different inputs)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return seed
+    box = [seed if seed is not None else int.from_bytes(os.urandom(7), "little")]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _child(fn, rank: int, world: int, store: str, queue, args) -> None:
+    import traceback
+
+    from torch.utils._pytree import tree_map
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    if sys.platform == "linux":
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # stay on loopback: no network interface guessing
+    torch.set_num_threads(1)  # N processes on a few cores
+    try:
+        dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world,
+                                timeout=datetime.timedelta(seconds=120))
+        # tensors travel as numpy arrays, by value (torch would share them through file descriptors that die with
+        # this process)
+        out = tree_map(lambda t: t.detach().numpy() if isinstance(t, torch.Tensor) else t, fn(Plan(rank, world), *args))
+        queue.put((rank, "ok", out))
+    except BaseException as e:  # noqa: BLE001 (reported to the parent, which raises it)
+        queue.put((rank, "error", f"{type(e).__name__}: {e}\n{traceback.format_exc()}"))
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def spawn(fn, world: int, *args, timeout_s: float = 300) -> list:
+    """Run fn(plan, *args) in `world` fresh CPU processes joined by gloo; return each rank's result, in rank order.
+    fn must be importable (a module-level function). No ports to pick: the ranks meet through a file. A rank that
+    fails or a run past timeout_s raises RuntimeError with the failing rank's traceback; every process is ended."""
+    import multiprocessing as mp
+    import queue as queue_mod
+
+    from torch.utils._pytree import tree_map
+    import tempfile
+    import time
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    with tempfile.TemporaryDirectory() as tmp:
+        procs = [ctx.Process(target=_child, args=(fn, r, world, os.path.join(tmp, "store"), q, args), daemon=True)
+                 for r in range(world)]
+        for p in procs:
+            p.start()
+        results, deadline = {}, time.monotonic() + timeout_s
+        try:
+            while len(results) < world:
+                try:
+                    rank, status, value = q.get(timeout=1.0)
+                except queue_mod.Empty:
+                    dead = [r for r, p in enumerate(procs) if p.exitcode not in (None, 0) and r not in results]
+                    if dead:
+                        raise RuntimeError(f"rank {dead[0]} died with exit code {procs[dead[0]].exitcode}") from None
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"{world} ranks did not finish in {timeout_s:.0f} s "
+                                           f"(finished: {sorted(results)})") from None
+                    continue
+                if status == "error":
+                    raise RuntimeError(f"rank {rank} failed: {value}")
+                results[rank] = value
+        finally:
+            for p in procs:
+                p.join(timeout=10 if len(results) == world else 0)
+                if p.is_alive():
+                    p.kill()
+                    p.join()
+    import numpy as np
+    return [tree_map(lambda a: torch.from_numpy(a) if isinstance(a, np.ndarray) else a, results[r])
+            for r in range(world)]
+
+
+def sharded_forward(plan: Plan, path: str, prompts: list[list[int]], new: int, experts: str = "tp",
+                    pad_id: int = 0, dtype: torch.dtype = torch.float32) -> dict:
+    """What one rank computes for a left-padded batch (tests and notebook 10 compare it with one process): the
+    checkpoint in `path` loaded sharded (in dtype), the batch's logits (B, T, V), `new` greedy tokens per row, and
+    the weight bytes this rank holds."""
+    from dataclasses import replace
+
+    from .generation import as_batch, generate
+    model = from_pretrained(path, replace(plan, experts=experts), dtype=dtype)
+    ids, pad = as_batch(prompts, pad_id)
+    with torch.no_grad():
+        logits = model(ids, pad=pad)
+    tokens = generate(model, prompts, new, stop_ids=(), pad_id=pad_id)
+    return dict(logits=logits, tokens=tokens, weight_bytes=weight_bytes(model))

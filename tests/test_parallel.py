@@ -1,0 +1,182 @@
+"""Tensor and expert parallelism (minqwen3/parallel.py) on CPU: gloo, 2 and 4 processes spawned here, against the
+same checkpoint in one process (itself checked against transformers in test_model.py): logits within 1e-5 in
+float32, the same greedy tokens, left-padded batches, and each rank holding only its slices."""
+import pytest
+import torch
+
+import minqwen3
+from conftest import TINY
+from minqwen3 import parallel
+from minqwen3.config import Qwen3Config, count_params
+from minqwen3.generation import as_batch
+from minqwen3.model import random_model
+
+MOE = dict(num_experts=8, num_experts_per_tok=2, moe_intermediate_size=32, mlp_only_layers=[1])  # MoE and dense
+PROMPTS = [[3, 1, 4, 1, 5, 9, 2, 6], [5, 3, 5], [8, 9, 7, 9, 3]]  # rows 1 and 2 left-padded
+NEW = 8
+
+
+def tiny(path, seed=0, **over):
+    """A tiny random Qwen3 saved in the official layout; weights scaled so that the logits are decisive."""
+    model = random_model(Qwen3Config(**{**TINY, **over}), seed=seed)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            p.uniform_(0.5, 1.5) if "norm" in n else p.mul_(3.0)
+    minqwen3.save_pretrained(model, path)
+    return minqwen3.from_pretrained(path, dtype=torch.float32)
+
+
+def one_process(model, prompts=PROMPTS, new=NEW):
+    ids, pad = as_batch(prompts, 0)
+    with torch.no_grad():
+        logits = model(ids, pad=pad)
+    return logits, minqwen3.generate(model, prompts, new, stop_ids=(), pad_id=0)
+
+
+def expected_bytes(model, world: int) -> int:
+    """What a rank should hold: 1/world of every split weight; the KV projections 1/min(world, KV heads) (beyond
+    that they are copied); the embedding, norms and routers whole; the LM head split by rows when they divide."""
+    cfg = model.config
+    split_head = cfg.vocab_size % world == 0
+    nbytes = lambda keys: sum(p.numel() * p.element_size() for n, p in model.named_parameters()  # noqa: E731
+                              if any(k in n for k in keys))
+    whole = nbytes(("embed_tokens", "norm", "mlp.gate.") + (() if split_head else ("lm_head",)))
+    kv = nbytes(("k_proj", "v_proj"))
+    head = cfg.vocab_size * cfg.hidden_size * 4 if split_head and cfg.tie_word_embeddings else 0  # a copied slice
+    split = parallel.weight_bytes(model) - whole - kv + head
+    return split // world + whole + kv // min(world, cfg.num_key_value_heads)
+
+
+def check(results, model, world, prompts=PROMPTS, rel: float | None = None, new: int = NEW):
+    """Every rank's logits within 1e-5 of one process's (or rel times the largest logit: summing partial results in
+    another order rounds differently, and 94 layers carry it further), the same tokens, the expected bytes."""
+    want_logits, want_tokens = one_process(model, prompts, new)
+    tol = 1e-5 if rel is None else rel * want_logits.abs().max().item()
+    want_bytes = expected_bytes(model, world)
+    for rank, r in enumerate(results):
+        err = (r["logits"] - want_logits).abs().max().item()
+        assert err < tol, f"rank {rank}: logits differ from one process by {err:.2e} (tolerance {tol:.2e})"
+        assert torch.equal(r["tokens"], want_tokens), f"rank {rank}: greedy tokens differ"
+        # sharded loading: a rank holds its 1/world of the split weights and the replicated ones, nothing more
+        assert r["weight_bytes"] == want_bytes, f"rank {rank} holds {r['weight_bytes']} bytes, not {want_bytes}"
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory):
+    """One spawn of 2 gloo ranks for every layout: a dense model with tied embeddings (the split LM head is then a
+    slice of the embedding), a MoE model with experts tensor-parallel and expert-parallel."""
+    d = tmp_path_factory.mktemp("tp2")
+    models = {"dense": tiny(d / "dense", tie_word_embeddings=True), "moe": tiny(d / "moe", seed=1, **MOE)}
+    jobs = [("dense", "tp"), ("moe", "tp"), ("moe", "ep")]
+    results = parallel.spawn(_jobs, 2, [(str(d / m), e) for m, e in jobs] + [({**TINY, **MOE}, "ep")], timeout_s=300)
+    return models, {job: [r[i] for r in results] for i, job in enumerate(jobs + [("random", "ep")])}
+
+
+def _jobs(plan, jobs):  # runs in each spawned rank: checkpoints loaded sharded, or a config built sharded
+    return [parallel.sharded_forward(plan, path, PROMPTS, NEW, experts) if isinstance(path, str) else
+            _random_logits(plan, path, experts) for path, experts in jobs]
+
+
+def _random_logits(plan, config: dict, experts: str) -> torch.Tensor:
+    from dataclasses import replace
+    model = parallel.random_model(Qwen3Config(**config), replace(plan, experts=experts), dtype=torch.float32)
+    ids, pad = as_batch(PROMPTS, 0)
+    with torch.no_grad():
+        return model(ids, pad=pad)
+
+
+def test_random_weights_are_slices_of_the_same_model(two_ranks):
+    """parallel.random_model (the GPU benchmarks' weights, built sharded on each device) draws every tensor whole
+    and keeps its slice: 2 ranks compute what the one-process build computes."""
+    _, results = two_ranks
+    want = _random_logits(parallel.Plan(0, 1), {**TINY, **MOE}, "tp")
+    for rank, logits in enumerate(results["random", "ep"]):
+        assert (logits - want).abs().max() < 1e-5, f"rank {rank}"
+
+
+@pytest.mark.parametrize("job", [("dense", "tp"), ("moe", "tp"), ("moe", "ep")], ids=["dense", "moe-tp", "moe-ep"])
+def test_two_ranks_match_one_process(two_ranks, job):
+    models, results = two_ranks
+    check(results[job], models[job[0]], 2)
+
+
+def test_the_reference_is_transformers(two_ranks):
+    """The one-process model the ranks are held to gives transformers' logits (the unpadded row)."""
+    pytest.importorskip("transformers")
+    from minqwen3.bench import transformers_twin
+    models, _ = two_ranks
+    for model in models.values():
+        hf = transformers_twin(model)
+        ids = torch.tensor([PROMPTS[0]])
+        with torch.no_grad():
+            want = hf(ids).logits
+        assert (model(ids) - want).abs().max() < 1e-4
+
+
+def test_four_ranks_replicate_kv_heads(tmp_path):
+    """4 ranks, 4 query heads and 2 KV heads: ranks 0, 1 hold a copy of KV head 0, ranks 2, 3 of KV head 1."""
+    model = tiny(tmp_path, seed=2, **MOE)
+    cfg = model.config
+    assert [parallel.heads(cfg, parallel.Plan(r, 4))[2:] for r in range(4)] == [(0, 1), (0, 1), (1, 1), (1, 1)]
+    results = parallel.spawn(_jobs, 4, [(str(tmp_path), "ep")], timeout_s=300)
+    check([r[0] for r in results], model, 4)
+
+
+# ---------------------------------------------------------------- the plan and the command line, without processes
+def test_torchrun_chat_needs_a_prompt(monkeypatch, capsys):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    from minqwen3.cli import main
+    assert main(["chat", "--device", "cpu"]) == 1
+    assert "under torchrun, chat answers one PROMPT" in capsys.readouterr().err
+
+
+
+def test_plan_for_the_official_shapes():
+    c = Qwen3Config.from_name("Qwen3-32B")  # 64 query heads, 8 KV heads
+    assert parallel.heads(c, parallel.Plan(1, 2)) == (32, 32, 4, 4)
+    assert parallel.heads(c, parallel.Plan(5, 8)) == (40, 8, 5, 1)
+    assert [parallel.heads(c, parallel.Plan(r, 16))[2] for r in range(16)] == [r // 2 for r in range(16)]
+    with pytest.raises(ValueError, match="num_attention_heads = 64 does not divide among 3 ranks"):
+        parallel.heads(c, parallel.Plan(0, 3))
+    d = c.head_dim
+    s = parallel.slices("model.layers.7.self_attn.o_proj.weight", (c.hidden_size, 64 * d), c, parallel.Plan(1, 2))
+    assert s == (slice(None), slice(32 * d, 64 * d))  # by input: the columns of this rank's heads
+    m = Qwen3Config.from_name("Qwen3-235B-A22B")  # 128 experts, 4 KV heads
+    name, shape = "model.layers.0.mlp.experts.gate_proj", (128, m.moe_intermediate_size, m.hidden_size)
+    assert parallel.slices(name, shape, m, parallel.Plan(3, 8, "ep"))[0] == slice(48, 64)
+    assert parallel.slices(name, shape, m, parallel.Plan(3, 8, "tp"))[1] == slice(576, 768)
+    assert parallel.slices("model.layers.0.mlp.gate.weight", (128, m.hidden_size), m, parallel.Plan(3, 8)) == \
+        (slice(None), slice(None))  # the router is replicated: every rank routes alike
+    with pytest.raises(ValueError, match="experts = 'dp'"):
+        parallel.Plan(0, 2, "dp")
+
+
+# ---------------------------------------------------------------- issue 18: the 235B-A22B layout, scaled down
+SMALL_235B = dict(vocab_size=256, hidden_size=32, head_dim=16, intermediate_size=64, moe_intermediate_size=8,
+                  max_position_embeddings=512, tie_word_embeddings=False)
+
+
+@pytest.mark.slow
+def test_235b_shaped_model_on_four_ranks(tmp_path):
+    """Qwen3-235B-A22B's layer structure (94 layers, 64 query / 4 KV heads, 128 experts, top-8) at tiny widths:
+    4 ranks, experts tensor-parallel and expert-parallel (32 experts each), against one process."""
+    full = Qwen3Config.from_name("Qwen3-235B-A22B").to_dict()
+    cfg = {**full, **SMALL_235B}
+    assert (cfg["num_hidden_layers"], cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["num_experts"],
+            cfg["num_experts_per_tok"]) == (94, 64, 4, 128, 8)
+    model = random_model(Qwen3Config.from_dict(cfg))
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            p.uniform_(0.5, 1.5) if "norm" in n else p.mul_(2.0)
+    minqwen3.save_pretrained(model, tmp_path)
+    model = minqwen3.from_pretrained(tmp_path, dtype=torch.float32)
+    prompts = PROMPTS[:2]
+    results = parallel.spawn(_jobs_short, 4, [(str(tmp_path), "tp"), (str(tmp_path), "ep")], timeout_s=600)
+    for i in range(2):
+        # rel: in this model a 1e-7 relative nudge of the embedding, in one process, already moves the logits by
+        # 2e-4 of the largest (a router near a tie flips an expert, 94 layers deep); a wrong slice moves them by ~1
+        check([r[i] for r in results], model, 4, prompts, rel=1e-3, new=4)
+
+
+def _jobs_short(plan, jobs):
+    return [parallel.sharded_forward(plan, path, PROMPTS[:2], 4, experts) for path, experts in jobs]
