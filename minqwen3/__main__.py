@@ -1,21 +1,15 @@
 import os
+import signal
 import sys
 
+# Ctrl-C before the model is loaded leaves at once, status 130 (cli.leave); cli.load hands Ctrl-C back to
+# KeyboardInterrupt once it is ready. Set first, so that no import is ever cut halfway by the interrupt.
+signal.signal(signal.SIGINT, lambda *_: os._exit(130))
 
-def _quit_130() -> None:
-    """Ctrl-C: leave at once, status 130. Skipping the interpreter's shutdown matters: after an interrupted import
-    (torch, while loading) the shutdown can re-raise the signal and end the process with -SIGINT instead."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(130)
+from .cli import leave, main  # noqa: E402
 
-
-try:
-    from .cli import main
-except KeyboardInterrupt:  # Ctrl-C while Python is still starting up: as quiet as Ctrl-C later (cli.main)
-    _quit_130()
-
+signal.signal(signal.SIGINT, leave)
 code = main()
 if code == 130:
-    _quit_130()
+    leave()
 sys.exit(code)

@@ -6,9 +6,12 @@ non-zero exit status; Ctrl-C exits quietly with status 130.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -49,14 +52,15 @@ def cmd_demo(args) -> int:
         print(f"\nNo demo model at {WEIGHTS / 'demo-dense'} (train one: python scripts/train_demo.py --model dense "
               f"--out weights/demo-dense).\nFor official weights: {official}")
         return 0
-    import torch
-
-    from .assistant import chat
-    from .checkpoint import from_pretrained
-    from .tokenizer import Tokenizer
     t = time.perf_counter()
-    model = from_pretrained(demo, device="cpu", dtype=torch.float32)  # stored bf16; fp32 is faster on a CPU
-    tok = Tokenizer.from_pretrained(demo)
+    with leave_on_ctrl_c():
+        import torch
+
+        from .assistant import chat
+        from .checkpoint import from_pretrained
+        from .tokenizer import Tokenizer
+        model = from_pretrained(demo, device="cpu", dtype=torch.float32)  # stored bf16; fp32 is faster on a CPU
+        tok = Tokenizer.from_pretrained(demo)
     total, _ = count_params(model.config)
     print(f"\nThe demo model: {demo}, a {_fmt(total)}-parameter Qwen3 trained by this project on arithmetic "
           f"(loaded in {time.perf_counter() - t:.1f}s).\n\n> {DEMO_QUESTION}")
@@ -134,6 +138,11 @@ def check_text(text: str | None, what: str) -> None:
 
 def load(args):
     """The model and tokenizer of args.model, with errors that say what a checkpoint folder must hold."""
+    with leave_on_ctrl_c():
+        return _load(args)
+
+
+def _load(args):
     import torch
 
     from .checkpoint import FOLDER_HELP, from_pretrained
@@ -167,6 +176,31 @@ def load(args):
           f"{' on this rank' if parallel_run() else ''}, {p.dtype}, {where}) in {time.perf_counter() - t:.1f}s",
           file=sys.stderr)
     return model, tok
+
+
+def leave(*signal_args) -> None:
+    """Ctrl-C while starting up and loading: leave at once, status 130 (nothing is being written then)."""
+    if signal_args:  # called for the signal, not after main() has already said goodbye
+        print(file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(130)  # skipping the interpreter's shutdown, which could re-raise the signal
+
+
+@contextlib.contextmanager
+def leave_on_ctrl_c():
+    """Imports and loading run with `leave` as the SIGINT handler (python -m minqwen3 sets it from the start), and
+    Ctrl-C raises KeyboardInterrupt again afterwards, to stop an answer. Raising it during an import is what goes
+    wrong: library code that swallows it can leave a module half-imported that fails later in odd ways (numpy's
+    linalg recursing on itself, seen when Ctrl-C came 0.3 s after the start)."""
+    main_thread = threading.current_thread() is threading.main_thread()  # signal handlers belong to it
+    if main_thread:
+        signal.signal(signal.SIGINT, leave)
+    try:
+        yield
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def parallel_run() -> bool:
@@ -426,6 +460,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
+        if args.fn is cmd_download and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, signal.default_int_handler)  # a download cleans up after Ctrl-C
         if getattr(args, "device", None) is not None:
             args.device = check_device(args.device)
         return args.fn(args)
