@@ -16,6 +16,8 @@ writes the new key and value into the cache and attends, reading each cached key
   No second kernel, and the counters being reset by the kernel itself lets a CUDA graph replay it.
 
 Used by attention.Attention on CUDA when Triton is installed; the math it must match is decode_attention's.
+split_attention, merge_splits and split_decode (at the end) are the same split-and-merge in plain torch, for
+reading and for CPUs; exercises/flash_decode.py rebuilds them.
 """
 from __future__ import annotations
 
