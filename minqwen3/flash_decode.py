@@ -16,6 +16,8 @@ writes the new key and value into the cache and attends, reading each cached key
   No second kernel, and the counters being reset by the kernel itself lets a CUDA graph replay it.
 
 Used by attention.Attention on CUDA when Triton is installed; the math it must match is decode_attention's.
+split_attention, merge_splits and split_decode (at the end) are the same split-and-merge in plain torch, for
+reading and for CPUs; exercises/flash_decode.py rebuilds them.
 """
 from __future__ import annotations
 
@@ -161,3 +163,50 @@ def flash_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: tor
 @flash_decode.register_fake
 def _(q, k, v, k_cache, v_cache, pos, mask):
     return torch.empty_like(q, memory_format=torch.contiguous_format)
+
+
+# The kernel's math in plain torch, for reading and for CPUs (exercises/flash_decode.py rebuilds it): attention of
+# one query per row over the cache in splits of `split` slots, each giving an output normalised over its own slots
+# and their log-sum-exp, merged exactly. The kernel does the same per program, with an online softmax inside.
+
+def split_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                    mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One split: q (B, H, 1, D) over the slots of k, v (B, H_kv, s, D) that mask (B|1, 1, 1, s) allows.
+
+    Returns its output normalised over those slots alone (B, H, 1, D) and the log-sum-exp of their scaled scores
+    (B, H, 1), both float32. A split with no allowed slot gives output 0 and lse -inf: it weighs nothing.
+    """
+    B, H, _, D = q.shape
+    H_kv = k.shape[1]
+    if H % H_kv:
+        raise ValueError(f"query heads ({H}) must be a multiple of key/value heads ({H_kv})")
+    # query head h reads key/value head h // G: the G heads of a group are G rows of one matmul
+    scores = (q.view(B, H_kv, H // H_kv, D).float() @ k.float().transpose(2, 3)) * D ** -0.5  # (B, H_kv, G, s)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    lse = scores.logsumexp(-1, keepdim=True)  # (B, H_kv, G, 1), -inf where nothing is allowed
+    p = (scores - torch.where(lse.isfinite(), lse, 0.0)).exp()  # exp(-inf - 0) = 0, never -inf - -inf = NaN
+    return (p @ v.float()).view(B, H, 1, D), lse.view(B, H, 1)
+
+
+def merge_splits(outs: torch.Tensor, lses: torch.Tensor) -> torch.Tensor:
+    """n splits' outputs (n, B, H, 1, D) and log-sum-exps (n, B, H, 1) -> the attention over all their slots
+    (B, H, 1, D), float32: each split weighs exp(lse), its share of the softmax's denominator."""
+    m = lses.amax(0)  # the largest lse: exp(lses - m) <= 1 cannot overflow
+    w = (lses - torch.where(m.isfinite(), m, 0.0)).exp()  # (n, B, H, 1)
+    return (w[..., None] * outs.float()).sum(0) / w.sum(0)[..., None]
+
+
+def split_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                 pos: torch.Tensor, mask: torch.Tensor, split: int) -> torch.Tensor:
+    """flash_decode's contract in torch: write k, v (B, H_kv, 1, D) into the caches (B, H_kv, S, D) at slot pos
+    (1,), then attend from q (B, H, 1, D) over the slots mask (B|1, 1, 1, S) allows, in splits of `split` slots
+    (the last may be shorter), merged. Returns (B, H, 1, D) in q's dtype."""
+    if split < 1:
+        raise ValueError(f"split must be at least 1 slot, got {split}")
+    k_cache.index_copy_(2, pos, k)
+    v_cache.index_copy_(2, pos, v)
+    parts = [split_attention(q, k_cache[:, :, s:s + split], v_cache[:, :, s:s + split], mask[..., s:s + split])
+             for s in range(0, k_cache.shape[2], split)]
+    outs, lses = zip(*parts)
+    return merge_splits(torch.stack(outs), torch.stack(lses)).to(q.dtype)
