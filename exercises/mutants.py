@@ -6,11 +6,14 @@ with a switch for each mistake (so the mutants do not depend on the package's in
 """
 from __future__ import annotations
 
+import inspect
+import itertools
 import json
 import re
 import types
 from pathlib import Path
 
+import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
@@ -472,3 +475,51 @@ MUTANTS = {  # exercise test file -> {mistake: module}
 }
 CORRECT = {"test_sampling.py": sampling_module(), "test_model.py": model_module(),
            "test_checkpoint.py": checkpoint_module()}  # the switches off: these must pass
+
+
+# ---------------------------------------------------------------- the harness of test_mutants_<exercise>.py
+# The later exercises (8 on) keep their wrong answers beside a plain correct solution in test_mutants_<name>.py,
+# built as `solution(wrong)`, and take their two tests from here.
+def cases(test) -> list[dict]:
+    """Every parameter set of a (maybe parametrized) test function, as keyword dictionaries."""
+    axes = []
+    for mark in getattr(test, "pytestmark", []):
+        if mark.name == "parametrize":
+            names = [n.strip() for n in mark.args[0].split(",")]
+            axes.append([dict(zip(names, v if len(names) > 1 else (v,))) for v in mark.args[1]])
+    return [dict(kv for d in combo for kv in d.items()) for combo in itertools.product(*axes)]
+
+
+def failing(test_module: types.ModuleType, impl) -> set[str]:
+    """The names of test_module's tests that fail on `impl`, each run with all its parameter sets."""
+    out = set()
+    for name, test in inspect.getmembers(test_module, inspect.isfunction):
+        if name.startswith("test_"):
+            for kw in cases(test):
+                try:
+                    test(impl, **kw)
+                except (Exception, pytest.fail.Exception):  # any failure counts as caught (pytest.raises that sees
+                    out.add(name)  # no error raises pytest's Failed, which is not an Exception)
+                    break
+    return out
+
+
+def mutation_tests(test_module: types.ModuleType, solution, mutants: dict[str, str]):
+    """The two tests of a test_mutants_<exercise>.py: the correct `solution()` passes every test of test_module, and
+    each `solution(wrong)` fails the test that `mutants[wrong]` names (others may fail too)."""
+    def test_a_correct_answer_passes():
+        assert failing(test_module, solution()) == set()
+
+    @pytest.mark.parametrize("wrong", mutants)
+    def test_each_wrong_answer_is_caught(wrong):
+        caught = failing(test_module, solution(wrong))
+        assert mutants[wrong] in caught, f"{wrong!r} got past {mutants[wrong]} (caught by: {sorted(caught)})"
+
+    return test_a_correct_answer_passes, test_each_wrong_answer_is_caught
+
+
+@pytest.fixture(autouse=True)
+def reference_only(request):
+    """Mutation tests check the exercises' tests: with --impl student they have nothing to say."""
+    if request.config.getoption("--impl") == "student":
+        pytest.skip("mutation tests check the exercises' tests, not your code")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from exercises.mutants import CORRECT, MUTANTS
+from exercises.mutants import CORRECT, MUTANTS, reference_only  # noqa: F401 (an autouse fixture)
 
 HERE = Path(__file__).resolve().parent
 CATCHES = {  # (test file, mistake) -> the test that fails on it (running one test keeps this quick)
@@ -101,12 +101,6 @@ def run(test_file: str, module, first_failure: bool = True, test: str | None = N
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         code = pytest.main(args + (["-x"] if first_failure else []), plugins=[plugin])
     return int(code), plugin.failed
-
-
-@pytest.fixture(autouse=True)
-def _reference_only(request):
-    if request.config.getoption("--impl") == "student":
-        pytest.skip("mutation tests check the exercises' tests, not your code")
 
 
 @pytest.mark.parametrize("test_file,mistake", [(f, m) for f, ms in MUTANTS.items() for m in ms])

@@ -1,13 +1,12 @@
 """Tests of the tests: plausible wrong answers to exercise 8 must each fail a named test of test_distill.py, and a
 correct answer written differently from minqwen3's must pass them all. (This file tests the tests, not your code.)"""
-import inspect
 import math
 from types import SimpleNamespace
 
-import pytest
 import torch
 
 from exercises import test_distill as T
+from exercises.mutants import mutation_tests, reference_only  # noqa: F401 (an autouse fixture)
 
 
 def solution(wrong: str | None = None):
@@ -56,7 +55,6 @@ def solution(wrong: str | None = None):
     return SimpleNamespace(divergence=divergence)
 
 
-TESTS = {name: fn for name, fn in inspect.getmembers(T, inspect.isfunction) if name.startswith("test_")}
 # each wrong answer, and the test that must catch it (others may too)
 MUTANTS = {
     "KL in the wrong direction": "test_forward_and_reverse_match_kl_div",
@@ -72,21 +70,4 @@ MUTANTS = {
 }
 
 
-def failing(impl) -> set[str]:
-    out = set()
-    for name, fn in TESTS.items():
-        try:
-            fn(impl)
-        except Exception:  # noqa: BLE001 - any failure counts as caught
-            out.add(name)
-    return out
-
-
-def test_a_correct_answer_passes():
-    assert failing(solution()) == set()
-
-
-@pytest.mark.parametrize("wrong", MUTANTS)
-def test_each_wrong_answer_is_caught(wrong):
-    caught = failing(solution(wrong))
-    assert MUTANTS[wrong] in caught, f"{wrong!r} got past {MUTANTS[wrong]} (caught by: {sorted(caught)})"
+test_a_correct_answer_passes, test_each_wrong_answer_is_caught = mutation_tests(T, solution, MUTANTS)

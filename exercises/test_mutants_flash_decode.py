@@ -1,14 +1,13 @@
 """Tests of the tests: plausible wrong answers to exercise 10 must each fail a named test of test_flash_decode.py,
 and a correct answer written differently from minqwen3's must pass them all. (This file tests the tests, not your
 code.)"""
-import inspect
 import math
 from types import SimpleNamespace
 
-import pytest
 import torch
 
 from exercises import test_flash_decode as T
+from exercises.mutants import mutation_tests, reference_only  # noqa: F401 (an autouse fixture)
 
 
 def solution(wrong: str | None = None):
@@ -88,7 +87,6 @@ def solution(wrong: str | None = None):
     return SimpleNamespace(split_attention=split_attention, merge_splits=merge_splits, split_decode=split_decode)
 
 
-TESTS = {name: fn for name, fn in inspect.getmembers(T, inspect.isfunction) if name.startswith("test_")}
 # each wrong answer, and the test that must catch it (others may too)
 MUTANTS = {
     "GQA heads paired with repeat (h % H_kv)": "test_split_attention_matches_sdpa",
@@ -111,27 +109,4 @@ MUTANTS = {
 }
 
 
-def failing(impl) -> set[str]:
-    out = set()
-    for name, fn in TESTS.items():
-        try:
-            fn(impl)
-        except Exception:  # noqa: BLE001 - any failure counts as caught
-            out.add(name)
-    return out
-
-
-@pytest.fixture(autouse=True)
-def _reference_only(request):
-    if request.config.getoption("--impl") == "student":
-        pytest.skip("mutation tests check the exercises' tests, not your code")
-
-
-def test_a_correct_answer_passes():
-    assert failing(solution()) == set()
-
-
-@pytest.mark.parametrize("wrong", MUTANTS)
-def test_each_wrong_answer_is_caught(wrong):
-    caught = failing(solution(wrong))
-    assert MUTANTS[wrong] in caught, f"{wrong!r} got past {MUTANTS[wrong]} (caught by: {sorted(caught)})"
+test_a_correct_answer_passes, test_each_wrong_answer_is_caught = mutation_tests(T, solution, MUTANTS)

@@ -1,13 +1,11 @@
 """Tests of the tests: plausible wrong plans for the parallel exercise must each fail a named test of
 test_parallel.py, and a correct plan written differently from minqwen3's must pass them all. (This file tests the
 tests, not your code.)"""
-import inspect
-import itertools
 from types import SimpleNamespace
 
-import pytest
 
 from exercises import test_parallel as T
+from exercises.mutants import mutation_tests, reference_only  # noqa: F401 (an autouse fixture)
 
 
 def solution(wrong: str | None = None):
@@ -75,32 +73,6 @@ def solution(wrong: str | None = None):
     return SimpleNamespace(heads=heads, slices=slices)
 
 
-TESTS = {name: fn for name, fn in inspect.getmembers(T, inspect.isfunction) if name.startswith("test_")}
-
-
-def cases(fn):
-    """Every parameter set of a (maybe parametrized) test, as keyword dictionaries."""
-    axes = []
-    for mark in getattr(fn, "pytestmark", []):
-        if mark.name == "parametrize":
-            names = [n.strip() for n in mark.args[0].split(",")]
-            axes.append([dict(zip(names, v if len(names) > 1 else (v,))) for v in mark.args[1]])
-    return [dict(kv for d in combo for kv in d.items()) for combo in itertools.product(*axes)]
-
-
-def failing(impl) -> set[str]:
-    out = set()
-    for name, fn in TESTS.items():
-        for kw in cases(fn):
-            try:
-                fn(impl, **kw)
-            except (Exception, pytest.fail.Exception):  # noqa: BLE001 - any failure counts as caught (pytest.raises
-                # that sees no error raises pytest's Failed, which is not an Exception)
-                out.add(name)
-                break
-    return out
-
-
 # each wrong plan, and the test that must catch it (others may too)
 MUTANTS = {
     "o_proj split by output": "test_attention_partials_sum_to_the_whole",
@@ -117,11 +89,4 @@ MUTANTS = {
 }
 
 
-def test_a_correct_answer_passes():
-    assert failing(solution()) == set()
-
-
-@pytest.mark.parametrize("wrong", MUTANTS)
-def test_each_wrong_answer_is_caught(wrong):
-    caught = failing(solution(wrong))
-    assert MUTANTS[wrong] in caught, f"{wrong!r} got past {MUTANTS[wrong]} (caught by: {sorted(caught)})"
+test_a_correct_answer_passes, test_each_wrong_answer_is_caught = mutation_tests(T, solution, MUTANTS)

@@ -1,12 +1,11 @@
 """Tests of the tests: plausible wrong answers to exercise 9 must each fail a named test of test_rl.py, and a correct
 answer written differently from minqwen3's must pass them all. (This file tests the tests, not your code.)"""
-import inspect
 from types import SimpleNamespace
 
-import pytest
 import torch
 
 from exercises import test_rl as T
+from exercises.mutants import mutation_tests, reference_only  # noqa: F401 (an autouse fixture)
 
 
 def solution(wrong: str | None = None):
@@ -73,14 +72,6 @@ def solution(wrong: str | None = None):
     return SimpleNamespace(group_advantages=group_advantages, grpo_loss=grpo_loss)
 
 
-TESTS = {name: fn for name, fn in inspect.getmembers(T, inspect.isfunction) if name.startswith("test_")}
-
-
-def run(fn, impl) -> None:
-    params = inspect.signature(fn).parameters
-    fn(impl, **({"clip": 0.2} if "clip" in params else {}))
-
-
 # each wrong answer, and the test that must catch it (others may too)
 MUTANTS = {
     "normalised over the whole batch": "test_advantages",
@@ -104,21 +95,4 @@ MUTANTS = {
 }
 
 
-def failing(impl) -> set[str]:
-    out = set()
-    for name, fn in TESTS.items():
-        try:
-            run(fn, impl)
-        except Exception:  # noqa: BLE001 - any failure counts as caught
-            out.add(name)
-    return out
-
-
-def test_a_correct_answer_passes():
-    assert failing(solution()) == set()
-
-
-@pytest.mark.parametrize("wrong", MUTANTS)
-def test_each_wrong_answer_is_caught(wrong):
-    caught = failing(solution(wrong))
-    assert MUTANTS[wrong] in caught, f"{wrong!r} got past {MUTANTS[wrong]} (caught by: {sorted(caught)})"
+test_a_correct_answer_passes, test_each_wrong_answer_is_caught = mutation_tests(T, solution, MUTANTS)
