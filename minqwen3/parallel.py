@@ -33,15 +33,22 @@ Run with torchrun (one process per GPU, or per CPU "rank" with gloo):
 from __future__ import annotations
 
 import datetime
+import multiprocessing as mp
 import os
+import queue as queue_mod
 import re
 import sys
+import tempfile
+import time
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.utils._pytree import tree_map
 
 from .config import Qwen3Config
 from .model import Qwen3
@@ -231,8 +238,8 @@ def from_pretrained(path: str | os.PathLike, plan: Plan, device=None, dtype: tor
     get_slice), so a rank holds about 1/N of the weights (plus the replicated norms, router and embedding)."""
     from safetensors import safe_open
 
-    from .checkpoint import CheckpointError, DTYPES, _STACKED, _finite, check_config, check_tensors, \
-        checkpoint_files, read_tables
+    from .checkpoint import CheckpointError, DTYPES, _finite, check_config, check_tensors, checkpoint_files, \
+        read_tables
     path = Path(path)
     checkpoint_files(path)
     config = Qwen3Config.from_pretrained(path)
@@ -240,39 +247,40 @@ def from_pretrained(path: str | os.PathLike, plan: Plan, device=None, dtype: tor
     check_config(config, tables)
     with torch.device("meta"):
         model = Qwen3(config)
-    check_tensors(model, path, tables, strict=True, dtype=dtype)  # names, shapes, dtypes: as the one-process load
+    # names, shapes, dtypes checked as the one-process load checks them; key -> (parameter, expert row, shape)
+    targets = check_tensors(model, path, tables, strict=True, dtype=dtype)
     full = {n: tuple(p.shape) for n, p in model.named_parameters(remove_duplicate=False)}
     where = {k: f for f, (header, _) in tables.items() for k in header}
     shard(model, plan)
+    params = dict(model.named_parameters())  # a tied head split by vocabulary is now a parameter of its own
+    reads = [(key, name, row) for key, (name, row, _) in targets.items()]
+    if config.tie_word_embeddings and "lm_head.weight" in params:
+        reads.append(("model.embed_tokens.weight", "lm_head.weight", None))
     device = torch.device(device or "cpu")
-    handles, bad = {}, []
-
-    def read(key: str, sl: tuple[slice, ...]) -> torch.Tensor:
+    handles, new, bad = {}, {}, []
+    for key, name, row in reads:
+        sl = slices(name, full[name], config, plan)
+        if row is not None:  # one expert's row of a stacked tensor: read only if it is in this rank's rows
+            rows = range(full[name][0])[sl[0]]
+            if row not in rows:
+                continue
+            sl = sl[1:]
+        if name not in new:
+            new[name] = torch.empty(params[name].shape, device=device,
+                                    dtype=dtype or DTYPES[tables[where[key]][0][key]["dtype"]])
         f = where[key]
         if f not in handles:
             handles[f] = safe_open(f, framework="pt")
         t = handles[f].get_slice(key)[sl]  # reads only this rank's rows or columns
         if not _finite(t):
             bad.append(key)
-        return t
-
-    tied = config.tie_word_embeddings
-    for name, p in list(model.named_parameters()):
-        sl = slices(name, full[name], config, plan)
-        m = _STACKED.fullmatch(name)
-        if m:  # stacked experts: one checkpoint tensor per expert row
-            parts = [(f"{m[1]}.{j}.{m[2]}.weight", sl[1:]) for j in range(full[name][0])[sl[0]]]
-        else:
-            parts = [("model.embed_tokens.weight" if name == "lm_head.weight" and tied else name, sl)]
-        stored = DTYPES[tables[where[parts[0][0]]][0][parts[0][0]]["dtype"]]
-        t = torch.empty(p.shape, device=device, dtype=dtype or stored)
-        for i, (key, s) in enumerate(parts):
-            (t[i] if m else t).copy_(read(key, s))
+        (new[name] if row is None else new[name][rows.index(row)]).copy_(t)
+    for name, t in new.items():
         mod_name, _, attr = name.rpartition(".")
         model.get_submodule(mod_name)._parameters[attr] = nn.Parameter(t, requires_grad=False)
     if bad:
         raise CheckpointError(f"checkpoint {path} has NaN or Inf values in {bad[:10]}")
-    if tied and not vocab_split(config, plan):
+    if config.tie_word_embeddings and not vocab_split(config, plan):
         model.lm_head.weight = model.model.embed_tokens.weight
     return model.to(device).eval()
 
@@ -283,11 +291,6 @@ def weight_bytes(model: nn.Module) -> int:
 
 
 # ---------------------------------------------------------------- processes
-def launched() -> bool:
-    """Whether this process was started by torchrun (or anything that sets WORLD_SIZE) as one of several."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
-
-
 def init(device: str = "auto", experts: str = "tp", timeout_s: float = 600) -> tuple[Plan, str]:
     """Join the process group torchrun set up (env RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT): NCCL with one
     GPU per process, or gloo on CPUs. Ranks other than 0 print nothing (stdout and stderr go to /dev/null).
@@ -323,9 +326,6 @@ def shared_seed(seed: int | None) -> int | None:
 
 
 def _child(fn, rank: int, world: int, store: str, queue, args) -> None:
-    import traceback
-
-    from torch.utils._pytree import tree_map
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
     if sys.platform == "linux":
         os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # stay on loopback: no network interface guessing
@@ -348,12 +348,6 @@ def spawn(fn, world: int, *args, timeout_s: float = 300) -> list:
     """Run fn(plan, *args) in `world` fresh CPU processes joined by gloo; return each rank's result, in rank order.
     fn must be importable (a module-level function). No ports to pick: the ranks meet through a file. A rank that
     fails or a run past timeout_s raises RuntimeError with the failing rank's traceback; every process is ended."""
-    import multiprocessing as mp
-    import queue as queue_mod
-
-    from torch.utils._pytree import tree_map
-    import tempfile
-    import time
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
     with tempfile.TemporaryDirectory() as tmp:
@@ -383,7 +377,6 @@ def spawn(fn, world: int, *args, timeout_s: float = 300) -> list:
                 if p.is_alive():
                     p.kill()
                     p.join()
-    import numpy as np
     return [tree_map(lambda a: torch.from_numpy(a) if isinstance(a, np.ndarray) else a, results[r])
             for r in range(world)]
 
