@@ -357,8 +357,9 @@ def release() -> None:
 def run(models: list[str], device: str, dtype: str | None, prompt: int, new: int, prefill: int | None,
         compare: list[str], repeats: int = 3, eager: bool = True, out: str | None = None,
         profile: bool = False, batch: list[int] | None = None, first: bool = False, experts: str = "tp") -> int:
+    from .cli import parallel_run
     plan = None
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # one of several processes (torchrun): tensor parallel
+    if parallel_run():  # one of several processes (torchrun): tensor parallel
         from . import parallel
         plan, device = parallel.init(device, experts)
         if compare:
