@@ -368,6 +368,8 @@ def cmd_bench(args) -> int:
 
 
 DEVICE_HELP = "cpu, cuda, cuda:N, or auto: cuda if there is a GPU, else cpu (default: %(default)s)"
+EXPERTS_HELP = ("under torchrun, how a MoE model's experts are split: tp, each expert across all ranks; ep, whole "
+                "experts per rank (default: %(default)s)")
 
 
 def _model_args(s: argparse.ArgumentParser, per_mode: bool) -> None:
@@ -395,9 +397,7 @@ def _model_args(s: argparse.ArgumentParser, per_mode: bool) -> None:
     s.add_argument("--eager", action="store_true", help="on a GPU, decode without torch.compile and CUDA graphs "
                    "(the fast path compiles for ~30 s before the first reply, ~8 s once ~/.cache/minqwen3 holds its "
                    "compile caches, then streams in bursts of 16 tokens)")
-    s.add_argument("--experts", choices=["tp", "ep"], default="tp", help="under torchrun, how a MoE model's "
-                   "experts are split: tp, each expert across all ranks; ep, whole experts per rank (default: "
-                   "%(default)s)")
+    s.add_argument("--experts", choices=["tp", "ep"], default="tp", help=EXPERTS_HELP)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -451,8 +451,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "random prompt; one table per N (default: %(default)s)")
     s.add_argument("--first-call", action="store_true", help="also time generate()'s first call (compile "
                    "included) in two fresh processes: with empty compile caches, then with what the first left")
-    s.add_argument("--experts", choices=["tp", "ep"], default="tp", help="under torchrun, how a MoE model's "
-                   "experts are split (default: %(default)s)")
+    s.add_argument("--experts", choices=["tp", "ep"], default="tp", help=EXPERTS_HELP)
     s.set_defaults(fn=cmd_bench)
     return p
 
