@@ -26,23 +26,10 @@ import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
 from minqwen3 import parallel  # noqa: E402
-from minqwen3.bench import copy_bandwidth, decode_bytes, release  # noqa: E402
+from minqwen3.bench import _time, copy_bandwidth, decode_bytes, release  # noqa: E402
 from minqwen3.config import Qwen3Config  # noqa: E402
 from minqwen3.generation import Decoder, generate  # noqa: E402
 from minqwen3.moe import Experts  # noqa: E402
-
-
-def sync() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
-def timed(fn) -> float:
-    sync()
-    t = time.perf_counter()
-    fn()
-    sync()
-    return time.perf_counter() - t
 
 
 def run(name: str, cfg, plan, device, args, compiled: bool, graphs: bool, bws: list, ref) -> dict:
@@ -59,8 +46,9 @@ def run(name: str, cfg, plan, device, args, compiled: bool, graphs: bool, bws: l
     gen = lambda k: generate(model, prompt, k, stop_ids=(), decoder=dec)  # noqa: E731
     tokens = gen(args.new)[0, args.prompt:].cpu()  # warm-up: capture (and compile)
     setup = time.perf_counter() - t0
-    t_new = min(timed(lambda: gen(args.new)) for _ in range(args.repeats))
-    t_one = min(timed(lambda: gen(1)) for _ in range(args.repeats))
+    dev = torch.device(device)  # each timing drains the device before and after; the best of the repeats counts
+    t_new = min(_time(lambda: gen(args.new), dev) for _ in range(args.repeats))
+    t_one = min(_time(lambda: gen(1), dev) for _ in range(args.repeats))
     ms = 1e3 * (t_new - t_one) / (args.new - 1)
     n = plan.world
     limit_ms = 1e3 * decode_bytes(cfg, torch.bfloat16) / (n * min(bws[:n]))
