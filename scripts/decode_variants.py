@@ -12,7 +12,7 @@ the dense MLP's silu(gate) * up in a kernel of its own (a custom op Inductor can
 reads the realised product instead of recomputing it in every program; "+mmrows:N" lets Inductor write a
 matrix product of up to N rows as a broadcast-multiply and sum (a reduction it fuses with what is around it), as
 it does by itself only for one row (torch/_inductor/decomposition.py's mm, with coordinate-descent tuning): at
-batch > 1 each projection is otherwise a library GEMM of its own; "+slots:N" gives the
+batch > 1 each projection is otherwise a library GEMM of its own; "+fuse" stacks q/k/v and gate/up into one weight each (copies: one projection where there were three and two); "+slots:N" gives the
 cache N slots; "+cfg:KEY=VALUE" sets any Inductor option. Random weights in the official shapes, bf16, batch 1
 (--batch N: N rows; "of limit" then counts each row's top-k experts only, where `bench` counts their union),
 as `python -m minqwen3 bench`.
@@ -30,6 +30,7 @@ from minqwen3 import Qwen3Config, attention, flash_decode, mlp, moe
 from minqwen3.bench import copy_bandwidth, decode_bytes, kernel_profile, measure, release
 from minqwen3.generation import Decoder, generate
 from minqwen3.model import random_model
+from minqwen3.rope import apply_rope
 
 
 def old_moe_forward(self, x):
@@ -99,6 +100,44 @@ def swiglu_mlp_forward(self, x):
     return self.down_proj(swiglu(self.gate_proj(x), self.up_proj(x)))
 
 
+def fuse(model, on: bool) -> None:
+    """on: give each attention a stacked q/k/v weight and each dense MLP a stacked gate/up weight (copies, as
+    non-persistent buffers), so one projection reads what three (two) did; off: drop them."""
+    for layer in model.model.layers:
+        a, m = layer.self_attn, layer.mlp
+        pairs = [(a, "_qkv", (a.q_proj, a.k_proj, a.v_proj))]
+        if isinstance(m, mlp.MLP):
+            pairs.append((m, "_gu", (m.gate_proj, m.up_proj)))
+        for mod, name, parts in pairs:
+            if on:
+                mod.register_buffer(name, torch.cat([p.weight for p in parts]), persistent=False)
+            else:
+                mod._buffers.pop(name, None)
+
+
+def fused_attention_forward(self, x, cos, sin, mask=None, cache=None, input_pos=None):
+    B, T, _ = x.shape
+    q, k, v = torch.nn.functional.linear(x, self._qkv).split(
+        [self.n_heads * self.head_dim, self.n_kv * self.head_dim, self.n_kv * self.head_dim], -1)
+    q = self.q_norm(q.view(B, T, self.n_heads, self.head_dim)).transpose(1, 2)  # (B, H, T, D)
+    k = self.k_norm(k.view(B, T, self.n_kv, self.head_dim)).transpose(1, 2)  # (B, H_kv, T, D)
+    v = v.view(B, T, self.n_kv, self.head_dim).transpose(1, 2)
+    q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    if T == 1 and cache is not None and flash_decode.available(q, mask):
+        y = flash_decode.flash_decode(q, k, v, cache.k, cache.v, input_pos, mask)
+    else:  # off the GPU decode path (prefill): as Attention.forward
+        if cache is not None:
+            k, v = cache.update(input_pos, k, v)
+        y = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and T > 1,
+                                                             enable_gqa=self.n_heads != self.n_kv)
+    return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
+
+
+def fused_mlp_forward(self, x):
+    g, u = torch.nn.functional.linear(x, self._gu).chunk(2, -1)
+    return self.down_proj(torch.nn.functional.silu(g) * u)
+
+
 @contextlib.contextmanager
 def mm_as_reduction(rows: int):
     """Inductor decomposes aten.mm into multiply + sum (a reduction it can fuse and tune) for up to `rows` rows,
@@ -129,8 +168,11 @@ def patched(name: str):
     Yields Decoder's combo_kernels argument."""
     parts = name.split("+")
     config = {k: ast.literal_eval(v) for k, v in (p[4:].split("=", 1) for p in parts if p.startswith("cfg:"))}
-    saved = moe.SparseMoE.forward, attention.decode_attention, flash_decode.available, mlp.MLP.forward
+    saved = (moe.SparseMoE.forward, attention.decode_attention, flash_decode.available, mlp.MLP.forward,
+             attention.Attention.forward)
     try:
+        if "fuse" in parts:  # the caller stacks the weights (fuse(model, True))
+            attention.Attention.forward, mlp.MLP.forward = fused_attention_forward, fused_mlp_forward
         if "swiglu" in parts:
             mlp.MLP.forward = swiglu_mlp_forward
         if "before" in parts:
@@ -145,7 +187,8 @@ def patched(name: str):
         with torch._inductor.config.patch(config), (mm_as_reduction(rows[0]) if rows else contextlib.nullcontext()):
             yield True if "combo" in parts else False if "nocombo" in parts else None
     finally:
-        moe.SparseMoE.forward, attention.decode_attention, flash_decode.available, mlp.MLP.forward = saved
+        (moe.SparseMoE.forward, attention.decode_attention, flash_decode.available, mlp.MLP.forward,
+         attention.Attention.forward) = saved
 
 
 def main() -> int:
@@ -173,6 +216,7 @@ def main() -> int:
         reference = None
         variants = args.variants + (args.moe_variants if cfg.num_experts else [])
         for v in variants:
+            fuse(model, "fuse" in v.split("+"))
             with patched(v) as combo, torch.no_grad():
                 slots = [int(p[6:]) for p in v.split("+") if p.startswith("slots:")]
                 try:
