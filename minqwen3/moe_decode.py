@@ -102,8 +102,8 @@ if triton is not None:
                     g += tl.dot(wg, xt)
                     u += tl.dot(wu, xt)
             h = g * tl.sigmoid(g) * u * gate_w[None, :]  # (BLOCK_I, NP)
-            tl.store(Hid + (t * I + rows[:, None]) * NP + n[None, :], h.to(Hid.dtype.element_ty),
-                     mask=rows[:, None] < I)
+            tl.store(Hid + (t * N + n[None, :]) * I + rows[:, None], h.to(Hid.dtype.element_ty),
+                     mask=(rows[:, None] < I) & (n[None, :] < N))
             if ib == 0:  # the list of distinct experts, for kernel 2
                 tl.store(Experts + t, e)
                 if t == 0:
@@ -128,7 +128,8 @@ if triton is not None:
             e = tl.load(Experts + t)
             wd = tl.load(Down + e * H * I + rows[:, None] * I + c[None, :],
                          mask=(rows[:, None] < H) & (c[None, :] < I), other=0.0)  # (BLOCK_I, BLOCK_K)
-            h = tl.load(Hid + (t * I + c[:, None]) * NP + n[None, :], mask=c[:, None] < I, other=0.0)  # (BLOCK_K, NP)
+            h = tl.load(Hid + (t * N + n[None, :]) * I + c[:, None], mask=(c[:, None] < I) & (n[None, :] < N),
+                        other=0.0)  # (BLOCK_K, NP): only the N real tokens' columns are read
             if IEEE:
                 acc += tl.dot(wd, h, input_precision="ieee")
             else:
@@ -157,7 +158,7 @@ def moe_decode(x: torch.Tensor, idx: torch.Tensor, w: torch.Tensor, gate_proj: t
     gate_proj, up_proj, down_proj = gate_proj.contiguous(), up_proj.contiguous(), down_proj.contiguous()
     NK = N * k
     NP = max(16, triton.next_power_of_2(N))
-    hid = torch.empty(NK, I, NP, device=x.device, dtype=x.dtype)  # h of the t-th distinct expert, tokens last
+    hid = torch.empty(NK, N, I, device=x.device, dtype=x.dtype)  # h of the t-th distinct expert, for each token
     experts = torch.empty(NK, device=x.device, dtype=idx.dtype)
     count = torch.empty(1, device=x.device, dtype=torch.int32)
     part = torch.empty(_splits(x.device, NK, H), N, H, device=x.device, dtype=torch.float32)
