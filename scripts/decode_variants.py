@@ -8,7 +8,8 @@ it is; "before" routes as before docs/benchmarks.md's run 3 (softmax over all ex
 and "+nocombo" force Inductor's combo kernels (independent kernels of one graph launched as one) on or off;
 "+mmattn" decodes attention as three library calls (attention.decode_attention) instead of flash_decode.py's
 one kernel, "+flex" with FlexAttention; "+gathered" decodes the experts with moe.Experts' torch paths (gathered
-matrix-vector products, or the grouped GEMM) instead of moe_decode.py's kernels; "+maxk" routes with k rounds of
+matrix-vector products, or the grouped GEMM) instead of moe_decode.py's kernels, "+gathermax:N" sets
+moe.Experts.gather_max (0: the kernels at batch 1 too); "+maxk" routes with k rounds of
 max instead of topk; "+swiglu" computes
 the dense MLP's silu(gate) * up in a kernel of its own (a custom op Inductor cannot inline), so the down projection
 reads the realised product instead of recomputing it in every program; "+mmrows:N" lets Inductor write a
@@ -132,10 +133,13 @@ def patched(name: str):
     parts = name.split("+")
     config = {k: ast.literal_eval(v) for k, v in (p[4:].split("=", 1) for p in parts if p.startswith("cfg:"))}
     saved = moe.SparseMoE.forward, attention.decode_attention, flash_decode.available, mlp.MLP.forward
-    saved_experts = moe_decode.enabled
+    saved_experts = moe_decode.enabled, moe.Experts.gather_max
     try:
         if "gathered" in parts:
             moe_decode.enabled = False
+        for p in parts:
+            if p.startswith("gathermax:"):
+                moe.Experts.gather_max = int(p[10:])
         if "swiglu" in parts:
             mlp.MLP.forward = swiglu_mlp_forward
         if "before" in parts:
@@ -151,7 +155,7 @@ def patched(name: str):
             yield True if "combo" in parts else False if "nocombo" in parts else None
     finally:
         moe.SparseMoE.forward, attention.decode_attention, flash_decode.available, mlp.MLP.forward = saved
-        moe_decode.enabled = saved_experts
+        moe_decode.enabled, moe.Experts.gather_max = saved_experts
 
 
 def main() -> int:

@@ -45,6 +45,22 @@ def rel_err(got, want):
     return ((got.double() - want).norm() / want.norm()).item()
 
 
+def test_experts_take_the_kernels_above_gather_max_pairs_without_grad(monkeypatch):
+    """moe.Experts' dispatch, on a CPU with the kernels' availability faked: more than gather_max pairs and no
+    gradient -> the kernels; up to gather_max (batch 1 at k = 8) -> the gathered products; with grad -> torch."""
+    import minqwen3.moe_decode as md
+    calls = []
+    monkeypatch.setattr(md, "available", lambda x, idx, weight: not torch.is_grad_enabled())
+    monkeypatch.setattr(md, "experts_decode", lambda x, *a: calls.append(x.shape[0]) or torch.zeros_like(x))
+    ex = Experts(24, 32, 16)
+    for N in (1, 2, 3, 8):
+        x, idx, w, *_ = case(N, 8, 24, 32, 16, torch.float32, "random", device="cpu")
+        with torch.no_grad():
+            ex(x, idx, w)
+        ex(x, idx, w)
+    assert calls == [3, 8]  # 24 and 64 pairs; 8 and 16 are not more than gather_max
+
+
 @pytest.mark.parametrize("kind", ["random", "one", "distinct", "busy"])
 def test_reference_matches_the_pairs_oracle(kind):
     """The plain-torch spelling of the kernels' arithmetic (each distinct expert once, weights folded in)."""
