@@ -7,7 +7,10 @@ per token, its fraction of the weight-bandwidth limit, and the GPU kernels per s
 it is; "before" routes as before docs/benchmarks.md's run 3 (softmax over all experts, sorted top-k); "+combo"
 and "+nocombo" force Inductor's combo kernels (independent kernels of one graph launched as one) on or off;
 "+mmattn" decodes attention as three library calls (attention.decode_attention) instead of flash_decode.py's
-one kernel, "+flex" with FlexAttention; "+maxk" routes with k rounds of max instead of topk; "+swiglu" computes
+one kernel, "+flex" with FlexAttention; "+gathered" decodes the experts with moe.Experts' torch paths (gathered
+matrix-vector products, or the grouped GEMM) instead of moe_decode.py's kernels, "+gathermax:N" sets
+moe.Experts.gather_max (0: the kernels at batch 1 too); "+maxk" routes with k rounds of
+max instead of topk; "+swiglu" computes
 the dense MLP's silu(gate) * up in a kernel of its own (a custom op Inductor cannot inline), so the down projection
 reads the realised product instead of recomputing it in every program; "+mmrows:N" lets Inductor write a
 matrix product of up to N rows as a broadcast-multiply and sum (a reduction it fuses with what is around it), as
@@ -26,7 +29,7 @@ import sys
 
 import torch
 
-from minqwen3 import Qwen3Config, attention, flash_decode, mlp, moe
+from minqwen3 import Qwen3Config, attention, flash_decode, mlp, moe, moe_decode
 from minqwen3.bench import copy_bandwidth, decode_bytes, kernel_profile, measure, release
 from minqwen3.generation import Decoder, generate
 from minqwen3.model import random_model
@@ -170,9 +173,15 @@ def patched(name: str):
     config = {k: ast.literal_eval(v) for k, v in (p[4:].split("=", 1) for p in parts if p.startswith("cfg:"))}
     saved = (moe.SparseMoE.forward, attention.decode_attention, flash_decode.available, mlp.MLP.forward,
              attention.Attention.forward)
+    saved_experts = moe_decode.enabled, moe.Experts.gather_max
     try:
         if "fuse" in parts:  # the caller stacks the weights (fuse(model, True))
             attention.Attention.forward, mlp.MLP.forward = fused_attention_forward, fused_mlp_forward
+        if "gathered" in parts:
+            moe_decode.enabled = False
+        for p in parts:
+            if p.startswith("gathermax:"):
+                moe.Experts.gather_max = int(p[10:])
         if "swiglu" in parts:
             mlp.MLP.forward = swiglu_mlp_forward
         if "before" in parts:
@@ -189,6 +198,7 @@ def patched(name: str):
     finally:
         (moe.SparseMoE.forward, attention.decode_attention, flash_decode.available, mlp.MLP.forward,
          attention.Attention.forward) = saved
+        moe_decode.enabled, moe.Experts.gather_max = saved_experts
 
 
 def main() -> int:

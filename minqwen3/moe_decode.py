@@ -1,0 +1,203 @@
+"""The experts of a decode step as two GPU kernels (Triton): every chosen expert's weights read once, for all tokens.
+
+At decode a step has a few tokens (N <= 16: the rows of a batch) and N*k (token, expert) pairs. moe.Experts' other
+paths gather the chosen weights pair by pair (batch 1: a batched matrix-vector product per projection; an expert
+two tokens chose is read twice) or sort the pairs into a grouped GEMM (made for many tokens per expert). Here:
+
+- Kernel 1, program (t, block of intermediate rows): t-th distinct expert any token chose (programs past the
+  number of distinct experts exit at once). It reads its gate and up rows once, multiplies them with all N tokens
+  (one small tl.dot, the tokens padded to 16 columns) and writes h[t, :, n] = w[n, e] * silu(gate x_n) * (up x_n):
+  the routing weight folded in, 0 for a token that did not choose e. Every program finds the distinct experts
+  itself, from the (N, k) choices (no sort, no list made by another kernel, nothing read back by the host).
+- Kernel 2, program (block of output rows, split of the distinct experts): loops over its share of the experts
+  and sums down_e h[t] for all N tokens: the sum over experts and slots folded into one accumulator. The splits
+  (a few, to give every SM work at batch 1, where only 8 experts are live) write partial sums that the caller
+  adds in a fixed order: deterministic, no atomics.
+
+So a step reads each chosen expert once, whatever the batch. Used by moe.Experts on CUDA without gradients (the
+kernels have no backward) for up to MAX_TOKENS tokens with more than Experts.gather_max (token, expert) pairs: on
+an H200, 30B-A3B's batch-8 step took 10.75 ms against 13.01 ms with the grouped GEMM; at batch 1 (8 pairs)
+Inductor's fused gathered products were 8% faster than these kernels, so batch 1 keeps them (docs/benchmarks.md,
+run 7). Training and prefills keep moe.py's paths. `reference` (at the end) is the same arithmetic in plain torch,
+for reading and for CPUs.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.nn.functional as F
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # CPU-only installs: moe.Experts keeps its torch paths
+    triton = None
+
+MAX_TOKENS = 16  # tokens per call: the columns of the kernels' small dots
+BLOCK_ROWS = 16  # weight rows per program (tl.dot's smallest tile side): 384 programs at batch 1 for 30B-A3B
+# MINQWEN3_MOE_DECODE=0 switches the kernels off (the benchmark's peer: moe.Experts' gathered and grouped paths)
+enabled = os.environ.get("MINQWEN3_MOE_DECODE", "1") != "0"
+
+
+def available(x: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether the kernels can take these experts: Triton, an Ampere or newer GPU, at most MAX_TOKENS tokens, the
+    weights in x's dtype, and no gradient wanted (no backward). get_device_properties, unlike
+    get_device_capability, is a constant to torch.compile."""
+    return (enabled and triton is not None and x.is_cuda and idx.shape[0] <= MAX_TOKENS
+            and x.dtype == weight.dtype and x.dtype in (torch.bfloat16, torch.float16, torch.float32)
+            and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
+            and torch.cuda.get_device_properties(x.device).major >= 8)
+
+
+if triton is not None:
+    def _configs() -> list:
+        """Two tilings of the weights' columns, timed at the first call of a shape (the Decoder's warm-up, before
+        it captures a graph); rows come BLOCK_ROWS at a time (more would leave SMs idle at batch 1)."""
+        if os.environ.get("TRITON_INTERPRET") == "1":  # on a CPU: one configuration, nothing to time
+            return [triton.Config({"BLOCK_I": BLOCK_ROWS, "BLOCK_K": 128}, num_warps=4, num_stages=1)]
+        return [triton.Config({"BLOCK_I": BLOCK_ROWS, "BLOCK_K": bk}, num_warps=4, num_stages=s)
+                for bk, s in ((128, 4), (256, 3))]
+
+    @triton.jit
+    def _distinct(Idx, NK, JP: tl.constexpr):
+        """The (token, expert) pairs' experts (JP,), which pairs are an expert's first (JP,), each first pair's
+        rank among them (JP,), and how many distinct experts there are."""
+        j = tl.arange(0, JP)
+        flat = tl.load(Idx + j, mask=j < NK, other=-1)
+        seen = tl.zeros((JP,), tl.int32)  # earlier pairs with the same expert, 16 pairs at a time
+        for c in range(0, NK, 16):
+            jc = c + tl.arange(0, 16)
+            fc = tl.load(Idx + jc, mask=jc < NK, other=-2)
+            seen += tl.sum(((fc[None, :] == flat[:, None]) & (jc[None, :] < j[:, None])).to(tl.int32), 1)
+        first = (seen == 0) & (j < NK)
+        rank = tl.cumsum(first.to(tl.int32), 0) - 1
+        return flat, first, rank, tl.sum(first.to(tl.int32), 0)
+
+    @triton.autotune(_configs(), key=["N", "K", "H", "I"])
+    @triton.jit
+    def _gate_up(X, Idx, W, Gate, Up, Hid, Experts, Count, N, NK, sx,
+                 K: tl.constexpr, H: tl.constexpr, I: tl.constexpr, NP: tl.constexpr, JP: tl.constexpr,
+                 BLOCK_I: tl.constexpr, BLOCK_K: tl.constexpr, IEEE: tl.constexpr):
+        t, ib = tl.program_id(0), tl.program_id(1)  # distinct expert, block of intermediate rows
+        flat, first, rank, count = _distinct(Idx, NK, JP)
+        if t < count:
+            e = tl.sum(tl.where(first & (rank == t), flat, 0), 0)
+            j, n = tl.arange(0, JP), tl.arange(0, NP)
+            # token n's routing weight for e: its slot that chose e (0 if none; two slots would add up)
+            wj = tl.load(W + j, mask=j < NK, other=0.0).to(tl.float32)
+            gate_w = tl.sum(tl.where((flat == e)[None, :] & ((j // K)[None, :] == n[:, None]), wj[None, :], 0.0), 1)
+            rows = ib * BLOCK_I + tl.arange(0, BLOCK_I)
+            at = e * I * H + rows[:, None] * H  # (BLOCK_I, 1) offsets of the rows in (E, I, H)
+            g = tl.zeros((BLOCK_I, NP), tl.float32)
+            u = tl.zeros((BLOCK_I, NP), tl.float32)
+            for k0 in range(0, H, BLOCK_K):
+                c = k0 + tl.arange(0, BLOCK_K)
+                xt = tl.load(X + n[None, :] * sx + c[:, None], mask=(n[None, :] < N) & (c[:, None] < H),
+                             other=0.0)  # (BLOCK_K, NP): the tokens as columns
+                live = (rows[:, None] < I) & (c[None, :] < H)
+                wg = tl.load(Gate + at + c[None, :], mask=live, other=0.0)  # (BLOCK_I, BLOCK_K)
+                wu = tl.load(Up + at + c[None, :], mask=live, other=0.0)
+                if IEEE:  # float32 in, float32 products: what the eager matmuls give with TF32 off
+                    g += tl.dot(wg, xt, input_precision="ieee")
+                    u += tl.dot(wu, xt, input_precision="ieee")
+                else:
+                    g += tl.dot(wg, xt)
+                    u += tl.dot(wu, xt)
+            h = g * tl.sigmoid(g) * u * gate_w[None, :]  # (BLOCK_I, NP)
+            tl.store(Hid + (t * N + n[None, :]) * I + rows[:, None], h.to(Hid.dtype.element_ty),
+                     mask=(rows[:, None] < I) & (n[None, :] < N))
+            if ib == 0:  # the list of distinct experts, for kernel 2
+                tl.store(Experts + t, e)
+                if t == 0:
+                    tl.store(Count, count)
+
+    @triton.autotune(_configs(), key=["N", "H", "I"])
+    @triton.jit
+    def _down(Hid, Experts, Count, Down, Part, N, H: tl.constexpr, I: tl.constexpr, NP: tl.constexpr,
+              BLOCK_I: tl.constexpr, BLOCK_K: tl.constexpr, IEEE: tl.constexpr):
+        rb, s = tl.program_id(0), tl.program_id(1)  # block of output rows (BLOCK_I of them), split of the experts
+        count = tl.load(Count)
+        per = tl.cdiv(count, tl.num_programs(1))
+        t0 = s * per
+        t1 = tl.minimum(t0 + per, count)
+        rows = rb * BLOCK_I + tl.arange(0, BLOCK_I)
+        n = tl.arange(0, NP)
+        steps = tl.cdiv(I, BLOCK_K)
+        acc = tl.zeros((BLOCK_I, NP), tl.float32)
+        for q in range(t0 * steps, t1 * steps):  # (expert, block of I) in one loop, so that it is pipelined
+            t = q // steps
+            c = (q % steps) * BLOCK_K + tl.arange(0, BLOCK_K)
+            e = tl.load(Experts + t)
+            wd = tl.load(Down + e * H * I + rows[:, None] * I + c[None, :],
+                         mask=(rows[:, None] < H) & (c[None, :] < I), other=0.0)  # (BLOCK_I, BLOCK_K)
+            h = tl.load(Hid + (t * N + n[None, :]) * I + c[:, None], mask=(c[:, None] < I) & (n[None, :] < N),
+                        other=0.0)  # (BLOCK_K, NP): only the N real tokens' columns are read
+            if IEEE:
+                acc += tl.dot(wd, h, input_precision="ieee")
+            else:
+                acc += tl.dot(wd, h)
+        tl.store(Part + (s * N + n[None, :]) * H + rows[:, None], acc, mask=(n[None, :] < N) & (rows[:, None] < H))
+
+
+def _sms(device: torch.device) -> int:  # 8 for Triton's interpreter, which runs the kernels on CPU tensors
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 8
+
+
+def _splits(device: torch.device, pairs: int, hidden: int) -> int:
+    """Splits of the experts in kernel 2: enough programs for ~4 per SM, never more splits than pairs."""
+    return max(1, min(pairs, triton.cdiv(4 * _sms(device), triton.cdiv(hidden, BLOCK_ROWS))))
+
+
+@torch.library.custom_op("minqwen3::moe_decode", mutates_args=())
+def moe_decode(x: torch.Tensor, idx: torch.Tensor, w: torch.Tensor, gate_proj: torch.Tensor, up_proj: torch.Tensor,
+               down_proj: torch.Tensor) -> torch.Tensor:
+    """Tokens x (N, H), their chosen experts idx (N, k) and weights w (N, k), experts stacked as in moe.Experts
+    (gate and up (E, I, H), down (E, H, I)) -> partial outputs (S, N, H), float32: their sum over S is the
+    experts' weighted sum for each token."""
+    N, k = idx.shape
+    E, I, H = gate_proj.shape
+    x, idx, w = x.contiguous(), idx.contiguous(), w.contiguous()
+    gate_proj, up_proj, down_proj = gate_proj.contiguous(), up_proj.contiguous(), down_proj.contiguous()
+    NK = N * k
+    NP = max(16, triton.next_power_of_2(N))
+    hid = torch.empty(NK, N, I, device=x.device, dtype=x.dtype)  # h of the t-th distinct expert, for each token
+    experts = torch.empty(NK, device=x.device, dtype=idx.dtype)
+    count = torch.empty(1, device=x.device, dtype=torch.int32)
+    part = torch.empty(_splits(x.device, NK, H), N, H, device=x.device, dtype=torch.float32)
+    ieee = x.dtype == torch.float32
+    _gate_up[(NK, triton.cdiv(I, BLOCK_ROWS))](
+        x, idx, w, gate_proj, up_proj, hid, experts, count, N, NK, x.stride(0),
+        K=k, H=H, I=I, NP=NP, JP=max(16, triton.next_power_of_2(NK)), IEEE=ieee)
+    _down[(triton.cdiv(H, BLOCK_ROWS), part.shape[0])](hid, experts, count, down_proj, part, N, H=H, I=I, NP=NP,
+                                                       IEEE=ieee)
+    return part
+
+
+@moe_decode.register_fake
+def _(x, idx, w, gate_proj, up_proj, down_proj):
+    N, k = idx.shape
+    H = gate_proj.shape[2]
+    return x.new_empty(_splits(x.device, N * k, H), N, H, dtype=torch.float32)
+
+
+def experts_decode(x: torch.Tensor, idx: torch.Tensor, w: torch.Tensor, gate_proj: torch.Tensor,
+                   up_proj: torch.Tensor, down_proj: torch.Tensor) -> torch.Tensor:
+    """moe_decode's partial outputs added up, in x's dtype: (N, H). Under torch.compile the sum fuses into what
+    follows (the residual add)."""
+    return moe_decode(x, idx, w, gate_proj, up_proj, down_proj).sum(0).to(x.dtype)
+
+
+# The kernels' arithmetic in plain torch, for reading and for CPUs: each distinct expert once, for every token.
+
+def reference(x: torch.Tensor, idx: torch.Tensor, w: torch.Tensor, gate_proj: torch.Tensor, up_proj: torch.Tensor,
+              down_proj: torch.Tensor) -> torch.Tensor:
+    """x (N, H), idx and w (N, k), experts (E, I, H) and (E, H, I) -> (N, H) in x's dtype, computed in float32."""
+    N, E = x.shape[0], gate_proj.shape[0]
+    gates = torch.zeros(N, E, device=x.device).scatter_add_(1, idx, w.float())  # (N, E): 0 where not chosen
+    chosen = idx.reshape(-1).unique()  # the distinct experts (the kernels find them without the host)
+    xf = x.float()
+    g = torch.einsum("nh,eih->eni", xf, gate_proj[chosen].float())  # (e, N, I)
+    u = torch.einsum("nh,eih->eni", xf, up_proj[chosen].float())
+    h = F.silu(g) * u * gates[:, chosen].T[..., None]  # routing weight folded in
+    return torch.einsum("eni,ehi->nh", h, down_proj[chosen].float()).to(x.dtype)  # sum over experts folded in
