@@ -172,6 +172,11 @@ def _symm_buffer(name: str, device: torch.device):
             with warnings.catch_warnings():  # needed up to torch ~2.9, deprecated (a no-op) since
                 warnings.simplefilter("ignore", FutureWarning)
                 getattr(symm_mem, "enable_symm_mem_for_group", lambda n: None)(name)
+            if not os.environ.get("TORCH_SYMMMEM"):  # the CUDA driver's peer mappings, unless the user chose
+                try:
+                    symm_mem.set_backend("CUDA")
+                except Exception:  # noqa: BLE001 (older torch, or a backend already in use: keep it)
+                    pass
             buf = symm_mem.empty(SYMM_BYTES, dtype=torch.uint8, device=device)
             symm_mem.rendezvous(buf, name)
             _symm[key] = buf
