@@ -22,9 +22,11 @@ all-to-all instead (not done here).
 
 The plan is applied to the unchanged model (model.py, attention.py, mlp.py, moe.py) by parameter name:
 `shard(model, plan)` replaces each parameter by its slice (on the meta device, before loading: nothing is
-allocated), sets the attention modules' head counts, and adds the collectives as forward hooks: in place when
-eager (a CUDA graph captures NCCL's kernels as they are), functional under torch.compile, which traces them into
-its graph. `from_pretrained`
+allocated), sets the attention modules' head counts, and adds the collectives as forward hooks. On GPUs the
+all-reduce is, by default, a one-shot kernel through symmetric memory (`symm_all_reduce`, a custom op that
+torch.compile keeps whole and a CUDA graph captures; a decode step's 10 KiB sums are latency-bound, and this is one
+kernel where NCCL's is a protocol); otherwise NCCL's (gloo's on CPUs): in place when eager (a CUDA graph captures
+NCCL's kernels as they are), functional under torch.compile, which traces it into its graph. `from_pretrained`
 then reads only each rank's slice of every tensor from the safetensors files.
 
 Run with torchrun (one process per GPU, or per CPU "rank" with gloo):
@@ -54,6 +56,7 @@ from .config import Qwen3Config
 from .model import Qwen3
 
 MODES = ("tp", "ep")  # how MoE layers' experts are split; attention and dense MLPs are always tensor-parallel
+ALL_REDUCES = ("symm", "nccl")  # one-shot through symmetric memory (on GPUs, else as nccl), or the group's own
 # NVLink multicast (NVLS) must stay off on shared machines (the device notes): set before NCCL starts
 NO_MULTICAST = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
 
@@ -61,17 +64,22 @@ NO_MULTICAST = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1"
 @dataclass(frozen=True)
 class Plan:
     """Where this process stands: rank of world; experts: "tp" (every expert split like an MLP) or "ep" (whole
-    experts divided among the ranks); group: the process group (None = the default one)."""
+    experts divided among the ranks); group: the process group (None = the default one); all_reduce: "symm" (the
+    one-shot all-reduce through symmetric memory on GPUs, where torch has it, else the group's own) or "nccl" (the
+    group's own: NCCL, gloo on CPUs)."""
     rank: int
     world: int
     experts: str = "tp"
     group: object = None
+    all_reduce: str = "symm"
 
     def __post_init__(self):
         if not 0 <= self.rank < self.world:
             raise ValueError(f"rank {self.rank} is not in 0..{self.world - 1}")
         if self.experts not in MODES:
             raise ValueError(f"experts = {self.experts!r}: choose 'tp' or 'ep'")
+        if self.all_reduce not in ALL_REDUCES:
+            raise ValueError(f"all_reduce = {self.all_reduce!r}: choose 'symm' or 'nccl'")
 
 
 def heads(config: Qwen3Config, plan: Plan) -> tuple[int, int, int, int]:
@@ -137,8 +145,89 @@ def _shape(shape: tuple[int, ...], sl: tuple[slice, ...]) -> tuple[int, ...]:
     return tuple(len(range(n)[s]) for n, s in zip(shape, sl))
 
 
+# ---------------------------------------------------------------- a one-shot all-reduce through symmetric memory
+# A decode step's all-reduce is 10 KiB (Qwen3-32B): its cost is latency, not bandwidth. NCCL's all-reduce goes
+# through its protocol (chunks, flags, a ring of steps); the one-shot one is a single kernel: each rank copies its
+# partial sum into a buffer that every rank has mapped (symmetric memory, over NVLink), all meet at a barrier of
+# flags, and each reads every peer's buffer and adds. Peer-to-peer loads only: no NVLink multicast (NO_MULTICAST).
+# The buffer is allocated once per group and device, before any graph is captured (a graph replays its address).
+SYMM_BYTES = 4 << 20  # sums larger than this (long prefills) take the process group's all-reduce
+_symm: dict = {}  # (group name, device index) -> the rendezvoused buffer, or why there is none (a str)
+_groups: dict = {}  # group name -> process group, for the fallback
+
+
+def _symm_buffer(name: str, device: torch.device):
+    """This group's symmetric buffer on device, made at the first call (a collective: every rank calls it at the
+    same point of the same forward), or the reason it cannot be (then every later call falls back, on every rank)."""
+    key = (name, device.index)
+    if key not in _symm:
+        try:
+            if device.type != "cuda" or not hasattr(torch.ops.symm_mem, "one_shot_all_reduce"):
+                raise RuntimeError(f"no one-shot all-reduce for device {device} in torch {torch.__version__}")
+            if torch.cuda.is_current_stream_capturing():
+                raise RuntimeError("first used inside a CUDA graph capture, where nothing can be allocated")
+            import warnings
+
+            import torch.distributed._symmetric_memory as symm_mem
+            with warnings.catch_warnings():  # needed up to torch ~2.9, deprecated (a no-op) since
+                warnings.simplefilter("ignore", FutureWarning)
+                getattr(symm_mem, "enable_symm_mem_for_group", lambda n: None)(name)
+            if not os.environ.get("TORCH_SYMMMEM"):  # the CUDA driver's peer mappings, unless the user chose
+                try:
+                    symm_mem.set_backend("CUDA")
+                except Exception:  # noqa: BLE001 (older torch, or a backend already in use: keep it)
+                    pass
+            buf = symm_mem.empty(SYMM_BYTES, dtype=torch.uint8, device=device)
+            symm_mem.rendezvous(buf, name)
+            _symm[key] = buf
+        except Exception as e:  # noqa: BLE001 (reported: symm_state, and the benchmark's rows)
+            _symm[key] = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+    return _symm[key]
+
+
+def symm_state() -> dict:
+    """(group name, device index) -> "ok" or why the one-shot all-reduce is not used there."""
+    return {k: "ok" if isinstance(v, torch.Tensor) else v for k, v in _symm.items()}
+
+
+def symm_group(group) -> str:
+    """The name by which symm_all_reduce knows process group `group` (an op takes strings, not groups)."""
+    _groups[group.group_name] = group
+    return group.group_name
+
+
+@torch.library.custom_op("minqwen3::all_reduce", mutates_args=())
+def symm_all_reduce(x: torch.Tensor, group_name: str) -> torch.Tensor:
+    """The sum of x over the ranks of group `group_name`, out of place: one-shot through the group's symmetric
+    buffer where it can be (a CUDA tensor in bf16 or float32, up to SYMM_BYTES), else the group's own all-reduce.
+    A custom op: torch.compile(fullgraph) keeps it as one call (its shape: symm_all_reduce's fake below), a CUDA
+    graph captures the kernel it launches."""
+    x = x.contiguous()
+    n = x.numel() * x.element_size()
+    buf = _symm_buffer(group_name, x.device) if x.is_cuda else "not CUDA"
+    if isinstance(buf, torch.Tensor) and x.dtype in (torch.bfloat16, torch.float32) and 0 < n <= buf.numel() \
+            and n % 16 == 0:  # the kernel's vector loads want 16-byte sizes (hidden sizes are)
+        mine = buf[:n].view(x.dtype).view(x.shape)
+        if hasattr(torch.ops.symm_mem, "one_shot_all_reduce_copy"):  # the copy in, inside the same kernel
+            return torch.ops.symm_mem.one_shot_all_reduce_copy(mine, x, "sum", group_name)
+        mine.copy_(x)
+        return torch.ops.symm_mem.one_shot_all_reduce(mine, "sum", group_name)
+    out = x.clone()
+    dist.all_reduce(out, group=_groups[group_name])
+    return out
+
+
+@symm_all_reduce.register_fake
+def _(x: torch.Tensor, group_name: str) -> torch.Tensor:
+    return x.new_empty(x.shape)  # contiguous, as the real one returns
+
+
 # ---------------------------------------------------------------- the collectives, as forward hooks
-def _all_reduce(t: torch.Tensor, group) -> torch.Tensor:
+def _all_reduce(t: torch.Tensor, group, symm: str | None = None) -> torch.Tensor:
+    """The sum over the group: on a CUDA tensor with symm (the group's name) the one-shot op above; else the
+    group's own all-reduce (NCCL, or gloo on CPUs)."""
+    if symm is not None and t.is_cuda:
+        return torch.ops.minqwen3.all_reduce(t, symm)
     if torch.compiler.is_compiling():  # the functional form, which torch.compile traces into its graph
         from torch.distributed import _functional_collectives as funcol
         return funcol.all_reduce(t, "sum", group)
@@ -191,16 +280,17 @@ def shard(model: Qwen3, plan: Plan) -> Qwen3:
                                                                          device="meta")
         model.get_submodule(mod_name)._parameters[attr] = nn.Parameter(part, requires_grad=False)
     _, hq, _, hk = heads(c, plan)
+    symm = symm_group(group) if plan.all_reduce == "symm" else None
     for layer in model.model.layers:
         layer.self_attn.n_heads, layer.self_attn.n_kv = hq, hk
-        layer.self_attn.register_forward_hook(lambda m, a, out: _all_reduce(out, group))
+        layer.self_attn.register_forward_hook(lambda m, a, out: _all_reduce(out, group, symm))
         if layer.is_moe:
-            layer.mlp.register_forward_hook(lambda m, a, out: (_all_reduce(out[0], group), out[1]))
+            layer.mlp.register_forward_hook(lambda m, a, out: (_all_reduce(out[0], group, symm), out[1]))
             if plan.experts == "ep":
                 rows = _split(c.num_experts, plan, "num_experts")
                 layer.mlp.experts.register_forward_pre_hook(_remap_experts(rows.start, rows.stop - rows.start))
         else:
-            layer.mlp.register_forward_hook(lambda m, a, out: _all_reduce(out, group))
+            layer.mlp.register_forward_hook(lambda m, a, out: _all_reduce(out, group, symm))
     if vocab_split(c, plan):
         model.lm_head.register_forward_hook(lambda m, a, out: _all_gather_last(out, group))
     model.plan = plan
@@ -291,7 +381,8 @@ def weight_bytes(model: nn.Module) -> int:
 
 
 # ---------------------------------------------------------------- processes
-def init(device: str = "auto", experts: str = "tp", timeout_s: float = 600) -> tuple[Plan, str]:
+def init(device: str = "auto", experts: str = "tp", timeout_s: float = 600,
+         all_reduce: str = "symm") -> tuple[Plan, str]:
     """Join the process group torchrun set up (env RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT): NCCL with one
     GPU per process, or gloo on CPUs. Ranks other than 0 print nothing (stdout and stderr go to /dev/null).
     Returns the plan and this rank's device."""
@@ -312,7 +403,7 @@ def init(device: str = "auto", experts: str = "tp", timeout_s: float = 600) -> t
                                 **({"device_id": torch.device(device)} if cuda else {}))
     if rank:  # one voice: the others' output would repeat rank 0's (their errors still reach sys.__stderr__)
         sys.stdout = sys.stderr = open(os.devnull, "w")
-    return Plan(rank, world, experts), device
+    return Plan(rank, world, experts, all_reduce=all_reduce), device
 
 
 def shared_seed(seed: int | None) -> int | None:

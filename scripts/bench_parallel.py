@@ -2,7 +2,8 @@
 
     torchrun --nproc-per-node 2 scripts/bench_parallel.py [--runs 32B:1 32B:2 30B-A3B:2:tp 30B-A3B:2:ep] [--out F]
 
-Each run is MODEL:RANKS[:EXPERTS][:compile][:nograph] (MODEL: an official name or a config.json). A one-rank run
+Each run is MODEL:RANKS[:EXPERTS][:compile][:nograph][:symm|:nccl] (MODEL: an official name or a config.json;
+symm or nccl: the all-reduce, --allreduce's unless named: parallel.Plan.all_reduce). A one-rank run
 uses rank 0 alone (the others wait), so every ratio is
 against a peer measured in the same process and on the same machine. Weights are random in the official shapes,
 drawn whole and sliced (parallel.random_model), so every layout holds the same weights and the greedy tokens can
@@ -53,7 +54,10 @@ def run(name: str, cfg, plan, device, args, compiled: bool, graphs: bool, bws: l
     n = plan.world
     limit_ms = 1e3 * decode_bytes(cfg, torch.bfloat16) / (n * min(bws[:n]))
     agree = "-" if ref[1] is None or n == 1 else f"{int((tokens == ref[1]).cumprod(0).sum())}/{args.new}"
-    return dict(model=name, gpus=n, experts=plan.experts if cfg.is_moe else "-", compiled=compiled,
+    state = parallel.symm_state()  # whether the one-shot all-reduce ran, or why not (then the group's ran)
+    how = "-" if n == 1 else plan.all_reduce if plan.all_reduce == "nccl" or state and all(
+        v == "ok" for v in state.values()) else f"nccl (symm: {'; '.join(state.values()) or 'not called'})"
+    return dict(model=name, gpus=n, experts=plan.experts if cfg.is_moe else "-", all_reduce=how, compiled=compiled,
                 graphs=graphs, tok_s=args.new / t_new, ms_token=ms, limit_tok_s=1e3 / limit_ms,
                 of_limit=limit_ms / ms, vs_one=None if ref[0] is None or n == 1 else ref[0] / ms,
                 weights_gib=wbytes / 2**30, peak_gib=torch.cuda.max_memory_allocated() / 2**30 if cuda else 0.0,
@@ -71,6 +75,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--budget-s", type=float, default=1e9, help="start no run after this many seconds")
     ap.add_argument("--out", help="append one JSON line per run")
+    ap.add_argument("--allreduce", choices=parallel.ALL_REDUCES, default="symm",
+                    help="the all-reduce of runs that name none (symm: one-shot through symmetric memory)")
     ap.add_argument("--device", default="cuda", help="cuda, or cpu for a dry run of the script (gloo, no graphs)")
     args = ap.parse_args()
     t_start = time.perf_counter()
@@ -85,15 +91,16 @@ def main() -> None:
           f"{'.'.join(map(str, torch.cuda.nccl.version())) if cuda else '-'}; copy bandwidth per GPU "
           f"{', '.join(f'{b / 1e12:.2f}' for b in bws)} TB/s (read + write); bf16, batch 1, {args.new} new tokens "
           f"after {args.prompt}", flush=True)
-    print("| model | GPUs | experts | decode | tok/s | ms/token | limit tok/s | of limit | vs 1 GPU | weights/GPU GiB "
-          "| peak/GPU GiB | setup s | same tokens as 1 GPU |\n|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:"
-          "|---:|", flush=True)
+    print("| model | GPUs | experts | all-reduce | decode | tok/s | ms/token | limit tok/s | of limit | vs 1 GPU "
+          "| weights/GPU GiB | peak/GPU GiB | setup s | same tokens as 1 GPU |\n|---|---:|---|---|---|---:|---:|---:"
+          "|---:|---:|---:|---:|---:|---:|", flush=True)
     # one-GPU runs: (model, compiled) -> (ms/token,), a ratio only between like modes; model -> greedy tokens
     single = {}
     for spec in args.runs:
         name, n, *rest = spec.split(":")
         n = int(n)
         experts = next((r for r in rest if r in parallel.MODES), "tp")
+        how = next((r for r in rest if r in parallel.ALL_REDUCES), args.allreduce)
         compiled, graphs = "compile" in rest, cuda and "nograph" not in rest
         # eager MoE takes the grouped-GEMM path even for one token: the gather path copies the chosen experts out
         # first, which only torch.compile fuses away (an EP rank then reads each of its chosen experts once)
@@ -108,7 +115,8 @@ def main() -> None:
         if rank < n:
             assert n in (1, world), "a run uses one GPU or all of them"
             try:
-                row = run(name, cfg, parallel.Plan(rank, n, experts), device, args, compiled, graphs, bws,
+                row = run(name, cfg, parallel.Plan(rank, n, experts, all_reduce=how), device, args, compiled, graphs,
+                          bws,
                           (single.get((name, compiled), (None,))[0], single.get(name)))
             except Exception as e:  # on every rank alike (same code, same shapes): report it, go on to the next
                 row = dict(error=f"{type(e).__name__}: {str(e).splitlines()[0][:160]}")
@@ -125,7 +133,7 @@ def main() -> None:
             peak = max(x["peak_gib"] for x in rows if x)
             vs = "-" if r["vs_one"] is None else f"{r['vs_one']:.2f}x"
             mode = ("compiled" if compiled else "eager") + (" + CUDA graph" if graphs else "")
-            print(f"| {r['model']} | {n} | {r['experts']} | {mode} "
+            print(f"| {r['model']} | {n} | {r['experts']} | {r['all_reduce']} | {mode} "
                   f"| {r['tok_s']:.1f} | {r['ms_token']:.2f} | {r['limit_tok_s']:.0f} | {r['of_limit']:.0%} | "
                   f"{vs} | {r['weights_gib']:.1f} | {peak:.1f} | "
                   f"{r['setup_s']:.0f} | {r['agree']} |", flush=True)

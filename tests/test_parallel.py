@@ -122,6 +122,25 @@ def test_four_ranks_replicate_kv_heads(tmp_path):
     check([r[0] for r in results], model, 4)
 
 
+def _sum_op(plan):  # runs in each spawned rank: the all-reduce op the plan's hooks call, eager and compiled
+    import torch.distributed as dist
+    name = parallel.symm_group(dist.group.WORLD)
+    x = (plan.rank + 1) * torch.arange(8, dtype=torch.float32)
+    f = lambda x: torch.ops.minqwen3.all_reduce(2 * x, name) + 1  # noqa: E731
+    return torch.ops.minqwen3.all_reduce(x, name), x, torch.compile(f, fullgraph=True, backend="aot_eager")(x)
+
+
+def test_the_all_reduce_op_sums_eager_and_compiled():
+    """minqwen3::all_reduce (the one-shot symmetric-memory all-reduce on GPUs): on CPUs it takes the group's own
+    all-reduce (gloo), out of place; torch.compile(fullgraph) traces it as one op (its fake gives the shape)."""
+    results = parallel.spawn(_sum_op, 2, timeout_s=300)
+    want = torch.arange(8, dtype=torch.float32) * (1 + 2)
+    for rank, (summed, x, compiled) in enumerate(results):
+        assert torch.equal(summed, want), f"rank {rank}"
+        assert torch.equal(x, (rank + 1) * torch.arange(8, dtype=torch.float32)), f"rank {rank}: input changed"
+        assert torch.equal(compiled, 2 * want + 1), f"rank {rank}"
+
+
 # ---------------------------------------------------------------- the plan and the command line, without processes
 def test_torchrun_chat_needs_a_prompt(monkeypatch, capsys):
     monkeypatch.setenv("WORLD_SIZE", "2")
@@ -149,6 +168,8 @@ def test_plan_for_the_official_shapes():
         (slice(None), slice(None))  # the router is replicated: every rank routes alike
     with pytest.raises(ValueError, match="experts = 'dp'"):
         parallel.Plan(0, 2, "dp")
+    with pytest.raises(ValueError, match="all_reduce = 'ring'"):
+        parallel.Plan(0, 2, all_reduce="ring")
 
 
 # ---------------------------------------------------------------- issue 18: the 235B-A22B layout, scaled down
