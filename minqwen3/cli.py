@@ -164,6 +164,9 @@ def _load(args):
         model = parallel.from_pretrained(path, plan, device=args.device, dtype=dtype)
         args.seed = parallel.shared_seed(args.seed)  # every rank must draw the same tokens
     else:
+        if not getattr(args, "eager", False):  # the fast path's imports and first GPU use, while the weights load
+            from . import warmstart
+            warmstart.start(args.device, dtype)
         model = from_pretrained(path, device=args.device, dtype=dtype)
     if (path / "tokenizer.json").is_file():
         tok = Tokenizer.from_pretrained(path)
