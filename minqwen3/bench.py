@@ -279,7 +279,7 @@ def kernel_profile(fn, steps: int, top: int = 12) -> dict:
 FIRST_NEW = 64  # a first call is timed to its 64th new token
 # torch.compile's phases worth printing (torch._dynamo.utils.compilation_time_metrics, seconds summed over graphs)
 PHASES = {"_compile.compile_inner": "Dynamo, all", "bytecode_tracing": "tracing",
-          "OutputGraph.call_user_compiler": "AOTAutograd + Inductor", "inductor_import": "Inductor's import",
+          "OutputGraph.call_user_compiler": "AOTAutograd + Inductor",
           "PyCodeCache.load_by_key_path": "cache loads", "CachingAutotuner.coordinate_descent_tuning": "tuning",
           "async_compile.wait": "kernel compiles"}
 # first_calls' processes: (label, options of first_call, extra environment). The first starts cold, in a new home
@@ -323,7 +323,8 @@ def first_call(model_arg: str, device: torch.device, dtype: torch.dtype, prompt_
     from torch._dynamo.utils import compilation_time_metrics, counters  # after the call: a user's has not either
     dec = model.__dict__.get("fast_decoder")
     return dict(first_s=total, first_token_s=seen[0] - t, setup_s=dec.setup_s if dec is not None else 0.0,
-                import_s=import_s, load_s=load_s, warm=dict(warmstart.STATS, fixed=device.type == "cuda" and warmstart.keep_tuned_configs()),
+                import_s=import_s, load_s=load_s,
+                warm=dict(warmstart.STATS, fixed=device.type == "cuda" and warmstart.keep_tuned_configs()),
                 tokens=out[0, prompt_len:].tolist(),
                 phases={k: sum(v) for k, v in compilation_time_metrics.items()},
                 caches={k: v for group in ("inductor", "aot_autograd") for k, v in counters[group].items()
@@ -485,9 +486,10 @@ def _first_header(model_arg: str, prompt: int, new: int = FIRST_NEW) -> None:
     print(f"\n{model_arg}: generate()'s first call in a fresh process, batch 1, a {prompt}-token prompt, until the "
           f"{new}th new token (from the call, after loading; the whole process also starts Python, imports torch "
           f"and loads the model)")
-    print("| start | whole process s | model load s | to the first token s | to the last s | of which compile + "
-          "capture s | " + " | ".join(f"{v} s" for v in PHASES.values()) + " | same tokens as cold | compile caches |")
-    print("|---|---:|---:|---:|---:|---:|" + "---:|" * len(PHASES) + "---:|---|", flush=True)
+    print("| start | whole process s | model load s | background thread s | to the first token s | to the last s | "
+          "of which compile + capture s | " + " | ".join(f"{v} s" for v in PHASES.values())
+          + " | same tokens as cold | compile caches |")
+    print("|---|---:|---:|---:|---:|---:|---:|" + "---:|" * len(PHASES) + "---:|---|", flush=True)
 
 
 def _first_row(label: str, r: dict, starts: dict) -> None:
@@ -498,7 +500,10 @@ def _first_row(label: str, r: dict, starts: dict) -> None:
     caches = ", ".join(f"{k} {v}" for k, v in sorted(r["caches"].items())) or "-"
     cold = next(iter(starts.values()))
     same = _agree(torch.tensor(r["tokens"]), torch.tensor(cold["tokens"])) if "tokens" in cold else "-"
-    print(f"| {label} | {r['process_s']:.1f} | {r.get('load_s', 0.0):.1f} | {r['first_token_s']:.1f} | "
+    warm = r.get("warm", {})
+    background = ("failed" if warm.get("warm_error") else "-" if warm.get("warm_s") is None else
+                  f"{warm['warm_s']:.1f}")  # the thread's own seconds, beside the loading (and the call, if longer)
+    print(f"| {label} | {r['process_s']:.1f} | {r.get('load_s', 0.0):.1f} | {background} | {r['first_token_s']:.1f} | "
           f"{r['first_s']:.1f} | {r['setup_s']:.1f} | {phases} | {same}/{len(r['tokens'])} | {caches} |", flush=True)
 
 

@@ -18,6 +18,7 @@ are already in the cache. Three small pieces remove or hide that:
 """
 from __future__ import annotations
 
+import importlib
 import inspect
 import os
 import threading
@@ -28,7 +29,8 @@ import torch
 _thread: threading.Thread | None = None
 KEEP_TUNED = True  # keep_tuned_configs() installs its fix (bench.first_call turns it off to measure torch's own)
 # what this process did, for bench.first_call: the thread's seconds, and kernels restored with their cached tuning
-STATS = {"warm_s": None, "adopted": 0, "compiled": 0, "compile_s": 0.0, "not_cached": 0, "fallback": 0}
+STATS = {"warm_s": None, "warm_error": None,
+         "adopted": 0, "compiled": 0, "compile_s": 0.0, "not_cached": 0, "fallback": 0}
 
 
 def use_compile_cache() -> str:
@@ -55,25 +57,30 @@ def use_compile_cache() -> str:
 
 
 def _prepare(device: torch.device, dtype: torch.dtype) -> None:
-    """The thread's work: each step is what a first compiled call would otherwise do itself, later."""
-    t = time.perf_counter()
-    try:
+    """The thread's work: each step is what a first compiled call would otherwise do itself, later. (Modules are
+    imported by name: an `import torch.x` here would make `torch` a local name of this function.)"""
+    use_compile_cache()  # imports Inductor (and Dynamo): seconds; set before the worker pool starts below
+    if device.type == "cuda":
         # The GPU's libraries: a matrix product loads cuBLAS and makes a handle (torch returns it to a pool when
         # this thread ends; the main thread takes it from there), attention loads its kernels. Sizes of a prefill.
         x = torch.randn(1, 8, 128, 128, device=device, dtype=dtype)
         torch.nn.functional.scaled_dot_product_attention(x, x, x, is_causal=True)
         (x[0, 0] @ x[0, 0].T).float().softmax(-1).argmax(-1)
         torch.cuda.synchronize(device)
-        # torch.compile's machinery, in the order its first use imports it, and the worker pool Inductor starts
-        import torch._dynamo  # noqa: F401
-        from torch._inductor import async_compile
-        from torch._inductor import compile_fx  # noqa: F401
-        from torch._inductor.runtime import triton_heuristics  # noqa: F401
-        getattr(async_compile, "maybe_warm_pool", lambda: None)()
-        from triton.runtime import driver  # Triton's launcher utilities, built or loaded from its cache
-        driver.active.get_current_device()
-    except Exception:  # noqa: BLE001 (a head start only: whatever fails here, the first call does again and reports)
-        pass
+    # torch.compile's machinery, in the order its first use imports it, and the worker pool Inductor starts
+    for name in ("torch._dynamo", "torch._inductor.compile_fx", "torch._inductor.runtime.triton_heuristics"):
+        importlib.import_module(name)
+    getattr(importlib.import_module("torch._inductor.async_compile"), "maybe_warm_pool", lambda: None)()
+    if device.type == "cuda":  # Triton's launcher utilities, built or loaded from its cache
+        importlib.import_module("triton.runtime.driver").driver.active.get_current_device()
+
+
+def _run(device: torch.device, dtype: torch.dtype) -> None:
+    t = time.perf_counter()
+    try:
+        _prepare(device, dtype)
+    except Exception as e:  # noqa: BLE001 (a head start only: what fails here, the first call does again, and says)
+        STATS["warm_error"] = f"{type(e).__name__}: {e}"[:200]
     STATS["warm_s"] = time.perf_counter() - t
 
 
@@ -85,8 +92,7 @@ def start(device: str | torch.device, dtype: torch.dtype | None = None) -> threa
     device = torch.device(device)
     if device.type != "cuda" or _thread is not None:
         return _thread
-    use_compile_cache()  # before Inductor is imported, and before its worker pool starts with this environment
-    _thread = threading.Thread(target=_prepare, args=(device, dtype or torch.bfloat16), daemon=True,
+    _thread = threading.Thread(target=_run, args=(device, dtype or torch.bfloat16), daemon=True,
                                name="minqwen3-warm-start")
     _thread.start()
     return _thread
