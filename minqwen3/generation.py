@@ -379,8 +379,8 @@ def generate(model, input_ids: torch.Tensor | list[list[int]], max_new_tokens: i
     of 151,669, and the padding rows are no token at all (a trained model never picks them; a random one may).
     generated: per row, ids that count as already generated for the presence penalty (a reply continued in parts).
     fast: decode with the model's compiled Decoder (torch.compile, CUDA graphs; the same tokens, on_token called in
-    bursts of 16). Default: on a CUDA device. The first fast call compiles for ~30 s (~8 s in a later process: the
-    compile caches are kept, use_compile_cache); later calls reuse it.
+    bursts of 16). Default: on a CUDA device. The first fast call compiles for ~30 s (seconds in a later process:
+    the compile caches are kept, warmstart.py); later calls reuse it.
     decoder: decode with this Decoder instead (fast is then ignored).
     """
     check_ids(input_ids, model.config.vocab_size, pad_id, generated)  # all input checks before any work
