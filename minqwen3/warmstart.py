@@ -59,7 +59,7 @@ def use_compile_cache() -> str:
 def _prepare(device: torch.device, dtype: torch.dtype) -> None:
     """The thread's work: each step is what a first compiled call would otherwise do itself, later. (Modules are
     imported by name: an `import torch.x` here would make `torch` a local name of this function.)"""
-    use_compile_cache()  # imports Inductor (and Dynamo): seconds; set before the worker pool starts below
+    use_compile_cache()  # imports Inductor's package: seconds; set before the worker pool starts below
     if device.type == "cuda":
         # The GPU's libraries: a matrix product loads cuBLAS and makes a handle (torch returns it to a pool when
         # this thread ends; the main thread takes it from there), attention loads its kernels. Sizes of a prefill.
@@ -68,7 +68,7 @@ def _prepare(device: torch.device, dtype: torch.dtype) -> None:
         (x[0, 0] @ x[0, 0].T).float().softmax(-1).argmax(-1)
         torch.cuda.synchronize(device)
     # torch.compile's machinery, in the order its first use imports it, and the worker pool Inductor starts
-    for name in ("torch._dynamo", "torch._inductor.compile_fx", "torch._inductor.runtime.triton_heuristics"):
+    for name in ("torch._inductor.compile_fx", "torch._inductor.runtime.triton_heuristics"):
         importlib.import_module(name)
     getattr(importlib.import_module("torch._inductor.async_compile"), "maybe_warm_pool", lambda: None)()
     if device.type == "cuda":  # Triton's launcher utilities, built or loaded from its cache
@@ -88,12 +88,20 @@ def start(device: str | torch.device, dtype: torch.dtype | None = None) -> threa
     """Begin the compile stack's imports and the GPU libraries' first use in a background thread (once per
     process; only for a CUDA device). Call it when a model starts loading onto the GPU: the work overlaps the
     loading. Returns the thread, or None where there is nothing to do."""
-    global _thread
     device = torch.device(device)
     if device.type != "cuda" or _thread is not None:
         return _thread
-    _thread = threading.Thread(target=_run, args=(device, dtype or torch.bfloat16), daemon=True,
-                               name="minqwen3-warm-start")
+    return _start(device, dtype or torch.bfloat16)
+
+
+def _start(device: torch.device, dtype: torch.dtype) -> threading.Thread:
+    global _thread
+    # Dynamo is imported here, in the caller's thread, before the loading: loading a checkpoint imports it too
+    # (torch's initialisers on the meta device do), and two threads importing Dynamo and Inductor at once can each
+    # get the other's half-imported module (seen: ImportError, 'cannot import name IndentedBuffer from
+    # torch._inductor.utils', in 6 of 8 loadings of a 0.6B checkpoint beside the thread).
+    importlib.import_module("torch._dynamo")
+    _thread = threading.Thread(target=_run, args=(device, dtype), daemon=True, name="minqwen3-warm-start")
     _thread.start()
     return _thread
 

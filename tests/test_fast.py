@@ -263,19 +263,18 @@ def test_keep_tuned_configs_replaces_only_torchs_faulty_method():
     assert replaced == (faulty and not getattr(before, "_minqwen3", False))
 
 
-def test_warm_start_thread_runs_beside_a_model_being_built(tmp_path, monkeypatch):
+def test_warm_start_thread_runs_beside_a_checkpoint_loading(tmp_path, monkeypatch):
     """warmstart's thread (on a GPU it starts as chat loads the model) does its work without an error while the
-    main thread builds a model; on a CPU start() starts nothing."""
-    import threading
-
+    main thread loads a checkpoint; on a CPU start() starts nothing."""
     from minqwen3 import warmstart
+    from minqwen3.checkpoint import from_pretrained
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(warmstart, "_thread", None)
     monkeypatch.setitem(warmstart.STATS, "warm_s", None)
     assert warmstart.start("cpu") is None
-    t = threading.Thread(target=warmstart._run, args=(torch.device("cpu"), torch.float32))
-    t.start()
-    model = tiny()
-    t.join()
+    warmstart._start(torch.device("cpu"), torch.float32)  # what start() does on a GPU
+    model = from_pretrained(Path(__file__).resolve().parents[1] / "weights" / "demo-dense")
+    warmstart.wait()
     assert warmstart.STATS["warm_error"] is None and warmstart.STATS["warm_s"] > 0
     assert minqwen3.generate(model, [[1, 2, 3]], 4, stop_ids=()).shape == (1, 7)
 
