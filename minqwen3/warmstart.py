@@ -7,9 +7,11 @@ are already in the cache. Three small pieces remove or hide that:
 
 - use_compile_cache(): torch.compile's caches live under the user's cache directory, so that a second process
   finds its graphs, kernels and tuned launch settings (also after a reboot).
-- start(): a background thread does the imports and the libraries' first use while the checkpoint loads (seconds
-  of reading and copying that leave the CPU mostly idle); a compiling Decoder waits for it (wait()) before its
-  first compilation. chat and generate start it as they begin to load a model onto a GPU.
+- start(): Dynamo is imported at once (loading a checkpoint would import it anyway), then a background thread does
+  the other imports and the libraries' first use while the checkpoint loads; a compiling Decoder waits for it
+  (wait()) before its first compilation. chat and generate start it as they begin to load a model onto a GPU.
+  It takes that work out of the first call; whether the whole wait gets shorter depends on how much of the
+  loading leaves a CPU core idle (on two shared cores it did not: docs/benchmarks.md, run 8).
 - keep_tuned_configs(): torch 2.11 restores a cached kernel (FX-graph cache with the static CUDA launcher) without
   the launch settings that coordinate-descent tuning chose for it when the kernel had only one candidate, and
   without the mark that says they were tuned, so the first run tunes it again: seconds, every process
