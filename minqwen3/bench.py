@@ -279,45 +279,64 @@ def kernel_profile(fn, steps: int, top: int = 12) -> dict:
 FIRST_NEW = 64  # a first call is timed to its 64th new token
 # torch.compile's phases worth printing (torch._dynamo.utils.compilation_time_metrics, seconds summed over graphs)
 PHASES = {"_compile.compile_inner": "Dynamo, all", "bytecode_tracing": "tracing",
-          "OutputGraph.call_user_compiler": "AOTAutograd + Inductor", "PyCodeCache.load_by_key_path": "loading",
+          "OutputGraph.call_user_compiler": "AOTAutograd + Inductor",
+          "PyCodeCache.load_by_key_path": "cache loads", "CachingAutotuner.coordinate_descent_tuning": "tuning",
           "async_compile.wait": "kernel compiles"}
+# first_calls' processes: (label, options of first_call, extra environment). The first starts cold, in a new home
+# directory; the others find what it left there. The bench prints the first three; the rest are variants.
+STARTS = [("cold", [], {}), ("warm", [], {}), ("warm, loading first", ["no-overlap"], {})]
+VARIANTS = [("warm, torch's re-tuning, loading first", ["no-overlap", "no-fix"], {}),  # as before run 8
+            ("warm, compile threads 1", [], {"TORCHINDUCTOR_COMPILE_THREADS": "1"}),
+            ("warm, again", [], {}),
+            ("warm, torch's re-tuning", ["no-fix"], {})]
 
 
 def first_call(model_arg: str, device: torch.device, dtype: torch.dtype, prompt_len: int, new: int = FIRST_NEW,
-               seed: int = 0, preimport: bool = False) -> dict:
-    """In this process: load the model (not timed), then time generate()'s first call as a user makes it (the
-    model's own decoder, compiled and captured on a GPU; streaming, as chat does) until its first and its `new`-th
-    token; with torch.compile's phases and its cache hits and misses. preimport: import torch.compile's machinery
-    (Dynamo, Inductor, Triton) before, and time it apart (a first call otherwise imports it: seconds)."""
+               seed: int = 0, preimport: bool = False, overlap: bool = True, keep_tuned: bool = True) -> dict:
+    """In this process: load the model, then time generate()'s first call as a user makes it (the model's own
+    decoder, compiled and captured on a GPU; streaming, as chat does) until its first and its `new`-th token; with
+    torch.compile's phases and its cache hits and misses.
+    overlap: start warmstart's background thread as the loading starts, as chat does (otherwise the call does that
+    work itself); keep_tuned: warmstart.keep_tuned_configs() (otherwise torch's own handling of tuned kernels);
+    preimport: import Dynamo and Inductor before, timed apart."""
+    from . import warmstart
+    warmstart.KEEP_TUNED = keep_tuned
     t = time.perf_counter()
     if preimport:
         import importlib
         for name in ("torch._dynamo", "torch._inductor.compile_fx", "torch._inductor.runtime.triton_heuristics"):
             importlib.import_module(name)
     import_s = time.perf_counter() - t
-    from torch._dynamo.utils import compilation_time_metrics, counters
+    t = time.perf_counter()
+    if overlap:
+        warmstart.start(device, dtype)
     model, _ = load_model(model_arg, device, dtype, seed)
     g = torch.Generator().manual_seed(seed)
     prompt = torch.randint(0, model.config.vocab_size, (1, prompt_len), generator=g).to(device)
     _sync(device)
+    load_s = time.perf_counter() - t
     seen = []  # when each burst of tokens reached the host
     t = time.perf_counter()
-    generate(model, prompt, new, stop_ids=(), on_token=lambda ids: seen.append(time.perf_counter()))
+    out = generate(model, prompt, new, stop_ids=(), on_token=lambda ids: seen.append(time.perf_counter()))
     _sync(device)
     total = time.perf_counter() - t
+    from torch._dynamo.utils import compilation_time_metrics, counters  # after the call: a user's has not either
     dec = model.__dict__.get("fast_decoder")
     return dict(first_s=total, first_token_s=seen[0] - t, setup_s=dec.setup_s if dec is not None else 0.0,
-                import_s=import_s,
+                import_s=import_s, load_s=load_s,
+                warm=dict(warmstart.STATS, fixed=device.type == "cuda" and warmstart.keep_tuned_configs()),
+                tokens=out[0, prompt_len:].tolist(),
                 phases={k: sum(v) for k, v in compilation_time_metrics.items()},
                 caches={k: v for group in ("inductor", "aot_autograd") for k, v in counters[group].items()
-                        if "cache" in k}, cache_dir=os.environ.get("TORCHINDUCTOR_CACHE_DIR", ""))
+                        if "cache" in k or "coordesc" in k}, cache_dir=os.environ.get("TORCHINDUCTOR_CACHE_DIR", ""))
 
 
 def first_calls(model_arg: str, device: torch.device, dtype: torch.dtype, prompt_len: int,
-                new: int = FIRST_NEW) -> dict:
-    """first_call() in two fresh processes, one after the other, with a new, empty home directory: cold (no
-    compile caches: ~/.cache/minqwen3 and Triton's ~/.triton are empty) and warm (what the first left there: a
-    user's second `chat`). {"cold": dict, "warm": dict}, or {"error": ...} for a process that failed.
+                new: int = FIRST_NEW, starts: list[tuple] = STARTS, show=None) -> dict:
+    """first_call() in fresh processes, one after the other, with a new, empty home directory: the first cold (no
+    compile caches: ~/.cache/minqwen3 and Triton's ~/.triton are empty), the others warm (what the first left
+    there: a user's second `chat`). starts: (label, first_call options, extra environment) per process.
+    {label: dict}, {"error": ...} for a process that failed; show(label, dict, all so far) as each one ends.
     The home directory is a temporary one, or $MINQWEN3_FIRST_CALL_HOME (which must not exist yet; kept after)."""
     root = str(Path(__file__).resolve().parents[1])  # so the children import this same minqwen3
     res = {}
@@ -328,16 +347,18 @@ def first_calls(model_arg: str, device: torch.device, dtype: torch.dtype, prompt
         env = {k: v for k, v in os.environ.items()
                if k not in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR", "XDG_CACHE_HOME")}
         env.update(HOME=home, PYTHONPATH=os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])]))
-        for start in ("cold", "warm"):
-            _log(f"{model_arg}: first call, {start}, in a new process")
+        for label, options, extra in starts:
+            _log(f"{model_arg}: first call, {label}, in a new process")
             t = time.perf_counter()
             p = subprocess.run([sys.executable, "-m", "minqwen3.bench", "--first-call", model_arg, str(device),
-                                str(dtype).removeprefix("torch."), str(prompt_len), str(new)],
-                               env=env, capture_output=True, text=True)
+                                str(dtype).removeprefix("torch."), str(prompt_len), str(new), *options],
+                               env={**env, **extra}, capture_output=True, text=True)
             line = next((x for x in p.stdout.splitlines() if x.startswith("FIRST_CALL ")), None)
-            res[start] = json.loads(line.removeprefix("FIRST_CALL ")) if line else dict(
+            res[label] = json.loads(line.removeprefix("FIRST_CALL ")) if line else dict(
                 error=f"status {p.returncode}: " + ((p.stderr.strip().splitlines() or ["no output"])[-1])[:200])
-            res[start]["process_s"] = time.perf_counter() - t  # python, imports, the model, the call, the exit
+            res[label]["process_s"] = time.perf_counter() - t  # python, imports, the model, the call, the exit
+            if show is not None:
+                show(label, res[label], res)
     return res
 
 
@@ -456,24 +477,51 @@ def _print(res: dict, bw: float, flops: float, dtype: torch.dtype, prefill: int,
 
 
 def _print_first(model_arg: str, starts: dict, prompt: int, new: int = FIRST_NEW) -> None:
+    _first_header(model_arg, prompt, new)
+    for label, r in starts.items():
+        _first_row(label, r, starts)
+
+
+def _first_header(model_arg: str, prompt: int, new: int = FIRST_NEW) -> None:
     print(f"\n{model_arg}: generate()'s first call in a fresh process, batch 1, a {prompt}-token prompt, until the "
-          f"{new}th new token (from the call; the whole process also imports torch and builds the model)")
-    print("| start | whole process s | to the first token s | to the last s | of which compile + capture s | "
-          + " | ".join(f"{v} s" for v in PHASES.values()) + " | compile caches |")
-    print("|---|---:|---:|---:|---:|" + "---:|" * len(PHASES) + "---|")
-    for start, r in starts.items():
-        if "error" in r:
-            print(f"| {start} | failed: {r['error']} |")
-            continue
-        phases = " | ".join(f"{r['phases'].get(k, 0.0):.2f}" for k in PHASES)
-        caches = ", ".join(f"{k} {v}" for k, v in sorted(r["caches"].items())) or "-"
-        print(f"| {start} | {r['process_s']:.1f} | {r['first_token_s']:.1f} | {r['first_s']:.1f} | "
-              f"{r['setup_s']:.1f} | {phases} | {caches} |")
+          f"{new}th new token (from the call, after loading; the whole process also starts Python, imports torch "
+          f"and loads the model)")
+    print("| start | whole process s | model load s | background thread s | to the first token s | to the last s | "
+          "of which compile + capture s | " + " | ".join(f"{v} s" for v in PHASES.values())
+          + " | same tokens as cold | compile caches |")
+    print("|---|---:|---:|---:|---:|---:|---:|" + "---:|" * len(PHASES) + "---:|---|", flush=True)
+
+
+def _first_row(label: str, r: dict, starts: dict) -> None:
+    if "error" in r:
+        print(f"| {label} | failed: {r['error']} |", flush=True)
+        return
+    phases = " | ".join(f"{r['phases'].get(k, 0.0):.2f}" for k in PHASES)
+    caches = ", ".join(f"{k} {v}" for k, v in sorted(r["caches"].items())) or "-"
+    cold = next(iter(starts.values()))
+    same = _agree(torch.tensor(r["tokens"]), torch.tensor(cold["tokens"])) if "tokens" in cold else "-"
+    warm = r.get("warm", {})
+    background = ("failed" if warm.get("warm_error") else "-" if warm.get("warm_s") is None else
+                  f"{warm['warm_s']:.1f}")  # the thread's own seconds, beside the loading (and the call, if longer)
+    print(f"| {label} | {r['process_s']:.1f} | {r.get('load_s', 0.0):.1f} | {background} | {r['first_token_s']:.1f} | "
+          f"{r['first_s']:.1f} | {r['setup_s']:.1f} | {phases} | {same}/{len(r['tokens'])} | {caches} |", flush=True)
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["--first-call"]:  # first_calls() runs this in a fresh process
-    _model, _device, _dtype, _prompt, _new, *_pre = sys.argv[2:]
+    _model, _device, _dtype, _prompt, _new, *_opts = sys.argv[2:]
     with torch.no_grad():
         _res = first_call(_model, torch.device(_device), getattr(torch, _dtype), int(_prompt), int(_new),
-                          preimport=_pre == ["preimport"])
+                          preimport="preimport" in _opts, overlap="no-overlap" not in _opts,
+                          keep_tuned="no-fix" not in _opts)
     print("FIRST_CALL " + json.dumps(_res), flush=True)
+elif __name__ == "__main__" and sys.argv[1:2] == ["--first-calls"]:  # the starts and the variants, rows as they end
+    _model, _device, _dtype, _prompt, *_out = sys.argv[2:]
+
+    def _show(label: str, r: dict, done: dict) -> None:
+        _first_row(label, r, done)
+        if _out:  # after every process: a run stopped halfway keeps what it measured
+            Path(_out[0]).write_text(json.dumps(done, indent=1))
+
+    _first_header(_model, int(_prompt))
+    first_calls(_model, torch.device(_device), getattr(torch, _dtype), int(_prompt), starts=STARTS + VARIANTS,
+                show=_show)

@@ -164,6 +164,9 @@ def _load(args):
         model = parallel.from_pretrained(path, plan, device=args.device, dtype=dtype)
         args.seed = parallel.shared_seed(args.seed)  # every rank must draw the same tokens
     else:
+        if not getattr(args, "eager", False):  # the fast path's imports and first GPU use, while the weights load
+            from . import warmstart
+            warmstart.start(args.device, dtype)
         model = from_pretrained(path, device=args.device, dtype=dtype)
     if (path / "tokenizer.json").is_file():
         tok = Tokenizer.from_pretrained(path)
@@ -395,7 +398,7 @@ def _model_args(s: argparse.ArgumentParser, per_mode: bool) -> None:
         s.add_argument("--" + flag.replace("_", "-"), type=kind, default=defaults.get(flag),
                        help=f"{what} ({default(T[flag], N[flag])})")
     s.add_argument("--eager", action="store_true", help="on a GPU, decode without torch.compile and CUDA graphs "
-                   "(the fast path compiles for ~30 s before the first reply, ~8 s once ~/.cache/minqwen3 holds its "
+                   "(the fast path compiles for ~30 s before the first reply, seconds once ~/.cache/minqwen3 holds its "
                    "compile caches, then streams in bursts of 16 tokens)")
     s.add_argument("--experts", choices=["tp", "ep"], default="tp", help=EXPERTS_HELP)
 

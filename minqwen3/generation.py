@@ -21,15 +21,16 @@ from __future__ import annotations
 
 import math
 import numbers
-import os
 import time
 from collections.abc import Callable, Sequence
 
 import torch
 
+from . import warmstart
 from .cache import KVCache, make_cache
 from .config import NON_THINKING_DEFAULTS, THINKING_DEFAULTS  # noqa: F401 (sampling's defaults, for callers)
 from .tokenizer import ENDOFTEXT, IM_END
+from .warmstart import use_compile_cache
 
 STOP_IDS = (IM_END, ENDOFTEXT)
 
@@ -188,30 +189,6 @@ def record(tok, out, n, done, seen, last, pos, stops, pad_id: int) -> None:
     pos += 1
 
 
-def use_compile_cache() -> str:
-    """Keep torch.compile's caches under the user's cache directory, so that a second process starts warm: the
-    kernels Inductor generated, their tuned launch settings and AOTAutograd's compiled graphs are found there and
-    nothing is compiled again (torch 2.11 still re-tunes some kernels: docs/benchmarks.md, run 6).
-    ~/.cache/minqwen3/inductor ($XDG_CACHE_HOME respected), unless
-    TORCHINDUCTOR_CACHE_DIR is set (then that, as torch would); torch's own default is /tmp/torchinductor_$USER,
-    which many systems empty at boot. Returns the directory. Set for this process, so it must run before the first
-    compilation (a Decoder that compiles calls it); "" where no such directory can be made (torch's default)."""
-    try:  # importing Inductor sets the variable to torch's default: that one is not the user's choice
-        from torch._inductor.runtime.cache_dir_utils import default_cache_dir
-        default = os.path.abspath(default_cache_dir())
-    except (ImportError, AttributeError):
-        default = None
-    if os.environ.get("TORCHINDUCTOR_CACHE_DIR") in (None, "", default):
-        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-        path = os.path.join(base, "minqwen3", "inductor")
-        try:
-            os.makedirs(path, exist_ok=True)
-        except OSError:  # no writable home: torch's default it is
-            return ""
-        os.environ["TORCHINDUCTOR_CACHE_DIR"] = path
-    return os.environ["TORCHINDUCTOR_CACHE_DIR"]
-
-
 class Decoder:
     """The decode loop's working state for one model: per-layer KV caches of max_len slots, the step's buffers
     (the token fed next, its slot, the output, done flags, tokens seen) and the step itself.
@@ -239,8 +216,10 @@ class Decoder:
             # Inductor turn each matrix-vector product into a reduction that streams the weights; combo kernels
             # launch a graph's independent kernels as one, which pays where matrices are small.
             options = {"coordinate_descent_tuning": True} if backend == "inductor" else None
+            warmstart.wait()  # the imports a background thread may be doing (chat starts it while loading)
             if backend == "inductor":
                 use_compile_cache()
+                warmstart.keep_tuned_configs()  # torch 2.11 would tune cached kernels again (warmstart.py)
             if options is not None and (model.config.hidden_size <= 2048 if combo_kernels is None else combo_kernels):
                 options["combo_kernels"] = True
             self.inputs, self.run_layer, self.head, self.record = (
@@ -400,8 +379,8 @@ def generate(model, input_ids: torch.Tensor | list[list[int]], max_new_tokens: i
     of 151,669, and the padding rows are no token at all (a trained model never picks them; a random one may).
     generated: per row, ids that count as already generated for the presence penalty (a reply continued in parts).
     fast: decode with the model's compiled Decoder (torch.compile, CUDA graphs; the same tokens, on_token called in
-    bursts of 16). Default: on a CUDA device. The first fast call compiles for ~30 s (~8 s in a later process: the
-    compile caches are kept, use_compile_cache); later calls reuse it.
+    bursts of 16). Default: on a CUDA device. The first fast call compiles for ~30 s (seconds in a later process:
+    the compile caches are kept, warmstart.py); later calls reuse it.
     decoder: decode with this Decoder instead (fast is then ignored).
     """
     check_ids(input_ids, model.config.vocab_size, pad_id, generated)  # all input checks before any work
