@@ -285,9 +285,9 @@ PHASES = {"_compile.compile_inner": "Dynamo, all", "bytecode_tracing": "tracing"
 # first_calls' processes: (label, options of first_call, extra environment). The first starts cold, in a new home
 # directory; the others find what it left there. The bench prints the first three; the rest are variants.
 STARTS = [("cold", [], {}), ("warm", [], {}), ("warm, loading first", ["no-overlap"], {})]
-VARIANTS = [("warm, torch's re-tuning, loading first", ["no-overlap", "no-fix"], {}),  # as before run 8
-            ("warm, compile threads 1", [], {"TORCHINDUCTOR_COMPILE_THREADS": "1"}),
+VARIANTS = [("warm, with compile workers", [], {"TORCHINDUCTOR_COMPILE_THREADS": "8"}),  # as before run 10
             ("warm, again", [], {}),
+            ("warm, torch's re-tuning, loading first", ["no-overlap", "no-fix"], {}),  # as before run 8
             ("warm, torch's re-tuning", ["no-fix"], {})]
 
 
@@ -322,7 +322,8 @@ def first_call(model_arg: str, device: torch.device, dtype: torch.dtype, prompt_
     total = time.perf_counter() - t
     from torch._dynamo.utils import compilation_time_metrics, counters  # after the call: a user's has not either
     dec = model.__dict__.get("fast_decoder")
-    return dict(first_s=total, first_token_s=seen[0] - t, setup_s=dec.setup_s if dec is not None else 0.0,
+    threads = getattr(sys.modules.get("torch._inductor.config"), "compile_threads", None)  # 1: in this process
+    return dict(first_s=total, compile_threads=threads, first_token_s=seen[0] - t, setup_s=dec.setup_s if dec is not None else 0.0,
                 import_s=import_s, load_s=load_s,
                 warm=dict(warmstart.STATS, fixed=device.type == "cuda" and warmstart.keep_tuned_configs()),
                 tokens=out[0, prompt_len:].tolist(),
@@ -486,10 +487,11 @@ def _first_header(model_arg: str, prompt: int, new: int = FIRST_NEW) -> None:
     print(f"\n{model_arg}: generate()'s first call in a fresh process, batch 1, a {prompt}-token prompt, until the "
           f"{new}th new token (from the call, after loading; the whole process also starts Python, imports torch "
           f"and loads the model)")
-    print("| start | whole process s | model load s | background thread s | to the first token s | to the last s | "
+    print("| start | whole process s | model load s | background thread s | compile workers | to the first token s | "
+          "to the last s | "
           "of which compile + capture s | " + " | ".join(f"{v} s" for v in PHASES.values())
           + " | same tokens as cold | compile caches |")
-    print("|---|---:|---:|---:|---:|---:|---:|" + "---:|" * len(PHASES) + "---:|---|", flush=True)
+    print("|---|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(PHASES) + "---:|---|", flush=True)
 
 
 def _first_row(label: str, r: dict, starts: dict) -> None:
@@ -503,7 +505,8 @@ def _first_row(label: str, r: dict, starts: dict) -> None:
     warm = r.get("warm", {})
     background = ("failed" if warm.get("warm_error") else "-" if warm.get("warm_s") is None else
                   f"{warm['warm_s']:.1f}")  # the thread's own seconds, beside the loading (and the call, if longer)
-    print(f"| {label} | {r['process_s']:.1f} | {r.get('load_s', 0.0):.1f} | {background} | {r['first_token_s']:.1f} | "
+    print(f"| {label} | {r['process_s']:.1f} | {r.get('load_s', 0.0):.1f} | {background} | "
+          f"{r.get('compile_threads') or '-'} | {r['first_token_s']:.1f} | "
           f"{r['first_s']:.1f} | {r['setup_s']:.1f} | {phases} | {same}/{len(r['tokens'])} | {caches} |", flush=True)
 
 

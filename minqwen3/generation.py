@@ -220,6 +220,7 @@ class Decoder:
             if backend == "inductor":
                 use_compile_cache()
                 warmstart.keep_tuned_configs()  # torch 2.11 would tune cached kernels again (warmstart.py)
+                warmstart.compile_in_process_if_cached(model.config, p.dtype, self.device)
             if options is not None and (model.config.hidden_size <= 2048 if combo_kernels is None else combo_kernels):
                 options["combo_kernels"] = True
             self.inputs, self.run_layer, self.head, self.record = (
@@ -346,6 +347,8 @@ class Decoder:
             self.gen.set_state(rng)
         torch.cuda.synchronize()
         self.setup_s += time.perf_counter() - t0
+        if not self.graphs and self.compiled:  # the first graph: its kernels are now in the compile cache
+            warmstart.remember_compiled(self.model.config, next(self.model.parameters()).dtype, self.device)
         self.graphs[key] = graph
         return graph
 

@@ -12,6 +12,9 @@ are already in the cache. Three small pieces remove or hide that:
   (wait()) before its first compilation. chat and generate start it as they begin to load a model onto a GPU.
   It takes that work out of the first call; whether the whole wait gets shorter depends on how much of the
   loading leaves a CPU core idle (on two shared cores it did not: docs/benchmarks.md, run 8).
+- compile_in_process_if_cached() / remember_compiled(): once a model of these shapes was compiled into the cache,
+  compile in the process itself: Inductor's pool of compile workers (processes that each import torch) would have
+  no kernels to compile, and starting it costs seconds of CPU beside the first call.
 - keep_tuned_configs(): torch 2.11 restores a cached kernel (FX-graph cache with the static CUDA launcher) without
   the launch settings that coordinate-descent tuning chose for it when the kernel had only one candidate, and
   without the mark that says they were tuned, so the first run tunes it again: seconds, every process
@@ -20,11 +23,15 @@ are already in the cache. Three small pieces remove or hide that:
 """
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import importlib
 import inspect
+import json
 import os
 import threading
 import time
+from pathlib import Path
 
 import torch
 
@@ -65,14 +72,15 @@ def _prepare(device: torch.device, dtype: torch.dtype) -> None:
     if device.type == "cuda":
         # The GPU's libraries: a matrix product loads cuBLAS and makes a handle (torch returns it to a pool when
         # this thread ends; the main thread takes it from there), attention loads its kernels. Sizes of a prefill.
-        x = torch.randn(1, 8, 128, 128, device=device, dtype=dtype)
+        x = torch.ones(1, 8, 128, 128, device=device, dtype=dtype)  # not randn: the user's random stream is theirs
         torch.nn.functional.scaled_dot_product_attention(x, x, x, is_causal=True)
         (x[0, 0] @ x[0, 0].T).float().softmax(-1).argmax(-1)
         torch.cuda.synchronize(device)
     # torch.compile's machinery, in the order its first use imports it, and the worker pool Inductor starts
     for name in ("torch._inductor.compile_fx", "torch._inductor.runtime.triton_heuristics"):
         importlib.import_module(name)
-    getattr(importlib.import_module("torch._inductor.async_compile"), "maybe_warm_pool", lambda: None)()
+    # Inductor's pool of compile workers is not started here: with the model's kernels in the cache it has nothing
+    # to do (compile_in_process_if_cached), and otherwise the first compilation starts it
     if device.type == "cuda":  # Triton's launcher utilities, built or loaded from its cache
         importlib.import_module("triton.runtime.driver").driver.active.get_current_device()
 
@@ -178,3 +186,37 @@ def adopt_cached_winner(tuner, reload_kernel_from_src, th) -> None:
     tuner.compile_results = [result]
     # a cached winner is final: halving its block size (for occupancy) would give the tuner a choice to make anew
     tuner.inductor_meta = {**tuner.inductor_meta, "dynamic_scale_rblock": False}
+
+
+def _marker(config, dtype: torch.dtype, device: torch.device) -> Path | None:
+    """The file that says a model of config's shapes was compiled into this cache before, by this torch, for this
+    device and dtype (None where there is no cache directory set)."""
+    cache = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if not cache:
+        return None
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+    what = json.dumps([torch.__version__, gpu, str(dtype), dataclasses.asdict(config)], sort_keys=True, default=str)
+    return Path(cache) / "minqwen3-compiled" / hashlib.sha256(what.encode()).hexdigest()[:32]
+
+
+def compile_in_process_if_cached(config, dtype: torch.dtype, device: torch.device) -> bool:
+    """Where remember_compiled() marked these shapes, have Inductor compile in this process (compile_threads = 1,
+    for the rest of the process): its kernels come from the cache, so the worker pool would only cost its start.
+    A user's TORCHINDUCTOR_COMPILE_THREADS wins. Returns whether it did so."""
+    marker = _marker(config, dtype, device)
+    if os.environ.get("TORCHINDUCTOR_COMPILE_THREADS") or marker is None or not marker.is_file():
+        return False
+    from torch._inductor import config as inductor_config
+    inductor_config.compile_threads = 1
+    return True
+
+
+def remember_compiled(config, dtype: torch.dtype, device: torch.device) -> None:
+    """Mark config's shapes as compiled into this cache (a compiling Decoder calls it after its first capture)."""
+    marker = _marker(config, dtype, device)
+    if marker is not None and not marker.is_file():
+        try:
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.touch()
+        except OSError:  # a read-only cache: the next process starts the pool, as torch would
+            pass

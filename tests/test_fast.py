@@ -402,3 +402,29 @@ def test_bench_first_call_runs_in_two_fresh_processes(tmp_path, capsys, monkeypa
     same = [row.split("|")[-3].strip().split("/") for row in rows.values()]  # same tokens as cold, of all
     assert all(a == b and int(a) > 0 for a, b in same), out
     assert (tmp_path / "home").is_dir()  # the children's home, kept as asked
+
+
+def test_compile_in_process_once_the_shapes_are_in_the_cache(tmp_path, monkeypatch):
+    """After a Decoder compiled a model (remember_compiled), a later process compiles in itself, without Inductor's
+    pool of workers; other shapes, another dtype, or the user's own TORCHINDUCTOR_COMPILE_THREADS keep torch's way."""
+    import dataclasses
+
+    from torch._inductor import config as inductor_config
+
+    from minqwen3 import warmstart
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv("TORCHINDUCTOR_COMPILE_THREADS", raising=False)
+    monkeypatch.setattr(inductor_config, "compile_threads", None)
+    cfg, cpu = minqwen3.Qwen3Config.from_name("Qwen3-0.6B"), torch.device("cpu")
+    wider = dataclasses.replace(cfg, hidden_size=2048)
+    assert not warmstart.compile_in_process_if_cached(cfg, torch.bfloat16, cpu)
+    assert inductor_config.compile_threads is None
+    warmstart.remember_compiled(cfg, torch.bfloat16, cpu)
+    assert not warmstart.compile_in_process_if_cached(wider, torch.bfloat16, cpu)
+    assert not warmstart.compile_in_process_if_cached(cfg, torch.float32, cpu)
+    monkeypatch.setenv("TORCHINDUCTOR_COMPILE_THREADS", "4")
+    assert not warmstart.compile_in_process_if_cached(cfg, torch.bfloat16, cpu)
+    assert inductor_config.compile_threads is None
+    monkeypatch.delenv("TORCHINDUCTOR_COMPILE_THREADS")
+    assert warmstart.compile_in_process_if_cached(cfg, torch.bfloat16, cpu)
+    assert inductor_config.compile_threads == 1
