@@ -10,7 +10,8 @@ drawn whole and sliced (parallel.random_model), so every layout holds the same w
 be compared: in bf16 the split changes the rounding, so the count of agreeing tokens is reported, not asserted.
 Decode runs the eager step captured as a CUDA graph (compile adds torch.compile). The limit is the bandwidth one:
 weight bytes one token reads (active parameters, embedding row aside) / (ranks x measured copy bandwidth).
-Each run's row is printed (and appended to --out as a JSON line) as soon as it is measured.
+Each run's row is printed (and appended to --out as a JSON line) as soon as it is measured; with --profile N,
+also rank 0's N longest GPU kernels per decode step (where the two-GPU step's time goes, beside one GPU's).
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
 from minqwen3 import parallel  # noqa: E402
-from minqwen3.bench import _time, copy_bandwidth, decode_bytes, release  # noqa: E402
+from minqwen3.bench import _time, copy_bandwidth, decode_bytes, kernel_profile, release  # noqa: E402
 from minqwen3.config import Qwen3Config  # noqa: E402
 from minqwen3.generation import Decoder, generate  # noqa: E402
 from minqwen3.moe import Experts  # noqa: E402
@@ -51,6 +52,8 @@ def run(name: str, cfg, plan, device, args, compiled: bool, graphs: bool, bws: l
     t_new = min(_time(lambda: gen(args.new), dev) for _ in range(args.repeats))
     t_one = min(_time(lambda: gen(1), dev) for _ in range(args.repeats))
     ms = 1e3 * (t_new - t_one) / (args.new - 1)
+    # this rank's GPU kernels per decode step (the whole generate(), prefill included, over new - 1 steps)
+    prof = kernel_profile(lambda: gen(args.new), args.new - 1, args.profile) if args.profile and cuda else None
     n = plan.world
     limit_ms = 1e3 * decode_bytes(cfg, torch.bfloat16) / (n * min(bws[:n]))
     agree = "-" if ref[1] is None or n == 1 else f"{int((tokens == ref[1]).cumprod(0).sum())}/{args.new}"
@@ -61,7 +64,7 @@ def run(name: str, cfg, plan, device, args, compiled: bool, graphs: bool, bws: l
                 graphs=graphs, tok_s=args.new / t_new, ms_token=ms, limit_tok_s=1e3 / limit_ms,
                 of_limit=limit_ms / ms, vs_one=None if ref[0] is None or n == 1 else ref[0] / ms,
                 weights_gib=wbytes / 2**30, peak_gib=torch.cuda.max_memory_allocated() / 2**30 if cuda else 0.0,
-                setup_s=setup, agree=agree, tokens=tokens)
+                setup_s=setup, agree=agree, tokens=tokens, profile=prof)
 
 
 def main() -> None:
@@ -77,6 +80,8 @@ def main() -> None:
     ap.add_argument("--out", help="append one JSON line per run")
     ap.add_argument("--allreduce", choices=parallel.ALL_REDUCES, default="symm",
                     help="the all-reduce of runs that name none (symm: one-shot through symmetric memory)")
+    ap.add_argument("--profile", type=int, default=0, metavar="N",
+                    help="also profile each run's decode on rank 0 and print its N longest kernels per step")
     ap.add_argument("--device", default="cuda", help="cuda, or cpu for a dry run of the script (gloo, no graphs)")
     args = ap.parse_args()
     t_start = time.perf_counter()
@@ -137,6 +142,13 @@ def main() -> None:
                   f"| {r['tok_s']:.1f} | {r['ms_token']:.2f} | {r['limit_tok_s']:.0f} | {r['of_limit']:.0%} | "
                   f"{vs} | {r['weights_gib']:.1f} | {peak:.1f} | "
                   f"{r['setup_s']:.0f} | {r['agree']} |", flush=True)
+            if r.get("profile"):  # printed after the table's row; the rows that follow continue the table
+                pr = r["profile"]
+                print(f"\n{r['model']} on {n} GPU(s), rank 0: {pr['kernels_per_step']:.0f} kernels, GPU busy "
+                      f"{pr['busy_ms_per_step']:.3f} ms per step", flush=True)
+                for key, calls, us in pr["top"]:
+                    print(f"  {us:8.1f} us  {calls:5.1f}x  {key}", flush=True)
+                print(flush=True)
             if args.out:
                 with open(args.out, "a") as f:
                     f.write(json.dumps({**r, "peak_gib_max": peak, "bw": bws}) + "\n")
