@@ -280,7 +280,8 @@ def shard(model: Qwen3, plan: Plan) -> Qwen3:
                                                                          device="meta")
         model.get_submodule(mod_name)._parameters[attr] = nn.Parameter(part, requires_grad=False)
     _, hq, _, hk = heads(c, plan)
-    symm = symm_group(group) if plan.all_reduce == "symm" else None
+    # no process group (a meta model sharded to plan memory, never run): nothing to name
+    symm = symm_group(group) if plan.all_reduce == "symm" and group is not None else None
     for layer in model.model.layers:
         layer.self_attn.n_heads, layer.self_attn.n_kv = hq, hk
         layer.self_attn.register_forward_hook(lambda m, a, out: _all_reduce(out, group, symm))

@@ -201,3 +201,16 @@ def test_235b_shaped_model_on_four_ranks(tmp_path):
 
 def _jobs_short(plan, jobs):
     return [parallel.sharded_forward(plan, path, PROMPTS[:2], 4, experts) for path, experts in jobs]
+
+
+def test_a_plan_shards_a_meta_model_without_a_process_group():
+    """Planning memory (notebook 10) shards a meta model with no process group started: the plan applies, both
+    all-reduces alike, and the rank holds its share of the parameters."""
+    cfg = Qwen3Config(**TINY)
+    full = sum(p.numel() for p in minqwen3.Qwen3(cfg).parameters())
+    for how in parallel.ALL_REDUCES:
+        with torch.device("meta"):
+            model = minqwen3.Qwen3(cfg)
+        parallel.shard(model, parallel.Plan(0, 2, all_reduce=how))
+        assert model.model.layers[0].self_attn.n_heads == cfg.num_attention_heads // 2
+        assert sum(p.numel() for p in model.parameters()) < full
