@@ -323,8 +323,8 @@ def first_call(model_arg: str, device: torch.device, dtype: torch.dtype, prompt_
     from torch._dynamo.utils import compilation_time_metrics, counters  # after the call: a user's has not either
     dec = model.__dict__.get("fast_decoder")
     threads = getattr(sys.modules.get("torch._inductor.config"), "compile_threads", None)  # 1: in this process
-    return dict(first_s=total, compile_threads=threads, first_token_s=seen[0] - t, setup_s=dec.setup_s if dec is not None else 0.0,
-                import_s=import_s, load_s=load_s,
+    return dict(first_s=total, first_token_s=seen[0] - t, setup_s=dec.setup_s if dec is not None else 0.0,
+                import_s=import_s, load_s=load_s, compile_threads=threads,
                 warm=dict(warmstart.STATS, fixed=device.type == "cuda" and warmstart.keep_tuned_configs()),
                 tokens=out[0, prompt_len:].tolist(),
                 phases={k: sum(v) for k, v in compilation_time_metrics.items()},

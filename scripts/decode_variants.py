@@ -15,7 +15,8 @@ the dense MLP's silu(gate) * up in a kernel of its own (a custom op Inductor can
 reads the realised product instead of recomputing it in every program; "+mmrows:N" lets Inductor write a
 matrix product of up to N rows as a broadcast-multiply and sum (a reduction it fuses with what is around it), as
 it does by itself only for one row (torch/_inductor/decomposition.py's mm, with coordinate-descent tuning): at
-batch > 1 each projection is otherwise a library GEMM of its own; "+fuse" stacks q/k/v and gate/up into one weight each (copies: one projection where there were three and two); "+slots:N" gives the
+batch > 1 each projection is otherwise a library GEMM of its own; "+fuse" stacks q/k/v and gate/up into one
+weight each (copies: one projection where there were three and two); "+slots:N" gives the
 cache N slots; "+cfg:KEY=VALUE" sets any Inductor option. Random weights in the official shapes, bf16, batch 1
 (--batch N: N rows; "of limit" then counts each row's top-k experts only, where `bench` counts their union),
 as `python -m minqwen3 bench`.
