@@ -30,7 +30,6 @@ from . import warmstart
 from .cache import KVCache, make_cache
 from .config import NON_THINKING_DEFAULTS, THINKING_DEFAULTS  # noqa: F401 (sampling's defaults, for callers)
 from .tokenizer import ENDOFTEXT, IM_END
-from .warmstart import use_compile_cache
 
 STOP_IDS = (IM_END, ENDOFTEXT)
 
@@ -218,7 +217,7 @@ class Decoder:
             options = {"coordinate_descent_tuning": True} if backend == "inductor" else None
             warmstart.wait()  # the imports a background thread may be doing (chat starts it while loading)
             if backend == "inductor":
-                use_compile_cache()
+                warmstart.use_compile_cache()
                 warmstart.keep_tuned_configs()  # torch 2.11 would tune cached kernels again (warmstart.py)
                 warmstart.compile_in_process_if_cached(model.config, p.dtype, self.device)
             if options is not None and (model.config.hidden_size <= 2048 if combo_kernels is None else combo_kernels):

@@ -68,7 +68,7 @@ def use_compile_cache() -> str:
 def _prepare(device: torch.device, dtype: torch.dtype) -> None:
     """The thread's work: each step is what a first compiled call would otherwise do itself, later. (Modules are
     imported by name: an `import torch.x` here would make `torch` a local name of this function.)"""
-    use_compile_cache()  # imports Inductor's package: seconds; set before the worker pool starts below
+    use_compile_cache()  # imports Inductor's package: seconds
     if device.type == "cuda":
         # The GPU's libraries: a matrix product loads cuBLAS and makes a handle (torch returns it to a pool when
         # this thread ends; the main thread takes it from there), attention loads its kernels. Sizes of a prefill.
@@ -76,7 +76,7 @@ def _prepare(device: torch.device, dtype: torch.dtype) -> None:
         torch.nn.functional.scaled_dot_product_attention(x, x, x, is_causal=True)
         (x[0, 0] @ x[0, 0].T).float().softmax(-1).argmax(-1)
         torch.cuda.synchronize(device)
-    # torch.compile's machinery, in the order its first use imports it, and the worker pool Inductor starts
+    # torch.compile's machinery, in the order its first use imports it
     for name in ("torch._inductor.compile_fx", "torch._inductor.runtime.triton_heuristics"):
         importlib.import_module(name)
     # Inductor's pool of compile workers is not started here: with the model's kernels in the cache it has nothing

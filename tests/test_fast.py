@@ -193,7 +193,7 @@ def test_routed_experts_counts_the_union_of_the_rows_choices():
 def test_compile_cache_under_the_users_cache_dir(tmp_path, monkeypatch):
     """A compiling Decoder keeps torch.compile's caches in ~/.cache/minqwen3 (a second process starts warm), unless
     the user chose a directory."""
-    from minqwen3.generation import use_compile_cache
+    from minqwen3.warmstart import use_compile_cache
     monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     assert use_compile_cache() == str(tmp_path / "minqwen3" / "inductor")
