@@ -29,6 +29,7 @@ import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
 from minqwen3 import parallel  # noqa: E402
+from minqwen3.bench import _time  # noqa: E402
 
 
 def ways(group) -> dict:
@@ -74,12 +75,8 @@ def timed(fn, cuda: bool, replays: int) -> float:
         end.record()
         torch.cuda.synchronize()
         return start.elapsed_time(end) / 1e3 / replays
-    import time
     fn()
-    t = time.perf_counter()
-    for _ in range(replays):
-        fn()
-    return (time.perf_counter() - t) / replays
+    return _time(lambda: [fn() for _ in range(replays)], torch.device("cpu")) / replays
 
 
 def main() -> None:
