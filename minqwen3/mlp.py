@@ -3,6 +3,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import swiglu
+
 
 class MLP(nn.Module):
     def __init__(self, hidden_size: int, intermediate_size: int):
@@ -12,4 +14,7 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        g, u = self.gate_proj(x), self.up_proj(x)
+        # on a GPU the product is a kernel of its own, computed once (swiglu.py says why)
+        h = swiglu.swiglu(g, u) if swiglu.available(g) else F.silu(g) * u
+        return self.down_proj(h)
