@@ -10,27 +10,33 @@ and "+nocombo" force Inductor's combo kernels (independent kernels of one graph 
 one kernel, "+flex" with FlexAttention; "+gathered" decodes the experts with moe.Experts' torch paths (gathered
 matrix-vector products, or the grouped GEMM) instead of moe_decode.py's kernels, "+gathermax:N" sets
 moe.Experts.gather_max (0: the kernels at batch 1 too); "+maxk" routes with k rounds of
-max instead of topk; "+swiglu" computes
-the dense MLP's silu(gate) * up in a kernel of its own (a custom op Inductor cannot inline), so the down projection
-reads the realised product instead of recomputing it in every program; "+mmrows:N" lets Inductor write a
+max instead of topk; "+inline" spells
+the dense MLP's silu(gate) * up in torch, as before session 7, which Inductor inlines into the down projection (the
+package computes it in a kernel of its own, swiglu.py); "+fdfile:PATH" decodes attention with the flash_decode.py
+at PATH (an earlier version of the kernel: git show REV:minqwen3/flash_decode.py > PATH); "+fd:NAME=VALUE" sets
+one of flash_decode.py's launch settings (MIN_SPLIT, BLOCK, NUM_WARPS, NUM_STAGES); "+blaslt" asks torch for
+cuBLASLt instead of cuBLAS for the library GEMMs (batch > 1); "+mmrows:N" lets Inductor write a
 matrix product of up to N rows as a broadcast-multiply and sum (a reduction it fuses with what is around it), as
 it does by itself only for one row (torch/_inductor/decomposition.py's mm, with coordinate-descent tuning): at
 batch > 1 each projection is otherwise a library GEMM of its own; "+fuse" stacks q/k/v and gate/up into one
 weight each (copies: one projection where there were three and two); "+slots:N" gives the
 cache N slots; "+cfg:KEY=VALUE" sets any Inductor option. Random weights in the official shapes, bf16, batch 1
-(--batch N: N rows; "of limit" then counts each row's top-k experts only, where `bench` counts their union),
-as `python -m minqwen3 bench`.
+(--batch N [M ...]: N rows, then M; "of limit" then counts each row's top-k experts only, where `bench` counts
+their union), as `python -m minqwen3 bench`.
 """
 from __future__ import annotations
 
 import argparse
 import ast
 import contextlib
+import importlib.util
 import sys
+import tempfile
+from pathlib import Path
 
 import torch
 
-from minqwen3 import Qwen3Config, attention, flash_decode, mlp, moe, moe_decode
+from minqwen3 import Qwen3Config, attention, flash_decode, mlp, moe, moe_decode, swiglu
 from minqwen3.bench import copy_bandwidth, decode_bytes, kernel_profile, measure, release
 from minqwen3.generation import Decoder, generate
 from minqwen3.model import random_model
@@ -74,34 +80,22 @@ def flex_decode(q, k, v, mask):
     return flex_attention(q, k, v, score_mod=score_mod, enable_gqa=True)
 
 
-@torch.library.custom_op("minqwen3_variants::swiglu", mutates_args=())
-def swiglu(g: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """silu(g) * u in one Triton kernel, in float32, rounded once."""
-    import triton
-    g, u = g.contiguous(), u.contiguous()
-    h = torch.empty_like(g)
-    _swiglu[(triton.cdiv(g.numel(), 1024),)](g, u, h, g.numel(), BLOCK=1024)
-    return h
+_fd_files: dict[str, object] = {}
 
 
-@swiglu.register_fake
-def _(g, u):
-    return torch.empty_like(g, memory_format=torch.contiguous_format)
-
-
-if flash_decode.triton is not None:
-    import triton.language as tl
-
-    @flash_decode.triton.jit
-    def _swiglu(G, U, H, n, BLOCK: tl.constexpr):
-        i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-        g = tl.load(G + i, mask=i < n).to(tl.float32)
-        u = tl.load(U + i, mask=i < n).to(tl.float32)
-        tl.store(H + i, (g * tl.sigmoid(g) * u).to(H.dtype.element_ty), mask=i < n)
-
-
-def swiglu_mlp_forward(self, x):
-    return self.down_proj(swiglu(self.gate_proj(x), self.up_proj(x)))
+def flash_decode_file(path: str):
+    """The flash_decode module in the file at path (another version of the kernel), its custom op renamed so that
+    it can live beside the package's."""
+    if path not in _fd_files:
+        src = Path(path).read_text().replace('"minqwen3::flash_decode"', '"minqwen3_variant%d::flash_decode"'
+                                             % len(_fd_files))
+        f = Path(tempfile.mkdtemp()) / "flash_decode_variant.py"  # Triton reads the kernel's source from its file
+        f.write_text(src)
+        spec = importlib.util.spec_from_file_location(f"flash_decode_variant{len(_fd_files)}", f)
+        mod = sys.modules[spec.name] = importlib.util.module_from_spec(spec)  # Dynamo imports it by its name
+        spec.loader.exec_module(mod)
+        _fd_files[path] = mod
+    return _fd_files[path]
 
 
 def fuse(model, on: bool) -> None:
@@ -175,7 +169,21 @@ def patched(name: str):
     saved = (moe.SparseMoE.forward, attention.decode_attention, flash_decode.available, mlp.MLP.forward,
              attention.Attention.forward)
     saved_experts = moe_decode.enabled, moe.Experts.gather_max
+    saved_fd = attention.flash_decode, swiglu.available, torch.backends.cuda.preferred_blas_library()
+    settings = {n: getattr(flash_decode, n) for n in ("MIN_SPLIT", "BLOCK", "NUM_WARPS", "NUM_STAGES")}
     try:
+        for p in parts:
+            if p.startswith("fdfile:"):
+                attention.flash_decode = flash_decode_file(p[7:])
+            if p.startswith("fd:"):
+                k, v = p[3:].split("=")
+                if k not in settings:
+                    raise ValueError(f"{p}: flash_decode has no launch setting {k} (one of {sorted(settings)})")
+                setattr(flash_decode, k, int(v))
+        if "inline" in parts:
+            swiglu.available = lambda g: False
+        if "blaslt" in parts:
+            torch.backends.cuda.preferred_blas_library("cublaslt")
         if "fuse" in parts:  # the caller stacks the weights (fuse(model, True))
             attention.Attention.forward, mlp.MLP.forward = fused_attention_forward, fused_mlp_forward
         if "gathered" in parts:
@@ -183,8 +191,6 @@ def patched(name: str):
         for p in parts:
             if p.startswith("gathermax:"):
                 moe.Experts.gather_max = int(p[10:])
-        if "swiglu" in parts:
-            mlp.MLP.forward = swiglu_mlp_forward
         if "before" in parts:
             moe.SparseMoE.forward = old_moe_forward
         if "maxk" in parts:
@@ -200,6 +206,10 @@ def patched(name: str):
         (moe.SparseMoE.forward, attention.decode_attention, flash_decode.available, mlp.MLP.forward,
          attention.Attention.forward) = saved
         moe_decode.enabled, moe.Experts.gather_max = saved_experts
+        attention.flash_decode, swiglu.available, blas = saved_fd
+        torch.backends.cuda.preferred_blas_library(blas)
+        for k, v in settings.items():
+            setattr(flash_decode, k, v)
 
 
 def main() -> int:
@@ -208,10 +218,14 @@ def main() -> int:
     p.add_argument("--variants", nargs="+", default=["after", "after+combo", "after+nocombo"],
                    help="e.g. after+cfg:triton.persistent_reductions=False (see patched())")
     p.add_argument("--moe-variants", nargs="*", default=["before"], help="extra variants for MoE models")
+    p.add_argument("--batched-variants", nargs="*", default=[], help="extra variants for batches of 2 or more rows")
     p.add_argument("--prompt", type=int, default=128)
-    p.add_argument("--batch", type=int, default=1, help="rows, each its own random prompt (default: 1)")
+    p.add_argument("--batch", type=int, nargs="+", default=[1],
+                   help="rows, each its own random prompt; several sizes are measured one after the other")
     p.add_argument("--new", type=int, default=128)
     p.add_argument("--top", type=int, default=10, help="kernels to list per variant")
+    p.add_argument("--show", nargs="*", default=["_flash_decode", "swiglu"],
+                   help="also list the kernels whose names hold one of these, wherever they rank")
     p.add_argument("--max-len", type=int, help="cache slots (default: prompt + new; the bench uses 4096)")
     args = p.parse_args()
     dev = torch.device("cuda")
@@ -222,44 +236,50 @@ def main() -> int:
         cfg = Qwen3Config.from_name(name)
         limit_ms = 1e3 * decode_bytes(cfg, torch.bfloat16) / bw
         model = random_model(cfg, dev, torch.bfloat16)
-        prompt = torch.randint(0, cfg.vocab_size, (args.batch, args.prompt), generator=torch.Generator().manual_seed(0))
-        prompt = prompt.to(dev)
-        reference = None
-        variants = args.variants + (args.moe_variants if cfg.num_experts else [])
-        for v in variants:
-            fuse(model, "fuse" in v.split("+"))
-            with patched(v) as combo, torch.no_grad():
-                slots = [int(p[6:]) for p in v.split("+") if p.startswith("slots:")]
-                try:
-                    fast = Decoder(model, max_len=(slots or [args.max_len or args.prompt + args.new])[0],
-                                   combo_kernels=combo)
-                    gen = lambda ids, n: generate(model, ids, n, stop_ids=(), decoder=fast)  # noqa: E731
-                    r = measure([(v, gen, args.new, True, False)], prompt, args.new, None, dev, 3)[0]
-                    if "error" in r:
-                        raise RuntimeError(r["error"])
-                    prof = kernel_profile(lambda: gen(prompt, args.new), args.new - 1, args.top)
-                except Exception as e:  # one variant failing must not lose the others
-                    print(f"{name} {v}: failed: {type(e).__name__}: {str(e).splitlines()[0][:300]}", flush=True)
-                    continue
-                tokens = r["tokens"]
-                reference = tokens if reference is None else reference
-                same = int((tokens == reference).cumprod(-1).sum())
-                rows.append((name, v, r["decode_ms"], limit_ms / r["decode_ms"], prof["kernels_per_step"],
-                             prof["busy_ms_per_step"], fast.setup_s, same))
-                print(f"\n### {name} {v}: decode {r['decode_ms']:.3f} ms ({100 * limit_ms / r['decode_ms']:.0f}% of "
-                      f"limit), {prof['kernels_per_step']:.0f} kernels, busy {prof['busy_ms_per_step']:.3f} ms, "
-                      f"compile {fast.setup_s:.1f} s, same tokens as the first variant {same}/{tokens.numel()}")
-                for key, calls, us in prof["top"]:
-                    print(f"  {us:8.1f} us  {calls:5.1f}x  {key}")
-                sys.stdout.flush()
-                del fast
-                release()
+        for batch in args.batch:
+            prompt = torch.randint(0, cfg.vocab_size, (batch, args.prompt), generator=torch.Generator().manual_seed(0))
+            prompt = prompt.to(dev)
+            reference = None
+            variants = (args.variants + (args.moe_variants if cfg.num_experts else [])
+                        + (args.batched_variants if batch > 1 else []))
+            for v in variants:
+                fuse(model, "fuse" in v.split("+"))
+                with patched(v) as combo, torch.no_grad():
+                    slots = [int(p[6:]) for p in v.split("+") if p.startswith("slots:")]
+                    try:
+                        fast = Decoder(model, max_len=(slots or [args.max_len or args.prompt + args.new])[0],
+                                       combo_kernels=combo)
+                        gen = lambda ids, n: generate(model, ids, n, stop_ids=(), decoder=fast)  # noqa: E731
+                        r = measure([(v, gen, args.new, True, False)], prompt, args.new, None, dev, 3)[0]
+                        if "error" in r:
+                            raise RuntimeError(r["error"])
+                        prof = kernel_profile(lambda: gen(prompt, args.new), args.new - 1, 10**4)
+                    except Exception as e:  # one variant failing must not lose the others
+                        print(f"{name} b{batch} {v}: failed: {type(e).__name__}: {str(e).splitlines()[0][:300]}",
+                              flush=True)
+                        continue
+                    tokens = r["tokens"]
+                    reference = tokens if reference is None else reference
+                    same = int((tokens == reference).cumprod(-1).sum())
+                    rows.append((name, batch, v, r["decode_ms"], limit_ms / r["decode_ms"], prof["kernels_per_step"],
+                                 prof["busy_ms_per_step"], fast.setup_s, same))
+                    print(f"\n### {name} batch {batch} {v}: decode {r['decode_ms']:.3f} ms "
+                          f"({100 * limit_ms / r['decode_ms']:.0f}% of limit), {prof['kernels_per_step']:.0f} kernels, "
+                          f"busy {prof['busy_ms_per_step']:.3f} ms, compile {fast.setup_s:.1f} s, same tokens as the "
+                          f"first variant {same}/{tokens.numel()}")
+                    for i, (key, calls, us) in enumerate(prof["top"]):
+                        if i < args.top or any(k in key for k in args.show):
+                            print(f"  {us:8.1f} us  {calls:5.1f}x  {key}{'' if i < args.top else f'  (#{i + 1})'}")
+                    sys.stdout.flush()
+                    del fast
+                    release()
         del model
         release()
-    print("\n| model | variant | decode ms/token | of limit | kernels/step | GPU busy ms | compile s | same tokens |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|")
-    for n, v, ms, frac, k, busy, comp, same in rows:
-        print(f"| {n} | {v} | {ms:.3f} | {100 * frac:.0f}% | {k:.0f} | {busy:.3f} | {comp:.1f} | {same} |")
+    print("\n| model | batch | variant | decode ms/step | of limit | kernels/step | GPU busy ms | compile s "
+          "| same tokens |")
+    print("|---|---:|---|---:|---:|---:|---:|---:|---:|")
+    for n, batch, v, ms, frac, k, busy, comp, same in rows:
+        print(f"| {n} | {batch} | {v} | {ms:.3f} | {100 * frac:.0f}% | {k:.0f} | {busy:.3f} | {comp:.1f} | {same} |")
     return 0
 
 
