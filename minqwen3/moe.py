@@ -50,6 +50,11 @@ class Experts(nn.Module):
             # selected experts' weights are read, never copied out first.
             xr = x.repeat_interleave(k, dim=0)[:, :, None]  # (N*k, H, 1)
             h = F.silu(torch.bmm(self.gate_proj[flat], xr)) * torch.bmm(self.up_proj[flat], xr)  # (N*k, I, 1)
+            if N == 1 and moe_decode.down_at_batch_1 and moe_decode.available(x, idx, self.down_proj):
+                # one token: the k down projections and their weighted sum in moe_decode's kernel 2, which reads
+                # each down row block once per split of the experts, on the h realised here (the gathered
+                # product would recompute silu(gate) * up in every program of its reduction)
+                return moe_decode.down_sum((h[..., 0] * w.view(k, 1)).view(k, 1, -1), flat, self.down_proj)
             y = torch.bmm(self.down_proj[flat], h)[..., 0]  # (N*k, H)
         else:
             y = self._sorted(x, flat, k)

@@ -9,8 +9,10 @@ and "+nocombo" force Inductor's combo kernels (independent kernels of one graph 
 "+mmattn" decodes attention as three library calls (attention.decode_attention) instead of flash_decode.py's
 one kernel, "+flex" with FlexAttention; "+gathered" decodes the experts with moe.Experts' torch paths (gathered
 matrix-vector products, or the grouped GEMM) instead of moe_decode.py's kernels, "+gathermax:N" sets
-moe.Experts.gather_max (0: the kernels at batch 1 too); "+maxk" routes with k rounds of
-max instead of topk; "+swiglu" computes
+moe.Experts.gather_max (0: the kernels at batch 1 too); "+nodown1" keeps the gathered down products at batch 1
+(moe_decode.down_at_batch_1 off: as before session 7), "+oldtiles" gives moe_decode's kernels run 7's two tilings
+(16 rows a program) to time from, "+b:N" runs a variant at batch N only (of several --batch); "+maxk" routes with
+k rounds of max instead of topk; "+swiglu" computes
 the dense MLP's silu(gate) * up in a kernel of its own (a custom op Inductor cannot inline), so the down projection
 reads the realised product instead of recomputing it in every program; "+mmrows:N" lets Inductor write a
 matrix product of up to N rows as a broadcast-multiply and sum (a reduction it fuses with what is around it), as
@@ -174,12 +176,17 @@ def patched(name: str):
     config = {k: ast.literal_eval(v) for k, v in (p[4:].split("=", 1) for p in parts if p.startswith("cfg:"))}
     saved = (moe.SparseMoE.forward, attention.decode_attention, flash_decode.available, mlp.MLP.forward,
              attention.Attention.forward)
-    saved_experts = moe_decode.enabled, moe.Experts.gather_max
+    saved_experts = (moe_decode.enabled, moe.Experts.gather_max, moe_decode.down_at_batch_1, moe_decode._gate_up,
+                     moe_decode._down)
     try:
         if "fuse" in parts:  # the caller stacks the weights (fuse(model, True))
             attention.Attention.forward, mlp.MLP.forward = fused_attention_forward, fused_mlp_forward
         if "gathered" in parts:
             moe_decode.enabled = False
+        if "nodown1" in parts:
+            moe_decode.down_at_batch_1 = False
+        if "oldtiles" in parts:  # run 7's tilings, fresh autotuners (each times its shapes again)
+            moe_decode._gate_up, moe_decode._down = tuners(moe_decode._configs(rows=(16,)))
         for p in parts:
             if p.startswith("gathermax:"):
                 moe.Experts.gather_max = int(p[10:])
@@ -199,7 +206,31 @@ def patched(name: str):
     finally:
         (moe.SparseMoE.forward, attention.decode_attention, flash_decode.available, mlp.MLP.forward,
          attention.Attention.forward) = saved
-        moe_decode.enabled, moe.Experts.gather_max = saved_experts
+        (moe_decode.enabled, moe.Experts.gather_max, moe_decode.down_at_batch_1, moe_decode._gate_up,
+         moe_decode._down) = saved_experts
+
+
+def tuners(configs: list) -> tuple:
+    """Autotuners of moe_decode's two kernels over `configs` (pruned as the package's are)."""
+    import triton
+    return (triton.autotune(configs, key=["N", "K", "H", "I"],
+                            prune_configs_by={"early_config_prune": moe_decode._prune_gate_up})(
+                                moe_decode._gate_up_kernel),
+            triton.autotune(configs, key=["N", "H", "I", "COUNT"],
+                            prune_configs_by={"early_config_prune": moe_decode._prune_down})(moe_decode._down_kernel))
+
+
+def tilings() -> str:
+    """What moe_decode's autotuners timed in this process (the last shape each) and chose, for the log."""
+    out = []
+    for name in ("_gate_up", "_down"):
+        tuner = getattr(moe_decode, name, None)
+        for key, best in getattr(tuner, "cache", {}).items():
+            out.append(f"  {name} {key[:4]}: chose {best.kwargs} w{best.num_warps} s{best.num_stages}")
+        for c, t in getattr(tuner, "configs_timings", {}).items():
+            ms = t[0] if isinstance(t, (list, tuple)) else t
+            out.append(f"    {name} {c.kwargs} w{c.num_warps} s{c.num_stages}: {1e3 * ms:.1f} us")
+    return "\n".join(out)
 
 
 def main() -> int:
@@ -209,7 +240,8 @@ def main() -> int:
                    help="e.g. after+cfg:triton.persistent_reductions=False (see patched())")
     p.add_argument("--moe-variants", nargs="*", default=["before"], help="extra variants for MoE models")
     p.add_argument("--prompt", type=int, default=128)
-    p.add_argument("--batch", type=int, default=1, help="rows, each its own random prompt (default: 1)")
+    p.add_argument("--batch", type=int, nargs="+", default=[1],
+                   help="rows, each its own random prompt (default: 1); several: each with every variant, one model")
     p.add_argument("--new", type=int, default=128)
     p.add_argument("--top", type=int, default=10, help="kernels to list per variant")
     p.add_argument("--max-len", type=int, help="cache slots (default: prompt + new; the bench uses 4096)")
@@ -222,44 +254,52 @@ def main() -> int:
         cfg = Qwen3Config.from_name(name)
         limit_ms = 1e3 * decode_bytes(cfg, torch.bfloat16) / bw
         model = random_model(cfg, dev, torch.bfloat16)
-        prompt = torch.randint(0, cfg.vocab_size, (args.batch, args.prompt), generator=torch.Generator().manual_seed(0))
-        prompt = prompt.to(dev)
-        reference = None
-        variants = args.variants + (args.moe_variants if cfg.num_experts else [])
-        for v in variants:
-            fuse(model, "fuse" in v.split("+"))
-            with patched(v) as combo, torch.no_grad():
-                slots = [int(p[6:]) for p in v.split("+") if p.startswith("slots:")]
-                try:
-                    fast = Decoder(model, max_len=(slots or [args.max_len or args.prompt + args.new])[0],
-                                   combo_kernels=combo)
-                    gen = lambda ids, n: generate(model, ids, n, stop_ids=(), decoder=fast)  # noqa: E731
-                    r = measure([(v, gen, args.new, True, False)], prompt, args.new, None, dev, 3)[0]
-                    if "error" in r:
-                        raise RuntimeError(r["error"])
-                    prof = kernel_profile(lambda: gen(prompt, args.new), args.new - 1, args.top)
-                except Exception as e:  # one variant failing must not lose the others
-                    print(f"{name} {v}: failed: {type(e).__name__}: {str(e).splitlines()[0][:300]}", flush=True)
-                    continue
-                tokens = r["tokens"]
-                reference = tokens if reference is None else reference
-                same = int((tokens == reference).cumprod(-1).sum())
-                rows.append((name, v, r["decode_ms"], limit_ms / r["decode_ms"], prof["kernels_per_step"],
-                             prof["busy_ms_per_step"], fast.setup_s, same))
-                print(f"\n### {name} {v}: decode {r['decode_ms']:.3f} ms ({100 * limit_ms / r['decode_ms']:.0f}% of "
-                      f"limit), {prof['kernels_per_step']:.0f} kernels, busy {prof['busy_ms_per_step']:.3f} ms, "
-                      f"compile {fast.setup_s:.1f} s, same tokens as the first variant {same}/{tokens.numel()}")
-                for key, calls, us in prof["top"]:
-                    print(f"  {us:8.1f} us  {calls:5.1f}x  {key}")
-                sys.stdout.flush()
-                del fast
-                release()
+        for batch in args.batch:
+            prompt = torch.randint(0, cfg.vocab_size, (batch, args.prompt), generator=torch.Generator().manual_seed(0))
+            prompt = prompt.to(dev)
+            reference = None
+            variants = args.variants + (args.moe_variants if cfg.num_experts else [])
+            for v in variants:
+                if any(p.startswith("b:") for p in v.split("+")) and f"b:{batch}" not in v.split("+"):
+                    continue  # "+b:N": this variant at batch N only
+                fuse(model, "fuse" in v.split("+"))
+                with patched(v) as combo, torch.no_grad():
+                    slots = [int(p[6:]) for p in v.split("+") if p.startswith("slots:")]
+                    try:
+                        fast = Decoder(model, max_len=(slots or [args.max_len or args.prompt + args.new])[0],
+                                       combo_kernels=combo)
+                        gen = lambda ids, n: generate(model, ids, n, stop_ids=(), decoder=fast)  # noqa: E731
+                        r = measure([(v, gen, args.new, True, False)], prompt, args.new, None, dev, 3)[0]
+                        if "error" in r:
+                            raise RuntimeError(r["error"])
+                        prof = kernel_profile(lambda: gen(prompt, args.new), args.new - 1, args.top)
+                    except Exception as e:  # one variant failing must not lose the others
+                        print(f"{name} batch {batch} {v}: failed: {type(e).__name__}: "
+                              f"{str(e).splitlines()[0][:300]}", flush=True)
+                        continue
+                    tokens = r["tokens"]
+                    reference = tokens if reference is None else reference
+                    same = int((tokens == reference).cumprod(-1).sum())
+                    rows.append((name, batch, v, r["decode_ms"], limit_ms / r["decode_ms"], prof["kernels_per_step"],
+                                 prof["busy_ms_per_step"], fast.setup_s, same))
+                    print(f"\n### {name} batch {batch} {v}: decode {r['decode_ms']:.3f} ms "
+                          f"({100 * limit_ms / r['decode_ms']:.0f}% of limit), {prof['kernels_per_step']:.0f} kernels, "
+                          f"busy {prof['busy_ms_per_step']:.3f} ms, "
+                          f"compile {fast.setup_s:.1f} s, same tokens as the first variant {same}/{tokens.numel()}")
+                    for key, calls, us in prof["top"]:
+                        print(f"  {us:8.1f} us  {calls:5.1f}x  {key}")
+                    if cfg.num_experts:
+                        print(tilings())
+                    sys.stdout.flush()
+                    del fast
+                    release()
         del model
         release()
-    print("\n| model | variant | decode ms/token | of limit | kernels/step | GPU busy ms | compile s | same tokens |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|")
-    for n, v, ms, frac, k, busy, comp, same in rows:
-        print(f"| {n} | {v} | {ms:.3f} | {100 * frac:.0f}% | {k:.0f} | {busy:.3f} | {comp:.1f} | {same} |")
+    print("\n| model | batch | variant | decode ms/step | of limit | kernels/step | GPU busy ms | compile s "
+          "| same tokens |")
+    print("|---|---:|---|---:|---:|---:|---:|---:|---:|")
+    for n, b, v, ms, frac, k, busy, comp, same in rows:
+        print(f"| {n} | {b} | {v} | {ms:.3f} | {100 * frac:.0f}% | {k:.0f} | {busy:.3f} | {comp:.1f} | {same} |")
     return 0
 
 
