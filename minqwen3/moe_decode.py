@@ -16,10 +16,11 @@ two tokens chose is read twice) or sort the pairs into a grouped GEMM (made for 
 
 So a step reads each chosen expert once, whatever the batch. Used by moe.Experts on CUDA without gradients (the
 kernels have no backward) for up to MAX_TOKENS tokens with more than Experts.gather_max (token, expert) pairs: on
-an H200, 30B-A3B's batch-8 step took 10.75 ms against 13.01 ms with the grouped GEMM (docs/benchmarks.md, run 7).
-Each kernel times a few tilings (rows a program, columns a step, pipeline stages) at the first call of a shape.
-At batch 1 (8 pairs) Inductor's fused gathered gate|up products were faster than kernel 1 (run 7), so one token
-takes those, and kernel 2 alone (`moe_down`, the count of experts known) for the down projections and their sum.
+an H200, 30B-A3B's batch-8 step took 10.75 ms against 13.01 ms with the grouped GEMM (docs/benchmarks.md, run 7),
+and 9.26 ms against 10.61 once each kernel also timed 32- and 64-row tilings (session 7): the tilings (rows a
+program, columns a step, pipeline stages) are timed at the first call of a shape. At batch 1 (8 pairs) Inductor's
+fused gathered gate|up products were faster than kernel 1 (run 7), so one token takes those, and kernel 2 alone
+(`moe_down`, the count of experts known) for the down projections and their sum: 3.40 against 3.63 ms a step.
 Training and prefills keep moe.py's paths. `reference` and `reference_down` (at the end) are the same arithmetic
 in plain torch, for reading and for CPUs.
 """

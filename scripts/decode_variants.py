@@ -11,9 +11,10 @@ one kernel, "+flex" with FlexAttention; "+gathered" decodes the experts with moe
 matrix-vector products, or the grouped GEMM) instead of moe_decode.py's kernels, "+gathermax:N" sets
 moe.Experts.gather_max (0: the kernels at batch 1 too); "+nodown1" keeps the gathered down products at batch 1
 (moe_decode.down_at_batch_1 off: as before session 7), "+oldtiles" gives moe_decode's kernels run 7's two tilings
-(16 rows a program) to time from, "+b:N" runs a variant at batch N only (of several --batch); "+maxk" routes with
-k rounds of max instead of topk; "+swiglu" computes
-the dense MLP's silu(gate) * up in a kernel of its own (a custom op Inductor cannot inline), so the down projection
+(16 rows a program) to time from, "+tiles6" adds 128 columns in 6 stages to their tilings (and 64 rows to kernel
+2's), "+splits:N" sets moe_decode.SPLIT_PROGRAMS (kernel 2's splits of the experts), "+b:N" runs a variant at
+batch N only (of several --batch); "+maxk" routes with k rounds of max instead of topk; "+swiglu" computes the
+dense MLP's silu(gate) * up in a kernel of its own (a custom op Inductor cannot inline), so the down projection
 reads the realised product instead of recomputing it in every program; "+mmrows:N" lets Inductor write a
 matrix product of up to N rows as a broadcast-multiply and sum (a reduction it fuses with what is around it), as
 it does by itself only for one row (torch/_inductor/decomposition.py's mm, with coordinate-descent tuning): at
@@ -177,7 +178,7 @@ def patched(name: str):
     saved = (moe.SparseMoE.forward, attention.decode_attention, flash_decode.available, mlp.MLP.forward,
              attention.Attention.forward)
     saved_experts = (moe_decode.enabled, moe.Experts.gather_max, moe_decode.down_at_batch_1, moe_decode._gate_up,
-                     moe_decode._down)
+                     moe_decode._down, moe_decode.SPLIT_PROGRAMS)
     try:
         if "fuse" in parts:  # the caller stacks the weights (fuse(model, True))
             attention.Attention.forward, mlp.MLP.forward = fused_attention_forward, fused_mlp_forward
@@ -187,6 +188,11 @@ def patched(name: str):
             moe_decode.down_at_batch_1 = False
         if "oldtiles" in parts:  # run 7's tilings, fresh autotuners (each times its shapes again)
             moe_decode._gate_up, moe_decode._down = tuners(moe_decode._configs(rows=(16,)))
+        if "tiles6" in parts:  # what scripts/moe_tilings.py found faster at batch 8 (session 7)
+            moe_decode._gate_up, moe_decode._down = tuners(moe_decode._configs(tiles=((128, 4), (256, 3), (128, 6))))
+        for p in parts:
+            if p.startswith("splits:"):
+                moe_decode.SPLIT_PROGRAMS = int(p[7:])
         for p in parts:
             if p.startswith("gathermax:"):
                 moe.Experts.gather_max = int(p[10:])
@@ -207,7 +213,7 @@ def patched(name: str):
         (moe.SparseMoE.forward, attention.decode_attention, flash_decode.available, mlp.MLP.forward,
          attention.Attention.forward) = saved
         (moe_decode.enabled, moe.Experts.gather_max, moe_decode.down_at_batch_1, moe_decode._gate_up,
-         moe_decode._down) = saved_experts
+         moe_decode._down, moe_decode.SPLIT_PROGRAMS) = saved_experts
 
 
 def tuners(configs: list) -> tuple:
