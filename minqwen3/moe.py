@@ -18,7 +18,7 @@ class Experts(nn.Module):
 
     The checkpoint stores one tensor per expert (experts.{j}.gate_proj.weight); the loader maps row j.
     Decoding a few tokens with more than gather_max pairs on a GPU goes through moe_decode.py's kernels (each
-    chosen expert read once).
+    chosen expert read once); one token's down projections through its kernel 2.
     On Hopper nothing here waits on the GPU: no .item(), .tolist() or bincount (which reads its max back);
     elsewhere the prefill path reads each layer's block boundaries back once, to loop over experts.
     """
@@ -50,6 +50,11 @@ class Experts(nn.Module):
             # selected experts' weights are read, never copied out first.
             xr = x.repeat_interleave(k, dim=0)[:, :, None]  # (N*k, H, 1)
             h = F.silu(torch.bmm(self.gate_proj[flat], xr)) * torch.bmm(self.up_proj[flat], xr)  # (N*k, I, 1)
+            if N == 1 and moe_decode.down_at_batch_1 and moe_decode.available(x, idx, self.down_proj):
+                # one token: the k down projections and their weighted sum in moe_decode's kernel 2, on the h
+                # realised here (Inductor's gathered down product inlines silu(gate) * up into its reduction):
+                # 30B-A3B's step 3.40 against 3.63 ms (docs/benchmarks.md, session 7)
+                return moe_decode.down_sum((h[..., 0] * w.view(k, 1)).view(k, 1, -1), flat, self.down_proj)
             y = torch.bmm(self.down_proj[flat], h)[..., 0]  # (N*k, H)
         else:
             y = self._sorted(x, flat, k)

@@ -4,7 +4,7 @@ At decode a step has a few tokens (N <= 16: the rows of a batch) and N*k (token,
 paths gather the chosen weights pair by pair (batch 1: a batched matrix-vector product per projection; an expert
 two tokens chose is read twice) or sort the pairs into a grouped GEMM (made for many tokens per expert). Here:
 
-- Kernel 1, program (t, block of intermediate rows): t-th distinct expert any token chose (programs past the
+- Kernel 1, program (block of intermediate rows, t): t-th distinct expert any token chose (programs past the
   number of distinct experts exit at once). It reads its gate and up rows once, multiplies them with all N tokens
   (one small tl.dot, the tokens padded to 16 columns) and writes h[t, :, n] = w[n, e] * silu(gate x_n) * (up x_n):
   the routing weight folded in, 0 for a token that did not choose e. Every program finds the distinct experts
@@ -16,10 +16,13 @@ two tokens chose is read twice) or sort the pairs into a grouped GEMM (made for 
 
 So a step reads each chosen expert once, whatever the batch. Used by moe.Experts on CUDA without gradients (the
 kernels have no backward) for up to MAX_TOKENS tokens with more than Experts.gather_max (token, expert) pairs: on
-an H200, 30B-A3B's batch-8 step took 10.75 ms against 13.01 ms with the grouped GEMM; at batch 1 (8 pairs)
-Inductor's fused gathered products were 8% faster than these kernels, so batch 1 keeps them (docs/benchmarks.md,
-run 7). Training and prefills keep moe.py's paths. `reference` (at the end) is the same arithmetic in plain torch,
-for reading and for CPUs.
+an H200, 30B-A3B's batch-8 step took 10.75 ms against 13.01 ms with the grouped GEMM (docs/benchmarks.md, run 7),
+and 9.26 ms against 10.61 once each kernel also timed 32- and 64-row tilings (session 7): the tilings (rows a
+program, columns a step, pipeline stages) are timed at the first call of a shape. At batch 1 (8 pairs) Inductor's
+fused gathered gate|up products were faster than kernel 1 (run 7), so one token takes those, and kernel 2 alone
+(`moe_down`, the count of experts known) for the down projections and their sum: 3.40 against 3.63 ms a step.
+Training and prefills keep moe.py's paths. `reference` and `reference_down` (at the end) are the same arithmetic
+in plain torch, for reading and for CPUs.
 """
 from __future__ import annotations
 
@@ -35,9 +38,13 @@ except ImportError:  # CPU-only installs: moe.Experts keeps its torch paths
     triton = None
 
 MAX_TOKENS = 16  # tokens per call: the columns of the kernels' small dots
-BLOCK_ROWS = 16  # weight rows per program (tl.dot's smallest tile side): 384 programs at batch 1 for 30B-A3B
+BLOCK_ROWS = 16  # the fewest weight rows per program (tl.dot's smallest tile side); _configs times more
+SPLIT_PROGRAMS = 4  # kernel 2's programs per SM, counted in blocks of BLOCK_ROWS rows (see _splits)
 # MINQWEN3_MOE_DECODE=0 switches the kernels off (the benchmark's peer: moe.Experts' gathered and grouped paths)
 enabled = os.environ.get("MINQWEN3_MOE_DECODE", "1") != "0"
+# one token (batch 1): moe.Experts' gathered gate|up products (fused by Inductor), then kernel 2 (moe_down) for the
+# down projections and the sum over the k experts; False: the gathered down products too (before session 7)
+down_at_batch_1 = True
 
 
 def available(x: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor) -> bool:
@@ -51,13 +58,26 @@ def available(x: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor) -> bool:
 
 
 if triton is not None:
-    def _configs() -> list:
-        """Two tilings of the weights' columns, timed at the first call of a shape (the Decoder's warm-up, before
-        it captures a graph); rows come BLOCK_ROWS at a time (more would leave SMs idle at batch 1)."""
+    def _configs(rows=(16, 32, 64), tiles=((128, 4), (256, 3))) -> list:
+        """Tilings timed at the first call of a shape (the Decoder's warm-up, before it captures a graph): row blocks
+        of `rows` weight rows per program, `tiles` = (columns per step, pipeline stages). Row blocks that would
+        leave SMs idle are dropped before timing (_prune_*)."""
         if os.environ.get("TRITON_INTERPRET") == "1":  # on a CPU: one configuration, nothing to time
             return [triton.Config({"BLOCK_I": BLOCK_ROWS, "BLOCK_K": 128}, num_warps=4, num_stages=1)]
-        return [triton.Config({"BLOCK_I": BLOCK_ROWS, "BLOCK_K": bk}, num_warps=4, num_stages=s)
-                for bk, s in ((128, 4), (256, 3))]
+        return [triton.Config({"BLOCK_I": r, "BLOCK_K": bk}, num_warps=4, num_stages=s) for r in rows
+                for bk, s in tiles]
+
+    def _keep_busy(configs: list, programs, device: torch.device) -> list:
+        """The configs whose grid, programs(BLOCK_I), still has two programs per SM (always the smallest row
+        block): batch 1 reaches only 8 experts, where 64-row blocks would leave most SMs idle."""
+        keep = [c for c in configs if programs(c.kwargs["BLOCK_I"]) >= 2 * _sms(device)]
+        return keep or [min(configs, key=lambda c: c.kwargs["BLOCK_I"])]
+
+    def _prune_gate_up(configs, nargs, **kw):
+        return _keep_busy(configs, lambda r: nargs["NK"] * triton.cdiv(kw["I"], r), nargs["X"].device)
+
+    def _prune_down(configs, nargs, **kw):
+        return _keep_busy(configs, lambda r: nargs["Part"].shape[0] * triton.cdiv(kw["H"], r), nargs["Part"].device)
 
     @triton.jit
     def _distinct(Idx, NK, JP: tl.constexpr):
@@ -74,12 +94,13 @@ if triton is not None:
         rank = tl.cumsum(first.to(tl.int32), 0) - 1
         return flat, first, rank, tl.sum(first.to(tl.int32), 0)
 
-    @triton.autotune(_configs(), key=["N", "K", "H", "I"])
     @triton.jit
-    def _gate_up(X, Idx, W, Gate, Up, Hid, Experts, Count, N, NK, sx,
-                 K: tl.constexpr, H: tl.constexpr, I: tl.constexpr, NP: tl.constexpr, JP: tl.constexpr,
-                 BLOCK_I: tl.constexpr, BLOCK_K: tl.constexpr, IEEE: tl.constexpr):
-        t, ib = tl.program_id(0), tl.program_id(1)  # distinct expert, block of intermediate rows
+    def _gate_up_kernel(X, Idx, W, Gate, Up, Hid, Experts, Count, N, NK, sx,
+                        K: tl.constexpr, H: tl.constexpr, I: tl.constexpr, NP: tl.constexpr, JP: tl.constexpr,
+                        BLOCK_I: tl.constexpr, BLOCK_K: tl.constexpr, IEEE: tl.constexpr):
+        # block of intermediate rows, distinct expert: the programs of experts past the count come last, so
+        # the empty ones run after the work (a block's programs start in the order of their ids)
+        ib, t = tl.program_id(0), tl.program_id(1)
         flat, first, rank, count = _distinct(Idx, NK, JP)
         if t < count:
             e = tl.sum(tl.where(first & (rank == t), flat, 0), 0)
@@ -112,12 +133,14 @@ if triton is not None:
                 if t == 0:
                     tl.store(Count, count)
 
-    @triton.autotune(_configs(), key=["N", "H", "I"])
     @triton.jit
-    def _down(Hid, Experts, Count, Down, Part, N, H: tl.constexpr, I: tl.constexpr, NP: tl.constexpr,
-              BLOCK_I: tl.constexpr, BLOCK_K: tl.constexpr, IEEE: tl.constexpr):
+    def _down_kernel(Hid, Experts, Count, Down, Part, N, H: tl.constexpr, I: tl.constexpr, NP: tl.constexpr,
+                     COUNT: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_K: tl.constexpr, IEEE: tl.constexpr):
         rb, s = tl.program_id(0), tl.program_id(1)  # block of output rows (BLOCK_I of them), split of the experts
-        count = tl.load(Count)
+        if COUNT > 0:  # the caller knows how many experts (down_sum: every pair its own)
+            count = COUNT
+        else:  # kernel 1 found them
+            count = tl.load(Count)
         per = tl.cdiv(count, tl.num_programs(1))
         t0 = s * per
         t1 = tl.minimum(t0 + per, count)
@@ -139,14 +162,22 @@ if triton is not None:
                 acc += tl.dot(wd, h)
         tl.store(Part + (s * N + n[None, :]) * H + rows[:, None], acc, mask=(n[None, :] < N) & (rows[:, None] < H))
 
+    _gate_up = triton.autotune(_configs(), key=["N", "K", "H", "I"],
+                               prune_configs_by={"early_config_prune": _prune_gate_up})(_gate_up_kernel)
+    _down = triton.autotune(_configs(rows=(16, 32)), key=["N", "H", "I", "COUNT"],
+                            prune_configs_by={"early_config_prune": _prune_down})(_down_kernel)
+
 
 def _sms(device: torch.device) -> int:  # 8 for Triton's interpreter, which runs the kernels on CPU tensors
     return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 8
 
 
 def _splits(device: torch.device, pairs: int, hidden: int) -> int:
-    """Splits of the experts in kernel 2: enough programs for ~4 per SM, never more splits than pairs."""
-    return max(1, min(pairs, triton.cdiv(4 * _sms(device), triton.cdiv(hidden, BLOCK_ROWS))))
+    """Splits of the experts in kernel 2: enough programs for ~4 per SM at 16 rows a program, never more splits
+    than pairs, and none left without an expert when every pair is one (8 pairs in 5 splits would be 2, 2, 2, 2, 0:
+    4 splits)."""
+    s = max(1, min(pairs, triton.cdiv(SPLIT_PROGRAMS * _sms(device), triton.cdiv(hidden, BLOCK_ROWS))))
+    return triton.cdiv(pairs, triton.cdiv(pairs, s))
 
 
 @torch.library.custom_op("minqwen3::moe_decode", mutates_args=())
@@ -166,11 +197,11 @@ def moe_decode(x: torch.Tensor, idx: torch.Tensor, w: torch.Tensor, gate_proj: t
     count = torch.empty(1, device=x.device, dtype=torch.int32)
     part = torch.empty(_splits(x.device, NK, H), N, H, device=x.device, dtype=torch.float32)
     ieee = x.dtype == torch.float32
-    _gate_up[(NK, triton.cdiv(I, BLOCK_ROWS))](
+    _gate_up[lambda meta: (triton.cdiv(I, meta["BLOCK_I"]), NK)](
         x, idx, w, gate_proj, up_proj, hid, experts, count, N, NK, x.stride(0),
         K=k, H=H, I=I, NP=NP, JP=max(16, triton.next_power_of_2(NK)), IEEE=ieee)
-    _down[(triton.cdiv(H, BLOCK_ROWS), part.shape[0])](hid, experts, count, down_proj, part, N, H=H, I=I, NP=NP,
-                                                       IEEE=ieee)
+    _down[lambda meta: (triton.cdiv(H, meta["BLOCK_I"]), part.shape[0])](
+        hid, experts, count, down_proj, part, N, H=H, I=I, NP=NP, COUNT=0, IEEE=ieee)
     return part
 
 
@@ -188,6 +219,33 @@ def experts_decode(x: torch.Tensor, idx: torch.Tensor, w: torch.Tensor, gate_pro
     return moe_decode(x, idx, w, gate_proj, up_proj, down_proj).sum(0).to(x.dtype)
 
 
+@torch.library.custom_op("minqwen3::moe_down", mutates_args=())
+def moe_down(h: torch.Tensor, experts: torch.Tensor, down_proj: torch.Tensor) -> torch.Tensor:
+    """Kernel 2 alone, for products made elsewhere: h (T, N, I) with the routing weights folded in (0 for a token
+    that did not choose experts[t]), experts (T,) (repeats allowed: each entry is read), down (E, H, I) ->
+    partial outputs (S, N, H), float32, whose sum over S is sum_t down_{experts[t]} h[t]."""
+    T, N, I = h.shape
+    H = down_proj.shape[1]
+    h, experts, down_proj = h.contiguous(), experts.contiguous(), down_proj.contiguous()
+    part = torch.empty(_splits(h.device, T, H), N, H, device=h.device, dtype=torch.float32)
+    _down[lambda meta: (triton.cdiv(H, meta["BLOCK_I"]), part.shape[0])](
+        h, experts, experts, down_proj, part, N, H=H, I=I, NP=max(16, triton.next_power_of_2(N)), COUNT=T,
+        IEEE=h.dtype == torch.float32)
+    return part
+
+
+@moe_down.register_fake
+def _(h, experts, down_proj):
+    T, N, _ = h.shape
+    H = down_proj.shape[1]
+    return h.new_empty(_splits(h.device, T, H), N, H, dtype=torch.float32)
+
+
+def down_sum(h: torch.Tensor, experts: torch.Tensor, down_proj: torch.Tensor) -> torch.Tensor:
+    """moe_down's partial outputs added up, in h's dtype: (N, H)."""
+    return moe_down(h, experts, down_proj).sum(0).to(h.dtype)
+
+
 # The kernels' arithmetic in plain torch, for reading and for CPUs: each distinct expert once, for every token.
 
 def reference(x: torch.Tensor, idx: torch.Tensor, w: torch.Tensor, gate_proj: torch.Tensor, up_proj: torch.Tensor,
@@ -201,3 +259,8 @@ def reference(x: torch.Tensor, idx: torch.Tensor, w: torch.Tensor, gate_proj: to
     u = torch.einsum("nh,eih->eni", xf, up_proj[chosen].float())
     h = F.silu(g) * u * gates[:, chosen].T[..., None]  # routing weight folded in
     return torch.einsum("eni,ehi->nh", h, down_proj[chosen].float()).to(x.dtype)  # sum over experts folded in
+
+
+def reference_down(h: torch.Tensor, experts: torch.Tensor, down_proj: torch.Tensor) -> torch.Tensor:
+    """down_sum's arithmetic: h (T, N, I), experts (T,), down (E, H, I) -> (N, H) in h's dtype, in float32."""
+    return torch.einsum("thi,tni->nh", down_proj[experts].float(), h.float()).to(h.dtype)

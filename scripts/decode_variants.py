@@ -9,8 +9,11 @@ and "+nocombo" force Inductor's combo kernels (independent kernels of one graph 
 "+mmattn" decodes attention as three library calls (attention.decode_attention) instead of flash_decode.py's
 one kernel, "+flex" with FlexAttention; "+gathered" decodes the experts with moe.Experts' torch paths (gathered
 matrix-vector products, or the grouped GEMM) instead of moe_decode.py's kernels, "+gathermax:N" sets
-moe.Experts.gather_max (0: the kernels at batch 1 too); "+maxk" routes with k rounds of
-max instead of topk; "+inline" spells
+moe.Experts.gather_max (0: the kernels at batch 1 too); "+nodown1" keeps the gathered down products at batch 1
+(moe_decode.down_at_batch_1 off: as before session 7), "+oldtiles" gives moe_decode's kernels run 7's two tilings
+(16 rows a program) to time from, "+tiles6" adds 128 columns in 6 stages to their tilings (and 64 rows to kernel
+2's), "+splits:N" sets moe_decode.SPLIT_PROGRAMS (kernel 2's splits of the experts), "+b:N" runs a variant at
+batch N only (of several --batch); "+maxk" routes with k rounds of max instead of topk; "+inline" spells
 the dense MLP's silu(gate) * up in torch, as before session 7, which Inductor inlines into the down projection (the
 package computes it in a kernel of its own, swiglu.py); "+fdfile:PATH" decodes attention with the flash_decode.py
 at PATH (an earlier version of the kernel: git show REV:minqwen3/flash_decode.py > PATH); "+fd:NAME=VALUE" sets
@@ -168,7 +171,8 @@ def patched(name: str):
     config = {k: ast.literal_eval(v) for k, v in (p[4:].split("=", 1) for p in parts if p.startswith("cfg:"))}
     saved = (moe.SparseMoE.forward, attention.decode_attention, flash_decode.available, mlp.MLP.forward,
              attention.Attention.forward)
-    saved_experts = moe_decode.enabled, moe.Experts.gather_max
+    saved_experts = (moe_decode.enabled, moe.Experts.gather_max, moe_decode.down_at_batch_1, moe_decode._gate_up,
+                     moe_decode._down, moe_decode.SPLIT_PROGRAMS)
     saved_fd = attention.flash_decode, swiglu.available, torch.backends.cuda.preferred_blas_library()
     settings = {n: getattr(flash_decode, n) for n in ("MIN_SPLIT", "BLOCK", "NUM_WARPS", "NUM_STAGES")}
     try:
@@ -188,6 +192,15 @@ def patched(name: str):
             attention.Attention.forward, mlp.MLP.forward = fused_attention_forward, fused_mlp_forward
         if "gathered" in parts:
             moe_decode.enabled = False
+        if "nodown1" in parts:
+            moe_decode.down_at_batch_1 = False
+        if "oldtiles" in parts:  # run 7's tilings, fresh autotuners (each times its shapes again)
+            moe_decode._gate_up, moe_decode._down = tuners(moe_decode._configs(rows=(16,)))
+        if "tiles6" in parts:  # what scripts/moe_tilings.py found faster at batch 8 (session 7)
+            moe_decode._gate_up, moe_decode._down = tuners(moe_decode._configs(tiles=((128, 4), (256, 3), (128, 6))))
+        for p in parts:
+            if p.startswith("splits:"):
+                moe_decode.SPLIT_PROGRAMS = int(p[7:])
         for p in parts:
             if p.startswith("gathermax:"):
                 moe.Experts.gather_max = int(p[10:])
@@ -205,11 +218,35 @@ def patched(name: str):
     finally:
         (moe.SparseMoE.forward, attention.decode_attention, flash_decode.available, mlp.MLP.forward,
          attention.Attention.forward) = saved
-        moe_decode.enabled, moe.Experts.gather_max = saved_experts
         attention.flash_decode, swiglu.available, blas = saved_fd
         torch.backends.cuda.preferred_blas_library(blas)
         for k, v in settings.items():
             setattr(flash_decode, k, v)
+        (moe_decode.enabled, moe.Experts.gather_max, moe_decode.down_at_batch_1, moe_decode._gate_up,
+         moe_decode._down, moe_decode.SPLIT_PROGRAMS) = saved_experts
+
+
+def tuners(configs: list) -> tuple:
+    """Autotuners of moe_decode's two kernels over `configs` (pruned as the package's are)."""
+    import triton
+    return (triton.autotune(configs, key=["N", "K", "H", "I"],
+                            prune_configs_by={"early_config_prune": moe_decode._prune_gate_up})(
+                                moe_decode._gate_up_kernel),
+            triton.autotune(configs, key=["N", "H", "I", "COUNT"],
+                            prune_configs_by={"early_config_prune": moe_decode._prune_down})(moe_decode._down_kernel))
+
+
+def tilings() -> str:
+    """What moe_decode's autotuners timed in this process (the last shape each) and chose, for the log."""
+    out = []
+    for name in ("_gate_up", "_down"):
+        tuner = getattr(moe_decode, name, None)
+        for key, best in getattr(tuner, "cache", {}).items():
+            out.append(f"  {name} {key[:4]}: chose {best.kwargs} w{best.num_warps} s{best.num_stages}")
+        for c, t in getattr(tuner, "configs_timings", {}).items():
+            ms = t[0] if isinstance(t, (list, tuple)) else t
+            out.append(f"    {name} {c.kwargs} w{c.num_warps} s{c.num_stages}: {1e3 * ms:.1f} us")
+    return "\n".join(out)
 
 
 def main() -> int:
@@ -243,6 +280,8 @@ def main() -> int:
             variants = (args.variants + (args.moe_variants if cfg.num_experts else [])
                         + (args.batched_variants if batch > 1 else []))
             for v in variants:
+                if any(p.startswith("b:") for p in v.split("+")) and f"b:{batch}" not in v.split("+"):
+                    continue  # "+b:N": this variant at batch N only
                 fuse(model, "fuse" in v.split("+"))
                 with patched(v) as combo, torch.no_grad():
                     slots = [int(p[6:]) for p in v.split("+") if p.startswith("slots:")]
@@ -270,6 +309,8 @@ def main() -> int:
                     for i, (key, calls, us) in enumerate(prof["top"]):
                         if i < args.top or any(k in key for k in args.show):
                             print(f"  {us:8.1f} us  {calls:5.1f}x  {key}{'' if i < args.top else f'  (#{i + 1})'}")
+                    if cfg.num_experts:
+                        print(tilings())
                     sys.stdout.flush()
                     del fast
                     release()
