@@ -10,14 +10,15 @@ from collections.abc import Callable
 
 import torch
 
-# kernel name -> kind, first match wins (Inductor's Triton kernels are named triton_{poi,red,per}_fused_...)
-KINDS = [("all-reduce", r"all_reduce|allreduce|AllReduce|one_shot"),
+# kernel name -> kind, first match wins. Inductor's Triton kernels are named triton_{poi,red,per}_fused_ and the
+# ops they hold, which can name a collective whose output they read: they go by their prefix first.
+KINDS = [("triton reduction", r"^triton_(red|per)_"),
+         ("triton pointwise", r"^triton_poi_"),
+         ("all-reduce", r"all_reduce|allreduce|AllReduce|one_shot"),
          ("all-gather", r"all_gather|allgather|AllGather"),
          ("nccl, other", r"nccl"),
          ("attention", r"flash|attention|attn"),
          ("copy, memset", r"Memcpy|Memset|memcpy|memset|copy_kernel|CatArrayBatched"),
-         ("triton reduction", r"^triton_(red|per)_"),
-         ("triton pointwise", r"^triton_poi_"),
          ("library matmul", r"gemv|gemm|sm90|sm100|cutlass|nvjet|cublas|splitK")]
 
 

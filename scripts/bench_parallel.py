@@ -72,7 +72,7 @@ def run(name: str, cfg, plan, device, args, compiled: bool, graphs: bool, bws: l
     agree = "-" if ref[1] is None or n == 1 else f"{int((tokens == ref[1]).cumprod(0).sum())}/{args.new}"
     state = parallel.symm_state()  # whether the one-shot all-reduce ran, or why not (then the group's ran)
     how = "-" if n == 1 else plan.all_reduce if plan.all_reduce == "nccl" or state and all(
-        v == "ok" for v in state.values()) else f"nccl (symm: {'; '.join(state.values()) or 'not called'})"
+        v == "ok" for v in state.values()) else f"nccl ({plan.all_reduce}: {'; '.join(state.values()) or 'not called'})"
     return dict(model=name, gpus=n, experts=plan.experts if cfg.is_moe else "-", all_reduce=how, compiled=compiled,
                 graphs=graphs, tok_s=args.new / t_new, ms_token=ms, limit_tok_s=1e3 / limit_ms,
                 of_limit=limit_ms / ms, vs_one=None if ref[0] is None or n == 1 else ref[0] / ms,

@@ -41,6 +41,8 @@ def test_summarize_edges():
     assert timeline.kind("ncclDevKernel_AllGather_RING_LL") == "all-gather"
     assert timeline.kind("_flash_decode_kernel") == "attention"
     assert timeline.kind("something_else") == "other"
+    assert timeline.kind("triton_red_fused__unsafe_view_all_reduce_mm_t_transpose_view_5") == "triton reduction"
+    assert timeline.kind("_all_reduce") == "all-reduce"
     text = "\n".join(timeline.lines(timeline.summarize(KERNELS, 2), top=1))
     assert "3.0 kernels" in text and "triton_red_fused_mm_0" in text and "triton_poi_fused_add_1" not in text
 
