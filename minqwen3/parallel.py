@@ -23,10 +23,11 @@ all-to-all instead (not done here).
 The plan is applied to the unchanged model (model.py, attention.py, mlp.py, moe.py) by parameter name:
 `shard(model, plan)` replaces each parameter by its slice (on the meta device, before loading: nothing is
 allocated), sets the attention modules' head counts, and adds the collectives as forward hooks. On GPUs the
-all-reduce is, by default, a one-shot kernel through symmetric memory (`symm_all_reduce`, a custom op that
-torch.compile keeps whole and a CUDA graph captures; a decode step's 10 KiB sums are latency-bound, and this is one
-kernel where NCCL's is a protocol); otherwise NCCL's (gloo's on CPUs): in place when eager (a CUDA graph captures
-NCCL's kernels as they are), functional under torch.compile, which traces it into its graph. `from_pretrained`
+all-reduce is, by default, a one-shot kernel through symmetric memory with one barrier (`flag_all_reduce`, a
+custom op that torch.compile keeps whole and a CUDA graph captures; a decode step's 10 KiB sums are latency-bound,
+and this is one kernel where NCCL's is a protocol; flag_all_reduce.py), or torch's own one-shot kernel
+(`symm_all_reduce`); otherwise NCCL's (gloo's on CPUs): in place when eager (a CUDA graph captures NCCL's kernels
+as they are), functional under torch.compile, which traces it into its graph. `from_pretrained`
 then reads only each rank's slice of every tensor from the safetensors files.
 
 Run with torchrun (one process per GPU, or per CPU "rank" with gloo):
@@ -66,15 +67,15 @@ NO_MULTICAST = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1"
 @dataclass(frozen=True)
 class Plan:
     """Where this process stands: rank of world; experts: "tp" (every expert split like an MLP) or "ep" (whole
-    experts divided among the ranks); group: the process group (None = the default one); all_reduce: "symm" (the
-    one-shot all-reduce through symmetric memory on GPUs, where torch has it, else the group's own), "flags" (the
-    same with one barrier instead of two: flag_all_reduce.py, where Triton is, else as symm) or "nccl" (the
-    group's own: NCCL, gloo on CPUs)."""
+    experts divided among the ranks); group: the process group (None = the default one); all_reduce: "flags" (the
+    one-shot all-reduce through symmetric memory with one barrier: flag_all_reduce.py, on GPUs where Triton is,
+    else as symm), "symm" (torch's one-shot kernel, two barriers, where torch has it, else the group's own) or
+    "nccl" (the group's own: NCCL, gloo on CPUs)."""
     rank: int
     world: int
     experts: str = "tp"
     group: object = None
-    all_reduce: str = "symm"
+    all_reduce: str = "flags"
 
     def __post_init__(self):
         if not 0 <= self.rank < self.world:
@@ -423,7 +424,7 @@ def weight_bytes(model: nn.Module) -> int:
 
 # ---------------------------------------------------------------- processes
 def init(device: str = "auto", experts: str = "tp", timeout_s: float = 600,
-         all_reduce: str = "symm") -> tuple[Plan, str]:
+         all_reduce: str = "flags") -> tuple[Plan, str]:
     """Join the process group torchrun set up (env RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT): NCCL with one
     GPU per process, or gloo on CPUs. Ranks other than 0 print nothing (stdout and stderr go to /dev/null).
     Returns the plan and this rank's device."""

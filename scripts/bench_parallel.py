@@ -2,10 +2,10 @@
 
     torchrun --nproc-per-node 2 scripts/bench_parallel.py [--runs 32B:1 32B:2 30B-A3B:2:tp 30B-A3B:2:ep] [--out F]
 
-Each run is MODEL:RANKS[:EXPERTS][:compile][:combo][:nograph][:symm|:nccl] (MODEL: an official name or a config.json;
-symm or nccl: the all-reduce, --allreduce's unless named: parallel.Plan.all_reduce). A one-rank run
-uses rank 0 alone (the others wait), so every ratio is
-against a peer measured in the same process and on the same machine. Weights are random in the official shapes,
+Each run is MODEL:RANKS[:EXPERTS][:compile][:combo][:nograph][:flags|:symm|:nccl] (MODEL: an official name or a
+config.json; flags, symm or nccl: the all-reduce, --allreduce's unless named: parallel.Plan.all_reduce). A one-rank
+run uses rank 0 alone (the others wait), so every ratio is against a peer measured in the same process and on the
+same machine. Weights are random in the official shapes,
 drawn whole and sliced (parallel.random_model), so every layout holds the same weights and the greedy tokens can
 be compared: in bf16 the split changes the rounding, so the count of agreeing tokens is reported, not asserted.
 Decode runs the eager step captured as a CUDA graph (compile adds torch.compile). The limit is the bandwidth one:
@@ -91,8 +91,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--budget-s", type=float, default=1e9, help="start no run after this many seconds")
     ap.add_argument("--out", help="append one JSON line per run")
-    ap.add_argument("--allreduce", choices=parallel.ALL_REDUCES, default="symm",
-                    help="the all-reduce of runs that name none (symm: one-shot through symmetric memory)")
+    ap.add_argument("--allreduce", choices=parallel.ALL_REDUCES, default="flags",
+                    help="the all-reduce of runs that name none (flags, symm: one-shot through symmetric memory, "
+                         "with one barrier or torch's two)")
     ap.add_argument("--profile", type=int, default=0, metavar="N",
                     help="also profile each run's decode steps on every rank (minqwen3/timeline.py) and print rank "
                          "0's per-step totals, kinds of kernel and N longest kernels, and the other ranks' kinds")
@@ -118,7 +119,7 @@ def main() -> None:
           "|---:|---:|---:|---:|---:|---:|", flush=True)
     # one-GPU runs: (model, compiled) -> (ms/token,), a ratio only between like modes; model -> greedy tokens
     single = {}
-    for spec in args.runs:
+    for i, spec in enumerate(args.runs):
         name, n, *rest = spec.split(":")
         n = int(n)
         experts = next((r for r in rest if r in parallel.MODES), "tp")
@@ -146,7 +147,7 @@ def main() -> None:
             release()
             if args.profile_dir and row.get("profile"):
                 Path(args.profile_dir).mkdir(parents=True, exist_ok=True)
-                tag = "_".join([Path(name).stem, f"{n}gpu", *rest, f"rank{rank}"])
+                tag = "_".join([f"run{i}", Path(name).stem, f"{n}gpu", *rest, f"rank{rank}"])
                 with open(Path(args.profile_dir) / f"profile_{tag}.json", "w") as f:
                     json.dump(dict(spec=spec, rank=rank, ms_token=row["ms_token"], **row["profile"]), f)
             if n == 1 and "tokens" in row:
