@@ -11,7 +11,8 @@ waited for, is a good part of the kernel's time. Here the second meeting goes:
   that half, has finished (a stream runs its kernels in order). So the one barrier per call also guards reuse.
 - The barrier is a flag per (program, rank) holding a count: program b of call n on rank r raises its flag at every
   peer to n (n counts this program's calls on this rank, kept on the GPU, so a replayed CUDA graph goes on
-  counting) and waits until each peer has raised its flag on it to n. Counts only grow: nothing to reset.
+  counting) and waits until each peer has raised its flag on it to n. Counts only grow (int32, compared so that
+  they may wrap around): nothing to reset.
 - Every rank adds the ranks' values in rank order, in float32: all ranks get the same bits (they then sample the
   same token from the same logits).
 
@@ -94,7 +95,7 @@ if triton is not None:
         n = tl.load(Counts + b) + 1  # this program's call number
         tl.debug_barrier()  # every warp has read the count before it is raised (else a late warp reads n + 1)
         tl.store(Counts + b, n)
-        at = data0 + (n % 2) * half + offs  # this call's half of every rank's buffer (elements from its base)
+        at = data0 + (n & 1) * half + offs  # this call's half of every rank's buffer (elements from its base)
         x = tl.load(X + offs, mask=m)
         mine = tl.multiple_of(tl.load(Bases + RANK).to(tl.pointer_type(X.dtype.element_ty)), 16)  # 16-byte loads
         tl.store(mine + at, x, mask=m)
@@ -110,7 +111,7 @@ if triton is not None:
         for r in tl.static_range(WORLD):
             if r != RANK:
                 seen = tl.atomic_add(flags + b * WORLD + r, 0, sem="acquire", scope="sys")
-                while seen < n:
+                while seen - n < 0:  # not "seen < n": the count wraps around after 2**31 calls (~2 days of decode)
                     seen = tl.atomic_add(flags + b * WORLD + r, 0, sem="acquire", scope="sys")
         tl.debug_barrier()
         acc = tl.zeros((BLOCK,), dtype=tl.float32)
