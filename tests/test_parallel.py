@@ -240,3 +240,15 @@ def test_a_plan_shards_a_meta_model_without_a_process_group():
         parallel.shard(model, parallel.Plan(0, 2, all_reduce=how))
         assert model.model.layers[0].self_attn.n_heads == cfg.num_attention_heads // 2
         assert sum(p.numel() for p in model.parameters()) < full
+
+
+def test_flag_all_reduce_layout_and_reach():
+    """flag_all_reduce's buffer: the flags, then two halves each large enough for its largest sum in float32, every
+    part 16-byte aligned (the kernel's vector loads); it takes CUDA tensors of the sizes and dtypes it was built for,
+    and nothing else (parallel.flag_all_reduce then falls back)."""
+    from minqwen3 import flag_all_reduce as fa
+    assert fa.FLAG_BYTES >= fa.MAX_BLOCKS * fa.MAX_WORLD * 4 and fa.FLAG_BYTES % 16 == 0
+    assert fa.HALF_BYTES >= fa.MAX_BLOCKS * fa.BLOCK * 4 and fa.HALF_BYTES % 16 == 0
+    assert fa.BYTES == fa.FLAG_BYTES + 2 * fa.HALF_BYTES
+    state = fa.State(torch.empty(0), torch.empty(0), torch.empty(0), rank=0, world=2)
+    assert not fa.fits(torch.ones(5120, dtype=torch.bfloat16), state)  # a CPU tensor: never the kernel
