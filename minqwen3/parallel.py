@@ -23,10 +23,11 @@ all-to-all instead (not done here).
 The plan is applied to the unchanged model (model.py, attention.py, mlp.py, moe.py) by parameter name:
 `shard(model, plan)` replaces each parameter by its slice (on the meta device, before loading: nothing is
 allocated), sets the attention modules' head counts, and adds the collectives as forward hooks. On GPUs the
-all-reduce is, by default, a one-shot kernel through symmetric memory (`symm_all_reduce`, a custom op that
-torch.compile keeps whole and a CUDA graph captures; a decode step's 10 KiB sums are latency-bound, and this is one
-kernel where NCCL's is a protocol); otherwise NCCL's (gloo's on CPUs): in place when eager (a CUDA graph captures
-NCCL's kernels as they are), functional under torch.compile, which traces it into its graph. `from_pretrained`
+all-reduce is, by default, a one-shot kernel through symmetric memory with one barrier (`flag_all_reduce`, a
+custom op that torch.compile keeps whole and a CUDA graph captures; a decode step's 10 KiB sums are latency-bound,
+and this is one kernel where NCCL's is a protocol; flag_all_reduce.py), or torch's own one-shot kernel
+(`symm_all_reduce`); otherwise NCCL's (gloo's on CPUs): in place when eager (a CUDA graph captures NCCL's kernels
+as they are), functional under torch.compile, which traces it into its graph. `from_pretrained`
 then reads only each rank's slice of every tensor from the safetensors files.
 
 Run with torchrun (one process per GPU, or per CPU "rank" with gloo):
@@ -56,7 +57,9 @@ from .config import Qwen3Config
 from .model import Qwen3
 
 MODES = ("tp", "ep")  # how MoE layers' experts are split; attention and dense MLPs are always tensor-parallel
-ALL_REDUCES = ("symm", "nccl")  # one-shot through symmetric memory (on GPUs, else as nccl), or the group's own
+# one-shot through symmetric memory (on GPUs, else as nccl): torch's kernel (symm) or minqwen3's with one barrier
+# (flags, flag_all_reduce.py); or the group's own (nccl)
+ALL_REDUCES = ("symm", "flags", "nccl")
 # NVLink multicast (NVLS) must stay off on shared machines (the device notes): set before NCCL starts
 NO_MULTICAST = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
 
@@ -64,14 +67,15 @@ NO_MULTICAST = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1"
 @dataclass(frozen=True)
 class Plan:
     """Where this process stands: rank of world; experts: "tp" (every expert split like an MLP) or "ep" (whole
-    experts divided among the ranks); group: the process group (None = the default one); all_reduce: "symm" (the
-    one-shot all-reduce through symmetric memory on GPUs, where torch has it, else the group's own) or "nccl" (the
-    group's own: NCCL, gloo on CPUs)."""
+    experts divided among the ranks); group: the process group (None = the default one); all_reduce: "flags" (the
+    one-shot all-reduce through symmetric memory with one barrier: flag_all_reduce.py, on GPUs where Triton is,
+    else as symm), "symm" (torch's one-shot kernel, two barriers, where torch has it, else the group's own) or
+    "nccl" (the group's own: NCCL, gloo on CPUs)."""
     rank: int
     world: int
     experts: str = "tp"
     group: object = None
-    all_reduce: str = "symm"
+    all_reduce: str = "flags"
 
     def __post_init__(self):
         if not 0 <= self.rank < self.world:
@@ -79,7 +83,7 @@ class Plan:
         if self.experts not in MODES:
             raise ValueError(f"experts = {self.experts!r}: choose 'tp' or 'ep'")
         if self.all_reduce not in ALL_REDUCES:
-            raise ValueError(f"all_reduce = {self.all_reduce!r}: choose 'symm' or 'nccl'")
+            raise ValueError(f"all_reduce = {self.all_reduce!r}: choose one of {', '.join(ALL_REDUCES)}")
 
 
 def heads(config: Qwen3Config, plan: Plan) -> tuple[int, int, int, int]:
@@ -185,9 +189,25 @@ def _symm_buffer(name: str, device: torch.device):
     return _symm[key]
 
 
+def _flag_state(name: str, device: torch.device):
+    """flag_all_reduce's state for this group and device, made at the first call (a collective, as above), or the
+    reason it cannot be."""
+    key = (name, device.index, "flags")
+    if key not in _symm:
+        try:
+            from . import flag_all_reduce
+            if torch.cuda.is_current_stream_capturing():
+                raise RuntimeError("first used inside a CUDA graph capture, where nothing can be allocated")
+            _symm_buffer(name, device)  # the group enabled for symmetric memory, the backend chosen
+            _symm[key] = flag_all_reduce.make_state(_groups[name], name, device)
+        except Exception as e:  # noqa: BLE001 (reported: symm_state, and the benchmark's rows)
+            _symm[key] = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+    return _symm[key]
+
+
 def symm_state() -> dict:
-    """(group name, device index) -> "ok" or why the one-shot all-reduce is not used there."""
-    return {k: "ok" if isinstance(v, torch.Tensor) else v for k, v in _symm.items()}
+    """(group name, device index[, "flags"]) -> "ok" or why that one-shot all-reduce is not used there."""
+    return {k: v if isinstance(v, str) else "ok" for k, v in _symm.items()}
 
 
 def symm_group(group) -> str:
@@ -222,12 +242,32 @@ def _(x: torch.Tensor, group_name: str) -> torch.Tensor:
     return x.new_empty(x.shape)  # contiguous, as the real one returns
 
 
+@torch.library.custom_op("minqwen3::all_reduce_flags", mutates_args=())
+def flag_all_reduce(x: torch.Tensor, group_name: str) -> torch.Tensor:
+    """symm_all_reduce with one barrier instead of two (flag_all_reduce.py: a double buffer and counting flags)
+    where it can be (a CUDA tensor in bf16 or float32 of up to 65,536 values, up to 8 ranks, Triton), else
+    symm_all_reduce itself."""
+    x = x.contiguous()
+    if x.is_cuda:
+        from . import flag_all_reduce as fa
+        state = _flag_state(group_name, x.device)
+        if not isinstance(state, str) and fa.fits(x, state):
+            return fa.all_reduce(x, state)
+    return symm_all_reduce(x, group_name)
+
+
+@flag_all_reduce.register_fake
+def _(x: torch.Tensor, group_name: str) -> torch.Tensor:
+    return x.new_empty(x.shape)
+
+
 # ---------------------------------------------------------------- the collectives, as forward hooks
-def _all_reduce(t: torch.Tensor, group, symm: str | None = None) -> torch.Tensor:
-    """The sum over the group: on a CUDA tensor with symm (the group's name) the one-shot op above; else the
-    group's own all-reduce (NCCL, or gloo on CPUs)."""
+def _all_reduce(t: torch.Tensor, group, symm: str | None = None, way: str = "symm") -> torch.Tensor:
+    """The sum over the group: on a CUDA tensor with symm (the group's name) one of the one-shot ops above (way:
+    "symm" or "flags"); else the group's own all-reduce (NCCL, or gloo on CPUs)."""
     if symm is not None and t.is_cuda:
-        return torch.ops.minqwen3.all_reduce(t, symm)
+        op = torch.ops.minqwen3.all_reduce_flags if way == "flags" else torch.ops.minqwen3.all_reduce
+        return op(t, symm)
     if torch.compiler.is_compiling():  # the functional form, which torch.compile traces into its graph
         from torch.distributed import _functional_collectives as funcol
         return funcol.all_reduce(t, "sum", group)
@@ -281,17 +321,18 @@ def shard(model: Qwen3, plan: Plan) -> Qwen3:
         model.get_submodule(mod_name)._parameters[attr] = nn.Parameter(part, requires_grad=False)
     _, hq, _, hk = heads(c, plan)
     # no process group (a meta model sharded to plan memory, never run): nothing to name
-    symm = symm_group(group) if plan.all_reduce == "symm" and group is not None else None
+    symm = symm_group(group) if plan.all_reduce != "nccl" and group is not None else None
+    way = plan.all_reduce
     for layer in model.model.layers:
         layer.self_attn.n_heads, layer.self_attn.n_kv = hq, hk
-        layer.self_attn.register_forward_hook(lambda m, a, out: _all_reduce(out, group, symm))
+        layer.self_attn.register_forward_hook(lambda m, a, out: _all_reduce(out, group, symm, way))
         if layer.is_moe:
-            layer.mlp.register_forward_hook(lambda m, a, out: (_all_reduce(out[0], group, symm), out[1]))
+            layer.mlp.register_forward_hook(lambda m, a, out: (_all_reduce(out[0], group, symm, way), out[1]))
             if plan.experts == "ep":
                 rows = _split(c.num_experts, plan, "num_experts")
                 layer.mlp.experts.register_forward_pre_hook(_remap_experts(rows.start, rows.stop - rows.start))
         else:
-            layer.mlp.register_forward_hook(lambda m, a, out: _all_reduce(out, group, symm))
+            layer.mlp.register_forward_hook(lambda m, a, out: _all_reduce(out, group, symm, way))
     if vocab_split(c, plan):
         model.lm_head.register_forward_hook(lambda m, a, out: _all_gather_last(out, group))
     model.plan = plan
@@ -383,7 +424,7 @@ def weight_bytes(model: nn.Module) -> int:
 
 # ---------------------------------------------------------------- processes
 def init(device: str = "auto", experts: str = "tp", timeout_s: float = 600,
-         all_reduce: str = "symm") -> tuple[Plan, str]:
+         all_reduce: str = "flags") -> tuple[Plan, str]:
     """Join the process group torchrun set up (env RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT): NCCL with one
     GPU per process, or gloo on CPUs. Ranks other than 0 print nothing (stdout and stderr go to /dev/null).
     Returns the plan and this rank's device."""

@@ -9,6 +9,7 @@ Ways (--ways):
   symm        minqwen3::all_reduce, the plan's default on GPUs: one-shot through symmetric memory, the copy in
               inside the kernel (parallel.symm_all_reduce)
   symm-inbuf  torch.ops.symm_mem.one_shot_all_reduce on data already in the symmetric buffer (no copy in)
+  flags       minqwen3::all_reduce_flags: one-shot with one barrier instead of two (minqwen3/flag_all_reduce.py)
 With --matmul each all-reduce follows a matrix-vector product of one TP=2 o_proj's size ((5120, 4096) bf16, four
 such weights in turn, 160 MiB, so that L2 holds none of them) and the table adds the products alone: the exposed
 cost of an all-reduce is (both - products alone) / N. NVLink multicast stays off (parallel.init sets it so).
@@ -51,6 +52,7 @@ def ways(group) -> dict:
 
     return {"nccl": (torch.clone, nccl),
             "symm": (lambda x: x, lambda x: torch.ops.minqwen3.all_reduce(x, name)),
+            "flags": (lambda x: x, lambda x: torch.ops.minqwen3.all_reduce_flags(x, name)),
             "symm-inbuf": (inbuf, lambda x: torch.ops.symm_mem.one_shot_all_reduce(x, "sum", name))}
 
 
@@ -84,7 +86,7 @@ def main() -> None:
     ap.add_argument("--numel", type=int, default=5120, help="values per all-reduce (Qwen3-32B's hidden size)")
     ap.add_argument("--ops", type=int, default=128, help="all-reduces in one graph (Qwen3-32B: 2 x 64 layers)")
     ap.add_argument("--replays", type=int, default=50)
-    ap.add_argument("--ways", nargs="+", default=["nccl", "symm", "symm-inbuf"])
+    ap.add_argument("--ways", nargs="+", default=["nccl", "symm", "symm-inbuf", "flags"])
     ap.add_argument("--matmul", action="store_true", help="a product of one o_proj's size before each all-reduce")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--out", help="append one JSON line per way")
@@ -110,7 +112,7 @@ def main() -> None:
         ws = [torch.randn(args.numel, k, device=device, dtype=dtype) * 0.02 for _ in range(4)]
         h = torch.randn(1, 1, k, device=device, dtype=dtype)
     extra = " with matmul µs | matmul alone µs | exposed µs |" if args.matmul else ""
-    print(f"| way | µs per all-reduce | max error vs NCCL (fp32) |{extra}\n|---|---:|---:|"
+    print(f"| way | µs per all-reduce | max error vs NCCL (fp32) | same on every rank |{extra}\n|---|---:|---:|---|"
           + ("---:|---:|---:|" if args.matmul else ""), flush=True)
     table = ways(group)
     for way in args.ways:
@@ -121,7 +123,11 @@ def main() -> None:
         prepare, reduce = table[way]
         row = dict(way=way, env=env)
         try:
-            row["err"] = (reduce(prepare(x)).float() - want).abs().max().item()
+            got = reduce(prepare(x)).float()
+            row["err"] = (got - want).abs().max().item()
+            every = [torch.empty_like(got) for _ in range(plan.world)]
+            dist.all_gather(every, got, group=group)  # the ranks must agree to the bit (they sample from it)
+            row["same"] = all(torch.equal(e, every[0]) for e in every)
             inp = prepare(x)
             row["us"] = 1e6 / args.ops * min(timed(lambda: [reduce(inp) for _ in range(args.ops)], cuda, args.replays)
                                              for _ in range(3))
@@ -134,7 +140,7 @@ def main() -> None:
                         h @ ws[i % 4].T
                 row["both_us"] = 1e6 / args.ops * min(timed(both, cuda, args.replays) for _ in range(3))
                 row["mm_us"] = 1e6 / args.ops * min(timed(alone, cuda, args.replays) for _ in range(3))
-            line = f"| {way} | {row['us']:.2f} | {row['err']:.1e} |"
+            line = f"| {way} | {row['us']:.2f} | {row['err']:.1e} | {'yes' if row['same'] else 'NO'} |"
             if args.matmul:
                 line += f" {row['both_us']:.2f} | {row['mm_us']:.2f} | {row['both_us'] - row['mm_us']:.2f} |"
         except Exception as e:  # noqa: BLE001 (the same on every rank: report it, go on)

@@ -2,16 +2,17 @@
 
     torchrun --nproc-per-node 2 scripts/bench_parallel.py [--runs 32B:1 32B:2 30B-A3B:2:tp 30B-A3B:2:ep] [--out F]
 
-Each run is MODEL:RANKS[:EXPERTS][:compile][:nograph][:symm|:nccl] (MODEL: an official name or a config.json;
-symm or nccl: the all-reduce, --allreduce's unless named: parallel.Plan.all_reduce). A one-rank run
-uses rank 0 alone (the others wait), so every ratio is
-against a peer measured in the same process and on the same machine. Weights are random in the official shapes,
+Each run is MODEL:RANKS[:EXPERTS][:compile][:combo][:nograph][:flags|:symm|:nccl] (MODEL: an official name or a
+config.json; flags, symm or nccl: the all-reduce, --allreduce's unless named: parallel.Plan.all_reduce). A one-rank
+run uses rank 0 alone (the others wait), so every ratio is against a peer measured in the same process and on the
+same machine. Weights are random in the official shapes,
 drawn whole and sliced (parallel.random_model), so every layout holds the same weights and the greedy tokens can
 be compared: in bf16 the split changes the rounding, so the count of agreeing tokens is reported, not asserted.
 Decode runs the eager step captured as a CUDA graph (compile adds torch.compile). The limit is the bandwidth one:
 weight bytes one token reads (active parameters, embedding row aside) / (ranks x measured copy bandwidth).
 Each run's row is printed (and appended to --out as a JSON line) as soon as it is measured; with --profile N,
-also rank 0's N longest GPU kernels per decode step (where the two-GPU step's time goes, beside one GPU's).
+also each rank's GPU kernels per decode step (minqwen3/timeline.py: count, busy and idle time, per kind and per
+kernel name; where the two-GPU step's time goes, beside one GPU's; --profile-dir keeps every name and one step).
 """
 from __future__ import annotations
 
@@ -27,14 +28,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
-from minqwen3 import parallel  # noqa: E402
-from minqwen3.bench import _time, copy_bandwidth, decode_bytes, kernel_profile, release  # noqa: E402
+from minqwen3 import parallel, timeline  # noqa: E402
+from minqwen3.bench import _time, copy_bandwidth, decode_bytes, release  # noqa: E402
 from minqwen3.config import Qwen3Config  # noqa: E402
 from minqwen3.generation import Decoder, generate  # noqa: E402
 from minqwen3.moe import Experts  # noqa: E402
+from minqwen3.tokenizer import ENDOFTEXT  # noqa: E402
 
 
-def run(name: str, cfg, plan, device, args, compiled: bool, graphs: bool, bws: list, ref) -> dict:
+def decode_steps(dec: Decoder, prompt: torch.Tensor, new: int, steps: int):
+    """generate(model, prompt, new, stop_ids=(), decoder=dec)'s decode steps alone, as a function: the prefill and
+    the first token happen here (with generate()'s own settings, so its captured graphs are the ones replayed),
+    the returned function runs the first `steps` of its new - 1 steps, nothing else (no host sync: generate() has
+    none without stop ids or on_token)."""
+    dec.start(prompt, None, new, (None, 0.0, 0, 1.0, 0.0, 0.0), (), ENDOFTEXT, None, None)
+    return lambda: [dec.step(i) for i in range(steps)]
+
+
+def run(name: str, cfg, plan, device, args, compiled: bool, graphs: bool, bws: list, ref, combo=None) -> dict:
     """One layout: build, warm up (capture, compile), time; this rank's row."""
     cuda = device.startswith("cuda")
     t0 = time.perf_counter()
@@ -44,7 +55,7 @@ def run(name: str, cfg, plan, device, args, compiled: bool, graphs: bool, bws: l
     wbytes = parallel.weight_bytes(model)
     g = torch.Generator().manual_seed(0)
     prompt = torch.randint(0, cfg.vocab_size, (1, args.prompt), generator=g).to(device)
-    dec = Decoder(model, max_len=args.prompt + args.new, compile=compiled, cuda_graphs=graphs)
+    dec = Decoder(model, max_len=args.prompt + args.new, compile=compiled, cuda_graphs=graphs, combo_kernels=combo)
     gen = lambda k: generate(model, prompt, k, stop_ids=(), decoder=dec)  # noqa: E731
     tokens = gen(args.new)[0, args.prompt:].cpu()  # warm-up: capture (and compile)
     setup = time.perf_counter() - t0
@@ -52,14 +63,16 @@ def run(name: str, cfg, plan, device, args, compiled: bool, graphs: bool, bws: l
     t_new = min(_time(lambda: gen(args.new), dev) for _ in range(args.repeats))
     t_one = min(_time(lambda: gen(1), dev) for _ in range(args.repeats))
     ms = 1e3 * (t_new - t_one) / (args.new - 1)
-    # this rank's GPU kernels per decode step (the whole generate(), prefill included, over new - 1 steps)
-    prof = kernel_profile(lambda: gen(args.new), args.new - 1, args.profile) if args.profile and cuda else None
+    # this rank's GPU kernels per decode step: the steps alone, replayed as generate() replays them
+    steps = min(args.profile_steps, args.new - 1)
+    prof = (timeline.summarize(timeline.record(decode_steps(dec, prompt, args.new, steps)), steps)
+            if args.profile and cuda else None)
     n = plan.world
     limit_ms = 1e3 * decode_bytes(cfg, torch.bfloat16) / (n * min(bws[:n]))
     agree = "-" if ref[1] is None or n == 1 else f"{int((tokens == ref[1]).cumprod(0).sum())}/{args.new}"
     state = parallel.symm_state()  # whether the one-shot all-reduce ran, or why not (then the group's ran)
     how = "-" if n == 1 else plan.all_reduce if plan.all_reduce == "nccl" or state and all(
-        v == "ok" for v in state.values()) else f"nccl (symm: {'; '.join(state.values()) or 'not called'})"
+        v == "ok" for v in state.values()) else f"nccl ({plan.all_reduce}: {'; '.join(state.values()) or 'not called'})"
     return dict(model=name, gpus=n, experts=plan.experts if cfg.is_moe else "-", all_reduce=how, compiled=compiled,
                 graphs=graphs, tok_s=args.new / t_new, ms_token=ms, limit_tok_s=1e3 / limit_ms,
                 of_limit=limit_ms / ms, vs_one=None if ref[0] is None or n == 1 else ref[0] / ms,
@@ -78,10 +91,15 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--budget-s", type=float, default=1e9, help="start no run after this many seconds")
     ap.add_argument("--out", help="append one JSON line per run")
-    ap.add_argument("--allreduce", choices=parallel.ALL_REDUCES, default="symm",
-                    help="the all-reduce of runs that name none (symm: one-shot through symmetric memory)")
+    ap.add_argument("--allreduce", choices=parallel.ALL_REDUCES, default="flags",
+                    help="the all-reduce of runs that name none (flags, symm: one-shot through symmetric memory, "
+                         "with one barrier or torch's two)")
     ap.add_argument("--profile", type=int, default=0, metavar="N",
-                    help="also profile each run's decode on rank 0 and print its N longest kernels per step")
+                    help="also profile each run's decode steps on every rank (minqwen3/timeline.py) and print rank "
+                         "0's per-step totals, kinds of kernel and N longest kernels, and the other ranks' kinds")
+    ap.add_argument("--profile-steps", type=int, default=32, help="decode steps profiled (at most --new - 1)")
+    ap.add_argument("--profile-dir", help="write each rank's whole profile summary here, one JSON file per run and "
+                                          "rank (every kernel name, one middle step's kernels in order)")
     ap.add_argument("--device", default="cuda", help="cuda, or cpu for a dry run of the script (gloo, no graphs)")
     args = ap.parse_args()
     t_start = time.perf_counter()
@@ -101,12 +119,13 @@ def main() -> None:
           "|---:|---:|---:|---:|---:|---:|", flush=True)
     # one-GPU runs: (model, compiled) -> (ms/token,), a ratio only between like modes; model -> greedy tokens
     single = {}
-    for spec in args.runs:
+    for i, spec in enumerate(args.runs):
         name, n, *rest = spec.split(":")
         n = int(n)
         experts = next((r for r in rest if r in parallel.MODES), "tp")
         how = next((r for r in rest if r in parallel.ALL_REDUCES), args.allreduce)
         compiled, graphs = "compile" in rest, cuda and "nograph" not in rest
+        combo = True if "combo" in rest else None  # Inductor's combo kernels (Decoder's default: off at 32B)
         # eager MoE takes the grouped-GEMM path even for one token: the gather path copies the chosen experts out
         # first, which only torch.compile fuses away (an EP rank then reads each of its chosen experts once)
         Experts.gather_max = 16 if compiled else 0
@@ -122,10 +141,15 @@ def main() -> None:
             try:
                 row = run(name, cfg, parallel.Plan(rank, n, experts, all_reduce=how), device, args, compiled, graphs,
                           bws,
-                          (single.get((name, compiled), (None,))[0], single.get(name)))
+                          (single.get((name, compiled), (None,))[0], single.get(name)), combo)
             except Exception as e:  # on every rank alike (same code, same shapes): report it, go on to the next
                 row = dict(error=f"{type(e).__name__}: {str(e).splitlines()[0][:160]}")
             release()
+            if args.profile_dir and row.get("profile"):
+                Path(args.profile_dir).mkdir(parents=True, exist_ok=True)
+                tag = "_".join([f"run{i}", Path(name).stem, f"{n}gpu", *rest, f"rank{rank}"])
+                with open(Path(args.profile_dir) / f"profile_{tag}.json", "w") as f:
+                    json.dump(dict(spec=spec, rank=rank, ms_token=row["ms_token"], **row["profile"]), f)
             if n == 1 and "tokens" in row:
                 single[name, compiled], single[name] = (row["ms_token"],), row["tokens"]
             row.pop("tokens", None)
@@ -143,11 +167,10 @@ def main() -> None:
                   f"{vs} | {r['weights_gib']:.1f} | {peak:.1f} | "
                   f"{r['setup_s']:.0f} | {r['agree']} |", flush=True)
             if r.get("profile"):  # printed after the table's row; the rows that follow continue the table
-                pr = r["profile"]
-                print(f"\n{r['model']} on {n} GPU(s), rank 0: {pr['kernels_per_step']:.0f} kernels, GPU busy "
-                      f"{pr['busy_ms_per_step']:.3f} ms per step", flush=True)
-                for key, calls, us in pr["top"]:
-                    print(f"  {us:8.1f} us  {calls:5.1f}x  {key}", flush=True)
+                print(f"\n{spec}, rank 0, per decode step ({r['ms_token']:.3f} ms/token unprofiled):", flush=True)
+                print("\n".join(timeline.lines(r["profile"], args.profile)), flush=True)
+                for k, x in enumerate(rows[1:n], 1):
+                    print(f"{spec}, rank {k}:", "\n".join(timeline.lines(x["profile"], 0)), sep="\n", flush=True)
                 print(flush=True)
             if args.out:
                 with open(args.out, "a") as f:

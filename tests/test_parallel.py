@@ -122,23 +122,49 @@ def test_four_ranks_replicate_kv_heads(tmp_path):
     check([r[0] for r in results], model, 4)
 
 
-def _sum_op(plan):  # runs in each spawned rank: the all-reduce op the plan's hooks call, eager and compiled
+def _sum_op(plan, op_name):  # runs in each spawned rank: an all-reduce op the plan's hooks call, eager, compiled
     import torch.distributed as dist
+    op = getattr(torch.ops.minqwen3, op_name)
     name = parallel.symm_group(dist.group.WORLD)
     x = (plan.rank + 1) * torch.arange(8, dtype=torch.float32)
-    f = lambda x: torch.ops.minqwen3.all_reduce(2 * x, name) + 1  # noqa: E731
-    return torch.ops.minqwen3.all_reduce(x, name), x, torch.compile(f, fullgraph=True, backend="aot_eager")(x)
+    f = lambda x: op(2 * x, name) + 1  # noqa: E731
+    return op(x, name), x, torch.compile(f, fullgraph=True, backend="aot_eager")(x)
 
 
-def test_the_all_reduce_op_sums_eager_and_compiled():
-    """minqwen3::all_reduce (the one-shot symmetric-memory all-reduce on GPUs): on CPUs it takes the group's own
-    all-reduce (gloo), out of place; torch.compile(fullgraph) traces it as one op (its fake gives the shape)."""
-    results = parallel.spawn(_sum_op, 2, timeout_s=300)
+@pytest.mark.parametrize("op_name", ["all_reduce", "all_reduce_flags"])
+def test_the_all_reduce_op_sums_eager_and_compiled(op_name):
+    """minqwen3::all_reduce and ::all_reduce_flags (the one-shot symmetric-memory all-reduces on GPUs): on CPUs
+    they take the group's own all-reduce (gloo), out of place; torch.compile(fullgraph) traces each as one op (its
+    fake gives the shape)."""
+    results = parallel.spawn(_sum_op, 2, op_name, timeout_s=300)
     want = torch.arange(8, dtype=torch.float32) * (1 + 2)
     for rank, (summed, x, compiled) in enumerate(results):
         assert torch.equal(summed, want), f"rank {rank}"
         assert torch.equal(x, (rank + 1) * torch.arange(8, dtype=torch.float32)), f"rank {rank}: input changed"
         assert torch.equal(compiled, 2 * want + 1), f"rank {rank}"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs")
+def test_flag_all_reduce_on_two_gpus():
+    """minqwen3::all_reduce_flags on 2 GPUs (scripts/allreduce_bench.py, which checks every way eagerly against
+    NCCL's float32 sum and across ranks, then replays 128 of them in a CUDA graph): its sums agree with NCCL's to
+    one bf16 rounding and are the same bits on both ranks."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    out = root / "out" / "test_flag_all_reduce.jsonl"
+    out.parent.mkdir(exist_ok=True)
+    out.unlink(missing_ok=True)
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                          str(root / "scripts" / "allreduce_bench.py"), "--ways", "symm", "flags", "--replays", "5",
+                          "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    rows = {r["way"]: r for r in map(json.loads, out.read_text().splitlines())}
+    assert "error" not in rows["flags"], rows["flags"]
+    assert rows["flags"]["same"] and rows["flags"]["err"] <= rows["symm"]["err"] + 1e-6, rows
 
 
 # ---------------------------------------------------------------- the plan and the command line, without processes
@@ -214,3 +240,15 @@ def test_a_plan_shards_a_meta_model_without_a_process_group():
         parallel.shard(model, parallel.Plan(0, 2, all_reduce=how))
         assert model.model.layers[0].self_attn.n_heads == cfg.num_attention_heads // 2
         assert sum(p.numel() for p in model.parameters()) < full
+
+
+def test_flag_all_reduce_layout_and_reach():
+    """flag_all_reduce's buffer: the flags, then two halves each large enough for its largest sum in float32, every
+    part 16-byte aligned (the kernel's vector loads); it takes CUDA tensors of the sizes and dtypes it was built for,
+    and nothing else (parallel.flag_all_reduce then falls back)."""
+    from minqwen3 import flag_all_reduce as fa
+    assert fa.FLAG_BYTES >= fa.MAX_BLOCKS * fa.MAX_WORLD * 4 and fa.FLAG_BYTES % 16 == 0
+    assert fa.HALF_BYTES >= fa.MAX_BLOCKS * fa.BLOCK * 4 and fa.HALF_BYTES % 16 == 0
+    assert fa.BYTES == fa.FLAG_BYTES + 2 * fa.HALF_BYTES
+    state = fa.State(torch.empty(0), torch.empty(0), torch.empty(0), rank=0, world=2)
+    assert not fa.fits(torch.ones(5120, dtype=torch.bfloat16), state)  # a CPU tensor: never the kernel
