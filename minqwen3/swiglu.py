@@ -9,6 +9,8 @@ input. Used by mlp.MLP on CUDA without gradients (the kernel has no backward); e
 """
 from __future__ import annotations
 
+import os
+
 import torch
 
 from .flash_decode import triton
@@ -25,11 +27,13 @@ if triton is not None:
 
 
 BLOCK = 1024  # elements per program
+# MINQWEN3_SWIGLU=0 switches the kernel off (the benchmarks' peer: torch's spelling, which Inductor inlines)
+enabled = os.environ.get("MINQWEN3_SWIGLU", "1") != "0"
 
 
 def available(gate: torch.Tensor) -> bool:
     """Whether the kernel can take this product: Triton, a CUDA tensor, no gradient wanted."""
-    return triton is not None and gate.is_cuda and not gate.requires_grad
+    return enabled and triton is not None and gate.is_cuda and not gate.requires_grad
 
 
 @torch.library.custom_op("minqwen3::swiglu", mutates_args=())
