@@ -39,6 +39,13 @@ def available(gate: torch.Tensor) -> bool:
 @torch.library.custom_op("minqwen3::swiglu", mutates_args=())
 def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     """silu(gate) * up, elementwise, for two tensors of one shape and dtype on a CUDA device."""
+    # the kernel reads up at gate's offsets: anything else would read past up's end, or mix dtypes silently
+    if gate.shape != up.shape or gate.dtype != up.dtype or gate.device != up.device:
+        raise ValueError(f"swiglu: gate {tuple(gate.shape)} {gate.dtype} on {gate.device} and up {tuple(up.shape)} "
+                         f"{up.dtype} on {up.device} must have one shape, dtype and device")
+    if triton is None or not gate.is_cuda:
+        raise ValueError(f"swiglu: gate on {gate.device}: the kernel needs a CUDA tensor and Triton "
+                         "(swiglu.available says where it can run)")
     gate, up = gate.contiguous(), up.contiguous()
     out = torch.empty_like(gate)
     _swiglu[(triton.cdiv(gate.numel(), BLOCK),)](gate, up, out, gate.numel(), BLOCK=BLOCK)

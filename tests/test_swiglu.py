@@ -14,6 +14,19 @@ def test_the_kernel_only_where_it_can_run():
         assert not swiglu.available(torch.zeros(3, device="cuda", requires_grad=True))
 
 
+@pytest.mark.parametrize("up", [torch.zeros(2, 5), torch.zeros(2, 4, dtype=torch.float64)], ids=["shape", "dtype"])
+def test_mismatched_inputs_are_refused_before_the_kernel(up):
+    """Up of another shape would be read past its end by the kernel; another dtype mixed silently: both are refused,
+    naming what was given (on a CPU the same check runs first, then the one for the device)."""
+    with pytest.raises(ValueError, match=r"gate \(2, 4\) torch.float32 .* and up"):
+        swiglu.swiglu(torch.zeros(2, 4), up)
+
+
+def test_a_cpu_tensor_is_refused_with_a_message():
+    with pytest.raises(ValueError, match="needs a CUDA tensor"):
+        swiglu.swiglu(torch.zeros(3), torch.zeros(3))
+
+
 def test_mlp_on_the_cpu_is_the_torch_spelling():
     torch.manual_seed(0)
     mlp, x = MLP(16, 40), torch.randn(2, 3, 16)
