@@ -254,8 +254,10 @@ def bench_model(model_arg: str, device: torch.device, dtype: torch.dtype, prompt
     theirs = next((r["tokens"] for r in runs if r["impl"] == "transformers eager" and "tokens" in r), None)
     for r in runs:
         if "tokens" in r:
-            r["agree"] = _agree(r["tokens"], reference)
-            r["agree_hf"] = None if theirs is None else _agree(r["tokens"], theirs)
+            # the reference row itself (the eager loop; without it the compiled row, on CPU the one minqwen3 row)
+            # has nothing to agree with: None, printed "-"
+            r["agree"] = None if r["tokens"] is reference else _agree(r["tokens"], reference)
+            r["agree_hf"] = None if theirs is None or r["tokens"] is theirs else _agree(r["tokens"], theirs)
             del r["tokens"]
     del model, dec, hf, impls
     release()
@@ -464,7 +466,8 @@ def _print(res: dict, bw: float, flops: float, dtype: torch.dtype, prefill: int,
             pre = f"{prefill / r['prefill_s']:,.0f}", f"{rate / 1e12:.3g} ({rate / flops:.0%})"
         peak = f"{r['peak_gib']:.1f}" if "peak_gib" in r else "-"
         warm = f"{r['warmup_s']:.1f}" + (f" (compile {r['compile_s']:.1f})" if r.get("compile_s") else "")
-        same = f"{r['agree']}/{B * new}" + ("" if r["agree_hf"] is None else f" / {r['agree_hf']}/{B * new}")
+        same = ("-" if r["agree"] is None else f"{r['agree']}/{B * new}") + (
+            "" if r["agree_hf"] is None else f" / {r['agree_hf']}/{B * new}")
         print(f"| {r['impl']} | {r['tok_s']:,.1f} | {r['decode_ms']:.3f} | {limit_ms / r['decode_ms']:.0%} | "
               f"{pre[0]} | {pre[1]} | {warm} | {peak} | {same} |")
     for r in res["runs"]:
