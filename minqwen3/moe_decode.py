@@ -31,6 +31,8 @@ import os
 import torch
 import torch.nn.functional as F
 
+from .flash_decode import _sms  # the GPU's SMs (8 under Triton's interpreter, which runs kernels on CPU tensors)
+
 try:
     import triton
     import triton.language as tl
@@ -166,10 +168,6 @@ if triton is not None:
                                prune_configs_by={"early_config_prune": _prune_gate_up})(_gate_up_kernel)
     _down = triton.autotune(_configs(rows=(16, 32)), key=["N", "H", "I", "COUNT"],
                             prune_configs_by={"early_config_prune": _prune_down})(_down_kernel)
-
-
-def _sms(device: torch.device) -> int:  # 8 for Triton's interpreter, which runs the kernels on CPU tensors
-    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 8
 
 
 def _splits(device: torch.device, pairs: int, hidden: int) -> int:
