@@ -144,7 +144,7 @@ def main() -> None:
             if args.matmul:
                 line += f" {row['both_us']:.2f} | {row['mm_us']:.2f} | {row['both_us'] - row['mm_us']:.2f} |"
         except Exception as e:  # noqa: BLE001 (the same on every rank: report it, go on)
-            row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+            row["error"] = parallel.reason(e)
             line = f"| {way} | failed: {row['error']} |"
         print(line, flush=True)
         if args.out and plan.rank == 0:
