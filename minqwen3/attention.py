@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import flash_decode
+from . import flash_decode, stack
 from .rmsnorm import RMSNorm
 from .rope import apply_rope
 
@@ -23,12 +23,24 @@ class Attention(nn.Module):
 
     def forward(self, x, cos, sin, mask=None, cache=None, input_pos=None):
         B, T, _ = x.shape
-        q = self.q_norm(self.q_proj(x).view(B, T, self.n_heads, self.head_dim)).transpose(1, 2)  # (B, H, T, D)
-        k = self.k_norm(self.k_proj(x).view(B, T, self.n_kv, self.head_dim)).transpose(1, 2)  # (B, H_kv, T, D)
-        v = self.v_proj(x).view(B, T, self.n_kv, self.head_dim).transpose(1, 2)  # (B, H_kv, T, D)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        w = stack.stacked(self)  # q|k|v as one weight, inside a Decoder's step (stack.py), else None
+        if w is None:
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        else:
+            q, k, v = F.linear(x, w).split([self.n_heads * self.head_dim, self.n_kv * self.head_dim,
+                                            self.n_kv * self.head_dim], -1)
+        q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
+        k = k.view(B, T, self.n_kv, self.head_dim).transpose(1, 2)  # (B, H_kv, T, D)
+        v = v.view(B, T, self.n_kv, self.head_dim).transpose(1, 2)  # (B, H_kv, T, D)
+        if T == 1 and cache is not None and flash_decode.available(q, mask) and flash_decode.NORM_ROPE:
+            # decode on a GPU: one kernel norms and rotates q and k, writes k, v into the cache and attends
+            y = flash_decode.flash_decode_qk(q, k, v, self.q_norm.weight, self.k_norm.weight, cos, sin, cache.k,
+                                             cache.v, input_pos, mask, self.q_norm.eps, self.k_norm.eps)
+            return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
+        # QK-Norm: normalising each head's q and k keeps attention logits bounded (Qwen3 dropped QKV bias for it)
+        q, k = apply_rope(self.q_norm(q), cos, sin), apply_rope(self.k_norm(k), cos, sin)
         if T == 1 and cache is not None and flash_decode.available(q, mask):
-            # decode on a GPU: one kernel writes k, v into the cache and attends (flash_decode.py)
+            # (flash_decode.NORM_ROPE off: QK-Norm and RoPE in torch) one kernel writes k, v into the cache, attends
             y = flash_decode.flash_decode(q, k, v, cache.k, cache.v, input_pos, mask)  # (B, H, 1, D)
         else:
             if cache is not None:

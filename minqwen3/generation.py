@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from . import warmstart
+from . import stack, warmstart
 from .cache import KVCache, make_cache
 from .config import NON_THINKING_DEFAULTS, THINKING_DEFAULTS  # noqa: F401 (sampling's defaults, for callers)
 from .tokenizer import ENDOFTEXT, IM_END
@@ -194,11 +194,18 @@ class Decoder:
 
     compile (default: on CUDA) compiles the step's pieces with torch.compile (backend; combo_kernels, Inductor's,
     defaults to on for hidden sizes up to 2048, where it measured faster); cuda_graphs (default: on CUDA) captures
-    the step once per cache prefix (prefix_lengths(max_len, smallest_prefix)). Use it through generate(decoder=).
+    the step once per cache prefix (prefix_lengths(max_len, smallest_prefix)). stacked (default: compiled on CUDA,
+    unless MINQWEN3_STACK=0) stacks each layer's q|k|v and gate|up weights in place, and the step projects with the
+    stacks (stack.py). Use it through generate(decoder=).
+
+    Each start checks the model's parameters and buffers (their data pointers): if anything replaced them since
+    the last call (model.to(dtype), load_state_dict(assign=True)), it stacks again where a stack went stale and
+    drops the caches and captured graphs, which read the old addresses, making them anew.
     """
 
     def __init__(self, model, max_len: int = 4096, *, compile: bool | None = None, cuda_graphs: bool | None = None,
-                 backend: str = "inductor", smallest_prefix: int = 256, combo_kernels: bool | None = None):
+                 backend: str = "inductor", smallest_prefix: int = 256, combo_kernels: bool | None = None,
+                 stacked: bool | None = None):
         p = next(model.parameters())
         self.model, self.device = model, p.device
         on_cuda = self.device.type == "cuda"
@@ -208,6 +215,10 @@ class Decoder:
         self.max_len = min(max_len, model.config.context_length)
         self.lengths = prefix_lengths(self.max_len, smallest_prefix)
         self.compiled = on_cuda if compile is None else compile
+        self.stacked = stack.enabled and self.compiled and on_cuda if stacked is None else stacked
+        self.weights: list[tuple] = []  # what the caches and graphs were made for (_weights())
+        if self.stacked:  # now, before anyone takes the weights (bench's transformers twin shares them)
+            stack.stack(model)
         self.inputs, self.run_layer, self.head, self.record = model.inputs, run_layer, model.head, record
         if self.compiled:
             # Regional compilation: every layer, and every prefix length, shares one compiled graph per layer kind
@@ -251,6 +262,11 @@ class Decoder:
         self.graphs, self.batch = {}, B
         self.pool = torch.cuda.graph_pool_handle() if self.cuda_graphs else None
 
+    def _weights(self) -> list[tuple]:
+        """Where each parameter and buffer lives, as a captured graph reads it: address, dtype, shape, strides."""
+        return [(t.data_ptr(), t.device, t.dtype, t.shape, t.stride())
+                for t in (*self.model.parameters(), *self.model.buffers())]
+
     def _state(self) -> list[torch.Tensor]:
         return [self.tok, self.pos, self.n, self.done, self.seen]
 
@@ -283,6 +299,11 @@ class Decoder:
         if T + new - 1 > self.max_len:
             raise ValueError(f"{T} prompt + {new} new tokens need {T + new - 1} cache slots; this Decoder has "
                              f"{self.max_len} (Decoder(model, max_len=...))")
+        if self.stacked:
+            stack.stack(self.model)  # stacks again only where a parameter's data was replaced
+        weights = self._weights()
+        if weights != self.weights:  # new parameters (or the first call): caches in their dtype, graphs recaptured
+            self.weights, self.batch = weights, 0
         if B != self.batch:
             self._allocate(B)
         self.sampling, self.pad_id = sampling, pad_id
@@ -317,7 +338,8 @@ class Decoder:
 
     def _step(self, n: int) -> None:
         fns = self.inputs, self.run_layer, self.head
-        tok = self._pick(self.forward_last(self.tok, self.prefixes[n], self.pos, self.step_pad, fns))
+        with stack.using(self.stacked):  # the stacks start() checked
+            tok = self._pick(self.forward_last(self.tok, self.prefixes[n], self.pos, self.step_pad, fns))
         self.record(tok, self.out, self.n, self.done, self.seen, self.tok, self.pos, self.stop, self.pad_id)
 
     def _graph(self, n: int, key: tuple) -> torch.cuda.CUDAGraph:

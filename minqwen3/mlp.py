@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import swiglu
+from . import stack, swiglu
 
 
 class MLP(nn.Module):
@@ -14,7 +14,8 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        g, u = self.gate_proj(x), self.up_proj(x)
+        w = stack.stacked(self)  # gate|up as one weight, inside a Decoder's step (stack.py), else None
+        g, u = (self.gate_proj(x), self.up_proj(x)) if w is None else F.linear(x, w).chunk(2, -1)
         # on a GPU the product is a kernel of its own, computed once (swiglu.py says why)
         h = swiglu.swiglu(g, u) if swiglu.available(g) else F.silu(g) * u
         return self.down_proj(h)

@@ -19,14 +19,16 @@ if triton is not None:
     import triton.language as tl
 
     @triton.jit
-    def _swiglu(Gate, Up, Out, n, BLOCK: tl.constexpr):
-        i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)  # 64-bit: a long batched prefill
-        g = tl.load(Gate + i, mask=i < n).to(tl.float32)  # float32 inside, rounded once on the way out
-        u = tl.load(Up + i, mask=i < n).to(tl.float32)
-        tl.store(Out + i, (g * tl.sigmoid(g) * u).to(Out.dtype.element_ty), mask=i < n)
+    def _swiglu(Gate, Up, Out, cols, sg, su, BLOCK: tl.constexpr):
+        # program (row, block of columns): gate and up may be rows of wider tensors (a stacked projection's halves)
+        r = tl.program_id(0).to(tl.int64)  # 64-bit offsets: a long batched prefill
+        c = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+        g = tl.load(Gate + r * sg + c, mask=c < cols).to(tl.float32)  # float32 inside, rounded once on the way out
+        u = tl.load(Up + r * su + c, mask=c < cols).to(tl.float32)
+        tl.store(Out + r * cols + c, (g * tl.sigmoid(g) * u).to(Out.dtype.element_ty), mask=c < cols)
 
 
-BLOCK = 1024  # elements per program
+BLOCK = 1024  # columns per program
 # MINQWEN3_SWIGLU=0 switches the kernel off (the benchmarks' peer: torch's spelling, which Inductor inlines)
 enabled = os.environ.get("MINQWEN3_SWIGLU", "1") != "0"
 
@@ -46,12 +48,17 @@ def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     if triton is None or not gate.is_cuda:
         raise ValueError(f"swiglu: gate on {gate.device}: the kernel needs a CUDA tensor and Triton "
                          "(swiglu.available says where it can run)")
-    gate, up = gate.contiguous(), up.contiguous()
-    out = torch.empty_like(gate)
-    _swiglu[(triton.cdiv(gate.numel(), BLOCK),)](gate, up, out, gate.numel(), BLOCK=BLOCK)
+    out = torch.empty(gate.shape, device=gate.device, dtype=gate.dtype)
+    if gate.numel() == 0:
+        return out
+    # rows of any stride (gate and up may be the halves of one stacked projection), the last dim contiguous
+    cols = gate.shape[-1] if gate.dim() else 1
+    g2, u2 = (t.reshape(-1, cols) for t in (gate, up))  # a view where the rows allow it, else a copy
+    g2, u2 = (t if t.stride(1) == 1 else t.contiguous() for t in (g2, u2))
+    _swiglu[(g2.shape[0], triton.cdiv(cols, BLOCK))](g2, u2, out, cols, g2.stride(0), u2.stride(0), BLOCK=BLOCK)
     return out
 
 
 @swiglu.register_fake
 def _(gate, up):
-    return torch.empty_like(gate, memory_format=torch.contiguous_format)
+    return gate.new_empty(gate.shape)

@@ -22,7 +22,10 @@ cuBLASLt instead of cuBLAS for the library GEMMs (batch > 1); "+mmrows:N" lets I
 matrix product of up to N rows as a broadcast-multiply and sum (a reduction it fuses with what is around it), as
 it does by itself only for one row (torch/_inductor/decomposition.py's mm, with coordinate-descent tuning): at
 batch > 1 each projection is otherwise a library GEMM of its own; "+fuse" stacks q/k/v and gate/up into one
-weight each (copies: one projection where there were three and two); "+slots:N" gives the
+weight each (copies: one projection where there were three and two; run 9's experiment, which the package now
+does in place, stack.py); "+nostack" decodes with one projection per weight (Decoder(stacked=False), as before
+session 8); "+nofdnorm" does QK-Norm and RoPE in torch before flash_decode (flash_decode.NORM_ROPE off, as before
+session 8) where the package hands q and k over raw to flash_decode_qk; "+slots:N" gives the
 cache N slots; "+cfg:KEY=VALUE" sets any Inductor option. Random weights in the official shapes, bf16, batch 1
 (--batch N [M ...]: N rows, then M; "of limit" then counts each row's top-k experts only, where `bench` counts
 their union), as `python -m minqwen3 bench`.
@@ -173,7 +176,8 @@ def patched(name: str):
              attention.Attention.forward)
     saved_experts = (moe_decode.enabled, moe.Experts.gather_max, moe_decode.down_at_batch_1, moe_decode._gate_up,
                      moe_decode._down, moe_decode.SPLIT_PROGRAMS)
-    saved_fd = attention.flash_decode, swiglu.available, torch.backends.cuda.preferred_blas_library()
+    saved_fd = (attention.flash_decode, swiglu.available, torch.backends.cuda.preferred_blas_library(),
+                flash_decode.NORM_ROPE)
     settings = {n: getattr(flash_decode, n) for n in ("MIN_SPLIT", "BLOCK", "NUM_WARPS", "NUM_STAGES")}
     try:
         for p in parts:
@@ -184,6 +188,8 @@ def patched(name: str):
                 if k not in settings:
                     raise ValueError(f"{p}: flash_decode has no launch setting {k} (one of {sorted(settings)})")
                 setattr(flash_decode, k, int(v))
+        if "nofdnorm" in parts:
+            flash_decode.NORM_ROPE = False
         if "inline" in parts:
             swiglu.available = lambda g: False
         if "blaslt" in parts:
@@ -218,7 +224,7 @@ def patched(name: str):
     finally:
         (moe.SparseMoE.forward, attention.decode_attention, flash_decode.available, mlp.MLP.forward,
          attention.Attention.forward) = saved
-        attention.flash_decode, swiglu.available, blas = saved_fd
+        attention.flash_decode, swiglu.available, blas, flash_decode.NORM_ROPE = saved_fd
         torch.backends.cuda.preferred_blas_library(blas)
         for k, v in settings.items():
             setattr(flash_decode, k, v)
@@ -287,7 +293,7 @@ def main() -> int:
                     slots = [int(p[6:]) for p in v.split("+") if p.startswith("slots:")]
                     try:
                         fast = Decoder(model, max_len=(slots or [args.max_len or args.prompt + args.new])[0],
-                                       combo_kernels=combo)
+                                       combo_kernels=combo, stacked=False if "nostack" in v.split("+") else None)
                         gen = lambda ids, n: generate(model, ids, n, stop_ids=(), decoder=fast)  # noqa: E731
                         r = measure([(v, gen, args.new, True, False)], prompt, args.new, None, dev, 3)[0]
                         if "error" in r:

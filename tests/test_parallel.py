@@ -67,14 +67,25 @@ def two_ranks(tmp_path_factory):
     slice of the embedding), a MoE model with experts tensor-parallel and expert-parallel."""
     d = tmp_path_factory.mktemp("tp2")
     models = {"dense": tiny(d / "dense", tie_word_embeddings=True), "moe": tiny(d / "moe", seed=1, **MOE)}
-    jobs = [("dense", "tp"), ("moe", "tp"), ("moe", "ep")]
+    jobs = [("dense", "tp"), ("moe", "tp"), ("moe", "ep"), ("moe", "stacked")]
     results = parallel.spawn(_jobs, 2, [(str(d / m), e) for m, e in jobs] + [({**TINY, **MOE}, "ep")], timeout_s=300)
     return models, {job: [r[i] for r in results] for i, job in enumerate(jobs + [("random", "ep")])}
 
 
 def _jobs(plan, jobs):  # runs in each spawned rank: checkpoints loaded sharded, or a config built sharded
-    return [parallel.sharded_forward(plan, path, PROMPTS, NEW, experts) if isinstance(path, str) else
+    return [_stacked_tokens(plan, path) if experts == "stacked" else
+            parallel.sharded_forward(plan, path, PROMPTS, NEW, experts) if isinstance(path, str) else
             _random_logits(plan, path, experts) for path, experts in jobs]
+
+
+def _stacked_tokens(plan, path: str) -> dict:
+    """Greedy tokens of a Decoder that stacks this rank's slices (stack.py), and whether its stacks alias them."""
+    from minqwen3 import Decoder, stack
+    model = parallel.from_pretrained(path, plan, dtype=torch.float32)
+    dec = Decoder(model, max_len=32, compile=False, cuda_graphs=False, stacked=True)
+    tokens = minqwen3.generate(model, PROMPTS, NEW, stop_ids=(), pad_id=0, decoder=dec)
+    return dict(tokens=tokens, aliased=all(stack.aliases(m.stacked, lins) for m, lins in stack.groups(model)),
+                q_rows=model.model.layers[0].self_attn.q_proj.weight.shape[0])
 
 
 def _random_logits(plan, config: dict, experts: str) -> torch.Tensor:
@@ -98,6 +109,15 @@ def test_random_weights_are_slices_of_the_same_model(two_ranks):
 def test_two_ranks_match_one_process(two_ranks, job):
     models, results = two_ranks
     check(results[job], models[job[0]], 2)
+
+
+def test_two_ranks_decode_with_their_slices_stacked(two_ranks):
+    """stack.py after parallel.shard: each rank stacks its own slices of q|k|v and gate|up, tokens unchanged."""
+    models, results = two_ranks
+    want = one_process(models["moe"])[1]
+    for rank, r in enumerate(results["moe", "stacked"]):
+        assert torch.equal(r["tokens"], want), f"rank {rank}: greedy tokens differ"
+        assert r["aliased"] and r["q_rows"] == TINY["num_attention_heads"] * TINY["head_dim"] // 2
 
 
 def test_the_reference_is_transformers(two_ranks):
