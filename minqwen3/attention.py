@@ -33,14 +33,14 @@ class Attention(nn.Module):
         k = k.view(B, T, self.n_kv, self.head_dim).transpose(1, 2)  # (B, H_kv, T, D)
         v = v.view(B, T, self.n_kv, self.head_dim).transpose(1, 2)  # (B, H_kv, T, D)
         if T == 1 and cache is not None and flash_decode.available(q, mask) and flash_decode.NORM_ROPE:
-            # decode on a GPU: one kernel norms and rotates q and k, writes k, v into the cache and attends
+            # (flash_decode.NORM_ROPE on, a measured no) one kernel norms and rotates q and k, writes k, v, attends
             y = flash_decode.flash_decode_qk(q, k, v, self.q_norm.weight, self.k_norm.weight, cos, sin, cache.k,
                                              cache.v, input_pos, mask, self.q_norm.eps, self.k_norm.eps)
             return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
         # QK-Norm: normalising each head's q and k keeps attention logits bounded (Qwen3 dropped QKV bias for it)
         q, k = apply_rope(self.q_norm(q), cos, sin), apply_rope(self.k_norm(k), cos, sin)
         if T == 1 and cache is not None and flash_decode.available(q, mask):
-            # (flash_decode.NORM_ROPE off: QK-Norm and RoPE in torch) one kernel writes k, v into the cache, attends
+            # decode on a GPU: one kernel writes k, v into the cache and attends (flash_decode.py)
             y = flash_decode.flash_decode(q, k, v, cache.k, cache.v, input_pos, mask)  # (B, H, 1, D)
         else:
             if cache is not None:

@@ -19,8 +19,9 @@ writes the new key and value into the cache and attends, reading each cached key
   and resets the counter for the next step): out = sum_s exp(lse_s - max lse) * o_s / sum_s exp(lse_s - max lse).
   No second kernel, and the counters being reset by the kernel itself lets a CUDA graph replay it.
 - Its other entry point, flash_decode_qk, takes q and k as they come from their projections and does QK-Norm and
-  RoPE itself (q once per program, k before the cache write): otherwise they are kernels of their own between the
-  projections and this one.
+  RoPE itself (q once per program, k before the cache write), where otherwise they are a kernel of their own
+  between the projections and this one. Measured, it saved nothing (each program's added work cost what the
+  kernel it replaced did), so Attention uses it only with NORM_ROPE on.
 
 Used by attention.Attention on CUDA when Triton is installed; the math it must match is decode_attention's.
 split_attention, merge_splits and split_decode (at the end) are the same split-and-merge in plain torch, for
@@ -41,9 +42,10 @@ except ImportError:  # CPU-only installs: attention.decode_attention keeps its m
 BLOCK = 64  # cache slots per step of the online softmax
 MIN_SPLIT = 64  # the fewest slots a split takes (a multiple of BLOCK)
 NUM_WARPS, NUM_STAGES = 4, 2  # the kernel's launch settings
-# attention.Attention hands q and k over raw (flash_decode_qk: QK-Norm and RoPE in this kernel); False: normed and
-# rotated by torch first (flash_decode), as before session 8 (MINQWEN3_FD_NORM=0, the benchmarks' peer)
-NORM_ROPE = os.environ.get("MINQWEN3_FD_NORM", "1") != "0"
+# True: attention.Attention hands q and k over raw to flash_decode_qk (QK-Norm and RoPE in this kernel). Off by
+# default, a measured no (docs/benchmarks.md, session 8: the kernel took the norm kernel's time, no step got
+# faster); MINQWEN3_FD_NORM=1 switches it on
+NORM_ROPE = os.environ.get("MINQWEN3_FD_NORM", "0") == "1"
 
 
 def available(q: torch.Tensor, mask: torch.Tensor | None) -> bool:

@@ -195,8 +195,8 @@ class Decoder:
     compile (default: on CUDA) compiles the step's pieces with torch.compile (backend; combo_kernels, Inductor's,
     defaults to on for hidden sizes up to 2048, where it measured faster); cuda_graphs (default: on CUDA) captures
     the step once per cache prefix (prefix_lengths(max_len, smallest_prefix)). stacked (default: compiled on CUDA,
-    unless MINQWEN3_STACK=0) stacks each layer's q|k|v and gate|up weights in place, and the step projects with the
-    stacks (stack.py). Use it through generate(decoder=).
+    unless MINQWEN3_STACK=0) stacks each layer's q|k|v and gate|up weights in place, and a step of 2 rows or more
+    projects with the stacks (stack.py). Use it through generate(decoder=).
 
     Each start checks the model's parameters and buffers (their data pointers): if anything replaced them since
     the last call (model.to(dtype), load_state_dict(assign=True)), it stacks again where a stack went stale and
@@ -338,7 +338,10 @@ class Decoder:
 
     def _step(self, n: int) -> None:
         fns = self.inputs, self.run_layer, self.head
-        with stack.using(self.stacked):  # the stacks start() checked
+        # the stacks start() checked, at 2 rows or more: there each projection is a GEMM of its own, and one over the
+        # stack saves launches; at one row Inductor already reads x once for q, k, v (and for gate, up) in one
+        # reduction, and the stack's output slices cost a copy each (docs/benchmarks.md, session 8)
+        with stack.using(self.stacked and self.batch > 1):
             tok = self._pick(self.forward_last(self.tok, self.prefixes[n], self.pos, self.step_pad, fns))
         self.record(tok, self.out, self.n, self.done, self.seen, self.tok, self.pos, self.stop, self.pad_id)
 

@@ -1,14 +1,15 @@
 """Stacked projections for decoding: each attention's q|k|v and each dense MLP's gate|up as one weight, in place.
 
-Why: a decode step reads every weight once, and a small projection costs a launch and a few microseconds whatever
-its size; three projections of the same input cost more than one over their stacked rows (docs/benchmarks.md,
-run 9: a step -13.9% on Qwen3-0.6B, -5.5% on Qwen3-8B at batch 8). Stacked *in place* it costs no memory: each
+Why: a decode step reads every weight once, and at 2 rows or more each projection is a library GEMM that costs a
+launch and a few microseconds whatever its size; one over the stacked rows costs less than three (two)
+(docs/benchmarks.md, session 8: Qwen3-0.6B at batch 8, a step -16%). At one row Inductor already reads x once for
+q, k, v in one reduction, and a stack's slices cost a copy each: the Decoder does not use the stacks there. Stacked *in place* it costs no memory: each
 Linear keeps its own parameter (names, checkpoint keys and state_dict unchanged), whose data becomes a slice of
 one stacked tensor, kept as the module's plain attribute `stacked` (not a buffer: state_dict never sees it).
 
 The hazard: whatever replaces a parameter's data (model.to(dtype), .half(), load_state_dict(assign=True),
 parallel.shard) leaves the stack holding the old values. So the stack is read only where it was checked: inside
-a Decoder's step (`active`), and a Decoder runs stack() at every start, which keeps a stack only if it still
+a Decoder's step (using()), and a Decoder runs stack() at every start, which keeps a stack only if it still
 aliases the live parameters (aliases(): one data pointer per weight) and stacks the weights again otherwise.
 Everywhere else (training, the model's own forward, prefill) the modules project one weight at a time.
 """

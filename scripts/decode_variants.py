@@ -23,9 +23,10 @@ matrix product of up to N rows as a broadcast-multiply and sum (a reduction it f
 it does by itself only for one row (torch/_inductor/decomposition.py's mm, with coordinate-descent tuning): at
 batch > 1 each projection is otherwise a library GEMM of its own; "+fuse" stacks q/k/v and gate/up into one
 weight each (copies: one projection where there were three and two; run 9's experiment, which the package now
-does in place, stack.py); "+nostack" decodes with one projection per weight (Decoder(stacked=False), as before
-session 8); "+nofdnorm" does QK-Norm and RoPE in torch before flash_decode (flash_decode.NORM_ROPE off, as before
-session 8) where the package hands q and k over raw to flash_decode_qk; "+slots:N" gives the
+does in place at 2 rows or more, stack.py); "+nostack" decodes with one projection per weight
+(Decoder(stacked=False), as before session 8); "+fdnorm" hands q and k over raw to flash_decode_qk, which does
+QK-Norm and RoPE in its kernel (flash_decode.NORM_ROPE on; session 8's measured no), "+nofdnorm" does them in
+torch before flash_decode (the package's default); "+slots:N" gives the
 cache N slots; "+cfg:KEY=VALUE" sets any Inductor option. Random weights in the official shapes, bf16, batch 1
 (--batch N [M ...]: N rows, then M; "of limit" then counts each row's top-k experts only, where `bench` counts
 their union), as `python -m minqwen3 bench`.
@@ -188,8 +189,8 @@ def patched(name: str):
                 if k not in settings:
                     raise ValueError(f"{p}: flash_decode has no launch setting {k} (one of {sorted(settings)})")
                 setattr(flash_decode, k, int(v))
-        if "nofdnorm" in parts:
-            flash_decode.NORM_ROPE = False
+        if "fdnorm" in parts or "nofdnorm" in parts:
+            flash_decode.NORM_ROPE = "fdnorm" in parts
         if "inline" in parts:
             swiglu.available = lambda g: False
         if "blaslt" in parts:

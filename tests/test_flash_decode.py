@@ -84,3 +84,6 @@ def test_gpu_flash_decode_qk_matches_norm_rope_then_attention(dtype, tol, B, H, 
             new = k_cache[:, :, pos[0]]  # the normed, rotated key, written; no other slot touched
             assert (new.double() - want_k[:, :, 0].double()).abs().max().item() < tol * want_k.abs().max().item()
             assert torch.equal(k_cache.index_fill(2, pos, 0), want_kc.index_fill(2, pos, 0))
+        # the plain entry point, with q and k normed and rotated by torch and v a slice of the stacked output
+        got = flash_decode(want_q, want_k, v, k_cache, v_cache, pos, mask)
+        assert (got.double() - want).abs().max().item() < tol * want.abs().max().item()

@@ -76,6 +76,22 @@ def test_decoder_stacks_again_when_the_parameters_are_replaced(replace, one_thre
     assert dec.cache[0].k.dtype == next(model.parameters()).dtype
 
 
+def test_the_decoder_reads_the_stacks_at_two_rows_or_more(monkeypatch):
+    """At one row the step projects one weight at a time (Inductor's reductions already share x; measured faster);
+    at two rows and more, with the stacks."""
+    seen = []
+    read = stack.stacked
+    monkeypatch.setattr(stack, "stacked", lambda mod: seen.append(read(mod) is not None) or read(mod))
+    model = tiny()
+    dec = Decoder(model, max_len=48, smallest_prefix=8, stacked=True)
+    for B, used in ((1, False), (2, True)):
+        ids = torch.randint(0, 320, (B, 5), generator=torch.Generator().manual_seed(B))
+        seen.clear()
+        got = decode(dec, ids, 6, stop_ids=())
+        assert set(seen[-2 * 3 * 5:]) == {used}  # the last 5 steps' 3 layers, attention and MLP each (the prompt: no)
+        assert torch.equal(got, minqwen3.generate(model, ids, 6, stop_ids=(), fast=False))
+
+
 def test_stacks_compile_once_per_layer_kind():
     """The stacks are module attributes, read as inputs of the one compiled graph per layer kind."""
     model = tiny(**MOE)
