@@ -18,11 +18,12 @@ So a step reads each chosen expert once, whatever the batch. Used by moe.Experts
 kernels have no backward) for up to MAX_TOKENS tokens with more than Experts.gather_max (token, expert) pairs: on
 an H200, 30B-A3B's batch-8 step took 10.75 ms against 13.01 ms with the grouped GEMM (docs/benchmarks.md, run 7),
 and 9.26 ms against 10.61 once each kernel also timed 32- and 64-row tilings (session 7): the tilings (rows a
-program, columns a step, pipeline stages) are timed at the first call of a shape. At batch 1 (8 pairs) Inductor's
-fused gathered gate|up products were faster than kernel 1 (run 7), so one token takes those, and kernel 2 alone
-(`moe_down`, the count of experts known) for the down projections and their sum: 3.40 against 3.63 ms a step.
-Training and prefills keep moe.py's paths. `reference` and `reference_down` (at the end) are the same arithmetic
-in plain torch, for reading and for CPUs.
+program, columns a step, pipeline stages) are timed at the first call of a shape. Session 8 added 128 columns in 6
+stages (and 64 rows to kernel 2) and twice kernel 2's splits, from scripts/moe_tilings.py's sweep. At batch 1 (8
+pairs) Inductor's fused gathered gate|up products were faster than kernel 1 (run 7), so one token takes those, and
+kernel 2 alone (`moe_down`, the count of experts known) for the down projections and their sum: 3.40 against
+3.63 ms a step. Training and prefills keep moe.py's paths. `reference` and `reference_down` (at the end) are the
+same arithmetic in plain torch, for reading and for CPUs.
 """
 from __future__ import annotations
 
@@ -41,7 +42,7 @@ except ImportError:  # CPU-only installs: moe.Experts keeps its torch paths
 
 MAX_TOKENS = 16  # tokens per call: the columns of the kernels' small dots
 BLOCK_ROWS = 16  # the fewest weight rows per program (tl.dot's smallest tile side); _configs times more
-SPLIT_PROGRAMS = 4  # kernel 2's programs per SM, counted in blocks of BLOCK_ROWS rows (see _splits)
+SPLIT_PROGRAMS = 9  # kernel 2's programs per SM, counted in blocks of BLOCK_ROWS rows (see _splits)
 # MINQWEN3_MOE_DECODE=0 switches the kernels off (the benchmark's peer: moe.Experts' gathered and grouped paths)
 enabled = os.environ.get("MINQWEN3_MOE_DECODE", "1") != "0"
 # one token (batch 1): moe.Experts' gathered gate|up products (fused by Inductor), then kernel 2 (moe_down) for the
@@ -60,7 +61,7 @@ def available(x: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor) -> bool:
 
 
 if triton is not None:
-    def _configs(rows=(16, 32, 64), tiles=((128, 4), (256, 3))) -> list:
+    def _configs(rows=(16, 32, 64), tiles=((128, 4), (128, 6), (256, 3))) -> list:
         """Tilings timed at the first call of a shape (the Decoder's warm-up, before it captures a graph): row blocks
         of `rows` weight rows per program, `tiles` = (columns per step, pipeline stages). Row blocks that would
         leave SMs idle are dropped before timing (_prune_*)."""
@@ -166,14 +167,15 @@ if triton is not None:
 
     _gate_up = triton.autotune(_configs(), key=["N", "K", "H", "I"],
                                prune_configs_by={"early_config_prune": _prune_gate_up})(_gate_up_kernel)
-    _down = triton.autotune(_configs(rows=(16, 32)), key=["N", "H", "I", "COUNT"],
+    _down = triton.autotune(_configs(), key=["N", "H", "I", "COUNT"],
                             prune_configs_by={"early_config_prune": _prune_down})(_down_kernel)
 
 
 def _splits(device: torch.device, pairs: int, hidden: int) -> int:
-    """Splits of the experts in kernel 2: enough programs for ~4 per SM at 16 rows a program, never more splits
-    than pairs, and none left without an expert when every pair is one (8 pairs in 5 splits would be 2, 2, 2, 2, 0:
-    4 splits)."""
+    """Splits of the experts in kernel 2: enough programs for ~SPLIT_PROGRAMS per SM at 16 rows a program, never
+    more splits than pairs, and none left without an expert when every pair is one (8 pairs in 5 splits would be
+    2, 2, 2, 2, 0: 4 splits). At 30B-A3B (hidden 2048, 132 SMs): batch 8, 10 splits (5 before session 8: kernel 2
+    49.4 against 42.3 µs a layer in scripts/moe_tilings.py, session 7); batch 1, 8 splits of one expert each."""
     s = max(1, min(pairs, triton.cdiv(SPLIT_PROGRAMS * _sms(device), triton.cdiv(hidden, BLOCK_ROWS))))
     return triton.cdiv(pairs, triton.cdiv(pairs, s))
 
