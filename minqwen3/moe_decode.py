@@ -137,14 +137,14 @@ if triton is not None:
                     tl.store(Count, count)
 
     @triton.jit
-    def _down_kernel(Hid, Experts, Count, Down, Part, N, H: tl.constexpr, I: tl.constexpr, NP: tl.constexpr,
+    def _down_kernel(Hid, Experts, Count, Down, Part, N, S, H: tl.constexpr, I: tl.constexpr, NP: tl.constexpr,
                      COUNT: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_K: tl.constexpr, IEEE: tl.constexpr):
         rb, s = tl.program_id(0), tl.program_id(1)  # block of output rows (BLOCK_I of them), split of the experts
         if COUNT > 0:  # the caller knows how many experts (down_sum: every pair its own)
             count = COUNT
         else:  # kernel 1 found them
             count = tl.load(Count)
-        per = tl.cdiv(count, tl.num_programs(1))
+        per = tl.cdiv(count, S)  # S = the splits = tl.num_programs(1), an argument to key the autotuner
         t0 = s * per
         t1 = tl.minimum(t0 + per, count)
         rows = rb * BLOCK_I + tl.arange(0, BLOCK_I)
@@ -167,7 +167,7 @@ if triton is not None:
 
     _gate_up = triton.autotune(_configs(), key=["N", "K", "H", "I"],
                                prune_configs_by={"early_config_prune": _prune_gate_up})(_gate_up_kernel)
-    _down = triton.autotune(_configs(), key=["N", "H", "I", "COUNT"],
+    _down = triton.autotune(_configs(), key=["N", "S", "H", "I", "COUNT"],
                             prune_configs_by={"early_config_prune": _prune_down})(_down_kernel)
 
 
@@ -201,7 +201,7 @@ def moe_decode(x: torch.Tensor, idx: torch.Tensor, w: torch.Tensor, gate_proj: t
         x, idx, w, gate_proj, up_proj, hid, experts, count, N, NK, x.stride(0),
         K=k, H=H, I=I, NP=NP, JP=max(16, triton.next_power_of_2(NK)), IEEE=ieee)
     _down[lambda meta: (triton.cdiv(H, meta["BLOCK_I"]), part.shape[0])](
-        hid, experts, count, down_proj, part, N, H=H, I=I, NP=NP, COUNT=0, IEEE=ieee)
+        hid, experts, count, down_proj, part, N, part.shape[0], H=H, I=I, NP=NP, COUNT=0, IEEE=ieee)
     return part
 
 
@@ -229,8 +229,8 @@ def moe_down(h: torch.Tensor, experts: torch.Tensor, down_proj: torch.Tensor) ->
     h, experts, down_proj = h.contiguous(), experts.contiguous(), down_proj.contiguous()
     part = torch.empty(_splits(h.device, T, H), N, H, device=h.device, dtype=torch.float32)
     _down[lambda meta: (triton.cdiv(H, meta["BLOCK_I"]), part.shape[0])](
-        h, experts, experts, down_proj, part, N, H=H, I=I, NP=max(16, triton.next_power_of_2(N)), COUNT=T,
-        IEEE=h.dtype == torch.float32)
+        h, experts, experts, down_proj, part, N, part.shape[0], H=H, I=I, NP=max(16, triton.next_power_of_2(N)),
+        COUNT=T, IEEE=h.dtype == torch.float32)
     return part
 
 

@@ -207,8 +207,9 @@ def patched(name: str):
         if "tiles6" in parts:  # what scripts/moe_tilings.py found faster at batch 8 (session 7)
             moe_decode._gate_up, moe_decode._down = tuners(moe_decode._configs(tiles=((128, 4), (256, 3), (128, 6))))
         for p in parts:
-            if p.startswith("splits:"):
+            if p.startswith("splits:"):  # the partial sums' shape changes, which the compile caches' keys miss
                 moe_decode.SPLIT_PROGRAMS = int(p[7:])
+                config["force_disable_caches"] = True
         for p in parts:
             if p.startswith("gathermax:"):
                 moe.Experts.gather_max = int(p[10:])
@@ -241,7 +242,7 @@ def tuners(configs: list, down_configs: list | None = None) -> tuple:
     return (triton.autotune(configs, key=["N", "K", "H", "I"],
                             prune_configs_by={"early_config_prune": moe_decode._prune_gate_up})(
                                 moe_decode._gate_up_kernel),
-            triton.autotune(down_configs or configs, key=["N", "H", "I", "COUNT"],
+            triton.autotune(down_configs or configs, key=["N", "S", "H", "I", "COUNT"],
                             prune_configs_by={"early_config_prune": moe_decode._prune_down})(moe_decode._down_kernel))
 
 
@@ -251,7 +252,8 @@ def tilings() -> str:
     for name in ("_gate_up", "_down"):
         tuner = getattr(moe_decode, name, None)
         for key, best in getattr(tuner, "cache", {}).items():
-            out.append(f"  {name} {key[:4]}: chose {best.kwargs} w{best.num_warps} s{best.num_stages}")
+            key = key[:len(getattr(tuner, "keys", key))]  # the key's arguments, not the dtypes after them
+            out.append(f"  {name} {key}: chose {best.kwargs} w{best.num_warps} s{best.num_stages}")
         for c, t in getattr(tuner, "configs_timings", {}).items():
             ms = t[0] if isinstance(t, (list, tuple)) else t
             out.append(f"    {name} {c.kwargs} w{c.num_warps} s{c.num_stages}: {1e3 * ms:.1f} us")

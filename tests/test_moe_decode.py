@@ -152,7 +152,7 @@ def test_gpu_every_tiling_matches_the_pairs_oracle(dtype, tol, N, k, E, H, I):
             moe_decode._gate_up_kernel[(triton.cdiv(I, c.kwargs["BLOCK_I"]), NK)](
                 x, idx, w, gate, up, hid, experts, count, N, NK, x.stride(0), K=k, H=H, I=I, NP=NP, JP=64, **meta)
             moe_decode._down_kernel[(triton.cdiv(H, c.kwargs["BLOCK_I"]), S)](
-                hid, experts, count, down, part, N, H=H, I=I, NP=NP, COUNT=0, **meta)
+                hid, experts, count, down, part, N, S, H=H, I=I, NP=NP, COUNT=0, **meta)
         except OutOfResources:  # float32 tiles of many stages may not fit in shared memory: the autotuners skip them
             assert dtype == torch.float32, c
             continue
