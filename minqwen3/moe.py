@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import moe_decode
+from . import moe_decode, router_decode
 
 
 def _grouped_mm_ok(x: torch.Tensor) -> bool:
@@ -110,7 +110,9 @@ class SparseMoE(nn.Module):
         x = x.reshape(B * T, H)
         logits = self.gate(x)  # (N, E)
         # unsorted: the k slots are summed, so their order is irrelevant, and sorting them costs a kernel
-        if self.norm_topk_prob:  # softmax, top-k, renormalise = top-k of the logits, then softmax over those k
+        if self.norm_topk_prob and router_decode.available(logits, self.top_k):
+            w, idx = router_decode.route_decode(logits, self.top_k)  # decode on a GPU: top-k and softmax, one kernel
+        elif self.norm_topk_prob:  # softmax, top-k, renormalise = top-k of the logits, then softmax over those k
             top, idx = logits.topk(self.top_k, dim=-1, sorted=False)  # (N, k)
             w = top.float().softmax(-1)
         else:

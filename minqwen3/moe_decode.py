@@ -18,11 +18,12 @@ So a step reads each chosen expert once, whatever the batch. Used by moe.Experts
 kernels have no backward) for up to MAX_TOKENS tokens with more than Experts.gather_max (token, expert) pairs: on
 an H200, 30B-A3B's batch-8 step took 10.75 ms against 13.01 ms with the grouped GEMM (docs/benchmarks.md, run 7),
 and 9.26 ms against 10.61 once each kernel also timed 32- and 64-row tilings (session 7): the tilings (rows a
-program, columns a step, pipeline stages) are timed at the first call of a shape. At batch 1 (8 pairs) Inductor's
-fused gathered gate|up products were faster than kernel 1 (run 7), so one token takes those, and kernel 2 alone
-(`moe_down`, the count of experts known) for the down projections and their sum: 3.40 against 3.63 ms a step.
-Training and prefills keep moe.py's paths. `reference` and `reference_down` (at the end) are the same arithmetic
-in plain torch, for reading and for CPUs.
+program, columns a step, pipeline stages) are timed at the first call of a shape. Session 8 added 128 columns in 6
+stages (and 64 rows to kernel 2) and twice kernel 2's splits, from scripts/moe_tilings.py's sweep. At batch 1 (8
+pairs) Inductor's fused gathered gate|up products were faster than kernel 1 (run 7), so one token takes those, and
+kernel 2 alone (`moe_down`, the count of experts known) for the down projections and their sum: 3.40 against
+3.63 ms a step. Training and prefills keep moe.py's paths. `reference` and `reference_down` (at the end) are the
+same arithmetic in plain torch, for reading and for CPUs.
 """
 from __future__ import annotations
 
@@ -41,7 +42,7 @@ except ImportError:  # CPU-only installs: moe.Experts keeps its torch paths
 
 MAX_TOKENS = 16  # tokens per call: the columns of the kernels' small dots
 BLOCK_ROWS = 16  # the fewest weight rows per program (tl.dot's smallest tile side); _configs times more
-SPLIT_PROGRAMS = 4  # kernel 2's programs per SM, counted in blocks of BLOCK_ROWS rows (see _splits)
+SPLIT_PROGRAMS = 9  # kernel 2's programs per SM, counted in blocks of BLOCK_ROWS rows (see _splits)
 # MINQWEN3_MOE_DECODE=0 switches the kernels off (the benchmark's peer: moe.Experts' gathered and grouped paths)
 enabled = os.environ.get("MINQWEN3_MOE_DECODE", "1") != "0"
 # one token (batch 1): moe.Experts' gathered gate|up products (fused by Inductor), then kernel 2 (moe_down) for the
@@ -60,7 +61,7 @@ def available(x: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor) -> bool:
 
 
 if triton is not None:
-    def _configs(rows=(16, 32, 64), tiles=((128, 4), (256, 3))) -> list:
+    def _configs(rows=(16, 32, 64), tiles=((128, 4), (128, 6), (256, 3))) -> list:
         """Tilings timed at the first call of a shape (the Decoder's warm-up, before it captures a graph): row blocks
         of `rows` weight rows per program, `tiles` = (columns per step, pipeline stages). Row blocks that would
         leave SMs idle are dropped before timing (_prune_*)."""
@@ -136,14 +137,14 @@ if triton is not None:
                     tl.store(Count, count)
 
     @triton.jit
-    def _down_kernel(Hid, Experts, Count, Down, Part, N, H: tl.constexpr, I: tl.constexpr, NP: tl.constexpr,
+    def _down_kernel(Hid, Experts, Count, Down, Part, N, S, H: tl.constexpr, I: tl.constexpr, NP: tl.constexpr,
                      COUNT: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_K: tl.constexpr, IEEE: tl.constexpr):
         rb, s = tl.program_id(0), tl.program_id(1)  # block of output rows (BLOCK_I of them), split of the experts
         if COUNT > 0:  # the caller knows how many experts (down_sum: every pair its own)
             count = COUNT
         else:  # kernel 1 found them
             count = tl.load(Count)
-        per = tl.cdiv(count, tl.num_programs(1))
+        per = tl.cdiv(count, S)  # S = the splits = tl.num_programs(1), an argument to key the autotuner
         t0 = s * per
         t1 = tl.minimum(t0 + per, count)
         rows = rb * BLOCK_I + tl.arange(0, BLOCK_I)
@@ -166,14 +167,15 @@ if triton is not None:
 
     _gate_up = triton.autotune(_configs(), key=["N", "K", "H", "I"],
                                prune_configs_by={"early_config_prune": _prune_gate_up})(_gate_up_kernel)
-    _down = triton.autotune(_configs(rows=(16, 32)), key=["N", "H", "I", "COUNT"],
+    _down = triton.autotune(_configs(), key=["N", "S", "H", "I", "COUNT"],
                             prune_configs_by={"early_config_prune": _prune_down})(_down_kernel)
 
 
 def _splits(device: torch.device, pairs: int, hidden: int) -> int:
-    """Splits of the experts in kernel 2: enough programs for ~4 per SM at 16 rows a program, never more splits
-    than pairs, and none left without an expert when every pair is one (8 pairs in 5 splits would be 2, 2, 2, 2, 0:
-    4 splits)."""
+    """Splits of the experts in kernel 2: enough programs for ~SPLIT_PROGRAMS per SM at 16 rows a program, never
+    more splits than pairs, and none left without an expert when every pair is one (8 pairs in 5 splits would be
+    2, 2, 2, 2, 0: 4 splits). At 30B-A3B (hidden 2048, 132 SMs): batch 8, 10 splits (5 before session 8: kernel 2
+    49.4 against 42.3 µs a layer in scripts/moe_tilings.py, session 7); batch 1, 8 splits of one expert each."""
     s = max(1, min(pairs, triton.cdiv(SPLIT_PROGRAMS * _sms(device), triton.cdiv(hidden, BLOCK_ROWS))))
     return triton.cdiv(pairs, triton.cdiv(pairs, s))
 
@@ -199,7 +201,7 @@ def moe_decode(x: torch.Tensor, idx: torch.Tensor, w: torch.Tensor, gate_proj: t
         x, idx, w, gate_proj, up_proj, hid, experts, count, N, NK, x.stride(0),
         K=k, H=H, I=I, NP=NP, JP=max(16, triton.next_power_of_2(NK)), IEEE=ieee)
     _down[lambda meta: (triton.cdiv(H, meta["BLOCK_I"]), part.shape[0])](
-        hid, experts, count, down_proj, part, N, H=H, I=I, NP=NP, COUNT=0, IEEE=ieee)
+        hid, experts, count, down_proj, part, N, part.shape[0], H=H, I=I, NP=NP, COUNT=0, IEEE=ieee)
     return part
 
 
@@ -227,8 +229,8 @@ def moe_down(h: torch.Tensor, experts: torch.Tensor, down_proj: torch.Tensor) ->
     h, experts, down_proj = h.contiguous(), experts.contiguous(), down_proj.contiguous()
     part = torch.empty(_splits(h.device, T, H), N, H, device=h.device, dtype=torch.float32)
     _down[lambda meta: (triton.cdiv(H, meta["BLOCK_I"]), part.shape[0])](
-        h, experts, experts, down_proj, part, N, H=H, I=I, NP=max(16, triton.next_power_of_2(N)), COUNT=T,
-        IEEE=h.dtype == torch.float32)
+        h, experts, experts, down_proj, part, N, part.shape[0], H=H, I=I, NP=max(16, triton.next_power_of_2(N)),
+        COUNT=T, IEEE=h.dtype == torch.float32)
     return part
 
 

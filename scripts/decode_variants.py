@@ -12,13 +12,15 @@ matrix-vector products, or the grouped GEMM) instead of moe_decode.py's kernels,
 moe.Experts.gather_max (0: the kernels at batch 1 too); "+nodown1" keeps the gathered down products at batch 1
 (moe_decode.down_at_batch_1 off: as before session 7), "+oldtiles" gives moe_decode's kernels run 7's two tilings
 (16 rows a program) to time from, "+tiles6" adds 128 columns in 6 stages to their tilings (and 64 rows to kernel
-2's), "+splits:N" sets moe_decode.SPLIT_PROGRAMS (kernel 2's splits of the experts), "+b:N" runs a variant at
-batch N only (of several --batch); "+maxk" routes with k rounds of max instead of topk; "+inline" spells
-the dense MLP's silu(gate) * up in torch, as before session 7, which Inductor inlines into the down projection (the
-package computes it in a kernel of its own, swiglu.py); "+fdfile:PATH" decodes attention with the flash_decode.py
-at PATH (an earlier version of the kernel: git show REV:minqwen3/flash_decode.py > PATH); "+fd:NAME=VALUE" sets
-one of flash_decode.py's launch settings (MIN_SPLIT, BLOCK, NUM_WARPS, NUM_STAGES); "+blaslt" asks torch for
-cuBLASLt instead of cuBLAS for the library GEMMs (batch > 1); "+mmrows:N" lets Inductor write a
+2's; the package's own tilings since session 8), "+s7tiles" gives them session 7's tilings (no 6 stages, kernel 2
+16 or 32 rows), "+splits:N" sets moe_decode.SPLIT_PROGRAMS (kernel 2's splits of the experts; 4 before session 8),
+"+b:N" runs a variant at batch N only (of several --batch); "+maxk" routes with k rounds of max instead of topk;
+"+topk" routes with torch's topk and softmax instead of router_decode.py's kernel (as before session 8); "+inline"
+spells the dense MLP's silu(gate) * up in torch, as before session 7, which Inductor inlines into the down
+projection (the package computes it in a kernel of its own, swiglu.py); "+fdfile:PATH" decodes attention with the
+flash_decode.py at PATH (an earlier version of the kernel: git show REV:minqwen3/flash_decode.py > PATH);
+"+fd:NAME=VALUE" sets one of flash_decode.py's launch settings (MIN_SPLIT, BLOCK, NUM_WARPS, NUM_STAGES); "+blaslt"
+asks torch for cuBLASLt instead of cuBLAS for the library GEMMs (batch > 1); "+mmrows:N" lets Inductor write a
 matrix product of up to N rows as a broadcast-multiply and sum (a reduction it fuses with what is around it), as
 it does by itself only for one row (torch/_inductor/decomposition.py's mm, with coordinate-descent tuning): at
 batch > 1 each projection is otherwise a library GEMM of its own; "+fuse" stacks q/k/v and gate/up into one
@@ -43,7 +45,7 @@ from pathlib import Path
 
 import torch
 
-from minqwen3 import Qwen3Config, attention, flash_decode, mlp, moe, moe_decode, swiglu
+from minqwen3 import Qwen3Config, attention, flash_decode, mlp, moe, moe_decode, router_decode, swiglu
 from minqwen3.bench import copy_bandwidth, decode_bytes, kernel_profile, measure, release
 from minqwen3.generation import Decoder, generate
 from minqwen3.model import random_model
@@ -176,7 +178,7 @@ def patched(name: str):
     saved = (moe.SparseMoE.forward, attention.decode_attention, flash_decode.available, mlp.MLP.forward,
              attention.Attention.forward)
     saved_experts = (moe_decode.enabled, moe.Experts.gather_max, moe_decode.down_at_batch_1, moe_decode._gate_up,
-                     moe_decode._down, moe_decode.SPLIT_PROGRAMS)
+                     moe_decode._down, moe_decode.SPLIT_PROGRAMS, router_decode.enabled)
     saved_fd = (attention.flash_decode, swiglu.available, torch.backends.cuda.preferred_blas_library(),
                 flash_decode.NORM_ROPE)
     settings = {n: getattr(flash_decode, n) for n in ("MIN_SPLIT", "BLOCK", "NUM_WARPS", "NUM_STAGES")}
@@ -203,11 +205,18 @@ def patched(name: str):
             moe_decode.down_at_batch_1 = False
         if "oldtiles" in parts:  # run 7's tilings, fresh autotuners (each times its shapes again)
             moe_decode._gate_up, moe_decode._down = tuners(moe_decode._configs(rows=(16,)))
+        if "s7tiles" in parts:  # session 7's tilings (kernel 2: 16 or 32 rows)
+            s7 = ((128, 4), (256, 3))
+            moe_decode._gate_up, moe_decode._down = tuners(moe_decode._configs(tiles=s7),
+                                                           moe_decode._configs(rows=(16, 32), tiles=s7))
+        if "topk" in parts:
+            router_decode.enabled = False
         if "tiles6" in parts:  # what scripts/moe_tilings.py found faster at batch 8 (session 7)
             moe_decode._gate_up, moe_decode._down = tuners(moe_decode._configs(tiles=((128, 4), (256, 3), (128, 6))))
         for p in parts:
-            if p.startswith("splits:"):
+            if p.startswith("splits:"):  # the partial sums' shape changes, which the compile caches' keys miss
                 moe_decode.SPLIT_PROGRAMS = int(p[7:])
+                config["force_disable_caches"] = True
         for p in parts:
             if p.startswith("gathermax:"):
                 moe.Experts.gather_max = int(p[10:])
@@ -230,16 +239,17 @@ def patched(name: str):
         for k, v in settings.items():
             setattr(flash_decode, k, v)
         (moe_decode.enabled, moe.Experts.gather_max, moe_decode.down_at_batch_1, moe_decode._gate_up,
-         moe_decode._down, moe_decode.SPLIT_PROGRAMS) = saved_experts
+         moe_decode._down, moe_decode.SPLIT_PROGRAMS, router_decode.enabled) = saved_experts
 
 
-def tuners(configs: list) -> tuple:
-    """Autotuners of moe_decode's two kernels over `configs` (pruned as the package's are)."""
+def tuners(configs: list, down_configs: list | None = None) -> tuple:
+    """Autotuners of moe_decode's two kernels over `configs` (kernel 2: `down_configs` if given), pruned as the
+    package's are."""
     import triton
     return (triton.autotune(configs, key=["N", "K", "H", "I"],
                             prune_configs_by={"early_config_prune": moe_decode._prune_gate_up})(
                                 moe_decode._gate_up_kernel),
-            triton.autotune(configs, key=["N", "H", "I", "COUNT"],
+            triton.autotune(down_configs or configs, key=["N", "S", "H", "I", "COUNT"],
                             prune_configs_by={"early_config_prune": moe_decode._prune_down})(moe_decode._down_kernel))
 
 
@@ -249,7 +259,8 @@ def tilings() -> str:
     for name in ("_gate_up", "_down"):
         tuner = getattr(moe_decode, name, None)
         for key, best in getattr(tuner, "cache", {}).items():
-            out.append(f"  {name} {key[:4]}: chose {best.kwargs} w{best.num_warps} s{best.num_stages}")
+            key = key[:len(getattr(tuner, "keys", key))]  # the key's arguments, not the dtypes after them
+            out.append(f"  {name} {key}: chose {best.kwargs} w{best.num_warps} s{best.num_stages}")
         for c, t in getattr(tuner, "configs_timings", {}).items():
             ms = t[0] if isinstance(t, (list, tuple)) else t
             out.append(f"    {name} {c.kwargs} w{c.num_warps} s{c.num_stages}: {1e3 * ms:.1f} us")

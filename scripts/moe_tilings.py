@@ -110,7 +110,7 @@ def main() -> int:
 
             def down_sum(layer, bi=bi, bk=bk, st=st, wp=wp, S=S, part=part):
                 moe_decode._down_kernel[(triton.cdiv(H, bi), S)](
-                    hid[layer], experts[layer], count[layer], down[layer], part, N, H=H, I=I, NP=NP,
+                    hid[layer], experts[layer], count[layer], down[layer], part, N, S, H=H, I=I, NP=NP,
                     COUNT=NK if N == 1 else 0, BLOCK_I=bi, BLOCK_K=bk, IEEE=False, num_warps=wp, num_stages=st)
             try:
                 us = timed(down_sum, args.layers, args.reps)

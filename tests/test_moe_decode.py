@@ -140,17 +140,25 @@ def test_gpu_every_tiling_matches_the_pairs_oracle(dtype, tol, N, k, E, H, I):
     want = pairs_oracle(*args)
     NK, NP = N * k, 16
     S = moe_decode._splits(x.device, NK, H)
+    from triton.runtime.errors import OutOfResources
+    ran = 0
     for c in moe_decode._configs():
         meta = dict(c.kwargs, num_warps=c.num_warps, num_stages=c.num_stages, IEEE=dtype == torch.float32)
         hid = torch.empty(NK, N, I, device="cuda", dtype=dtype)
         experts = torch.empty(NK, device="cuda", dtype=idx.dtype)
         count = torch.empty(1, device="cuda", dtype=torch.int32)
         part = torch.empty(S, N, H, device="cuda")
-        moe_decode._gate_up_kernel[(triton.cdiv(I, c.kwargs["BLOCK_I"]), NK)](
-            x, idx, w, gate, up, hid, experts, count, N, NK, x.stride(0), K=k, H=H, I=I, NP=NP, JP=64, **meta)
-        moe_decode._down_kernel[(triton.cdiv(H, c.kwargs["BLOCK_I"]), S)](
-            hid, experts, count, down, part, N, H=H, I=I, NP=NP, COUNT=0, **meta)
+        try:
+            moe_decode._gate_up_kernel[(triton.cdiv(I, c.kwargs["BLOCK_I"]), NK)](
+                x, idx, w, gate, up, hid, experts, count, N, NK, x.stride(0), K=k, H=H, I=I, NP=NP, JP=64, **meta)
+            moe_decode._down_kernel[(triton.cdiv(H, c.kwargs["BLOCK_I"]), S)](
+                hid, experts, count, down, part, N, S, H=H, I=I, NP=NP, COUNT=0, **meta)
+        except OutOfResources:  # float32 tiles of many stages may not fit in shared memory: the autotuners skip them
+            assert dtype == torch.float32, c
+            continue
+        ran += 1
         assert rel_err(part.sum(0), want) < tol, c
+    assert ran >= len(moe_decode._configs()) // 2
 
 
 @pytest.mark.gpu  # conftest skips these without CUDA
