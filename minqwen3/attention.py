@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import flash_decode
+from . import flash_decode, matvec
 from .rmsnorm import RMSNorm
 from .rope import apply_rope
 
@@ -39,7 +39,8 @@ class Attention(nn.Module):
                 # one call where decode_attention's three parallel ones each wait for a thread)
                 y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and T > 1,
                                                    enable_gqa=self.n_heads != self.n_kv)  # (B, H, T, D)
-        return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
+        # decoding on a GPU, o_proj is matvec.py's kernel (the same settings on every rank of a split model)
+        return matvec.linear(self.o_proj, y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
 
 
 def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:

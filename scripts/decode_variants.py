@@ -15,14 +15,15 @@ moe.Experts.gather_max (0: the kernels at batch 1 too); "+nodown1" keeps the gat
 2's), "+splits:N" sets moe_decode.SPLIT_PROGRAMS (kernel 2's splits of the experts), "+b:N" runs a variant at
 batch N only (of several --batch); "+maxk" routes with k rounds of max instead of topk; "+inline" spells
 the dense MLP's silu(gate) * up in torch, as before session 7, which Inductor inlines into the down projection (the
-package computes it in a kernel of its own, swiglu.py); "+fdfile:PATH" decodes attention with the flash_decode.py
-at PATH (an earlier version of the kernel: git show REV:minqwen3/flash_decode.py > PATH); "+fd:NAME=VALUE" sets
-one of flash_decode.py's launch settings (MIN_SPLIT, BLOCK, NUM_WARPS, NUM_STAGES); "+blaslt" asks torch for
-cuBLASLt instead of cuBLAS for the library GEMMs (batch > 1); "+mmrows:N" lets Inductor write a
-matrix product of up to N rows as a broadcast-multiply and sum (a reduction it fuses with what is around it), as
-it does by itself only for one row (torch/_inductor/decomposition.py's mm, with coordinate-descent tuning): at
-batch > 1 each projection is otherwise a library GEMM of its own; "+fuse" stacks q/k/v and gate/up into one
-weight each (copies: one projection where there were three and two); "+slots:N" gives the
+package computes it in a kernel of its own, swiglu.py); "+nomatvec" leaves o_proj and down_proj to torch's
+products (which Inductor compiles into reductions) instead of matvec.py's split-K kernel; "+fdfile:PATH" decodes
+attention with the flash_decode.py at PATH (an earlier version of the kernel: git show REV:minqwen3/flash_decode.py
+> PATH); "+fd:NAME=VALUE" sets one of flash_decode.py's launch settings (MIN_SPLIT, BLOCK, NUM_WARPS,
+NUM_STAGES); "+blaslt" asks torch for cuBLASLt instead of cuBLAS for the library GEMMs (batch > 1); "+mmrows:N"
+lets Inductor write a matrix product of up to N rows as a broadcast-multiply and sum (a reduction it fuses with
+what is around it), as it does by itself only for one row (torch/_inductor/decomposition.py's mm, with
+coordinate-descent tuning): at batch > 1 each projection is otherwise a library GEMM of its own; "+fuse" stacks
+q/k/v and gate/up into one weight each (copies: one projection where there were three and two); "+slots:N" gives the
 cache N slots; "+cfg:KEY=VALUE" sets any Inductor option. Random weights in the official shapes, bf16, batch 1
 (--batch N [M ...]: N rows, then M; "of limit" then counts each row's top-k experts only, where `bench` counts
 their union), as `python -m minqwen3 bench`.
@@ -39,7 +40,7 @@ from pathlib import Path
 
 import torch
 
-from minqwen3 import Qwen3Config, attention, flash_decode, mlp, moe, moe_decode, swiglu
+from minqwen3 import Qwen3Config, attention, flash_decode, matvec, mlp, moe, moe_decode, swiglu
 from minqwen3.bench import copy_bandwidth, decode_bytes, kernel_profile, measure, release
 from minqwen3.generation import Decoder, generate
 from minqwen3.model import random_model
@@ -174,6 +175,7 @@ def patched(name: str):
     saved_experts = (moe_decode.enabled, moe.Experts.gather_max, moe_decode.down_at_batch_1, moe_decode._gate_up,
                      moe_decode._down, moe_decode.SPLIT_PROGRAMS)
     saved_fd = attention.flash_decode, swiglu.available, torch.backends.cuda.preferred_blas_library()
+    saved_matvec = matvec.enabled
     settings = {n: getattr(flash_decode, n) for n in ("MIN_SPLIT", "BLOCK", "NUM_WARPS", "NUM_STAGES")}
     try:
         for p in parts:
@@ -186,6 +188,8 @@ def patched(name: str):
                 setattr(flash_decode, k, int(v))
         if "inline" in parts:
             swiglu.available = lambda g: False
+        if "nomatvec" in parts:
+            matvec.enabled = False
         if "blaslt" in parts:
             torch.backends.cuda.preferred_blas_library("cublaslt")
         if "fuse" in parts:  # the caller stacks the weights (fuse(model, True))
@@ -219,6 +223,7 @@ def patched(name: str):
         (moe.SparseMoE.forward, attention.decode_attention, flash_decode.available, mlp.MLP.forward,
          attention.Attention.forward) = saved
         attention.flash_decode, swiglu.available, blas = saved_fd
+        matvec.enabled = saved_matvec
         torch.backends.cuda.preferred_blas_library(blas)
         for k, v in settings.items():
             setattr(flash_decode, k, v)
