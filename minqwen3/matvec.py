@@ -8,8 +8,8 @@ whole ones (down_proj 3.4 against 4.0 TB/s; docs/benchmarks.md, session 7, s7-tp
 
 - Program (n, s) takes BLOCK_N output columns (weight rows) and the s-th of `splits` equal slices of K: a narrow
   matrix (few rows, long K) still gives every SM several programs. Inside, it walks its slice BLOCK_K columns at a
-  time; for one or two rows the products accumulate elementwise in float32 and are summed once at the end, for
-  more rows they go through tl.dot (the rows padded to 16).
+  time; the products accumulate elementwise in float32 and are summed once at the end, or go through tl.dot (the
+  rows padded to 16): the rule's choice for more than two rows, the table's where it timed faster.
 - The splits of one block of columns are combined by whichever program finishes last (an atomic count per block,
   reset by that program, so a CUDA graph can replay the kernel): it adds the float32 partial sums in split order.
   No float atomics: the same bits on every run and every GPU.
@@ -18,9 +18,9 @@ whole ones (down_proj 3.4 against 4.0 TB/s; docs/benchmarks.md, session 7, s7-tp
   time, so both ranks of a split model (and every machine of one kind) run the same kernel.
 
 Used by attention.Attention for o_proj and mlp.MLP for down_proj (linear() below) on CUDA without gradients, for
-up to MAX_ROWS rows: their inputs come from custom ops already (flash_decode, swiglu), so Inductor has nothing to
-fuse into them. q/k/v and gate/up stay Inductor's: it applies the RMSNorm before them on the way in.
-MINQWEN3_MATVEC=0 switches the kernel off (the benchmarks' peer).
+2 to MAX_ROWS rows (one row too with MINQWEN3_MATVEC=all; 0 switches it off): their inputs come from custom ops
+already (flash_decode, swiglu), so Inductor has nothing to fuse into them. q/k/v and gate/up stay Inductor's: it
+applies the RMSNorm before them on the way in.
 """
 from __future__ import annotations
 
@@ -35,7 +35,13 @@ from .flash_decode import _sms, triton
 
 MAX_ROWS = 8  # rows (tokens) per call: batch <= 8 at decode
 DTYPES = (torch.bfloat16, torch.float16, torch.float32)
-enabled = os.environ.get("MINQWEN3_MATVEC", "1") != "0"
+# MINQWEN3_MATVEC: 1 (default) for 2..MAX_ROWS rows, "all" for one row too, 0 never (the benchmarks' peer). One row
+# is left to Inductor by default: its tuned reductions were as fast or faster there and fuse the residual add into
+# down_proj, which this kernel cannot (docs/benchmarks.md, session 8, s8-gemv); at 8 rows the kernel replaces
+# cuBLAS's split-K products and their reduce kernels, and was faster.
+_MODE = os.environ.get("MINQWEN3_MATVEC", "1")
+enabled = _MODE != "0"
+min_rows = 1 if _MODE == "all" else 2
 
 
 class Config(NamedTuple):
@@ -49,9 +55,15 @@ class Config(NamedTuple):
     dot: bool
 
 
-# (rows, N, K) -> Config, timed by scripts/matvec_bench.py on an H200 (132 SMs); other shapes take rule().
+# (rows, N, K) -> Config, the fastest of scripts/matvec_bench.py's candidates on an H200 (132 SMs), session 8: o_proj
+# and down_proj of Qwen3-32B on one GPU and on each of two, and of Qwen3-8B; other shapes take rule().
 # MINQWEN3_MATVEC_TABLE=FILE[:FILE...] adds (or replaces) entries from the JSON that script writes.
-TABLE: dict[tuple[int, int, int], Config] = {}
+TABLE: dict[tuple[int, int, int], Config] = {
+    (1, 5120, 8192): Config(8, 512, 1, 4, 1, False), (1, 5120, 25600): Config(64, 128, 4, 4, 3, True),
+    (1, 5120, 4096): Config(8, 512, 1, 4, 1, False), (1, 5120, 12800): Config(64, 128, 4, 4, 3, True),
+    (1, 4096, 4096): Config(8, 512, 1, 4, 1, False), (1, 4096, 12288): Config(64, 128, 5, 4, 3, True),
+    (8, 4096, 4096): Config(32, 256, 2, 4, 3, True), (8, 4096, 12288): Config(32, 128, 3, 4, 4, True),
+}
 
 
 def _load_table(path: str) -> None:
@@ -93,10 +105,11 @@ def config(M: int, N: int, K: int, device: torch.device) -> Config:
 
 
 def available(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Whether the kernel can take x @ weight.T: Triton, CUDA, at most MAX_ROWS rows, one dtype of DTYPES, the
+    """Whether the kernel takes x @ weight.T: Triton, CUDA, min_rows to MAX_ROWS rows, one dtype of DTYPES, the
     weight's rows contiguous, no gradient wanted (no backward). Otherwise torch's product does."""
     return (enabled and triton is not None and x.is_cuda and weight.dim() == 2 and x.dtype == weight.dtype
-            and x.dtype in DTYPES and weight.stride(1) == 1 and x.numel() <= MAX_ROWS * x.shape[-1]
+            and x.dtype in DTYPES and weight.stride(1) == 1
+            and min_rows * x.shape[-1] <= x.numel() <= MAX_ROWS * x.shape[-1]
             and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)))
 
 

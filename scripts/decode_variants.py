@@ -16,7 +16,8 @@ moe.Experts.gather_max (0: the kernels at batch 1 too); "+nodown1" keeps the gat
 batch N only (of several --batch); "+maxk" routes with k rounds of max instead of topk; "+inline" spells
 the dense MLP's silu(gate) * up in torch, as before session 7, which Inductor inlines into the down projection (the
 package computes it in a kernel of its own, swiglu.py); "+nomatvec" leaves o_proj and down_proj to torch's
-products (which Inductor compiles into reductions) instead of matvec.py's split-K kernel; "+fdfile:PATH" decodes
+products (which Inductor compiles into reductions, cuBLAS at batch > 1) instead of matvec.py's split-K kernel, which
+the package takes for 2 to 8 rows, "+matvec1" for one row too (MINQWEN3_MATVEC=all); "+fdfile:PATH" decodes
 attention with the flash_decode.py at PATH (an earlier version of the kernel: git show REV:minqwen3/flash_decode.py
 > PATH); "+fd:NAME=VALUE" sets one of flash_decode.py's launch settings (MIN_SPLIT, BLOCK, NUM_WARPS,
 NUM_STAGES); "+blaslt" asks torch for cuBLASLt instead of cuBLAS for the library GEMMs (batch > 1); "+mmrows:N"
@@ -175,7 +176,7 @@ def patched(name: str):
     saved_experts = (moe_decode.enabled, moe.Experts.gather_max, moe_decode.down_at_batch_1, moe_decode._gate_up,
                      moe_decode._down, moe_decode.SPLIT_PROGRAMS)
     saved_fd = attention.flash_decode, swiglu.available, torch.backends.cuda.preferred_blas_library()
-    saved_matvec = matvec.enabled
+    saved_matvec = matvec.enabled, matvec.min_rows
     settings = {n: getattr(flash_decode, n) for n in ("MIN_SPLIT", "BLOCK", "NUM_WARPS", "NUM_STAGES")}
     try:
         for p in parts:
@@ -190,6 +191,8 @@ def patched(name: str):
             swiglu.available = lambda g: False
         if "nomatvec" in parts:
             matvec.enabled = False
+        if "matvec1" in parts:
+            matvec.min_rows = 1
         if "blaslt" in parts:
             torch.backends.cuda.preferred_blas_library("cublaslt")
         if "fuse" in parts:  # the caller stacks the weights (fuse(model, True))
@@ -223,7 +226,7 @@ def patched(name: str):
         (moe.SparseMoE.forward, attention.decode_attention, flash_decode.available, mlp.MLP.forward,
          attention.Attention.forward) = saved
         attention.flash_decode, swiglu.available, blas = saved_fd
-        matvec.enabled = saved_matvec
+        matvec.enabled, matvec.min_rows = saved_matvec
         torch.backends.cuda.preferred_blas_library(blas)
         for k, v in settings.items():
             setattr(flash_decode, k, v)

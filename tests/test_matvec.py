@@ -119,6 +119,9 @@ def test_gpu_too_many_rows_or_strided_weight_are_refused():
     with pytest.raises(ValueError, match="rows must be contiguous"):
         matvec.matvec(torch.zeros(1, 8, device="cuda"), w.T)
     assert not matvec.available(torch.zeros(9, 16, device="cuda"), w)
+    assert matvec.available(torch.zeros(2, 1, 16, device="cuda"), w)
+    # one row: Inductor's product unless MINQWEN3_MATVEC=all (it measured as fast, and fuses the residual add)
+    assert matvec.available(torch.zeros(1, 16, device="cuda"), w) == (matvec.min_rows == 1)
 
 
 @pytest.mark.gpu
