@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import flash_decode, stack
+from . import flash_decode, matvec, stack
 from .rmsnorm import RMSNorm
 from .rope import apply_rope
 
@@ -32,15 +32,15 @@ class Attention(nn.Module):
         q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
         k = k.view(B, T, self.n_kv, self.head_dim).transpose(1, 2)  # (B, H_kv, T, D)
         v = v.view(B, T, self.n_kv, self.head_dim).transpose(1, 2)  # (B, H_kv, T, D)
-        if T == 1 and cache is not None and flash_decode.available(q, mask) and flash_decode.NORM_ROPE:
+        fused = T == 1 and cache is not None and flash_decode.available(q, mask)  # decode on a GPU
+        if fused and flash_decode.NORM_ROPE:
             # (flash_decode.NORM_ROPE on, a measured no) one kernel norms and rotates q and k, writes k, v, attends
             y = flash_decode.flash_decode_qk(q, k, v, self.q_norm.weight, self.k_norm.weight, cos, sin, cache.k,
                                              cache.v, input_pos, mask, self.q_norm.eps, self.k_norm.eps)
-            return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
+            return matvec.linear(self.o_proj, y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
         # QK-Norm: normalising each head's q and k keeps attention logits bounded (Qwen3 dropped QKV bias for it)
         q, k = apply_rope(self.q_norm(q), cos, sin), apply_rope(self.k_norm(k), cos, sin)
-        if T == 1 and cache is not None and flash_decode.available(q, mask):
-            # decode on a GPU: one kernel writes k, v into the cache and attends (flash_decode.py)
+        if fused:  # one kernel writes k, v into the cache and attends (flash_decode.py)
             y = flash_decode.flash_decode(q, k, v, cache.k, cache.v, input_pos, mask)  # (B, H, 1, D)
         else:
             if cache is not None:
@@ -51,7 +51,8 @@ class Attention(nn.Module):
                 # one call where decode_attention's three parallel ones each wait for a thread)
                 y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and T > 1,
                                                    enable_gqa=self.n_heads != self.n_kv)  # (B, H, T, D)
-        return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
+        # decoding on a GPU, o_proj is matvec.py's kernel (the same settings on every rank of a split model)
+        return matvec.linear(self.o_proj, y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
 
 
 def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:

@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import stack, swiglu
+from . import matvec, stack, swiglu
 
 
 class MLP(nn.Module):
@@ -18,4 +18,4 @@ class MLP(nn.Module):
         g, u = (self.gate_proj(x), self.up_proj(x)) if w is None else F.linear(x, w).chunk(2, -1)
         # on a GPU the product is a kernel of its own, computed once (swiglu.py says why)
         h = swiglu.swiglu(g, u) if swiglu.available(g) else F.silu(g) * u
-        return self.down_proj(h)
+        return matvec.linear(self.down_proj, h)  # decoding on a GPU: matvec.py's kernel

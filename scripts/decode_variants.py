@@ -15,9 +15,11 @@ moe.Experts.gather_max (0: the kernels at batch 1 too); "+nodown1" keeps the gat
 2's; the package's own tilings since session 8), "+s7tiles" gives them session 7's tilings (no 6 stages, kernel 2
 16 or 32 rows), "+splits:N" sets moe_decode.SPLIT_PROGRAMS (kernel 2's splits of the experts; 4 before session 8),
 "+b:N" runs a variant at batch N only (of several --batch); "+maxk" routes with k rounds of max instead of topk;
-"+topk" routes with torch's topk and softmax instead of router_decode.py's kernel (as before session 8); "+inline"
-spells the dense MLP's silu(gate) * up in torch, as before session 7, which Inductor inlines into the down
-projection (the package computes it in a kernel of its own, swiglu.py); "+fdfile:PATH" decodes attention with the
+"+topk" routes with torch's topk and softmax instead of router_decode.py's kernel (as before session 8); "+nomatvec"
+leaves o_proj and down_proj to torch's products (which Inductor compiles into reductions, cuBLAS at batch > 1)
+instead of matvec.py's split-K kernel, which the package takes for 2 to 8 rows, "+matvec1" for one row too
+(MINQWEN3_MATVEC=all); "+inline" spells the dense MLP's silu(gate) * up in torch, as before session 7, which
+Inductor inlines into the down projection (the package computes it in a kernel of its own, swiglu.py); "+fdfile:PATH" decodes attention with the
 flash_decode.py at PATH (an earlier version of the kernel: git show REV:minqwen3/flash_decode.py > PATH);
 "+fd:NAME=VALUE" sets one of flash_decode.py's launch settings (MIN_SPLIT, BLOCK, NUM_WARPS, NUM_STAGES); "+blaslt"
 asks torch for cuBLASLt instead of cuBLAS for the library GEMMs (batch > 1); "+mmrows:N" lets Inductor write a
@@ -45,7 +47,7 @@ from pathlib import Path
 
 import torch
 
-from minqwen3 import Qwen3Config, attention, flash_decode, mlp, moe, moe_decode, router_decode, swiglu
+from minqwen3 import Qwen3Config, attention, flash_decode, matvec, mlp, moe, moe_decode, router_decode, swiglu
 from minqwen3.bench import copy_bandwidth, decode_bytes, kernel_profile, measure, release
 from minqwen3.generation import Decoder, generate
 from minqwen3.model import random_model
@@ -181,6 +183,7 @@ def patched(name: str):
                      moe_decode._down, moe_decode.SPLIT_PROGRAMS, router_decode.enabled)
     saved_fd = (attention.flash_decode, swiglu.available, torch.backends.cuda.preferred_blas_library(),
                 flash_decode.NORM_ROPE)
+    saved_matvec = matvec.enabled, matvec.min_rows
     settings = {n: getattr(flash_decode, n) for n in ("MIN_SPLIT", "BLOCK", "NUM_WARPS", "NUM_STAGES")}
     try:
         for p in parts:
@@ -195,6 +198,10 @@ def patched(name: str):
             flash_decode.NORM_ROPE = "fdnorm" in parts
         if "inline" in parts:
             swiglu.available = lambda g: False
+        if "nomatvec" in parts:
+            matvec.enabled = False
+        if "matvec1" in parts:
+            matvec.min_rows = 1
         if "blaslt" in parts:
             torch.backends.cuda.preferred_blas_library("cublaslt")
         if "fuse" in parts:  # the caller stacks the weights (fuse(model, True))
@@ -235,6 +242,7 @@ def patched(name: str):
         (moe.SparseMoE.forward, attention.decode_attention, flash_decode.available, mlp.MLP.forward,
          attention.Attention.forward) = saved
         attention.flash_decode, swiglu.available, blas, flash_decode.NORM_ROPE = saved_fd
+        matvec.enabled, matvec.min_rows = saved_matvec
         torch.backends.cuda.preferred_blas_library(blas)
         for k, v in settings.items():
             setattr(flash_decode, k, v)
