@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from . import stack
 from .config import Qwen3Config, count_params
 from .generation import Decoder, generate
 from .model import random_model
@@ -231,6 +232,8 @@ def bench_model(model_arg: str, device: torch.device, dtype: torch.dtype, prompt
     if eager and cuda:
         impls.append(("minqwen3 eager generate()", lambda ids, n: generate(model, ids, n, stop_ids=(), fast=False),
                       4, False, False))
+    if compare and dec.stacked and batch > 1:  # the Decoder would stack at its first call: now, so that the
+        stack.stack(model)  # twin shares the stacked weights (it would keep the old ones, a second copy)
     hf = transformers_twin(model) if compare else None
     mask = lambda ids: torch.ones_like(ids)  # noqa: E731
     if "transformers" in compare:

@@ -195,8 +195,9 @@ class Decoder:
     compile (default: on CUDA) compiles the step's pieces with torch.compile (backend; combo_kernels, Inductor's,
     defaults to on for hidden sizes up to 2048, where it measured faster); cuda_graphs (default: on CUDA) captures
     the step once per cache prefix (prefix_lengths(max_len, smallest_prefix)). stacked (default: compiled on CUDA,
-    unless MINQWEN3_STACK=0) stacks each layer's q|k|v and gate|up weights in place, and a step of 2 rows or more
-    projects with the stacks (stack.py). Use it through generate(decoder=).
+    unless MINQWEN3_STACK=0): a call of 2 rows or more stacks each layer's q|k|v and gate|up weights in place
+    (stack.py; from then on the weights stay stacked) and its steps project with the stacks. Use it through
+    generate(decoder=).
 
     Each start checks the model's parameters and buffers (their data pointers): if anything replaced them since
     the last call (model.to(dtype), load_state_dict(assign=True)), it stacks again where a stack went stale and
@@ -217,8 +218,6 @@ class Decoder:
         self.compiled = on_cuda if compile is None else compile
         self.stacked = stack.enabled and self.compiled and on_cuda if stacked is None else stacked
         self.weights: list[tuple] = []  # what the caches and graphs were made for (_weights())
-        if self.stacked:  # now, before anyone takes the weights (bench's transformers twin shares them)
-            stack.stack(model)
         self.inputs, self.run_layer, self.head, self.record = model.inputs, run_layer, model.head, record
         if self.compiled:
             # Regional compilation: every layer, and every prefix length, shares one compiled graph per layer kind
@@ -299,8 +298,8 @@ class Decoder:
         if T + new - 1 > self.max_len:
             raise ValueError(f"{T} prompt + {new} new tokens need {T + new - 1} cache slots; this Decoder has "
                              f"{self.max_len} (Decoder(model, max_len=...))")
-        if self.stacked:
-            stack.stack(self.model)  # stacks again only where a parameter's data was replaced
+        if self.stacked and B > 1:  # only then: one row never reads the stacks (_step), so it runs on the weights
+            stack.stack(self.model)  # as loaded; stacks again only where a parameter's data was replaced
         weights = self._weights()
         if weights != self.weights:  # new parameters (or the first call): caches in their dtype, graphs recaptured
             self.weights, self.batch = weights, 0

@@ -3,14 +3,16 @@
 Why: a decode step reads every weight once, and at 2 rows or more each projection is a library GEMM that costs a
 launch and a few microseconds whatever its size; one over the stacked rows costs less than three (two)
 (docs/benchmarks.md, session 8: Qwen3-0.6B at batch 8, a step -16%). At one row Inductor already reads x once for
-q, k, v in one reduction, and a stack's slices cost a copy each: the Decoder does not use the stacks there. Stacked *in place* it costs no memory: each
-Linear keeps its own parameter (names, checkpoint keys and state_dict unchanged), whose data becomes a slice of
-one stacked tensor, kept as the module's plain attribute `stacked` (not a buffer: state_dict never sees it).
+q, k, v in one reduction, and a stack's slices cost a copy each: the Decoder neither stacks nor reads the stacks
+for one row. Stacked *in place* it costs no memory: each Linear keeps its own parameter (names, checkpoint keys
+and state_dict unchanged), whose data becomes a slice of one stacked tensor, kept as the module's plain attribute
+`stacked` (not a buffer: state_dict never sees it).
 
 The hazard: whatever replaces a parameter's data (model.to(dtype), .half(), load_state_dict(assign=True),
 parallel.shard) leaves the stack holding the old values. So the stack is read only where it was checked: inside
-a Decoder's step (using()), and a Decoder runs stack() at every start, which keeps a stack only if it still
-aliases the live parameters (aliases(): one data pointer per weight) and stacks the weights again otherwise.
+a Decoder's step (using()), and a Decoder runs stack() at every start of 2 rows or more, which keeps a stack only
+if it still aliases the live parameters (aliases(): one data pointer per weight) and stacks the weights again
+otherwise.
 Everywhere else (training, the model's own forward, prefill) the modules project one weight at a time.
 """
 from __future__ import annotations

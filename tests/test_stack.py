@@ -42,6 +42,7 @@ def test_stacked_logits_equal_one_projection_per_weight(over):
     model = tiny(**over)
     ids, pad = torch.randint(0, 320, (2, 11), generator=torch.Generator().manual_seed(4)), torch.tensor([3, 0])
     dec = Decoder(model, stacked=True)
+    stack.stack(model)  # what the Decoder's start does for 2 rows
     want = model(ids, pad=pad)[:, -1]  # outside a Decoder's step: one projection per weight
     with torch.no_grad(), stack.using(True):
         got = dec.forward_last(ids, make_cache(model, 2, 16), torch.arange(11), pad)
@@ -77,8 +78,8 @@ def test_decoder_stacks_again_when_the_parameters_are_replaced(replace, one_thre
 
 
 def test_the_decoder_reads_the_stacks_at_two_rows_or_more(monkeypatch):
-    """At one row the step projects one weight at a time (Inductor's reductions already share x; measured faster);
-    at two rows and more, with the stacks."""
+    """At one row the step projects one weight at a time (Inductor's reductions already share x; measured faster)
+    on the weights as they were (not stacked); at two rows and more, with the stacks, made at that call."""
     seen = []
     read = stack.stacked
     monkeypatch.setattr(stack, "stacked", lambda mod: seen.append(read(mod) is not None) or read(mod))
@@ -89,6 +90,9 @@ def test_the_decoder_reads_the_stacks_at_two_rows_or_more(monkeypatch):
         seen.clear()
         got = decode(dec, ids, 6, stop_ids=())
         assert set(seen[-2 * 3 * 5:]) == {used}  # the last 5 steps' 3 layers, attention and MLP each (the prompt: no)
+        stacks = [getattr(mod, "stacked", None) for mod, _ in stack.groups(model)]
+        assert all(stack.aliases(w, lin) for w, (_, lin) in zip(stacks, stack.groups(model))) if used else \
+            stacks == [None] * len(stacks)  # one row: the parameters stay as they were
         assert torch.equal(got, minqwen3.generate(model, ids, 6, stop_ids=(), fast=False))
 
 
