@@ -5,9 +5,8 @@
 Each run is MODEL:RANKS[:EXPERTS][:compile][:combo][:nograph][:nomatvec][:flags|:symm|:nccl] (MODEL: an official
 name or a config.json; flags, symm or nccl: the all-reduce, --allreduce's unless named: parallel.Plan.all_reduce;
 nomatvec: o_proj and down_proj as torch's products, which Inductor compiles, instead of matvec.py's kernel, which
-takes batch 1 only with MINQWEN3_MATVEC=all). A
-one-rank run uses rank 0 alone (the others wait), so every ratio is against a peer measured in the same process and
-on the same machine. Weights are random in the official shapes,
+takes batch 1 only with MINQWEN3_MATVEC=all). A one-rank run uses rank 0 alone (the others wait), so every ratio is
+against a peer measured in the same process and on the same machine. Weights are random in the official shapes,
 drawn whole and sliced (parallel.random_model), so every layout holds the same weights and the greedy tokens can
 be compared: in bf16 the split changes the rounding, so the count of agreeing tokens is reported, not asserted.
 Decode runs the eager step captured as a CUDA graph (compile adds torch.compile). The limit is the bandwidth one:
