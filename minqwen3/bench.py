@@ -29,6 +29,11 @@ COMPARE = ("transformers", "transformers-static")  # eager with its default cach
 
 
 # ---------------------------------------------------------------- ceilings
+def one_line(e: BaseException, width: int = 200) -> str:
+    """An exception as one line of a table: its type and the first line of its message (which may be empty)."""
+    return f"{type(e).__name__}: {next(iter(str(e).splitlines()), '')[:width]}"
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -178,7 +183,7 @@ def measure(impls: list[tuple], prompt: torch.Tensor, new: int, long_prompt: tor
                 r["peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
             timed.append((r, fn, every_round, prefill and long_prompt is not None))
         except Exception as e:  # report it in the table and carry on
-            r = dict(impl=name, error=f"{type(e).__name__}: {str(e).splitlines()[0][:200]}")
+            r = dict(impl=name, error=one_line(e))
             _log(f"{name} failed: {r['error']}")
         runs.append(r)
     for i in range(repeats):

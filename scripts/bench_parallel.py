@@ -30,7 +30,7 @@ import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
 from minqwen3 import matvec, parallel, timeline  # noqa: E402
-from minqwen3.bench import _time, copy_bandwidth, decode_bytes, release  # noqa: E402
+from minqwen3.bench import _time, copy_bandwidth, decode_bytes, one_line, release  # noqa: E402
 from minqwen3.config import Qwen3Config  # noqa: E402
 from minqwen3.generation import Decoder, generate  # noqa: E402
 from minqwen3.moe import Experts  # noqa: E402
@@ -145,7 +145,7 @@ def main() -> None:
                           bws,
                           (single.get((name, compiled), (None,))[0], single.get(name)), combo)
             except Exception as e:  # on every rank alike (same code, same shapes): report it, go on to the next
-                row = dict(error=f"{type(e).__name__}: {str(e).splitlines()[0][:160]}")
+                row = dict(error=one_line(e, 160))
             release()
             if args.profile_dir and row.get("profile"):
                 Path(args.profile_dir).mkdir(parents=True, exist_ok=True)

@@ -48,7 +48,7 @@ from pathlib import Path
 import torch
 
 from minqwen3 import Qwen3Config, attention, flash_decode, matvec, mlp, moe, moe_decode, router_decode, swiglu
-from minqwen3.bench import copy_bandwidth, decode_bytes, kernel_profile, measure, release
+from minqwen3.bench import copy_bandwidth, decode_bytes, kernel_profile, measure, one_line, release
 from minqwen3.generation import Decoder, generate
 from minqwen3.model import random_model
 from minqwen3.rope import apply_rope
@@ -320,7 +320,7 @@ def main() -> int:
                             raise RuntimeError(r["error"])
                         prof = kernel_profile(lambda: gen(prompt, args.new), args.new - 1, 10**4)
                     except Exception as e:  # one variant failing must not lose the others
-                        print(f"{name} b{batch} {v}: failed: {type(e).__name__}: {str(e).splitlines()[0][:300]}",
+                        print(f"{name} b{batch} {v}: failed: {one_line(e, 300)}",
                               flush=True)
                         continue
                     tokens = r["tokens"]

@@ -22,6 +22,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from minqwen3 import matvec  # noqa: E402
+from minqwen3.bench import one_line  # noqa: E402
 from minqwen3.flash_decode import _sms  # noqa: E402
 
 SHAPES = ["5120x8192", "5120x25600", "5120x4096", "5120x12800", "4096x4096", "4096x12288"]
@@ -97,7 +98,7 @@ def main() -> int:
                         continue
                     times[c] = timed(lambda i, c=c: matvec.launch(x, ws[i % copies], c), calls)
                 except Exception as e:  # noqa: BLE001 (a setting that does not compile: report, go on)
-                    print(f"  {M} {shape} {tuple(c)}: failed: {type(e).__name__}: {str(e).splitlines()[0][:160]}",
+                    print(f"  {M} {shape} {tuple(c)}: failed: {one_line(e, 160)}",
                           flush=True)
             blas = timed(lambda i: F.linear(x, ws[i % copies]), calls)
             best = min(times, key=times.get)

@@ -154,6 +154,25 @@ def test_prefill_flops_match_torch_flop_counter(over):
     assert counter.get_total_flops() == prefill_flops(c, T) + skipped
 
 
+def test_bench_reports_a_failed_implementation_in_one_line_and_carries_on():
+    """A failure is a row of the table, whatever its message: an empty one (str(e) == "") too, and the next
+    implementation is still measured."""
+    from minqwen3.bench import measure, one_line
+
+    def broken(ids, n):
+        raise RuntimeError()
+
+    def works(ids, n):
+        return torch.cat([ids, ids[:, :1].expand(-1, n)], 1)
+
+    runs = measure([("broken", broken, 2, True, False), ("works", works, 2, True, False)],
+                   torch.zeros(1, 3, dtype=torch.long), 4, None, torch.device("cpu"), 1)
+    assert runs[0] == dict(impl="broken", error="RuntimeError: ")
+    assert runs[1]["impl"] == "works" and runs[1]["tok_s"] > 0
+    assert torch.equal(runs[1]["tokens"], torch.zeros(1, 4, dtype=torch.long))
+    assert one_line(ValueError("first line\nsecond"), 5) == "ValueError: first"
+
+
 def test_bench_command_on_a_tiny_checkpoint(tmp_path, capsys):
     pytest.importorskip("transformers")
     model = tiny(**MOE)
