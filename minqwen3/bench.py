@@ -305,7 +305,9 @@ def first_call(model_arg: str, device: torch.device, dtype: torch.dtype, prompt_
                seed: int = 0, preimport: bool = False, overlap: bool = True, keep_tuned: bool = True) -> dict:
     """In this process: load the model, then time generate()'s first call as a user makes it (the model's own
     decoder, compiled and captured on a GPU; streaming, as chat does) until its first and its `new`-th token; with
-    torch.compile's phases and its cache hits and misses.
+    torch.compile's phases and its cache hits and misses, and where the call's time went: making the Decoder
+    (decoder_s: waiting for warmstart's thread included), its start (start_s: the eager prefill and first token,
+    then compiling and capturing the graphs the call needs, setup_s), the steps after (the rest of first_s).
     overlap: start warmstart's background thread as the loading starts, as chat does (otherwise the call does that
     work itself); keep_tuned: warmstart.keep_tuned_configs() (otherwise torch's own handling of tuned kernels);
     preimport: import Dynamo and Inductor before, timed apart."""
@@ -326,15 +328,31 @@ def first_call(model_arg: str, device: torch.device, dtype: torch.dtype, prompt_
     _sync(device)
     load_s = time.perf_counter() - t
     seen = []  # when each burst of tokens reached the host
-    t = time.perf_counter()
-    out = generate(model, prompt, new, stop_ids=(), on_token=lambda ids: seen.append(time.perf_counter()))
-    _sync(device)
-    total = time.perf_counter() - t
+    spans = dict(decoder_s=0.0, start_s=0.0)  # making the model's Decoder; its start (prefill, graphs captured)
+
+    def timed(key, fn):
+        def run(*args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spans[key] += time.perf_counter() - t0
+        return run
+
+    saved = Decoder.__init__, Decoder.start
+    Decoder.__init__, Decoder.start = timed("decoder_s", Decoder.__init__), timed("start_s", Decoder.start)
+    try:
+        t = time.perf_counter()
+        out = generate(model, prompt, new, stop_ids=(), on_token=lambda ids: seen.append(time.perf_counter()))
+        _sync(device)
+        total = time.perf_counter() - t
+    finally:
+        Decoder.__init__, Decoder.start = saved
     from torch._dynamo.utils import compilation_time_metrics, counters  # after the call: a user's has not either
     dec = model.__dict__.get("fast_decoder")
     threads = getattr(sys.modules.get("torch._inductor.config"), "compile_threads", None)  # 1: in this process
     return dict(first_s=total, first_token_s=seen[0] - t, setup_s=dec.setup_s if dec is not None else 0.0,
-                import_s=import_s, load_s=load_s, compile_threads=threads,
+                import_s=import_s, load_s=load_s, compile_threads=threads, **spans,
                 warm=dict(warmstart.STATS, fixed=device.type == "cuda" and warmstart.keep_tuned_configs()),
                 tokens=out[0, prompt_len:].tolist(),
                 phases={k: sum(v) for k, v in compilation_time_metrics.items()},
@@ -497,12 +515,12 @@ def _print_first(model_arg: str, starts: dict, prompt: int, new: int = FIRST_NEW
 def _first_header(model_arg: str, prompt: int, new: int = FIRST_NEW) -> None:
     print(f"\n{model_arg}: generate()'s first call in a fresh process, batch 1, a {prompt}-token prompt, until the "
           f"{new}th new token (from the call, after loading; the whole process also starts Python, imports torch "
-          f"and loads the model)")
+          f"and loads the model; the call's time, to the last token, is the Decoder's making, the prefill and "
+          f"first token, compiling and capturing, and the steps after)")
     print("| start | whole process s | model load s | background thread s | compile workers | to the first token s | "
-          "to the last s | "
-          "of which compile + capture s | " + " | ".join(f"{v} s" for v in PHASES.values())
-          + " | same tokens as cold | compile caches |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(PHASES) + "---:|---|", flush=True)
+          "to the last s | making the Decoder s | prefill and first token s | compile and capture s | steps s | "
+          + " | ".join(f"{v} s" for v in PHASES.values()) + " | same tokens as cold | compile caches |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(PHASES) + "---:|---|", flush=True)
 
 
 def _first_row(label: str, r: dict, starts: dict) -> None:
@@ -516,9 +534,12 @@ def _first_row(label: str, r: dict, starts: dict) -> None:
     warm = r.get("warm", {})
     background = ("failed" if warm.get("warm_error") else "-" if warm.get("warm_s") is None else
                   f"{warm['warm_s']:.1f}")  # the thread's own seconds, beside the loading (and the call, if longer)
+    # the Decoder's start = the eager prefill and first token, then compile + capture; the steps: the rest
+    prefill, steps = r["start_s"] - r["setup_s"], r["first_s"] - r["decoder_s"] - r["start_s"]
     print(f"| {label} | {r['process_s']:.1f} | {r.get('load_s', 0.0):.1f} | {background} | "
-          f"{r.get('compile_threads') or '-'} | {r['first_token_s']:.1f} | "
-          f"{r['first_s']:.1f} | {r['setup_s']:.1f} | {phases} | {same}/{len(r['tokens'])} | {caches} |", flush=True)
+          f"{r.get('compile_threads') or '-'} | {r['first_token_s']:.1f} | {r['first_s']:.1f} | "
+          f"{r['decoder_s']:.2f} | {prefill:.2f} | {r['setup_s']:.1f} | {steps:.2f} | {phases} | "
+          f"{same}/{len(r['tokens'])} | {caches} |", flush=True)
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["--first-call"]:  # first_calls() runs this in a fresh process

@@ -1,6 +1,7 @@
 """The decode loop's Decoder (minqwen3/generation.py): cache prefixes, the compiled step, CUDA graphs, against the
 plain loop; the benchmark's arithmetic; and the GPU-only parts."""
 import gc
+import json
 import weakref
 from pathlib import Path
 
@@ -414,13 +415,18 @@ def test_bench_first_call_runs_in_two_fresh_processes(tmp_path, capsys, monkeypa
     minqwen3.save_pretrained(model, tmp_path / "m")
     monkeypatch.setenv("MINQWEN3_FIRST_CALL_HOME", str(tmp_path / "home"))
     rc = main(["bench", "--model", str(tmp_path / "m"), "--device", "cpu", "--prompt", "6", "--new", "4",
-               "--prefill", "0", "--repeats", "1", "--first-call"])
+               "--prefill", "0", "--repeats", "1", "--first-call", "--out", str(tmp_path / "out.json")])
     out = capsys.readouterr().out
     rows = {line.split("|")[1].strip(): line for line in out.splitlines() if line.startswith("| cold")
             or line.startswith("| warm")}
     assert rc == 0 and set(rows) == {"cold", "warm", "warm, loading first"} and "failed" not in out, out
     same = [row.split("|")[-3].strip().split("/") for row in rows.values()]  # same tokens as cold, of all
     assert all(a == b and int(a) > 0 for a, b in same), out
+    header = [c.strip() for c in next(x for x in out.splitlines() if x.startswith("| start |")).split("|")]
+    assert {"making the Decoder s", "prefill and first token s", "compile and capture s", "steps s"} <= set(header)
+    for label, r in json.loads((tmp_path / "out.json").read_text())["results"][0]["first_call"].items():
+        # where the call's time went: making the Decoder, its start (the prefill; nothing compiles on a CPU), steps
+        assert 0 < r["decoder_s"] and 0 < r["start_s"] and r["decoder_s"] + r["start_s"] < r["first_s"], label
     assert (tmp_path / "home").is_dir()  # the children's home, kept as asked
 
 
