@@ -53,6 +53,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils._pytree import tree_map
 
+from .bench import one_line
 from .config import Qwen3Config
 from .model import Qwen3
 
@@ -160,11 +161,6 @@ _symm: dict = {}  # (group name, device index) -> the rendezvoused buffer, or wh
 _groups: dict = {}  # group name -> process group, for the fallback
 
 
-def reason(e: Exception) -> str:
-    """Why a one-shot all-reduce is not used, in one line: the exception's type and first line."""
-    return f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
-
-
 def _symm_buffer(name: str, device: torch.device):
     """This group's symmetric buffer on device, made at the first call (a collective: every rank calls it at the
     same point of the same forward), or the reason it cannot be (then every later call falls back, on every rank)."""
@@ -190,7 +186,7 @@ def _symm_buffer(name: str, device: torch.device):
             symm_mem.rendezvous(buf, name)
             _symm[key] = buf
         except Exception as e:  # noqa: BLE001 (reported: symm_state, and the benchmark's rows)
-            _symm[key] = reason(e)
+            _symm[key] = one_line(e)  # why the one-shot all-reduce is not used
     return _symm[key]
 
 
@@ -206,7 +202,7 @@ def _flag_state(name: str, device: torch.device):
             _symm_buffer(name, device)  # the group enabled for symmetric memory, the backend chosen
             _symm[key] = flag_all_reduce.make_state(_groups[name], name, device)
         except Exception as e:  # noqa: BLE001 (reported: symm_state, and the benchmark's rows)
-            _symm[key] = reason(e)
+            _symm[key] = one_line(e)  # why the one-shot all-reduce is not used
     return _symm[key]
 
 

@@ -30,7 +30,7 @@ import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
 from minqwen3 import parallel  # noqa: E402
-from minqwen3.bench import _time  # noqa: E402
+from minqwen3.bench import _time, one_line  # noqa: E402
 
 
 def ways(group) -> dict:
@@ -144,7 +144,7 @@ def main() -> None:
             if args.matmul:
                 line += f" {row['both_us']:.2f} | {row['mm_us']:.2f} | {row['both_us'] - row['mm_us']:.2f} |"
         except Exception as e:  # noqa: BLE001 (the same on every rank: report it, go on)
-            row["error"] = parallel.reason(e)
+            row["error"] = one_line(e)
             line = f"| {way} | failed: {row['error']} |"
         print(line, flush=True)
         if args.out and plan.rank == 0:
