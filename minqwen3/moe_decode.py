@@ -180,6 +180,20 @@ def _splits(device: torch.device, pairs: int, hidden: int) -> int:
     return triton.cdiv(pairs, triton.cdiv(pairs, s))
 
 
+def _down_sums(hid: torch.Tensor, experts: torch.Tensor, count: torch.Tensor, down_proj: torch.Tensor, pairs: int,
+               known: int) -> torch.Tensor:
+    """Kernel 2 on hid (T, N, I): partial outputs (S, N, H), float32, S = _splits(pairs) splits of the experts
+    (the grid's second side, and the S its autotuner keys on). known: the count of experts (T), or 0 for the
+    count kernel 1 wrote into count."""
+    N, (H, I) = hid.shape[1], down_proj.shape[1:]
+    S = _splits(hid.device, pairs, H)
+    part = torch.empty(S, N, H, device=hid.device, dtype=torch.float32)
+    _down[lambda meta: (triton.cdiv(H, meta["BLOCK_I"]), S)](
+        hid, experts, count, down_proj, part, N, S, H=H, I=I, NP=max(16, triton.next_power_of_2(N)), COUNT=known,
+        IEEE=hid.dtype == torch.float32)
+    return part
+
+
 @torch.library.custom_op("minqwen3::moe_decode", mutates_args=())
 def moe_decode(x: torch.Tensor, idx: torch.Tensor, w: torch.Tensor, gate_proj: torch.Tensor, up_proj: torch.Tensor,
                down_proj: torch.Tensor) -> torch.Tensor:
@@ -195,14 +209,10 @@ def moe_decode(x: torch.Tensor, idx: torch.Tensor, w: torch.Tensor, gate_proj: t
     hid = torch.empty(NK, N, I, device=x.device, dtype=x.dtype)  # h of the t-th distinct expert, for each token
     experts = torch.empty(NK, device=x.device, dtype=idx.dtype)
     count = torch.empty(1, device=x.device, dtype=torch.int32)
-    part = torch.empty(_splits(x.device, NK, H), N, H, device=x.device, dtype=torch.float32)
-    ieee = x.dtype == torch.float32
     _gate_up[lambda meta: (triton.cdiv(I, meta["BLOCK_I"]), NK)](
         x, idx, w, gate_proj, up_proj, hid, experts, count, N, NK, x.stride(0),
-        K=k, H=H, I=I, NP=NP, JP=max(16, triton.next_power_of_2(NK)), IEEE=ieee)
-    _down[lambda meta: (triton.cdiv(H, meta["BLOCK_I"]), part.shape[0])](
-        hid, experts, count, down_proj, part, N, part.shape[0], H=H, I=I, NP=NP, COUNT=0, IEEE=ieee)
-    return part
+        K=k, H=H, I=I, NP=NP, JP=max(16, triton.next_power_of_2(NK)), IEEE=x.dtype == torch.float32)
+    return _down_sums(hid, experts, count, down_proj, NK, 0)
 
 
 @moe_decode.register_fake
@@ -224,14 +234,8 @@ def moe_down(h: torch.Tensor, experts: torch.Tensor, down_proj: torch.Tensor) ->
     """Kernel 2 alone, for products made elsewhere: h (T, N, I) with the routing weights folded in (0 for a token
     that did not choose experts[t]), experts (T,) (repeats allowed: each entry is read), down (E, H, I) ->
     partial outputs (S, N, H), float32, whose sum over S is sum_t down_{experts[t]} h[t]."""
-    T, N, I = h.shape
-    H = down_proj.shape[1]
     h, experts, down_proj = h.contiguous(), experts.contiguous(), down_proj.contiguous()
-    part = torch.empty(_splits(h.device, T, H), N, H, device=h.device, dtype=torch.float32)
-    _down[lambda meta: (triton.cdiv(H, meta["BLOCK_I"]), part.shape[0])](
-        h, experts, experts, down_proj, part, N, part.shape[0], H=H, I=I, NP=max(16, triton.next_power_of_2(N)),
-        COUNT=T, IEEE=h.dtype == torch.float32)
-    return part
+    return _down_sums(h, experts, experts, down_proj, h.shape[0], h.shape[0])  # experts as count: not read
 
 
 @moe_down.register_fake
