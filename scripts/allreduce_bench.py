@@ -6,10 +6,11 @@ each) captured in one CUDA graph, per all-reduce microseconds, for each way of s
 Ways (--ways):
   nccl        dist.all_reduce in place: NCCL, as the eager step calls it (its env knobs, e.g. NCCL_PROTO=LL, apply
               to the whole launch: run once per setting)
-  symm        minqwen3::all_reduce, the plan's default on GPUs: one-shot through symmetric memory, the copy in
-              inside the kernel (parallel.symm_all_reduce)
+  symm        minqwen3::all_reduce: torch's one-shot kernel through symmetric memory, the copy in inside the
+              kernel (parallel.symm_all_reduce; the plan's default before session 7)
   symm-inbuf  torch.ops.symm_mem.one_shot_all_reduce on data already in the symmetric buffer (no copy in)
-  flags       minqwen3::all_reduce_flags: one-shot with one barrier instead of two (minqwen3/flag_all_reduce.py)
+  flags       minqwen3::all_reduce_flags, the plan's default on GPUs: one-shot with one barrier instead of two
+              (minqwen3/flag_all_reduce.py)
 With --matmul each all-reduce follows a matrix-vector product of one TP=2 o_proj's size ((5120, 4096) bf16, four
 such weights in turn, 160 MiB, so that L2 holds none of them) and the table adds the products alone: the exposed
 cost of an all-reduce is (both - products alone) / N. NVLink multicast stays off (parallel.init sets it so).
