@@ -38,6 +38,16 @@ def record(fn: Callable[[], None]) -> list[tuple[str, float, float]]:
     return sorted(out, key=lambda k: k[1])
 
 
+def after_first_step(kernels: list[tuple[str, float, float]], steps: int) -> list[tuple[str, float, float]]:
+    """The kernels of the last `steps` of steps + 1 recorded steps (captured graphs: each step the same kernels).
+
+    The ranks of a split model start recording at different host times (the profiler's own start-up); the first
+    collective of the window absorbs that offset, up to milliseconds, into one rank's all-reduce. From the second
+    step on the collectives hold the ranks in step. Kernels that do not divide evenly into the steps: all of them."""
+    per, rest = divmod(len(kernels), steps + 1)
+    return kernels[per:] if rest == 0 and per > 0 else kernels
+
+
 def summarize(kernels: list[tuple[str, float, float]], steps: int, top: int | None = None) -> dict:
     """Per-step figures of `steps` steps' kernels (name, start µs, end µs), sorted by start:
 

@@ -65,9 +65,11 @@ def run(name: str, cfg, plan, device, args, compiled: bool, graphs: bool, bws: l
     t_one = min(_time(lambda: gen(1), dev) for _ in range(args.repeats))
     ms = 1e3 * (t_new - t_one) / (args.new - 1)
     # this rank's GPU kernels per decode step: the steps alone, replayed as generate() replays them
-    steps = min(args.profile_steps, args.new - 1)
-    prof = (timeline.summarize(timeline.record(decode_steps(dec, prompt, args.new, steps)), steps)
-            if args.profile and cuda else None)
+    # (one step more is recorded and dropped: it absorbs the ranks' different starts, timeline.after_first_step)
+    steps = min(args.profile_steps, args.new - 2)
+    prof = (timeline.summarize(timeline.after_first_step(
+        timeline.record(decode_steps(dec, prompt, args.new, steps + 1)), steps), steps)
+        if args.profile and cuda else None)
     n = plan.world
     limit_ms = 1e3 * decode_bytes(cfg, torch.bfloat16) / (n * min(bws[:n]))
     agree = "-" if ref[1] is None or n == 1 else f"{int((tokens == ref[1]).cumprod(0).sum())}/{args.new}"
@@ -98,7 +100,7 @@ def main() -> None:
     ap.add_argument("--profile", type=int, default=0, metavar="N",
                     help="also profile each run's decode steps on every rank (minqwen3/timeline.py) and print rank "
                          "0's per-step totals, kinds of kernel and N longest kernels, and the other ranks' kinds")
-    ap.add_argument("--profile-steps", type=int, default=32, help="decode steps profiled (at most --new - 1)")
+    ap.add_argument("--profile-steps", type=int, default=32, help="decode steps profiled (at most --new - 2)")
     ap.add_argument("--profile-dir", help="write each rank's whole profile summary here, one JSON file per run and "
                                           "rank (every kernel name, one middle step's kernels in order)")
     ap.add_argument("--device", default="cuda", help="cuda, or cpu for a dry run of the script (gloo, no graphs)")

@@ -47,6 +47,18 @@ def test_summarize_edges():
     assert "3.0 kernels" in text and "triton_red_fused_mm_0" in text and "triton_poi_fused_add_1" not in text
 
 
+def test_after_first_step_drops_the_step_that_waited():
+    # a rank that started recording 7,000 µs early: its first all-reduce waits that long, once
+    late = [("triton_red_fused_mm_0", 0.0, 10.0), ("one_shot_all_reduce_kernel", 12.0, 7019.0),
+            ("triton_poi_fused_add_1", 7020.0, 7022.0)] + [(n, a + 7000, b + 7000) for n, a, b in KERNELS[3:]]
+    kept = timeline.after_first_step(late + [(n, a + 7025, b + 7025) for n, a, b in KERNELS[3:]], steps=2)
+    assert kept[0] == ("triton_red_fused_mm_0", 7025.0, 7035.0) and len(kept) == 6
+    s = timeline.summarize(kept, 2)
+    assert {k: t for k, c, t, g in s["by_name"]}["one_shot_all_reduce_kernel"] == pytest.approx(8.0)
+    assert timeline.after_first_step(KERNELS[:5], 1) == KERNELS[:5]  # uneven: nothing dropped
+    assert timeline.after_first_step([], 3) == []
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_record_times_kernels_as_cuda_events_do():
