@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from . import stack, warmstart
+from . import matvec, stack, warmstart
 from .cache import KVCache, make_cache
 from .config import NON_THINKING_DEFAULTS, THINKING_DEFAULTS  # noqa: F401 (sampling's defaults, for callers)
 from .tokenizer import ENDOFTEXT, IM_END
@@ -195,7 +195,8 @@ class Decoder:
     compile (default: on CUDA) compiles the step's pieces with torch.compile (backend; combo_kernels, Inductor's,
     defaults to on for hidden sizes up to 2048, where it measured faster); cuda_graphs (default: on CUDA) captures
     the step once per cache prefix (prefix_lengths(max_len, smallest_prefix)). stacked (default: compiled on CUDA,
-    unless MINQWEN3_STACK=0): a call of 2 rows or more stacks each layer's q|k|v and gate|up weights in place
+    unless MINQWEN3_STACK=0): a call of 2 rows or more (of one row too where matvec.py's kernel applies the RMSNorm
+    on the way into the stacked products, matvec.normed) stacks each layer's q|k|v and gate|up weights in place
     (stack.py; from then on the weights stay stacked) and its steps project with the stacks. Use it through
     generate(decoder=).
 
@@ -298,8 +299,8 @@ class Decoder:
         if T + new - 1 > self.max_len:
             raise ValueError(f"{T} prompt + {new} new tokens need {T + new - 1} cache slots; this Decoder has "
                              f"{self.max_len} (Decoder(model, max_len=...))")
-        if self.stacked and B > 1:  # only then: one row never reads the stacks (_step), so it runs on the weights
-            stack.stack(self.model)  # as loaded; stacks again only where a parameter's data was replaced
+        if self.stacked and (B > 1 or self._normed()):  # else one row never reads the stacks (_step), so it runs on
+            stack.stack(self.model)  # the weights as loaded; stacks again only where a parameter's data was replaced
         weights = self._weights()
         if weights != self.weights:  # new parameters (or the first call): caches in their dtype, graphs recaptured
             self.weights, self.batch = weights, 0
@@ -339,10 +340,15 @@ class Decoder:
         fns = self.inputs, self.run_layer, self.head
         # the stacks start() checked, at 2 rows or more: there each projection is a GEMM of its own, and one over the
         # stack saves launches; at one row Inductor already reads x once for q, k, v (and for gate, up) in one
-        # reduction, and the stack's output slices cost a copy each (docs/benchmarks.md, session 8)
-        with stack.using(self.stacked and self.batch > 1):
+        # reduction, and the stack's output slices cost a copy each (docs/benchmarks.md, session 8), unless
+        # matvec.py's kernel norms and projects them (its output's slices are views)
+        with stack.using(self.stacked and (self.batch > 1 or self._normed())):
             tok = self._pick(self.forward_last(self.tok, self.prefixes[n], self.pos, self.step_pad, fns))
         self.record(tok, self.out, self.n, self.done, self.seen, self.tok, self.pos, self.stop, self.pad_id)
+
+    def _normed(self) -> bool:
+        """Whether the step's RMSNorms go into the stacked q|k|v and gate|up products (matvec.normed_linear)."""
+        return matvec.normed and matvec.triton is not None and self.device.type == "cuda"
 
     def _graph(self, n: int, key: tuple) -> torch.cuda.CUDAGraph:
         """The step over prefix n as a CUDA graph, captured on first use (compiling first if need be)."""
