@@ -17,10 +17,17 @@ whole ones (down_proj 3.4 against 4.0 TB/s; docs/benchmarks.md, session 7, s7-tp
   scripts/matvec_bench.py's timings, else from a rule of the shape and the number of SMs: never from timing at run
   time, so both ranks of a split model (and every machine of one kind) run the same kernel.
 
+- With the layer's RMSNorm on the way in (NORM, normed_linear() below): y = rmsnorm(x; g, eps) @ W.T in the same
+  launch. Each program multiplies W by x * g and sums x * x beside it over its slice of K; the slices of one block
+  of columns cover all of K, so the program that finishes the block adds their sums of squares too (in split order)
+  and scales the row by 1 / sqrt(mean + eps) once, at the end. No statistics kernel of its own, and no settings
+  tuned by timing (Inductor's reductions for the normed products were tuned apart per compile and per rank).
+
 Used by attention.Attention for o_proj and mlp.MLP for down_proj (linear() below) on CUDA without gradients, for
 2 to MAX_ROWS rows (one row too with MINQWEN3_MATVEC=all; 0 switches it off): their inputs come from custom ops
-already (flash_decode, swiglu), so Inductor has nothing to fuse into them. q/k/v and gate/up stay Inductor's: it
-applies the RMSNorm before them on the way in.
+already (flash_decode, swiglu), so Inductor has nothing to fuse into them. And for the stacked q|k|v and gate|up
+(stack.py) inside a Decoder's step, 1 to MAX_ROWS rows, with the norm on the way in (normed_linear;
+MINQWEN3_NORMED=0 leaves the norm and the products to Inductor, as before session 9).
 """
 from __future__ import annotations
 
