@@ -54,6 +54,10 @@ min_rows = 1 if _MODE == "all" else 2
 # MINQWEN3_NORMED=0: the RMSNorm before q|k|v and gate|up stays a step of its own (the benchmarks' peer), where the
 # kernel otherwise applies it on the way into the stacked product (normed_linear), for 1 to MAX_ROWS rows
 normed = os.environ.get("MINQWEN3_NORMED", "1") != "0"
+# ... at 2 rows or more only for weights of at least this many bytes: there tl.dot's tiles lost to cuBLAS's product
+# plus the norm's kernel on small matrices (Qwen3-0.6B's 8 and 13 MB, Qwen3-8B's q|k|v, 50 MB) and won on large ones
+# (Qwen3-8B's gate|up, 201 MB; docs/benchmarks.md, session 9, s9-norm). One row: always.
+NORMED_MIN_BYTES = 100_000_000
 
 
 class Config(NamedTuple):
@@ -68,13 +72,24 @@ class Config(NamedTuple):
 
 
 # (rows, N, K) -> Config, the fastest of scripts/matvec_bench.py's candidates on an H200 (132 SMs), session 8: o_proj
-# and down_proj of Qwen3-32B on one GPU and on each of two, and of Qwen3-8B; other shapes take rule().
+# and down_proj of Qwen3-32B on one GPU and on each of two, and of Qwen3-8B; other shapes take rule(). (No shape of
+# a product with the norm is one without it, so one table serves both.)
 # MINQWEN3_MATVEC_TABLE=FILE[:FILE...] adds (or replaces) entries from the JSON that script writes.
 TABLE: dict[tuple[int, int, int], Config] = {
     (1, 5120, 8192): Config(8, 512, 1, 4, 1, False), (1, 5120, 25600): Config(64, 128, 4, 4, 3, True),
     (1, 5120, 4096): Config(8, 512, 1, 4, 1, False), (1, 5120, 12800): Config(64, 128, 4, 4, 3, True),
     (1, 4096, 4096): Config(8, 512, 1, 4, 1, False), (1, 4096, 12288): Config(64, 128, 5, 4, 3, True),
     (8, 4096, 4096): Config(32, 256, 2, 4, 3, True), (8, 4096, 12288): Config(32, 128, 3, 4, 4, True),
+    # session 9, the norm on the way in (matvec_bench.py --norm): stacked q|k|v and gate|up of Qwen3-0.6B, Qwen3-8B,
+    # Qwen3-32B on each of two GPUs and on one
+    (1, 4096, 1024): Config(8, 512, 1, 4, 1, False), (1, 6144, 1024): Config(8, 512, 1, 4, 1, False),
+    (1, 6144, 4096): Config(8, 512, 1, 4, 1, False), (1, 24576, 4096): Config(64, 128, 1, 4, 3, True),
+    (1, 5120, 5120): Config(4, 1024, 1, 4, 1, False), (1, 25600, 5120): Config(4, 1024, 1, 4, 1, False),
+    (1, 10240, 5120): Config(4, 1024, 1, 4, 1, False), (1, 51200, 5120): Config(8, 512, 1, 4, 1, False),
+    (8, 4096, 1024): Config(64, 128, 4, 4, 3, True), (8, 6144, 1024): Config(64, 128, 3, 4, 3, True),
+    (8, 6144, 4096): Config(64, 128, 3, 4, 3, True), (8, 24576, 4096): Config(64, 128, 1, 4, 3, True),
+    (8, 5120, 5120): Config(64, 128, 4, 4, 3, True), (8, 25600, 5120): Config(64, 128, 3, 4, 3, True),
+    (8, 10240, 5120): Config(64, 128, 2, 4, 3, True), (8, 51200, 5120): Config(64, 128, 1, 4, 3, True),
 }
 
 
@@ -118,14 +133,16 @@ def config(M: int, N: int, K: int, device: torch.device) -> Config:
 
 def available(x: torch.Tensor, weight: torch.Tensor, norm: nn.Module | None = None) -> bool:
     """Whether the kernel takes x @ weight.T (with norm: norm(x) @ weight.T, an RMSNorm of x's dtype): Triton,
-    CUDA, min_rows (with norm: 1) to MAX_ROWS rows, one dtype of DTYPES, the weight's rows contiguous, no gradient
-    wanted (no backward). Otherwise torch's product does (after the norm)."""
+    CUDA, min_rows (with norm: 1) to MAX_ROWS rows (with norm, more than one only for NORMED_MIN_BYTES of weight),
+    one dtype of DTYPES, the weight's rows contiguous, no gradient wanted (no backward). Otherwise torch's product
+    does (after the norm)."""
     K = x.shape[-1]
     ins = (x, weight) if norm is None else (x, weight, norm.weight)
     return ((enabled if norm is None else normed) and triton is not None and x.is_cuda and weight.dim() == 2
             and all(t.dtype == x.dtype for t in ins) and x.dtype in DTYPES and weight.stride(1) == 1
             and (norm is None or (norm.weight.shape == (K,) and isinstance(norm.eps, float)))
             and (min_rows if norm is None else 1) * K <= x.numel() <= MAX_ROWS * K
+            and (norm is None or x.numel() == K or weight.numel() * weight.element_size() >= NORMED_MIN_BYTES)
             and not (torch.is_grad_enabled() and any(t.requires_grad for t in ins)))
 
 

@@ -64,6 +64,17 @@ def test_normed_linear_off_the_gpu_is_the_norm_then_torchs_product():
     assert torch.equal(matvec.normed_linear(x, w, None), F.linear(x, w))
 
 
+@pytest.mark.gpu
+def test_gpu_the_norm_goes_in_at_one_row_and_for_large_weights_at_more():
+    norm, x = RMSNorm(16).cuda(), torch.zeros(2, 16, device="cuda")
+    small = torch.zeros(24, 16, device="cuda")
+    large = torch.zeros(1, 16, device="cuda").expand(10**7, 16)  # 640 MB of float32 as far as numel goes
+    with torch.no_grad():
+        assert matvec.available(x[:1], small, norm) and not matvec.available(x, small, norm)
+        assert matvec.NORMED_MIN_BYTES <= 640e6 and matvec.available(x, large, norm)
+        assert not matvec.available(torch.zeros(9, 16, device="cuda"), large, norm)
+
+
 @pytest.mark.parametrize("norm, eps, match", [
     (torch.ones(5), 1e-6, r"norm \(5,\) torch.float32 on cpu must be \(4,\)"),
     (torch.ones(4, dtype=torch.float64), 1e-6, "norm .4,. torch.float64"),
@@ -246,6 +257,7 @@ def test_gpu_compiled_normed_step_equals_eager_tokens(rows, monkeypatch):
     from minqwen3 import Decoder, stack
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
     monkeypatch.setattr(matvec, "normed", True)
+    monkeypatch.setattr(matvec, "NORMED_MIN_BYTES", 0)  # the test model's small weights take it at 2 rows too
     launched = []
     launch = matvec.launch
     monkeypatch.setattr(matvec, "launch", lambda x, w, c, norm=None, eps=0.0: launched.append(norm is not None)
