@@ -52,11 +52,14 @@ _MODE = os.environ.get("MINQWEN3_MATVEC", "1")
 enabled = _MODE != "0"
 min_rows = 1 if _MODE == "all" else 2
 # MINQWEN3_NORMED=0: the RMSNorm before q|k|v and gate|up stays a step of its own (the benchmarks' peer), where the
-# kernel otherwise applies it on the way into the stacked product (normed_linear), for 1 to MAX_ROWS rows
-normed = os.environ.get("MINQWEN3_NORMED", "1") != "0"
-# ... at 2 rows or more only for weights of at least this many bytes: there tl.dot's tiles lost to cuBLAS's product
-# plus the norm's kernel on small matrices (Qwen3-0.6B's 8 and 13 MB, Qwen3-8B's q|k|v, 50 MB) and won on large ones
-# (Qwen3-8B's gate|up, 201 MB; docs/benchmarks.md, session 9, s9-norm). One row: always.
+# kernel otherwise applies it on the way into the stacked product (normed_linear). Where, as measured
+# (docs/benchmarks.md, session 9, s9-norm): at 2 to MAX_ROWS rows for weights of NORMED_MIN_BYTES or more (tl.dot's
+# tiles lost to cuBLAS's product plus the norm's kernel on Qwen3-0.6B's 8 and 13 MB and Qwen3-8B's 50 MB q|k|v, and
+# won on 8B's 201 MB gate|up); at one row where the Decoder reads the stacks for it (generation.Decoder: small
+# models, where launches dominate, and split ones, whose ranks then run one kernel; "all": every model).
+_NORMED = os.environ.get("MINQWEN3_NORMED", "1")
+normed = _NORMED != "0"
+normed_one_row_always = _NORMED == "all"
 NORMED_MIN_BYTES = 100_000_000
 
 

@@ -75,6 +75,31 @@ def test_gpu_the_norm_goes_in_at_one_row_and_for_large_weights_at_more():
         assert not matvec.available(torch.zeros(9, 16, device="cuda"), large, norm)
 
 
+def test_one_row_reads_the_stacks_where_it_measured_faster(monkeypatch):
+    """A one-row step takes the kernel with the norm (reading the stacks) on a GPU for small models (hidden size up
+    to 2048) and split ones, every model with MINQWEN3_NORMED=all, none with 0; elsewhere the step is as before."""
+    from types import SimpleNamespace
+
+    from test_fast import tiny
+
+    from minqwen3 import Decoder
+    model = tiny()
+    dec = Decoder(model, max_len=16)
+    assert not dec._normed_one_row()  # a CPU
+    monkeypatch.setattr(dec, "device", torch.device("cuda"))
+    monkeypatch.setattr(matvec, "triton", matvec.triton or object())
+    assert dec._normed_one_row()
+    monkeypatch.setattr(model.config, "hidden_size", 4096)  # as Qwen3-8B
+    assert not dec._normed_one_row()
+    model.plan = SimpleNamespace(world=2)  # parallel.shard's mark
+    assert dec._normed_one_row()
+    del model.plan
+    monkeypatch.setattr(matvec, "normed_one_row_always", True)
+    assert dec._normed_one_row()
+    monkeypatch.setattr(matvec, "normed", False)
+    assert not dec._normed_one_row()
+
+
 @pytest.mark.parametrize("norm, eps, match", [
     (torch.ones(5), 1e-6, r"norm \(5,\) torch.float32 on cpu must be \(4,\)"),
     (torch.ones(4, dtype=torch.float64), 1e-6, "norm .4,. torch.float64"),
