@@ -21,14 +21,16 @@ class Attention(nn.Module):
         self.q_norm = RMSNorm(c.head_dim, c.rms_norm_eps)
         self.k_norm = RMSNorm(c.head_dim, c.rms_norm_eps)
 
-    def forward(self, x, cos, sin, mask=None, cache=None, input_pos=None):
+    def forward(self, x, cos, sin, mask=None, cache=None, input_pos=None, norm=None):
+        """norm: the layer's RMSNorm, applied to x first (in the decode step on a GPU: on the way into q|k|v)."""
         B, T, _ = x.shape
         w = stack.stacked(self)  # q|k|v as one weight, inside a Decoder's step (stack.py), else None
         if w is None:
+            x = x if norm is None else norm(x)
             q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
-        else:
-            q, k, v = F.linear(x, w).split([self.n_heads * self.head_dim, self.n_kv * self.head_dim,
-                                            self.n_kv * self.head_dim], -1)
+        else:  # decoding on a GPU: one kernel norms x and projects (matvec.py), q, k, v are views of its output
+            q, k, v = matvec.normed_linear(x, w, norm).split([self.n_heads * self.head_dim, self.n_kv * self.head_dim,
+                                                              self.n_kv * self.head_dim], -1)
         q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
         k = k.view(B, T, self.n_kv, self.head_dim).transpose(1, 2)  # (B, H_kv, T, D)
         v = v.view(B, T, self.n_kv, self.head_dim).transpose(1, 2)  # (B, H_kv, T, D)

@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from . import stack, warmstart
+from . import matvec, stack, warmstart
 from .cache import KVCache, make_cache
 from .config import NON_THINKING_DEFAULTS, THINKING_DEFAULTS  # noqa: F401 (sampling's defaults, for callers)
 from .tokenizer import ENDOFTEXT, IM_END
@@ -195,7 +195,8 @@ class Decoder:
     compile (default: on CUDA) compiles the step's pieces with torch.compile (backend; combo_kernels, Inductor's,
     defaults to on for hidden sizes up to 2048, where it measured faster); cuda_graphs (default: on CUDA) captures
     the step once per cache prefix (prefix_lengths(max_len, smallest_prefix)). stacked (default: compiled on CUDA,
-    unless MINQWEN3_STACK=0): a call of 2 rows or more stacks each layer's q|k|v and gate|up weights in place
+    unless MINQWEN3_STACK=0): a call of 2 rows or more (of one row too where matvec.py's kernel applies the RMSNorm
+    on the way into the stacked products, _normed_one_row) stacks each layer's q|k|v and gate|up weights in place
     (stack.py; from then on the weights stay stacked) and its steps project with the stacks. Use it through
     generate(decoder=).
 
@@ -298,8 +299,8 @@ class Decoder:
         if T + new - 1 > self.max_len:
             raise ValueError(f"{T} prompt + {new} new tokens need {T + new - 1} cache slots; this Decoder has "
                              f"{self.max_len} (Decoder(model, max_len=...))")
-        if self.stacked and B > 1:  # only then: one row never reads the stacks (_step), so it runs on the weights
-            stack.stack(self.model)  # as loaded; stacks again only where a parameter's data was replaced
+        if self.stacked and (B > 1 or self._normed_one_row()):  # else one row never reads the stacks (_step), so it
+            stack.stack(self.model)  # runs on the weights as loaded; stacks again where a parameter's data was replaced
         weights = self._weights()
         if weights != self.weights:  # new parameters (or the first call): caches in their dtype, graphs recaptured
             self.weights, self.batch = weights, 0
@@ -339,10 +340,22 @@ class Decoder:
         fns = self.inputs, self.run_layer, self.head
         # the stacks start() checked, at 2 rows or more: there each projection is a GEMM of its own, and one over the
         # stack saves launches; at one row Inductor already reads x once for q, k, v (and for gate, up) in one
-        # reduction, and the stack's output slices cost a copy each (docs/benchmarks.md, session 8)
-        with stack.using(self.stacked and self.batch > 1):
+        # reduction, and the stack's output slices cost a copy each (docs/benchmarks.md, session 8), unless
+        # matvec.py's kernel norms and projects them (its output's slices are views)
+        with stack.using(self.stacked and (self.batch > 1 or self._normed_one_row())):
             tok = self._pick(self.forward_last(self.tok, self.prefixes[n], self.pos, self.step_pad, fns))
         self.record(tok, self.out, self.n, self.done, self.seen, self.tok, self.pos, self.stop, self.pad_id)
+
+    def _normed_one_row(self) -> bool:
+        """Whether a one-row step reads the stacks, for matvec.py's kernel to apply the RMSNorms on the way into
+        q|k|v and gate|up (matvec.normed_linear): where that measured faster than Inductor's reductions (its
+        statistics kernel and tuned products), on a small model (hidden size up to 2048, as combo kernels: there the
+        launches dominate; Qwen3-0.6B -12%) and on a split one (parallel.py: both ranks run one kernel, not each its
+        own tuning; Qwen3-32B on two GPUs -11%), not on Qwen3-8B (+6-8%) or Qwen3-32B on one GPU (even);
+        MINQWEN3_NORMED=all: on every model."""
+        world = getattr(getattr(self.model, "plan", None), "world", 1)
+        return (matvec.normed and matvec.triton is not None and self.device.type == "cuda"
+                and (matvec.normed_one_row_always or self.model.config.hidden_size <= 2048 or world > 1))
 
     def _graph(self, n: int, key: tuple) -> torch.cuda.CUDAGraph:
         """The step over prefix n as a CUDA graph, captured on first use (compiling first if need be)."""

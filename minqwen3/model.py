@@ -21,9 +21,13 @@ class DecoderLayer(nn.Module):
         self.mlp = SparseMoE(config) if self.is_moe else MLP(config.hidden_size, config.intermediate_size)
 
     def forward(self, x, cos, sin, mask=None, cache=None, input_pos=None):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, input_pos)  # pre-norm residual
-        y = self.mlp(self.post_attention_layernorm(x))
-        y, router_logits = y if self.is_moe else (y, None)
+        # pre-norm residual; attention and the dense MLP apply the norm themselves (decoding on a GPU, on the way
+        # into their products: matvec.normed_linear); the MoE's router and experts both take the normed x
+        x = x + self.self_attn(x, cos, sin, mask, cache, input_pos, norm=self.input_layernorm)
+        if self.is_moe:
+            y, router_logits = self.mlp(self.post_attention_layernorm(x))
+        else:
+            y, router_logits = self.mlp(x, norm=self.post_attention_layernorm), None
         return x + y, router_logits
 
 

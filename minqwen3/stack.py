@@ -4,7 +4,8 @@ Why: a decode step reads every weight once, and at 2 rows or more each projectio
 launch and a few microseconds whatever its size; one over the stacked rows costs less than three (two)
 (docs/benchmarks.md, session 8: Qwen3-0.6B at batch 8, a step -16%). At one row Inductor already reads x once for
 q, k, v in one reduction, and a stack's slices cost a copy each: the Decoder neither stacks nor reads the stacks
-for one row. Stacked *in place* it costs no memory: each Linear keeps its own parameter (names, checkpoint keys
+for one row, unless matvec.py's kernel norms and projects them there (Decoder._normed_one_row: its output's slices
+are views). Stacked *in place* it costs no memory: each Linear keeps its own parameter (names, checkpoint keys
 and state_dict unchanged), whose data becomes a slice of one stacked tensor, kept as the module's plain attribute
 `stacked` (not a buffer: state_dict never sees it).
 

@@ -18,7 +18,10 @@ moe.Experts.gather_max (0: the kernels at batch 1 too); "+nodown1" keeps the gat
 "+topk" routes with torch's topk and softmax instead of router_decode.py's kernel (as before session 8); "+nomatvec"
 leaves o_proj and down_proj to torch's products (which Inductor compiles into reductions, cuBLAS at batch > 1)
 instead of matvec.py's split-K kernel, which the package takes for 2 to 8 rows, "+matvec1" for one row too
-(MINQWEN3_MATVEC=all); "+inline" spells the dense MLP's silu(gate) * up in torch, as before session 7, which
+(MINQWEN3_MATVEC=all); "+nonormed" applies the RMSNorms before q|k|v and gate|up as a step of their own (torch's,
+which Inductor compiles into a statistics kernel and the products' reductions), as before session 9, instead of
+matvec.py's kernel with the norm on the way into the stacked product (MINQWEN3_NORMED=0), "+normedall" takes that
+kernel at one row on every model (MINQWEN3_NORMED=all; by default small and split models only); "+inline" spells the dense MLP's silu(gate) * up in torch, as before session 7, which
 Inductor inlines into the down projection (the package computes it in a kernel of its own, swiglu.py); "+fdfile:PATH" decodes attention with the
 flash_decode.py at PATH (an earlier version of the kernel: git show REV:minqwen3/flash_decode.py > PATH);
 "+fd:NAME=VALUE" sets one of flash_decode.py's launch settings (MIN_SPLIT, BLOCK, NUM_WARPS, NUM_STAGES); "+blaslt"
@@ -183,7 +186,7 @@ def patched(name: str):
                      moe_decode._down, moe_decode.SPLIT_PROGRAMS, router_decode.enabled)
     saved_fd = (attention.flash_decode, swiglu.available, torch.backends.cuda.preferred_blas_library(),
                 flash_decode.NORM_ROPE)
-    saved_matvec = matvec.enabled, matvec.min_rows
+    saved_matvec = matvec.enabled, matvec.min_rows, matvec.normed, matvec.normed_one_row_always
     settings = {n: getattr(flash_decode, n) for n in ("MIN_SPLIT", "BLOCK", "NUM_WARPS", "NUM_STAGES")}
     try:
         for p in parts:
@@ -202,6 +205,10 @@ def patched(name: str):
             matvec.enabled = False
         if "matvec1" in parts:
             matvec.min_rows = 1
+        if "nonormed" in parts:
+            matvec.normed = False
+        if "normedall" in parts:
+            matvec.normed_one_row_always = True
         if "blaslt" in parts:
             torch.backends.cuda.preferred_blas_library("cublaslt")
         if "fuse" in parts:  # the caller stacks the weights (fuse(model, True))
@@ -242,7 +249,7 @@ def patched(name: str):
         (moe.SparseMoE.forward, attention.decode_attention, flash_decode.available, mlp.MLP.forward,
          attention.Attention.forward) = saved
         attention.flash_decode, swiglu.available, blas, flash_decode.NORM_ROPE = saved_fd
-        matvec.enabled, matvec.min_rows = saved_matvec
+        matvec.enabled, matvec.min_rows, matvec.normed, matvec.normed_one_row_always = saved_matvec
         torch.backends.cuda.preferred_blas_library(blas)
         for k, v in settings.items():
             setattr(flash_decode, k, v)

@@ -8,6 +8,10 @@ copies that together exceed L2 (else a 34 MB matrix would be read from cache), b
 result is checked against torch's product in float32 first. Shapes are (N, K) of weight (N, K): by default
 Qwen3-32B's o_proj and down_proj on one GPU and on each of two, and Qwen3-8B's. Prints one line per shape: the
 fastest settings, the rule's (matvec.rule, for shapes without a table entry) and cuBLAS, in µs and TB/s.
+
+--norm times the kernel with the RMSNorm on the way in (matvec.normed_linear) instead, by default over the stacked
+q|k|v and gate|up of Qwen3-0.6B, Qwen3-8B, Qwen3-32B on each of two GPUs and on one (NORM_SHAPES), checked against
+rmsnorm-then-product; its peer "cuBLAS" is then the norm (torch's, eager) and torch's product.
 """
 from __future__ import annotations
 
@@ -24,8 +28,11 @@ import torch.nn.functional as F  # noqa: E402
 from minqwen3 import matvec  # noqa: E402
 from minqwen3.bench import one_line  # noqa: E402
 from minqwen3.flash_decode import _sms  # noqa: E402
+from minqwen3.rmsnorm import RMSNorm  # noqa: E402
 
 SHAPES = ["5120x8192", "5120x25600", "5120x4096", "5120x12800", "4096x4096", "4096x12288"]
+NORM_SHAPES = ["4096x1024", "6144x1024", "6144x4096", "24576x4096", "5120x5120", "25600x5120", "10240x5120",
+               "51200x5120"]
 # (BLOCK_N, BLOCK_K, warps, stages): elementwise (one or two rows), and through tl.dot (any rows)
 ELEMENTWISE = [(8, 512, 4, 1), (16, 256, 4, 1), (16, 256, 4, 3), (32, 256, 8, 1), (4, 1024, 4, 1)]
 DOT = [(16, 256, 4, 3), (32, 128, 4, 4), (64, 128, 4, 3), (32, 256, 4, 3)]
@@ -58,13 +65,17 @@ def timed(fn, calls: int, replays: int = 5) -> float:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, nargs="+", default=[1, 8])
-    ap.add_argument("--shapes", nargs="+", default=SHAPES, help="NxK of the weight")
+    ap.add_argument("--shapes", nargs="+", help="NxK of the weight (default: SHAPES, with --norm NORM_SHAPES)")
+    ap.add_argument("--norm", action="store_true", help="the kernel with the RMSNorm on the way in")
     ap.add_argument("--out", help="write the fastest settings per (rows, N, K) here (the JSON that "
                     "MINQWEN3_MATVEC_TABLE reads)")
     args = ap.parse_args()
+    args.shapes = args.shapes or (NORM_SHAPES if args.norm else SHAPES)
+    torch.set_grad_enabled(False)
     dev = torch.device("cuda")
     sms = _sms(dev)
-    print(f"# {torch.cuda.get_device_name(dev)} ({sms} SMs), torch {torch.__version__}, bf16", flush=True)
+    what = ", RMSNorm on the way in" if args.norm else ""
+    print(f"# {torch.cuda.get_device_name(dev)} ({sms} SMs), torch {torch.__version__}, bf16{what}", flush=True)
     print("| rows | N x K | MB | fastest (BLOCK_N, BLOCK_K, splits, warps, stages, dot) | µs | TB/s | rule's | µs "
           "| cuBLAS µs | TB/s | fastest vs cuBLAS |\n|---:|---|---:|---|---:|---:|---|---:|---:|---:|---:|",
           flush=True)
@@ -76,7 +87,11 @@ def main() -> int:
             copies = max(2, -(-256 // int(mb)))  # > 5x L2 together
             ws = [torch.randn(N, K, device=dev, dtype=torch.bfloat16, generator=g) * 0.02 for _ in range(copies)]
             x = torch.randn(M, K, device=dev, dtype=torch.bfloat16, generator=g)
-            want = F.linear(x.float(), ws[0].float())
+            norm = RMSNorm(K).to(dev, torch.bfloat16) if args.norm else None
+            if norm is not None:
+                norm.weight.data.uniform_(0.5, 1.5, generator=g)
+            g_w, eps = (None, 0.0) if norm is None else (norm.weight.data, norm.eps)
+            want = F.linear((x if norm is None else norm(x)).float(), ws[0].float())
             calls = max(20, copies)
             cands = []
             for dot, tiles in ((False, ELEMENTWISE if M <= 2 else []), (True, DOT)):
@@ -90,17 +105,17 @@ def main() -> int:
             times = {}
             for c in cands:
                 try:
-                    got = matvec.launch(x, ws[0], c).float()
+                    got = matvec.launch(x, ws[0], c, g_w, eps).float()
                     err = ((got - want).abs().max() / want.abs().max()).item()
                     if err > 1e-2:
                         print(f"  {M} {shape} {tuple(c)}: wrong, max error {err:.2e} of the largest",
                               flush=True)
                         continue
-                    times[c] = timed(lambda i, c=c: matvec.launch(x, ws[i % copies], c), calls)
+                    times[c] = timed(lambda i, c=c: matvec.launch(x, ws[i % copies], c, g_w, eps), calls)
                 except Exception as e:  # noqa: BLE001 (a setting that does not compile: report, go on)
                     print(f"  {M} {shape} {tuple(c)}: failed: {one_line(e, 160)}",
                           flush=True)
-            blas = timed(lambda i: F.linear(x, ws[i % copies]), calls)
+            blas = timed(lambda i: F.linear(x if norm is None else norm(x), ws[i % copies]), calls)
             best = min(times, key=times.get)
             tb = lambda us: N * K * 2 / us / 1e6  # noqa: E731
             table[f"{M},{N},{K}"] = list(best)
