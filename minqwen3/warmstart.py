@@ -4,19 +4,21 @@ A compiling Decoder (generation.py) pays, in every new process, for things that 
 model: importing torch.compile's machinery (Dynamo, Inductor, the compile-worker pool), the first use of the GPU's
 libraries (cuBLAS, the attention kernels), and, on torch 2.11, tuning again kernels whose tuned launch settings
 are already in the cache; and where the installation keeps no usable bytecode of torch's modules, compiling
-Dynamo's and Inductor's thousands of modules from source in every process. Four small pieces remove or hide that:
+Dynamo's and Inductor's thousands of modules from source in every process. Small pieces remove or hide that:
 
 - use_compile_cache(): torch.compile's caches live under the user's cache directory, so that a second process
   finds its graphs, kernels and tuned launch settings (also after a reboot).
 - use_bytecode_cache(): Python's bytecode of the modules imported from then on lives there too, where torch's own
   .pyc files are missing or stale and Python may not write them beside the sources (a read-only installation,
-  or PYTHONDONTWRITEBYTECODE): otherwise every process compiles Dynamo and Inductor from source, about four times
-  the import's time (docs/benchmarks.md, session 9).
+  or PYTHONDONTWRITEBYTECODE): otherwise every process compiles Dynamo and Inductor from source. On the H200
+  (no bytecode in its torch, PYTHONDONTWRITEBYTECODE set) Dynamo's import took 6.1 s against 1.45 s from this
+  cache, and a warm first call 7.3 against 4.3-4.9 s after loading (docs/benchmarks.md, session 9).
 - start(): Dynamo is imported at once (loading a checkpoint would import it anyway), then a background thread does
   the other imports and the libraries' first use while the checkpoint loads; a compiling Decoder waits for it
   (wait()) before its first compilation. chat and generate start it as they begin to load a model onto a GPU.
   It takes that work out of the first call; whether the whole wait gets shorter depends on how much of the
-  loading leaves a CPU core idle (on two shared cores it did not: docs/benchmarks.md, run 8).
+  loading leaves a CPU core idle (on two shared cores it did not: docs/benchmarks.md, run 8; on the H200 the
+  imports, Python holding the GIL, outlast a 0.6 s loading, and the Decoder waits for the rest: 1.45 s).
 - compile_in_process_if_cached() / remember_compiled(): once a model of these shapes was compiled into the cache,
   compile in the process itself: Inductor's pool of compile workers (processes that each import torch) would have
   no kernels to compile, and starting it costs seconds of CPU beside the first call.
