@@ -130,6 +130,14 @@ def bytecode_kept(source: str) -> bool:
 def _prepare(device: torch.device, dtype: torch.dtype) -> None:
     """The thread's work: each step is what a first compiled call would otherwise do itself, later. (Modules are
     imported by name: an `import torch.x` here would make `torch` a local name of this function.)"""
+    if device.type == "cuda":
+        # Triton's key of its own installation (hashes of its sources and of its library, hundreds of MB), made once
+        # per process at the first launch of a Triton kernel: the eager prefill's (0.49 s under cProfile, session
+        # 9). First, beside the loading: reading and hashing release the GIL. Not yet measured on its own.
+        try:
+            getattr(importlib.import_module("triton.runtime.cache"), "triton_key", lambda: None)()
+        except ImportError:  # no Triton: the compiled call will say so itself
+            pass
     use_compile_cache()  # imports Inductor's package: seconds
     if device.type == "cuda":
         # The GPU's libraries: a matrix product loads cuBLAS and makes a handle (torch returns it to a pool when
