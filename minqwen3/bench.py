@@ -307,8 +307,9 @@ def first_call(model_arg: str, device: torch.device, dtype: torch.dtype, prompt_
     """In this process: load the model, then time generate()'s first call as a user makes it (the model's own
     decoder, compiled and captured on a GPU; streaming, as chat does) until its first and its `new`-th token; with
     torch.compile's phases and its cache hits and misses, and where the call's time went: making the Decoder
-    (decoder_s: waiting for warmstart's thread included, warm["wait_s"]), its start (start_s: the eager prefill and first token,
-    then compiling and capturing the graphs the call needs, setup_s), the steps after (the rest of first_s).
+    (decoder_s: waiting for warmstart's thread included, warm["wait_s"]), its start (start_s: the eager prefill
+    and first token, then compiling and capturing the graphs the call needs, setup_s), the steps after (the rest of
+    first_s).
     overlap: start warmstart's background thread as the loading starts, as chat does (otherwise the call does that
     work itself); keep_tuned: warmstart.keep_tuned_configs() (otherwise torch's own handling of tuned kernels);
     preimport: import Dynamo and Inductor before, timed apart."""
@@ -518,9 +519,9 @@ def _first_header(model_arg: str, prompt: int, new: int = FIRST_NEW) -> None:
           f"{new}th new token (from the call, after loading; the whole process also starts Python, imports torch "
           f"and loads the model; the call's time, to the last token, is the Decoder's making, the prefill and "
           f"first token, compiling and capturing, and the steps after)")
-    print("| start | whole process s | model load s | of it Dynamo's import s | background thread s | compile workers | "
-          "bytecode cache | to the first token s | to the last s | making the Decoder s | of it waiting for the thread s "
-          "| prefill and first token s | compile and capture s | steps s | "
+    print("| start | whole process s | model load s | of it Dynamo's import s | background thread s | "
+          "compile workers | bytecode cache | to the first token s | to the last s | making the Decoder s | "
+          "of it waiting for the thread s | prefill and first token s | compile and capture s | steps s | "
           + " | ".join(f"{v} s" for v in PHASES.values()) + " | same tokens as cold | compile caches |")
     print("|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(PHASES) + "---:|---|",
           flush=True)
