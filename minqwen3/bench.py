@@ -296,6 +296,7 @@ PHASES = {"_compile.compile_inner": "Dynamo, all", "bytecode_tracing": "tracing"
 # directory; the others find what it left there. The bench prints the first three; the rest are variants.
 STARTS = [("cold", [], {}), ("warm", [], {}), ("warm, loading first", ["no-overlap"], {})]
 VARIANTS = [("warm, with compile workers", [], {"TORCHINDUCTOR_COMPILE_THREADS": "8"}),  # as before run 10
+            ("warm, bytecode as Python keeps it", [], {"MINQWEN3_BYTECODE_CACHE": "0"}),  # as before session 9
             ("warm, again", [], {}),
             ("warm, torch's re-tuning, loading first", ["no-overlap", "no-fix"], {}),  # as before run 8
             ("warm, torch's re-tuning", ["no-fix"], {})]
@@ -306,8 +307,9 @@ def first_call(model_arg: str, device: torch.device, dtype: torch.dtype, prompt_
     """In this process: load the model, then time generate()'s first call as a user makes it (the model's own
     decoder, compiled and captured on a GPU; streaming, as chat does) until its first and its `new`-th token; with
     torch.compile's phases and its cache hits and misses, and where the call's time went: making the Decoder
-    (decoder_s: waiting for warmstart's thread included), its start (start_s: the eager prefill and first token,
-    then compiling and capturing the graphs the call needs, setup_s), the steps after (the rest of first_s).
+    (decoder_s: waiting for warmstart's thread included, warm["wait_s"]), its start (start_s: the eager prefill
+    and first token, then compiling and capturing the graphs the call needs, setup_s), the steps after (the rest of
+    first_s).
     overlap: start warmstart's background thread as the loading starts, as chat does (otherwise the call does that
     work itself); keep_tuned: warmstart.keep_tuned_configs() (otherwise torch's own handling of tuned kernels);
     preimport: import Dynamo and Inductor before, timed apart."""
@@ -517,10 +519,12 @@ def _first_header(model_arg: str, prompt: int, new: int = FIRST_NEW) -> None:
           f"{new}th new token (from the call, after loading; the whole process also starts Python, imports torch "
           f"and loads the model; the call's time, to the last token, is the Decoder's making, the prefill and "
           f"first token, compiling and capturing, and the steps after)")
-    print("| start | whole process s | model load s | background thread s | compile workers | to the first token s | "
-          "to the last s | making the Decoder s | prefill and first token s | compile and capture s | steps s | "
+    print("| start | whole process s | model load s | of it Dynamo's import s | background thread s | "
+          "compile workers | bytecode cache | to the first token s | to the last s | making the Decoder s | "
+          "of it waiting for the thread s | prefill and first token s | compile and capture s | steps s | "
           + " | ".join(f"{v} s" for v in PHASES.values()) + " | same tokens as cold | compile caches |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(PHASES) + "---:|---|", flush=True)
+    print("|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(PHASES) + "---:|---|",
+          flush=True)
 
 
 def _first_row(label: str, r: dict, starts: dict) -> None:
@@ -536,10 +540,12 @@ def _first_row(label: str, r: dict, starts: dict) -> None:
                   f"{warm['warm_s']:.1f}")  # the thread's own seconds, beside the loading (and the call, if longer)
     # the Decoder's start = the eager prefill and first token, then compile + capture; the steps: the rest
     prefill, steps = r["start_s"] - r["setup_s"], r["first_s"] - r["decoder_s"] - r["start_s"]
-    print(f"| {label} | {r['process_s']:.1f} | {r.get('load_s', 0.0):.1f} | {background} | "
-          f"{r.get('compile_threads') or '-'} | {r['first_token_s']:.1f} | {r['first_s']:.1f} | "
-          f"{r['decoder_s']:.2f} | {prefill:.2f} | {r['setup_s']:.1f} | {steps:.2f} | {phases} | "
-          f"{same}/{len(r['tokens'])} | {caches} |", flush=True)
+    dynamo = "-" if warm.get("dynamo_s") is None else f"{warm['dynamo_s']:.2f}"  # start()'s, before the thread
+    print(f"| {label} | {r['process_s']:.1f} | {r.get('load_s', 0.0):.1f} | {dynamo} | {background} | "
+          f"{r.get('compile_threads') or '-'} | {'minqwen3' if warm.get('bytecode') else '-'} | "
+          f"{r['first_token_s']:.1f} | {r['first_s']:.1f} | {r['decoder_s']:.2f} | {warm.get('wait_s', 0.0):.2f} | "
+          f"{prefill:.2f} | {r['setup_s']:.1f} | {steps:.2f} | {phases} | {same}/{len(r['tokens'])} | {caches} |",
+          flush=True)
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["--first-call"]:  # first_calls() runs this in a fresh process
