@@ -351,11 +351,13 @@ class Decoder:
         q|k|v and gate|up (matvec.normed_linear): where that measured faster than Inductor's reductions (its
         statistics kernel and tuned products), on a small model (hidden size up to 2048, as combo kernels: there the
         launches dominate; Qwen3-0.6B -12%) and on a split one (parallel.py: both ranks run one kernel, not each its
-        own tuning; Qwen3-32B on two GPUs -11%), not on Qwen3-8B (+6-8%) or Qwen3-32B on one GPU (even);
+        own tuning; Qwen3-32B on two GPUs -11%), not on Qwen3-8B (+6-8%) or Qwen3-32B on one GPU (even), nor on an
+        MoE model (Qwen3-30B-A3B: 3.253 against 2.936 ms, q|k|v of a shape the kernel's table lacks, session 9);
         MINQWEN3_NORMED=all: on every model."""
         world = getattr(getattr(self.model, "plan", None), "world", 1)
         return (matvec.normed and matvec.triton is not None and self.device.type == "cuda"
-                and (matvec.normed_one_row_always or self.model.config.hidden_size <= 2048 or world > 1))
+                and (matvec.normed_one_row_always or not self.model.config.is_moe
+                     and (self.model.config.hidden_size <= 2048 or world > 1)))
 
     def _graph(self, n: int, key: tuple) -> torch.cuda.CUDAGraph:
         """The step over prefix n as a CUDA graph, captured on first use (compiling first if need be)."""

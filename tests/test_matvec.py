@@ -77,7 +77,7 @@ def test_gpu_the_norm_goes_in_at_one_row_and_for_large_weights_at_more():
 
 def test_one_row_reads_the_stacks_where_it_measured_faster(monkeypatch):
     """A one-row step takes the kernel with the norm (reading the stacks) on a GPU for small models (hidden size up
-    to 2048) and split ones, every model with MINQWEN3_NORMED=all, none with 0; elsewhere the step is as before."""
+    to 2048) and split ones, dense only, every model with MINQWEN3_NORMED=all, none with 0; elsewhere the step is as before."""
     from types import SimpleNamespace
 
     from test_fast import tiny
@@ -93,6 +93,10 @@ def test_one_row_reads_the_stacks_where_it_measured_faster(monkeypatch):
     assert not dec._normed_one_row()
     model.plan = SimpleNamespace(world=2)  # parallel.shard's mark
     assert dec._normed_one_row()
+    monkeypatch.setattr(model.config, "num_experts", 8)  # an MoE model (measured slower, as Qwen3-30B-A3B), split
+    assert not dec._normed_one_row()
+    monkeypatch.setattr(model.config, "hidden_size", 2048)  # or small
+    assert not dec._normed_one_row()
     del model.plan
     monkeypatch.setattr(matvec, "normed_one_row_always", True)
     assert dec._normed_one_row()
@@ -180,6 +184,7 @@ def test_gpu_too_many_rows_or_strided_weight_are_refused():
     assert matvec.available(torch.zeros(2, 1, 16, device="cuda"), w)
     # one row: Inductor's product unless MINQWEN3_MATVEC=all (it measured as fast, and fuses the residual add)
     assert matvec.available(torch.zeros(1, 16, device="cuda"), w) == (matvec.min_rows == 1)
+    assert matvec.available(torch.zeros(1, 16, device="cuda"), w, one_row=True)  # a split model's o/down_proj
 
 
 @pytest.mark.gpu
