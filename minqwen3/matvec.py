@@ -24,8 +24,8 @@ whole ones (down_proj 3.4 against 4.0 TB/s; docs/benchmarks.md, session 7, s7-tp
   tuned by timing (Inductor's reductions for the normed products were tuned apart per compile and per rank).
 
 Used by attention.Attention for o_proj and mlp.MLP for down_proj (linear() below) on CUDA without gradients, for
-2 to MAX_ROWS rows (one row too with MINQWEN3_MATVEC=all; 0 switches it off): their inputs come from custom ops
-already (flash_decode, swiglu), so Inductor has nothing to fuse into them. And for the stacked q|k|v and gate|up
+2 to MAX_ROWS rows (one row too on a split dense model, or with MINQWEN3_MATVEC=all; 0 switches it off): their
+inputs come from custom ops already (flash_decode, swiglu), so Inductor has nothing to fuse into them. And for the stacked q|k|v and gate|up
 (stack.py) inside a Decoder's step, 1 to MAX_ROWS rows, with the norm on the way in (normed_linear;
 MINQWEN3_NORMED=0 leaves the norm and the products to Inductor, as before session 9).
 """
@@ -134,24 +134,28 @@ def config(M: int, N: int, K: int, device: torch.device) -> Config:
     return TABLE.get((M, N, K)) or rule(M, N, K, _sms(device))
 
 
-def available(x: torch.Tensor, weight: torch.Tensor, norm: nn.Module | None = None) -> bool:
+def available(x: torch.Tensor, weight: torch.Tensor, norm: nn.Module | None = None, one_row: bool = False) -> bool:
     """Whether the kernel takes x @ weight.T (with norm: norm(x) @ weight.T, an RMSNorm of x's dtype): Triton,
-    CUDA, min_rows (with norm: 1) to MAX_ROWS rows (with norm, more than one only for NORMED_MIN_BYTES of weight),
-    one dtype of DTYPES, the weight's rows contiguous, no gradient wanted (no backward). Otherwise torch's product
-    does (after the norm)."""
+    CUDA, min_rows (with norm or one_row: 1) to MAX_ROWS rows (with norm, more than one only for NORMED_MIN_BYTES
+    of weight), one dtype of DTYPES, the weight's rows contiguous, no gradient wanted (no backward). Otherwise
+    torch's product does (after the norm)."""
     K = x.shape[-1]
     ins = (x, weight) if norm is None else (x, weight, norm.weight)
     return ((enabled if norm is None else normed) and triton is not None and x.is_cuda and weight.dim() == 2
             and all(t.dtype == x.dtype for t in ins) and x.dtype in DTYPES and weight.stride(1) == 1
             and (norm is None or (norm.weight.shape == (K,) and isinstance(norm.eps, float)))
-            and (min_rows if norm is None else 1) * K <= x.numel() <= MAX_ROWS * K
+            and (1 if norm is not None or one_row else min_rows) * K <= x.numel() <= MAX_ROWS * K
             and (norm is None or x.numel() == K or weight.numel() * weight.element_size() >= NORMED_MIN_BYTES)
             and not (torch.is_grad_enabled() and any(t.requires_grad for t in ins)))
 
 
 def linear(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """layer(x), through the kernel where it can take it (a plain bias-free nn.Linear, available())."""
-    if type(layer) is nn.Linear and layer.bias is None and available(x, layer.weight):
+    """layer(x), through the kernel where it can take it (a plain bias-free nn.Linear, available()); from one row
+    where the layer is marked split_input (parallel.shard: o_proj and down_proj of a split dense model, whose
+    outputs go to the all-reduce, so Inductor has no residual add to fuse into them, and both ranks then run one
+    kernel: Qwen3-32B on two GPUs 10.31 against 10.53 ms a token with Inductor's, session 9)."""
+    if type(layer) is nn.Linear and layer.bias is None and available(x, layer.weight,
+                                                                     one_row=getattr(layer, "split_input", False)):
         return matvec(x, layer.weight)
     return layer(x)
 

@@ -334,6 +334,9 @@ def shard(model: Qwen3, plan: Plan) -> Qwen3:
                 layer.mlp.experts.register_forward_pre_hook(_remap_experts(rows.start, rows.stop - rows.start))
         else:
             layer.mlp.register_forward_hook(lambda m, a, out: _all_reduce(out, group, symm, way))
+            # products split by input feed the all-reduce: matvec.py's kernel takes them from one row (matvec.linear;
+            # measured on dense Qwen3-32B, so dense layers only)
+            layer.self_attn.o_proj.split_input = layer.mlp.down_proj.split_input = True
     if vocab_split(c, plan):
         model.lm_head.register_forward_hook(lambda m, a, out: _all_gather_last(out, group))
     model.plan = plan

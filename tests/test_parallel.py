@@ -260,6 +260,9 @@ def test_a_plan_shards_a_meta_model_without_a_process_group():
         parallel.shard(model, parallel.Plan(0, 2, all_reduce=how))
         assert model.model.layers[0].self_attn.n_heads == cfg.num_attention_heads // 2
         assert sum(p.numel() for p in model.parameters()) < full
+        layer = model.model.layers[0]  # the products split by input, and only they, take matvec from one row
+        assert layer.self_attn.o_proj.split_input and layer.mlp.down_proj.split_input
+        assert not any(hasattr(m, "split_input") for m in (layer.self_attn.q_proj, layer.mlp.gate_proj))
 
 
 def test_flag_all_reduce_layout_and_reach():
