@@ -25,9 +25,9 @@ whole ones (down_proj 3.4 against 4.0 TB/s; docs/benchmarks.md, session 7, s7-tp
 
 Used by attention.Attention for o_proj and mlp.MLP for down_proj (linear() below) on CUDA without gradients, for
 2 to MAX_ROWS rows (one row too on a split dense model, or with MINQWEN3_MATVEC=all; 0 switches it off): their
-inputs come from custom ops already (flash_decode, swiglu), so Inductor has nothing to fuse into them. And for the stacked q|k|v and gate|up
-(stack.py) inside a Decoder's step, 1 to MAX_ROWS rows, with the norm on the way in (normed_linear;
-MINQWEN3_NORMED=0 leaves the norm and the products to Inductor, as before session 9).
+inputs come from custom ops already (flash_decode, swiglu), so Inductor has nothing to fuse into them. And for
+the stacked q|k|v and gate|up (stack.py) inside a Decoder's step, 1 to MAX_ROWS rows, with the norm on the way in
+(normed_linear; MINQWEN3_NORMED=0 leaves the norm and the products to Inductor, as before session 9).
 """
 from __future__ import annotations
 

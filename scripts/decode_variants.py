@@ -21,8 +21,9 @@ instead of matvec.py's split-K kernel, which the package takes for 2 to 8 rows, 
 (MINQWEN3_MATVEC=all); "+nonormed" applies the RMSNorms before q|k|v and gate|up as a step of their own (torch's,
 which Inductor compiles into a statistics kernel and the products' reductions), as before session 9, instead of
 matvec.py's kernel with the norm on the way into the stacked product (MINQWEN3_NORMED=0), "+normedall" takes that
-kernel at one row on every model (MINQWEN3_NORMED=all; by default small and split models only); "+inline" spells the dense MLP's silu(gate) * up in torch, as before session 7, which
-Inductor inlines into the down projection (the package computes it in a kernel of its own, swiglu.py); "+fdfile:PATH" decodes attention with the
+kernel at one row on every model (MINQWEN3_NORMED=all; by default small and split dense models only); "+inline"
+spells the dense MLP's silu(gate) * up in torch, as before session 7, which Inductor inlines into the down
+projection (the package computes it in a kernel of its own, swiglu.py); "+fdfile:PATH" decodes attention with the
 flash_decode.py at PATH (an earlier version of the kernel: git show REV:minqwen3/flash_decode.py > PATH);
 "+fd:NAME=VALUE" sets one of flash_decode.py's launch settings (MIN_SPLIT, BLOCK, NUM_WARPS, NUM_STAGES); "+blaslt"
 asks torch for cuBLASLt instead of cuBLAS for the library GEMMs (batch > 1); "+mmrows:N" lets Inductor write a

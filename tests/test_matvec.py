@@ -77,7 +77,8 @@ def test_gpu_the_norm_goes_in_at_one_row_and_for_large_weights_at_more():
 
 def test_one_row_reads_the_stacks_where_it_measured_faster(monkeypatch):
     """A one-row step takes the kernel with the norm (reading the stacks) on a GPU for small models (hidden size up
-    to 2048) and split ones, dense only, every model with MINQWEN3_NORMED=all, none with 0; elsewhere the step is as before."""
+    to 2048) and split ones, dense only, every model with MINQWEN3_NORMED=all, none with 0; elsewhere the step is
+    as before."""
     from types import SimpleNamespace
 
     from test_fast import tiny
