@@ -29,9 +29,8 @@ flash_decode.py at PATH (an earlier version of the kernel: git show REV:minqwen3
 asks torch for cuBLASLt instead of cuBLAS for the library GEMMs (batch > 1); "+mmrows:N" lets Inductor write a
 matrix product of up to N rows as a broadcast-multiply and sum (a reduction it fuses with what is around it), as
 it does by itself only for one row (torch/_inductor/decomposition.py's mm, with coordinate-descent tuning): at
-batch > 1 each projection is otherwise a library GEMM of its own; "+fuse" stacks q/k/v and gate/up into one
-weight each (copies: one projection where there were three and two; run 9's experiment, which the package now
-does in place at 2 rows or more, stack.py); "+nostack" decodes with one projection per weight
+batch > 1 each projection is otherwise a library GEMM of its own (run 9's "+fuse", stacked copies of q/k/v and
+gate/up, went in session 9: stack.py does it in place, and "+nostack" is its peer); "+nostack" decodes with one projection per weight
 (Decoder(stacked=False), as before session 8); "+fdnorm" hands q and k over raw to flash_decode_qk, which does
 QK-Norm and RoPE in its kernel (flash_decode.NORM_ROPE on; session 8's measured no), "+nofdnorm" does them in
 torch before flash_decode (the package's default); "+slots:N" gives the
@@ -51,11 +50,10 @@ from pathlib import Path
 
 import torch
 
-from minqwen3 import Qwen3Config, attention, flash_decode, matvec, mlp, moe, moe_decode, router_decode, swiglu
+from minqwen3 import Qwen3Config, attention, flash_decode, matvec, moe, moe_decode, router_decode, swiglu
 from minqwen3.bench import copy_bandwidth, decode_bytes, kernel_profile, measure, one_line, release
 from minqwen3.generation import Decoder, generate
 from minqwen3.model import random_model
-from minqwen3.rope import apply_rope
 
 
 def old_moe_forward(self, x):
@@ -113,44 +111,6 @@ def flash_decode_file(path: str):
     return _fd_files[path]
 
 
-def fuse(model, on: bool) -> None:
-    """on: give each attention a stacked q/k/v weight and each dense MLP a stacked gate/up weight (copies, as
-    non-persistent buffers), so one projection reads what three (two) did; off: drop them."""
-    for layer in model.model.layers:
-        a, m = layer.self_attn, layer.mlp
-        pairs = [(a, "_qkv", (a.q_proj, a.k_proj, a.v_proj))]
-        if isinstance(m, mlp.MLP):
-            pairs.append((m, "_gu", (m.gate_proj, m.up_proj)))
-        for mod, name, parts in pairs:
-            if on:
-                mod.register_buffer(name, torch.cat([p.weight for p in parts]), persistent=False)
-            else:
-                mod._buffers.pop(name, None)
-
-
-def fused_attention_forward(self, x, cos, sin, mask=None, cache=None, input_pos=None):
-    B, T, _ = x.shape
-    q, k, v = torch.nn.functional.linear(x, self._qkv).split(
-        [self.n_heads * self.head_dim, self.n_kv * self.head_dim, self.n_kv * self.head_dim], -1)
-    q = self.q_norm(q.view(B, T, self.n_heads, self.head_dim)).transpose(1, 2)  # (B, H, T, D)
-    k = self.k_norm(k.view(B, T, self.n_kv, self.head_dim)).transpose(1, 2)  # (B, H_kv, T, D)
-    v = v.view(B, T, self.n_kv, self.head_dim).transpose(1, 2)
-    q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-    if T == 1 and cache is not None and flash_decode.available(q, mask):
-        y = flash_decode.flash_decode(q, k, v, cache.k, cache.v, input_pos, mask)
-    else:  # off the GPU decode path (prefill): as Attention.forward
-        if cache is not None:
-            k, v = cache.update(input_pos, k, v)
-        y = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and T > 1,
-                                                             enable_gqa=self.n_heads != self.n_kv)
-    return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
-
-
-def fused_mlp_forward(self, x):
-    g, u = torch.nn.functional.linear(x, self._gu).chunk(2, -1)
-    return self.down_proj(torch.nn.functional.silu(g) * u)
-
-
 @contextlib.contextmanager
 def mm_as_reduction(rows: int):
     """Inductor decomposes aten.mm into multiply + sum (a reduction it can fuse and tune) for up to `rows` rows,
@@ -181,8 +141,7 @@ def patched(name: str):
     Yields Decoder's combo_kernels argument."""
     parts = name.split("+")
     config = {k: ast.literal_eval(v) for k, v in (p[4:].split("=", 1) for p in parts if p.startswith("cfg:"))}
-    saved = (moe.SparseMoE.forward, attention.decode_attention, flash_decode.available, mlp.MLP.forward,
-             attention.Attention.forward)
+    saved = moe.SparseMoE.forward, attention.decode_attention, flash_decode.available
     saved_experts = (moe_decode.enabled, moe.Experts.gather_max, moe_decode.down_at_batch_1, moe_decode._gate_up,
                      moe_decode._down, moe_decode.SPLIT_PROGRAMS, router_decode.enabled)
     saved_fd = (attention.flash_decode, swiglu.available, torch.backends.cuda.preferred_blas_library(),
@@ -212,8 +171,6 @@ def patched(name: str):
             matvec.normed_one_row_always = True
         if "blaslt" in parts:
             torch.backends.cuda.preferred_blas_library("cublaslt")
-        if "fuse" in parts:  # the caller stacks the weights (fuse(model, True))
-            attention.Attention.forward, mlp.MLP.forward = fused_attention_forward, fused_mlp_forward
         if "gathered" in parts:
             moe_decode.enabled = False
         if "nodown1" in parts:
@@ -247,8 +204,7 @@ def patched(name: str):
         with torch._inductor.config.patch(config), (mm_as_reduction(rows[0]) if rows else contextlib.nullcontext()):
             yield True if "combo" in parts else False if "nocombo" in parts else None
     finally:
-        (moe.SparseMoE.forward, attention.decode_attention, flash_decode.available, mlp.MLP.forward,
-         attention.Attention.forward) = saved
+        moe.SparseMoE.forward, attention.decode_attention, flash_decode.available = saved
         attention.flash_decode, swiglu.available, blas, flash_decode.NORM_ROPE = saved_fd
         matvec.enabled, matvec.min_rows, matvec.normed, matvec.normed_one_row_always = saved_matvec
         torch.backends.cuda.preferred_blas_library(blas)
@@ -316,7 +272,6 @@ def main() -> int:
             for v in variants:
                 if any(p.startswith("b:") for p in v.split("+")) and f"b:{batch}" not in v.split("+"):
                     continue  # "+b:N": this variant at batch N only
-                fuse(model, "fuse" in v.split("+"))
                 with patched(v) as combo, torch.no_grad():
                     slots = [int(p[6:]) for p in v.split("+") if p.startswith("slots:")]
                     try:
