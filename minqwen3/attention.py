@@ -35,11 +35,6 @@ class Attention(nn.Module):
         k = k.view(B, T, self.n_kv, self.head_dim).transpose(1, 2)  # (B, H_kv, T, D)
         v = v.view(B, T, self.n_kv, self.head_dim).transpose(1, 2)  # (B, H_kv, T, D)
         fused = T == 1 and cache is not None and flash_decode.available(q, mask)  # decode on a GPU
-        if fused and flash_decode.NORM_ROPE:
-            # (flash_decode.NORM_ROPE on, a measured no) one kernel norms and rotates q and k, writes k, v, attends
-            y = flash_decode.flash_decode_qk(q, k, v, self.q_norm.weight, self.k_norm.weight, cos, sin, cache.k,
-                                             cache.v, input_pos, mask, self.q_norm.eps, self.k_norm.eps)
-            return matvec.linear(self.o_proj, y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
         # QK-Norm: normalising each head's q and k keeps attention logits bounded (Qwen3 dropped QKV bias for it)
         q, k = apply_rope(self.q_norm(q), cos, sin), apply_rope(self.k_norm(k), cos, sin)
         if fused:  # one kernel writes k, v into the cache and attends (flash_decode.py)

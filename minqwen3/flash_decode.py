@@ -18,18 +18,15 @@ writes the new key and value into the cache and attends, reading each cached key
 - The splits of (b, g) are merged by whichever program finishes last (it counts finished splits with an atomic
   and resets the counter for the next step): out = sum_s exp(lse_s - max lse) * o_s / sum_s exp(lse_s - max lse).
   No second kernel, and the counters being reset by the kernel itself lets a CUDA graph replay it.
-- Its other entry point, flash_decode_qk, takes q and k as they come from their projections and does QK-Norm and
-  RoPE itself (q once per program, k before the cache write), where otherwise they are a kernel of their own
-  between the projections and this one. Measured, it saved nothing (each program's added work cost what the
-  kernel it replaced did), so Attention uses it only with NORM_ROPE on.
+- QK-Norm and RoPE stay outside, a kernel of their own between the projections and this one. Doing them here (q
+  once per program, k before the cache write) was measured in session 8 and saved nothing: each program's added
+  work cost what the kernel it replaced did (docs/benchmarks.md, s8-dense; the code is in git, flash_decode_qk).
 
 Used by attention.Attention on CUDA when Triton is installed; the math it must match is decode_attention's.
 split_attention, merge_splits and split_decode (at the end) are the same split-and-merge in plain torch, for
 reading and for CPUs; exercises/flash_decode.py rebuilds them.
 """
 from __future__ import annotations
-
-import os
 
 import torch
 
@@ -42,10 +39,6 @@ except ImportError:  # CPU-only installs: attention.decode_attention keeps its m
 BLOCK = 64  # cache slots per step of the online softmax
 MIN_SPLIT = 64  # the fewest slots a split takes (a multiple of BLOCK)
 NUM_WARPS, NUM_STAGES = 4, 2  # the kernel's launch settings
-# True: attention.Attention hands q and k over raw to flash_decode_qk (QK-Norm and RoPE in this kernel). Off by
-# default, a measured no (docs/benchmarks.md, session 8: the kernel took the norm kernel's time, no step got
-# faster); MINQWEN3_FD_NORM=1 switches it on
-NORM_ROPE = os.environ.get("MINQWEN3_FD_NORM", "0") == "1"
 
 
 def available(q: torch.Tensor, mask: torch.Tensor | None) -> bool:
@@ -61,41 +54,19 @@ def available(q: torch.Tensor, mask: torch.Tensor | None) -> bool:
 
 if triton is not None:
     @triton.jit
-    def _norm_rope(x, xp, W, eps, dims, perm, cos, sin, D: tl.constexpr):
-        """QK-Norm then RoPE of rows x (R, D), as attention.Attention does them in torch: RMSNorm with float32
-        statistics, rounded to x's dtype and scaled by the weight W (D,) in it (rmsnorm.py), then x * cos +
-        rotate_half(x) * sin. xp: the same rows at dims perm, the rotation's partners; sin carries its sign."""
-        xf, pf = x.to(tl.float32), xp.to(tl.float32)
-        r = tl.rsqrt(tl.sum(xf * xf, 1) / D + eps)[:, None]  # (R, 1)
-        n = (tl.load(W + dims).to(tl.float32)[None, :] * (xf * r).to(x.dtype).to(tl.float32)).to(x.dtype)
-        p = (tl.load(W + perm).to(tl.float32)[None, :] * (pf * r).to(x.dtype).to(tl.float32)).to(x.dtype)
-        return (n.to(tl.float32) * cos[None, :] + p.to(tl.float32) * sin[None, :]).to(x.dtype)
-
-    @triton.jit
-    def _flash_decode(Q, Kn, Vn, K, V, Pos, Mask, Out, Part, Lse, Count, Wq, Wk, Cos, Sin,
-                      sqb, sqh, sknb, sknh, svnb, svnh,
-                      skb, skh, sks, svb, svh, svs, smb, scb, eps_q, eps_k, H_kv, S, n_splits, split, scale,
+    def _flash_decode(Q, Kn, Vn, K, V, Pos, Mask, Out, Part, Lse, Count, sqb, sqh, sknb, sknh, svnb, svnh,
+                      skb, skh, sks, svb, svh, svs, smb, H_kv, S, n_splits, split, scale,
                       G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, BLOCK: tl.constexpr,
-                      NSP: tl.constexpr, GM: tl.constexpr, IEEE: tl.constexpr, NORM: tl.constexpr):
+                      NSP: tl.constexpr, GM: tl.constexpr, IEEE: tl.constexpr):
         bg, s = tl.program_id(0), tl.program_id(1)  # (row, key/value head), split
         b, g = bg // H_kv, bg % H_kv
         pos = tl.load(Pos)  # the new token's slot: the last one any row attends to
         rows = tl.arange(0, GP)  # the G query heads of this key/value head, padded to a dot-friendly size
         dims = tl.arange(0, D)
         heads = g * G + rows
-        q_at = Q + b * sqb + heads[:, None] * sqh
-        q = tl.load(q_at + dims[None, :], mask=rows[:, None] < G, other=0.0)  # (GP, D)
-        kn_at = Kn + b * sknb + g * sknh
-        kn = tl.load(kn_at + dims[None, :])  # the new token's key (1, D) and value (D,)
+        q = tl.load(Q + b * sqb + heads[:, None] * sqh + dims[None, :], mask=rows[:, None] < G, other=0.0)  # (GP, D)
+        kn = tl.load(Kn + b * sknb + g * sknh + dims)  # the new token's key and value (D,)
         vn = tl.load(Vn + b * svnb + g * svnh + dims)
-        if NORM:  # q and k come raw from their projections: QK-Norm and RoPE here, k before the cache sees it
-            perm = (dims + D // 2) % D  # rotate_half's partner of each dim
-            cos = tl.load(Cos + b * scb + dims).to(tl.float32)
-            sin = tl.load(Sin + b * scb + dims).to(tl.float32) * tl.where(dims < D // 2, -1.0, 1.0)
-            qp = tl.load(q_at + perm[None, :], mask=rows[:, None] < G, other=0.0)
-            q = _norm_rope(q, qp, Wq, eps_q, dims, perm, cos, sin, D)
-            kn = _norm_rope(kn, tl.load(kn_at + perm[None, :]), Wk, eps_k, dims, perm, cos, sin, D)
-        kn = tl.reshape(kn, (D,))
         k_row, v_row = K + b * skb + g * skh, V + b * svb + g * svh
         lo = s * split
         if (pos >= lo) & (pos < lo + split):  # one program stores them in the cache
@@ -164,8 +135,8 @@ def _sms(device: torch.device) -> int:  # 8 for Triton's interpreter, which runs
     return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 8
 
 
-def _launch(q, k, v, k_cache, v_cache, pos, mask, norm: tuple | None = None) -> torch.Tensor:
-    """Run the kernel; norm: (q_weight, k_weight, cos, sin, eps_q, eps_k) when q and k are raw projections."""
+def _launch(q, k, v, k_cache, v_cache, pos, mask) -> torch.Tensor:
+    """Run the kernel (flash_decode's contract)."""
     B, H, _, D = q.shape
     H_kv, S = k_cache.shape[1], k_cache.shape[2]
     G = H // H_kv
@@ -185,21 +156,13 @@ def _launch(q, k, v, k_cache, v_cache, pos, mask, norm: tuple | None = None) -> 
     if key not in _counts:  # allocated once, outside any graph capture (the first call is a warm-up)
         _counts[key] = torch.zeros(B * H_kv, device=q.device, dtype=torch.int32)
     live = mask.reshape(mask.shape[0], S)
-    if norm is None:
-        wq = wk = cos = sin = q  # not read
-        eps_q = eps_k = 0.0
-    else:
-        wq, wk, cos, sin, eps_q, eps_k = norm
-        cos, sin = (t.reshape(t.shape[0], D).contiguous() for t in (cos, sin))  # (B|1, D)
     _flash_decode[(B * H_kv, n_splits)](
-        q, k, v, k_cache, v_cache, pos, live, out, part, lse, _counts[key], wq, wk, cos, sin,
+        q, k, v, k_cache, v_cache, pos, live, out, part, lse, _counts[key],
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), v_cache.stride(0), v_cache.stride(1),
-        v_cache.stride(2), live.stride(0) if live.shape[0] > 1 else 0, cos.stride(0) if cos.shape[0] > 1 else 0,
-        eps_q, eps_k, H_kv, S, n_splits, split, D ** -0.5,
+        v_cache.stride(2), live.stride(0) if live.shape[0] > 1 else 0, H_kv, S, n_splits, split, D ** -0.5,
         G=G, GP=GP, D=D, BLOCK=BLOCK, NSP=max(2, triton.next_power_of_2(n_splits)),
-        GM=triton.next_power_of_2(G), IEEE=q.dtype == torch.float32, NORM=norm is not None,
-        num_warps=NUM_WARPS, num_stages=NUM_STAGES)
+        GM=triton.next_power_of_2(G), IEEE=q.dtype == torch.float32, num_warps=NUM_WARPS, num_stages=NUM_STAGES)
     return out
 
 
@@ -217,23 +180,6 @@ def flash_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: tor
 
 @flash_decode.register_fake
 def _(q, k, v, k_cache, v_cache, pos, mask):
-    return q.new_empty(q.shape)
-
-
-@torch.library.custom_op("minqwen3::flash_decode_qk", mutates_args=("k_cache", "v_cache"))
-def flash_decode_qk(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_weight: torch.Tensor,
-                    k_weight: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, k_cache: torch.Tensor,
-                    v_cache: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor, eps_q: float,
-                    eps_k: float) -> torch.Tensor:
-    """flash_decode for q (B, H, 1, D) and k (B, H_kv, 1, D) as they come from their projections: first QK-Norm
-    (RMSNorm over D with weights q_weight, k_weight (D,) and eps_q, eps_k) and RoPE (cos, sin (B|1, 1, 1, D)),
-    as attention.Attention does them in torch, k before it is written into the cache. Saves their kernels
-    between the projections and this one (docs/benchmarks.md, session 8)."""
-    return _launch(q, k, v, k_cache, v_cache, pos, mask, (q_weight, k_weight, cos, sin, eps_q, eps_k))
-
-
-@flash_decode_qk.register_fake
-def _(q, k, v, q_weight, k_weight, cos, sin, k_cache, v_cache, pos, mask, eps_q, eps_k):
     return q.new_empty(q.shape)
 
 

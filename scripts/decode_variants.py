@@ -29,14 +29,12 @@ flash_decode.py at PATH (an earlier version of the kernel: git show REV:minqwen3
 asks torch for cuBLASLt instead of cuBLAS for the library GEMMs (batch > 1); "+mmrows:N" lets Inductor write a
 matrix product of up to N rows as a broadcast-multiply and sum (a reduction it fuses with what is around it), as
 it does by itself only for one row (torch/_inductor/decomposition.py's mm, with coordinate-descent tuning): at
-batch > 1 each projection is otherwise a library GEMM of its own (run 9's "+fuse", stacked copies of q/k/v and
-gate/up, went in session 9: stack.py does it in place, and "+nostack" is its peer); "+nostack" decodes with one projection per weight
-(Decoder(stacked=False), as before session 8); "+fdnorm" hands q and k over raw to flash_decode_qk, which does
-QK-Norm and RoPE in its kernel (flash_decode.NORM_ROPE on; session 8's measured no), "+nofdnorm" does them in
-torch before flash_decode (the package's default); "+slots:N" gives the
-cache N slots; "+cfg:KEY=VALUE" sets any Inductor option. Random weights in the official shapes, bf16, batch 1
-(--batch N [M ...]: N rows, then M; "of limit" then counts each row's top-k experts only, where `bench` counts
-their union), as `python -m minqwen3 bench`.
+batch > 1 each projection is otherwise a library GEMM of its own; "+nostack" decodes with one projection per
+weight (Decoder(stacked=False), as before session 8; run 9's "+fuse", stacked copies, and session 8's "+fdnorm",
+QK-Norm and RoPE inside flash_decode, both measured, went in session 9); "+slots:N" gives the cache N slots;
+"+cfg:KEY=VALUE" sets any Inductor option. Random weights in the official shapes, bf16, batch 1 (--batch N
+[M ...]: N rows, then M; "of limit" then counts each row's top-k experts only, where `bench` counts their union),
+as `python -m minqwen3 bench`.
 """
 from __future__ import annotations
 
@@ -144,8 +142,7 @@ def patched(name: str):
     saved = moe.SparseMoE.forward, attention.decode_attention, flash_decode.available
     saved_experts = (moe_decode.enabled, moe.Experts.gather_max, moe_decode.down_at_batch_1, moe_decode._gate_up,
                      moe_decode._down, moe_decode.SPLIT_PROGRAMS, router_decode.enabled)
-    saved_fd = (attention.flash_decode, swiglu.available, torch.backends.cuda.preferred_blas_library(),
-                flash_decode.NORM_ROPE)
+    saved_fd = attention.flash_decode, swiglu.available, torch.backends.cuda.preferred_blas_library()
     saved_matvec = matvec.enabled, matvec.min_rows, matvec.normed, matvec.normed_one_row_always
     settings = {n: getattr(flash_decode, n) for n in ("MIN_SPLIT", "BLOCK", "NUM_WARPS", "NUM_STAGES")}
     try:
@@ -157,8 +154,6 @@ def patched(name: str):
                 if k not in settings:
                     raise ValueError(f"{p}: flash_decode has no launch setting {k} (one of {sorted(settings)})")
                 setattr(flash_decode, k, int(v))
-        if "fdnorm" in parts or "nofdnorm" in parts:
-            flash_decode.NORM_ROPE = "fdnorm" in parts
         if "inline" in parts:
             swiglu.available = lambda g: False
         if "nomatvec" in parts:
@@ -205,7 +200,7 @@ def patched(name: str):
             yield True if "combo" in parts else False if "nocombo" in parts else None
     finally:
         moe.SparseMoE.forward, attention.decode_attention, flash_decode.available = saved
-        attention.flash_decode, swiglu.available, blas, flash_decode.NORM_ROPE = saved_fd
+        attention.flash_decode, swiglu.available, blas = saved_fd
         matvec.enabled, matvec.min_rows, matvec.normed, matvec.normed_one_row_always = saved_matvec
         torch.backends.cuda.preferred_blas_library(blas)
         for k, v in settings.items():
