@@ -156,18 +156,21 @@ def test_gpu_half_precision_is_rounded_once(dtype, M):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("normed", [False, True], ids=["plain", "normed"])
 @pytest.mark.parametrize("config", [matvec.Config(16, 256, 8, 4, 3, False), matvec.Config(32, 128, 8, 4, 4, True)],
                          ids=["elem", "dot"])
-def test_gpu_same_bits_every_call_and_in_a_graph(config):
+def test_gpu_same_bits_every_call_and_in_a_graph(config, normed):
     g = torch.Generator("cuda").manual_seed(1)
     M = 4 if config.dot else 1
     x = torch.randn(M, 5120, device="cuda", generator=g).bfloat16()
     w = (torch.randn(4096, 5120, device="cuda", generator=g) * 0.02).bfloat16()
-    first = matvec.launch(x, w, config)
-    assert all(torch.equal(first, matvec.launch(x, w, config)) for _ in range(5))  # the counters were reset
+    # with the norm, the slices' sums of squares also go through the finishing program, in slice order
+    norm = ((torch.rand(5120, device="cuda", generator=g) + 0.5).bfloat16(), 1e-6) if normed else ()
+    first = matvec.launch(x, w, config, *norm)
+    assert all(torch.equal(first, matvec.launch(x, w, config, *norm)) for _ in range(5))  # the counters were reset
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        out = matvec.launch(x, w, config)
+        out = matvec.launch(x, w, config, *norm)
     for _ in range(3):
         out.zero_()
         graph.replay()
@@ -254,26 +257,6 @@ def test_gpu_normed_bf16_is_within_rounding_of_the_module(config, M):
     assert ((got.view(M, -1).double() - module).abs() <= 2 * ulp * module.abs() + 2 * ulp * scale).all()
     # the norm matters: without it (or with g = 1) the results are far off
     assert ((matvec.matvec(x, w).view(M, -1).double() - want).abs() > 4 * ulp * scale).any()
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("config", [matvec.Config(16, 256, 8, 4, 3, False), matvec.Config(32, 128, 8, 4, 4, True)],
-                         ids=["elem", "dot"])
-def test_gpu_normed_same_bits_every_call_and_in_a_graph(config):
-    g = torch.Generator("cuda").manual_seed(2)
-    M = 8 if config.dot else 1
-    x = torch.randn(M, 5120, device="cuda", generator=g).bfloat16()
-    gain = (torch.rand(5120, device="cuda", generator=g) + 0.5).bfloat16()
-    w = (torch.randn(5120, 5120, device="cuda", generator=g) * 0.02).bfloat16()
-    first = matvec.launch(x, w, config, gain, 1e-6)
-    assert all(torch.equal(first, matvec.launch(x, w, config, gain, 1e-6)) for _ in range(5))
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = matvec.launch(x, w, config, gain, 1e-6)
-    for _ in range(3):
-        out.zero_()
-        graph.replay()
-        assert torch.equal(out, first)
 
 
 @pytest.mark.gpu
