@@ -15,6 +15,7 @@ import threading
 import time
 from pathlib import Path
 
+from . import bytecode
 from .config import PRESETS, Qwen3Config, count_params
 from .config import NON_THINKING_DEFAULTS, THINKING_DEFAULTS
 
@@ -462,6 +463,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
+        bytecode.use_cache()  # before torch's first import: where its bytecode is not kept, ~1-3 s of every start
         if args.fn is cmd_download and threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGINT, signal.default_int_handler)  # a download cleans up after Ctrl-C
         if getattr(args, "device", None) is not None:

@@ -8,11 +8,11 @@ Dynamo's and Inductor's thousands of modules from source in every process. Small
 
 - use_compile_cache(): torch.compile's caches live under the user's cache directory, so that a second process
   finds its graphs, kernels and tuned launch settings (also after a reboot).
-- use_bytecode_cache(): Python's bytecode of the modules imported from then on lives there too, where torch's own
-  .pyc files are missing or stale and Python may not write them beside the sources (a read-only installation,
-  or PYTHONDONTWRITEBYTECODE): otherwise every process compiles Dynamo and Inductor from source. On the H200
-  (no bytecode in its torch, PYTHONDONTWRITEBYTECODE set) Dynamo's import took 6.1 s against 1.45 s from this
-  cache, and a warm first call 7.3 against 4.3-4.9 s after loading (docs/benchmarks.md, session 9).
+- bytecode.use_cache() (bytecode.py): Python's bytecode of the modules imported from then on lives there too,
+  where torch's own .pyc files are missing or stale and Python may not write them beside the sources (a read-only
+  installation, or PYTHONDONTWRITEBYTECODE): otherwise every process compiles Dynamo and Inductor from source. On
+  the H200 (no bytecode in its torch, PYTHONDONTWRITEBYTECODE set) Dynamo's import took 6.1 s against 1.45 s from
+  this cache, and a warm first call 7.3 against 4.3-4.9 s after loading (docs/benchmarks.md, session 9).
 - start(): Dynamo is imported at once (loading a checkpoint would import it anyway), then a background thread does
   the other imports and the libraries' first use while the checkpoint loads; a compiling Decoder waits for it
   (wait()) before its first compilation. chat and generate start it as they begin to load a model onto a GPU.
@@ -33,21 +33,21 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import importlib
-import importlib.util
 import inspect
 import json
 import os
-import sys
 import threading
 import time
 from pathlib import Path
 
 import torch
 
+from . import bytecode
+
 _thread: threading.Thread | None = None
 KEEP_TUNED = True  # keep_tuned_configs() installs its fix (bench.first_call turns it off to measure torch's own)
 # what this process did, for bench.first_call: Dynamo's import before the thread, the thread's seconds, how long a
-# Decoder waited for it, where bytecode went (use_bytecode_cache), kernels restored with their cached tuning
+# Decoder waited for it, where bytecode went (bytecode.use_cache), kernels restored with their cached tuning
 STATS = {"dynamo_s": None, "warm_s": None, "warm_error": None, "wait_s": 0.0, "bytecode": "",
          "adopted": 0, "compiled": 0, "compile_s": 0.0, "not_cached": 0, "fallback": 0}
 
@@ -59,72 +59,21 @@ def use_compile_cache() -> str:
     TORCHINDUCTOR_CACHE_DIR is set (then that, as torch would); torch's own default is /tmp/torchinductor_$USER,
     which many systems empty at boot. Returns the directory. Set for this process, so it must run before the first
     compilation (a Decoder that compiles calls it); "" where no such directory can be made (torch's default).
-    Keeps Python's bytecode there too where it must (use_bytecode_cache), before importing Inductor."""
-    use_bytecode_cache()
+    Keeps Python's bytecode there too where it must (bytecode.use_cache), before importing Inductor."""
+    STATS["bytecode"] = bytecode.use_cache()
     try:  # importing Inductor sets the variable to torch's default: that one is not the user's choice
         from torch._inductor.runtime.cache_dir_utils import default_cache_dir
         default = os.path.abspath(default_cache_dir())
     except (ImportError, AttributeError):
         default = None
     if os.environ.get("TORCHINDUCTOR_CACHE_DIR") in (None, "", default):
-        path = os.path.join(_cache_home(), "minqwen3", "inductor")
+        path = os.path.join(bytecode.cache_home(), "minqwen3", "inductor")
         try:
             os.makedirs(path, exist_ok=True)
         except OSError:  # no writable home: torch's default it is
             return ""
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = path
     return os.environ["TORCHINDUCTOR_CACHE_DIR"]
-
-
-def _cache_home() -> str:
-    return os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-
-
-def use_bytecode_cache() -> str:
-    """Where Python would compile torch's modules from source in every process, keep their bytecode under the
-    user's cache directory instead (~/.cache/minqwen3/pycache, a mirror of the sources' paths: sys.pycache_prefix).
-    That is so where the .pyc beside torch's sources is missing or stale and Python will not write one there: a
-    read-only installation, or PYTHONDONTWRITEBYTECODE (honoured as "write no bytecode beside the sources": what
-    is written goes to this cache only). Applies to the modules imported from then on (Dynamo, Inductor, sympy:
-    what a first compiled call imports), so it runs before them: start() and use_compile_cache() call it.
-    Nothing changes where torch's bytecode is usable, where the user chose a prefix (PYTHONPYCACHEPREFIX), or with
-    MINQWEN3_BYTECODE_CACHE=0. Returns the directory in use ("" where Python's own way stands)."""
-    if STATS["bytecode"] or sys.pycache_prefix is not None:  # done already, or the user's own prefix
-        return STATS["bytecode"]
-    source = os.path.join(os.path.dirname(torch.__file__), "_dynamo", "convert_frame.py")  # one of Dynamo's
-    if os.environ.get("MINQWEN3_BYTECODE_CACHE") == "0" or not os.path.isfile(source) or bytecode_kept(source):
-        return ""
-    path = os.path.join(_cache_home(), "minqwen3", "pycache")
-    try:
-        os.makedirs(path, exist_ok=True)
-    except OSError:
-        return ""
-    if not os.access(path, os.W_OK):
-        return ""
-    sys.pycache_prefix, sys.dont_write_bytecode = path, False  # importlib reads both at every import
-    STATS["bytecode"] = path
-    return path
-
-
-def bytecode_kept(source: str) -> bool:
-    """Whether a module's bytecode outlives the process in Python's own way: the .pyc beside `source` (in its
-    __pycache__) is current, or Python will write it there at the import."""
-    pyc = importlib.util.cache_from_source(source)  # without a prefix (the caller checks): beside the source
-    try:
-        with open(pyc, "rb") as f:
-            head = f.read(16)
-        if len(head) == 16 and head[:4] == importlib.util.MAGIC_NUMBER:
-            if int.from_bytes(head[4:8], "little") & 1:  # hash-based (PEP 552): Python checks it, if at all
-                return True
-            st = os.stat(source)  # timestamp-based: valid while the source's mtime and size match
-            if head[8:16] == ((int(st.st_mtime) & 0xFFFFFFFF).to_bytes(4, "little")
-                              + (st.st_size & 0xFFFFFFFF).to_bytes(4, "little")):
-                return True
-    except OSError:
-        pass
-    folder = os.path.dirname(pyc)
-    return not sys.dont_write_bytecode and os.access(folder if os.path.isdir(folder) else os.path.dirname(folder),
-                                                      os.W_OK)
 
 
 def _prepare(device: torch.device, dtype: torch.dtype) -> None:
@@ -176,7 +125,7 @@ def start(device: str | torch.device, dtype: torch.dtype | None = None) -> threa
 
 def _start(device: torch.device, dtype: torch.dtype) -> threading.Thread:
     global _thread
-    use_bytecode_cache()  # before the imports, the thread's and Dynamo's
+    STATS["bytecode"] = bytecode.use_cache()  # before the imports, the thread's and Dynamo's
     # Dynamo is imported here, in the caller's thread, before the loading: loading a checkpoint imports it too
     # (torch's initialisers on the meta device do), and two threads importing Dynamo and Inductor at once can each
     # get the other's half-imported module (seen: ImportError, 'cannot import name IndentedBuffer from

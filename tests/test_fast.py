@@ -1,10 +1,7 @@
 """The decode loop's Decoder (minqwen3/generation.py): cache prefixes, the compiled step, CUDA graphs, against the
 plain loop; the benchmark's arithmetic; and the GPU-only parts."""
 import gc
-import importlib
 import json
-import os
-import sys
 import weakref
 from pathlib import Path
 
@@ -227,49 +224,6 @@ def test_compile_cache_under_the_users_cache_dir(tmp_path, monkeypatch):
     assert use_compile_cache() == str(tmp_path / "minqwen3" / "inductor")
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))
     assert use_compile_cache() == str(tmp_path / "mine")
-
-
-def test_bytecode_cache_where_python_would_compile_from_source(tmp_path, monkeypatch):
-    """bytecode_kept reads a module's .pyc as Python does (current, stale, missing and not to be written); where
-    torch's is not kept, use_bytecode_cache makes Python write the bytecode of later imports under the user's cache
-    directory, at the path importlib itself reads it from."""
-    import importlib.util
-    import py_compile
-
-    from minqwen3 import warmstart
-    src = tmp_path / "src" / "mq3_probe_mod.py"
-    src.parent.mkdir()
-    src.write_text("X = 41 + 1\n")
-    monkeypatch.setattr(sys, "pycache_prefix", None)
-    monkeypatch.setattr(sys, "dont_write_bytecode", True)
-    assert not warmstart.bytecode_kept(str(src))  # no .pyc, and Python may not write one
-    py_compile.compile(str(src), cfile=importlib.util.cache_from_source(str(src)))
-    assert warmstart.bytecode_kept(str(src))  # current
-    st = src.stat()
-    os.utime(src, (st.st_atime, st.st_mtime + 10))
-    assert not warmstart.bytecode_kept(str(src))  # stale: the source changed after it
-    monkeypatch.setattr(sys, "dont_write_bytecode", False)
-    assert warmstart.bytecode_kept(str(src))  # stale, but Python rewrites it at the import
-
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    monkeypatch.setitem(warmstart.STATS, "bytecode", "")
-    monkeypatch.setattr(sys, "dont_write_bytecode", True)  # PYTHONDONTWRITEBYTECODE: nothing beside the sources
-    monkeypatch.setattr(warmstart, "bytecode_kept", lambda source: True)
-    assert warmstart.use_bytecode_cache() == "" and sys.pycache_prefix is None  # torch's is kept: Python's way
-    monkeypatch.setenv("MINQWEN3_BYTECODE_CACHE", "0")
-    monkeypatch.setattr(warmstart, "bytecode_kept", lambda source: False)
-    assert warmstart.use_bytecode_cache() == "" and sys.pycache_prefix is None  # turned off
-    monkeypatch.delenv("MINQWEN3_BYTECODE_CACHE")
-    path = warmstart.use_bytecode_cache()
-    assert path == str(tmp_path / "cache" / "minqwen3" / "pycache") == sys.pycache_prefix
-    assert warmstart.use_bytecode_cache() == path  # once per process
-    beside = src.parent / "__pycache__" / Path(importlib.util.cache_from_source(str(src))).name
-    beside.unlink()
-    monkeypatch.syspath_prepend(str(src.parent))
-    monkeypatch.delitem(sys.modules, "mq3_probe_mod", raising=False)
-    assert importlib.import_module("mq3_probe_mod").X == 42
-    pyc = Path(importlib.util.cache_from_source(str(src)))
-    assert pyc.is_file() and pyc.is_relative_to(path) and not beside.exists()
 
 
 class _Config:  # a Triton launch setting, as far as the autotune cache looks at one
