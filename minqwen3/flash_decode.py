@@ -135,8 +135,15 @@ def _sms(device: torch.device) -> int:  # 8 for Triton's interpreter, which runs
     return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 8
 
 
-def _launch(q, k, v, k_cache, v_cache, pos, mask) -> torch.Tensor:
-    """Run the kernel (flash_decode's contract)."""
+@torch.library.custom_op("minqwen3::flash_decode", mutates_args=("k_cache", "v_cache"))
+def flash_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                 pos: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Write the new token's k, v (B, H_kv, 1, D) into the caches (B, H_kv, S, D) at slot pos (1,), the same
+    for every row, then attend from q (B, H, 1, D) over the slots mask (B|1, 1, 1, S) allows -> (B, H, 1, D).
+
+    The caches may be views of longer ones (any strides but the last); mask must allow slot pos in every row
+    and no slot after it (those are not read).
+    """
     B, H, _, D = q.shape
     H_kv, S = k_cache.shape[1], k_cache.shape[2]
     G = H // H_kv
@@ -164,18 +171,6 @@ def _launch(q, k, v, k_cache, v_cache, pos, mask) -> torch.Tensor:
         G=G, GP=GP, D=D, BLOCK=BLOCK, NSP=max(2, triton.next_power_of_2(n_splits)),
         GM=triton.next_power_of_2(G), IEEE=q.dtype == torch.float32, num_warps=NUM_WARPS, num_stages=NUM_STAGES)
     return out
-
-
-@torch.library.custom_op("minqwen3::flash_decode", mutates_args=("k_cache", "v_cache"))
-def flash_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                 pos: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Write the new token's k, v (B, H_kv, 1, D) into the caches (B, H_kv, S, D) at slot pos (1,), the same
-    for every row, then attend from q (B, H, 1, D) over the slots mask (B|1, 1, 1, S) allows -> (B, H, 1, D).
-
-    The caches may be views of longer ones (any strides but the last); mask must allow slot pos in every row
-    and no slot after it (those are not read).
-    """
-    return _launch(q, k, v, k_cache, v_cache, pos, mask)
 
 
 @flash_decode.register_fake
