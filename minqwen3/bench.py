@@ -237,7 +237,7 @@ def bench_model(model_arg: str, device: torch.device, dtype: torch.dtype, prompt
     if eager and cuda:
         impls.append(("minqwen3 eager generate()", lambda ids, n: generate(model, ids, n, stop_ids=(), fast=False),
                       4, False, False))
-    if compare and dec.stacked and batch > 1:  # the Decoder would stack at its first call: now, so that the
+    if compare and dec._reads_stacks(batch):  # the Decoder would stack at its first call: now, so that the
         stack.stack(model)  # twin shares the stacked weights (it would keep the old ones, a second copy)
     hf = transformers_twin(model) if compare else None
     mask = lambda ids: torch.ones_like(ids)  # noqa: E731
@@ -313,7 +313,7 @@ def first_call(model_arg: str, device: torch.device, dtype: torch.dtype, prompt_
     overlap: start warmstart's background thread as the loading starts, as chat does (otherwise the call does that
     work itself); keep_tuned: warmstart.keep_tuned_configs() (otherwise torch's own handling of tuned kernels);
     preimport: import Dynamo and Inductor before, timed apart."""
-    from . import warmstart
+    from . import bytecode, warmstart
     warmstart.KEEP_TUNED = keep_tuned
     t = time.perf_counter()
     if preimport:
@@ -355,7 +355,8 @@ def first_call(model_arg: str, device: torch.device, dtype: torch.dtype, prompt_
     threads = getattr(sys.modules.get("torch._inductor.config"), "compile_threads", None)  # 1: in this process
     return dict(first_s=total, first_token_s=seen[0] - t, setup_s=dec.setup_s if dec is not None else 0.0,
                 import_s=import_s, load_s=load_s, compile_threads=threads, **spans,
-                warm=dict(warmstart.STATS, fixed=device.type == "cuda" and warmstart.keep_tuned_configs()),
+                warm=dict(warmstart.STATS, bytecode=bytecode.in_use,
+                          fixed=device.type == "cuda" and warmstart.keep_tuned_configs()),
                 tokens=out[0, prompt_len:].tolist(),
                 phases={k: sum(v) for k, v in compilation_time_metrics.items()},
                 caches={k: v for group in ("inductor", "aot_autograd") for k, v in counters[group].items()

@@ -299,8 +299,8 @@ class Decoder:
         if T + new - 1 > self.max_len:
             raise ValueError(f"{T} prompt + {new} new tokens need {T + new - 1} cache slots; this Decoder has "
                              f"{self.max_len} (Decoder(model, max_len=...))")
-        if self.stacked and (B > 1 or self._normed_one_row()):  # else one row never reads the stacks (_step), so it
-            stack.stack(self.model)  # runs on the weights as loaded; stacks again where a parameter's data was replaced
+        if self._reads_stacks(B):  # else the step never reads the stacks, so it runs on the weights as loaded
+            stack.stack(self.model)  # stacks again where a parameter's data was replaced
         weights = self._weights()
         if weights != self.weights:  # new parameters (or the first call): caches in their dtype, graphs recaptured
             self.weights, self.batch = weights, 0
@@ -338,13 +338,16 @@ class Decoder:
 
     def _step(self, n: int) -> None:
         fns = self.inputs, self.run_layer, self.head
-        # the stacks start() checked, at 2 rows or more: there each projection is a GEMM of its own, and one over the
-        # stack saves launches; at one row Inductor already reads x once for q, k, v (and for gate, up) in one
-        # reduction, and the stack's output slices cost a copy each (docs/benchmarks.md, session 8), unless
-        # matvec.py's kernel norms and projects them (its output's slices are views)
-        with stack.using(self.stacked and (self.batch > 1 or self._normed_one_row())):
+        with stack.using(self._reads_stacks(self.batch)):  # the stacks start() checked
             tok = self._pick(self.forward_last(self.tok, self.prefixes[n], self.pos, self.step_pad, fns))
         self.record(tok, self.out, self.n, self.done, self.seen, self.tok, self.pos, self.stop, self.pad_id)
+
+    def _reads_stacks(self, rows: int) -> bool:
+        """Whether a step of `rows` rows projects with the stacks: at 2 rows or more, where each projection is a GEMM
+        of its own and one over the stack saves launches; at one row Inductor already reads x once for q, k, v (and
+        for gate, up) in one reduction, and the stack's output slices cost a copy each (docs/benchmarks.md, session
+        8), unless matvec.py's kernel norms and projects them (its output's slices are views: _normed_one_row)."""
+        return self.stacked and (rows > 1 or self._normed_one_row())
 
     def _normed_one_row(self) -> bool:
         """Whether a one-row step reads the stacks, for matvec.py's kernel to apply the RMSNorms on the way into
