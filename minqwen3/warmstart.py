@@ -47,8 +47,8 @@ from . import bytecode
 _thread: threading.Thread | None = None
 KEEP_TUNED = True  # keep_tuned_configs() installs its fix (bench.first_call turns it off to measure torch's own)
 # what this process did, for bench.first_call: Dynamo's import before the thread, the thread's seconds, how long a
-# Decoder waited for it, where bytecode went (bytecode.use_cache), kernels restored with their cached tuning
-STATS = {"dynamo_s": None, "warm_s": None, "warm_error": None, "wait_s": 0.0, "bytecode": "",
+# Decoder waited for it, kernels restored with their cached tuning
+STATS = {"dynamo_s": None, "warm_s": None, "warm_error": None, "wait_s": 0.0,
          "adopted": 0, "compiled": 0, "compile_s": 0.0, "not_cached": 0, "fallback": 0}
 
 
@@ -60,7 +60,7 @@ def use_compile_cache() -> str:
     which many systems empty at boot. Returns the directory. Set for this process, so it must run before the first
     compilation (a Decoder that compiles calls it); "" where no such directory can be made (torch's default).
     Keeps Python's bytecode there too where it must (bytecode.use_cache), before importing Inductor."""
-    STATS["bytecode"] = bytecode.use_cache()
+    bytecode.use_cache()
     try:  # importing Inductor sets the variable to torch's default: that one is not the user's choice
         from torch._inductor.runtime.cache_dir_utils import default_cache_dir
         default = os.path.abspath(default_cache_dir())
@@ -125,7 +125,7 @@ def start(device: str | torch.device, dtype: torch.dtype | None = None) -> threa
 
 def _start(device: torch.device, dtype: torch.dtype) -> threading.Thread:
     global _thread
-    STATS["bytecode"] = bytecode.use_cache()  # before the imports, the thread's and Dynamo's
+    bytecode.use_cache()  # before the imports, the thread's and Dynamo's
     # Dynamo is imported here, in the caller's thread, before the loading: loading a checkpoint imports it too
     # (torch's initialisers on the meta device do), and two threads importing Dynamo and Inductor at once can each
     # get the other's half-imported module (seen: ImportError, 'cannot import name IndentedBuffer from
