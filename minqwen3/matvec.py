@@ -75,8 +75,9 @@ class Config(NamedTuple):
 
 
 # (rows, N, K) -> Config, the fastest of scripts/matvec_bench.py's candidates on an H200 (132 SMs), session 8: o_proj
-# and down_proj of Qwen3-32B on one GPU and on each of two, and of Qwen3-8B; other shapes take rule(). (No shape of
-# a product with the norm is one without it, so one table serves both.)
+# and down_proj of Qwen3-32B on one GPU and on each of two, and of Qwen3-8B; other shapes take rule(). (One table
+# serves products with the norm and without: a shape can be both, 5120 x 5120 is 32B's q|k|v on each of two GPUs and
+# 14B's o_proj, timed with the norm only.)
 # MINQWEN3_MATVEC_TABLE=FILE[:FILE...] adds (or replaces) entries from the JSON that script writes.
 TABLE: dict[tuple[int, int, int], Config] = {
     (1, 5120, 8192): Config(8, 512, 1, 4, 1, False), (1, 5120, 25600): Config(64, 128, 4, 4, 3, True),
@@ -91,8 +92,17 @@ TABLE: dict[tuple[int, int, int], Config] = {
     (1, 10240, 5120): Config(4, 1024, 1, 4, 1, False), (1, 51200, 5120): Config(8, 512, 1, 4, 1, False),
     (8, 4096, 1024): Config(64, 128, 4, 4, 3, True), (8, 6144, 1024): Config(64, 128, 3, 4, 3, True),
     (8, 6144, 4096): Config(64, 128, 3, 4, 3, True), (8, 24576, 4096): Config(64, 128, 1, 4, 3, True),
-    (8, 5120, 5120): Config(64, 128, 4, 4, 3, True), (8, 25600, 5120): Config(64, 128, 3, 4, 3, True),
+    (8, 5120, 5120): Config(64, 128, 4, 8, 3, True), (8, 25600, 5120): Config(128, 128, 1, 4, 3, True),
     (8, 10240, 5120): Config(64, 128, 2, 4, 3, True), (8, 51200, 5120): Config(64, 128, 1, 4, 3, True),
+    # session 10: o_proj and down_proj at 8 rows of Qwen3-0.6B, -1.7B, -4B and Qwen3-30B-A3B's o_proj; at one row
+    # Qwen3-0.6B's (where the Decoder takes them, fused); Qwen3-30B-A3B's q|k|v with the norm. The two 32B half shapes
+    # at 8 rows above took session 10's new candidates (8 warps; 128 columns): 18.50 and 72.30 against 20.09, 82.59 us
+    (8, 1024, 2048): Config(64, 256, 4, 4, 3, True), (8, 1024, 3072): Config(64, 256, 6, 4, 3, True),
+    (8, 2048, 2048): Config(64, 256, 4, 4, 3, True), (8, 2048, 6144): Config(64, 128, 8, 4, 3, True),
+    (8, 2048, 4096): Config(64, 256, 4, 4, 3, True), (8, 2560, 4096): Config(32, 128, 4, 4, 4, True),
+    (8, 2560, 9728): Config(32, 256, 4, 4, 3, True), (1, 1024, 2048): Config(2, 2048, 1, 4, 1, False),
+    (1, 1024, 3072): Config(2, 2048, 1, 4, 1, False), (1, 5120, 2048): Config(4, 1024, 1, 4, 1, False),
+    (8, 5120, 2048): Config(64, 128, 4, 8, 3, True),
 }
 
 
@@ -123,11 +133,13 @@ def splits_for(n_blocks: int, K: int, block_k: int, programs: int) -> int:
 
 
 def rule(M: int, N: int, K: int, sms: int) -> Config:
-    """The settings for a shape the table lacks: 16 columns a program (32 with tl.dot), slices of K until there
-    are ~4 programs an SM."""
+    """The settings for a shape the table lacks: 16 columns a program and slices of K until there are ~4 programs
+    an SM; with tl.dot (more than two rows) 64 columns in 3 stages and ~2 programs an SM, the fastest or within 4%
+    of it on most shapes timed at 8 rows (17% at worst), with the norm on the way in or without: with it up to 2.2x
+    faster than session 8's 32 columns in 4 stages, and as fast or faster without (session 10, docs/benchmarks.md)."""
     dot = M > 2
-    bn, bk, stages = (32, 128, 4) if dot else (16, 256, 3)
-    return Config(bn, bk, splits_for(_cdiv(N, bn), K, bk, 4 * sms), 4, stages, dot)
+    bn, bk, stages, per_sm = (64, 128, 3, 2) if dot else (16, 256, 3, 4)
+    return Config(bn, bk, splits_for(_cdiv(N, bn), K, bk, per_sm * sms), 4, stages, dot)
 
 
 def config(M: int, N: int, K: int, device: torch.device) -> Config:
