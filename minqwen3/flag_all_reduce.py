@@ -16,6 +16,9 @@ waited for, is a good part of the kernel's time. Here the second meeting goes:
 - Every rank adds the ranks' values in rank order, in float32: all ranks get the same bits (they then sample the
   same token from the same logits).
 
+- With a residual it returns residual + the sum: the decoder layer's add after its all-reduce, in the same kernel
+  (one launch a layer and block fewer).
+
 Program b handles elements b * BLOCK ... (b + 1) * BLOCK - 1 and meets only the peers' programs b. Sums of up to
 MAX_BLOCKS * BLOCK values in bf16 or float32, up to 8 ranks; parallel.flag_all_reduce takes the others elsewhere.
 """
@@ -75,20 +78,23 @@ def make_state(group, group_name: str, device: torch.device) -> State:
     return State(buf, bases, torch.zeros(MAX_BLOCKS, dtype=torch.int32, device=device), hdl.rank, hdl.world_size)
 
 
-def all_reduce(x: torch.Tensor, state: State) -> torch.Tensor:
-    """The sum of x (contiguous, fits) over the group's ranks, out of place; the same bits on every rank."""
+def all_reduce(x: torch.Tensor, state: State, residual: torch.Tensor | None = None) -> torch.Tensor:
+    """The sum of x (contiguous, fits) over the group's ranks, out of place; the same bits on every rank. With
+    residual (x's shape and dtype, contiguous): residual + the sum, in the same kernel (the decoder layer's residual
+    add after its all-reduce), rounded as the two steps round: the sum to x's dtype, then the add."""
     out = torch.empty_like(x)
     n = x.numel()
-    _all_reduce[(triton.cdiv(n, BLOCK),)](x, out, state.bases, state.counts, n, FLAG_BYTES // x.element_size(),
-                                          HALF_BYTES // x.element_size(), RANK=state.rank, WORLD=state.world,
-                                          BLOCK=BLOCK, num_warps=4)
+    _all_reduce[(triton.cdiv(n, BLOCK),)](x, out, state.bases, state.counts, x if residual is None else residual, n,
+                                          FLAG_BYTES // x.element_size(), HALF_BYTES // x.element_size(),
+                                          RANK=state.rank, WORLD=state.world, BLOCK=BLOCK, RES=residual is not None,
+                                          num_warps=4)
     return out
 
 
 if triton is not None:
     @triton.jit
-    def _all_reduce(X, Out, Bases, Counts, numel, data0, half, RANK: tl.constexpr, WORLD: tl.constexpr,
-                    BLOCK: tl.constexpr):
+    def _all_reduce(X, Out, Bases, Counts, Res, numel, data0, half, RANK: tl.constexpr, WORLD: tl.constexpr,
+                    BLOCK: tl.constexpr, RES: tl.constexpr):
         b = tl.program_id(0)
         offs = b * BLOCK + tl.arange(0, BLOCK)
         m = offs < numel
@@ -97,6 +103,8 @@ if triton is not None:
         tl.store(Counts + b, n)
         at = data0 + (n & 1) * half + offs  # this call's half of every rank's buffer (elements from its base)
         x = tl.load(X + offs, mask=m)
+        if RES:  # read before the wait below, which then hides its latency
+            res = tl.load(Res + offs, mask=m).to(tl.float32)
         mine = tl.multiple_of(tl.load(Bases + RANK).to(tl.pointer_type(X.dtype.element_ty)), 16)  # 16-byte loads
         tl.store(mine + at, x, mask=m)
         # every thread's store is visible system-wide before the flag that announces it
@@ -121,4 +129,7 @@ if triton is not None:
             else:
                 peer = tl.multiple_of(tl.load(Bases + r).to(tl.pointer_type(X.dtype.element_ty)), 16)
                 acc += tl.load(peer + at, mask=m, other=0.0, volatile=True).to(tl.float32)
-        tl.store(Out + offs, acc.to(Out.dtype.element_ty), mask=m)
+        y = acc.to(Out.dtype.element_ty)
+        if RES:  # the residual stream plus the layer's output, both rounded to the dtype first, as x + all_reduce(o)
+            y = (res + y.to(tl.float32)).to(Out.dtype.element_ty)
+        tl.store(Out + offs, y, mask=m)

@@ -46,6 +46,7 @@ import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
@@ -244,21 +245,27 @@ def _(x: torch.Tensor, group_name: str) -> torch.Tensor:
 
 
 @torch.library.custom_op("minqwen3::all_reduce_flags", mutates_args=())
-def flag_all_reduce(x: torch.Tensor, group_name: str) -> torch.Tensor:
+def flag_all_reduce(x: torch.Tensor, group_name: str, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
     """symm_all_reduce with one barrier instead of two (flag_all_reduce.py: a double buffer and counting flags)
     where it can be (a CUDA tensor in bf16 or float32 of up to 65,536 values, up to 8 ranks, Triton), else
-    symm_all_reduce itself."""
+    symm_all_reduce itself. With residual (x's shape and dtype): residual + the sum, the add inside the kernel
+    where it runs (rounded as the two steps round)."""
+    if residual is not None and (residual.shape != x.shape or residual.dtype != x.dtype
+                                 or residual.device != x.device):
+        raise ValueError(f"all_reduce_flags: residual {tuple(residual.shape)} {residual.dtype} on {residual.device} "
+                         f"must be as x, {tuple(x.shape)} {x.dtype} on {x.device}")
     x = x.contiguous()
     if x.is_cuda:
         from . import flag_all_reduce as fa
         state = _flag_state(group_name, x.device)
         if not isinstance(state, str) and fa.fits(x, state):
-            return fa.all_reduce(x, state)
-    return symm_all_reduce(x, group_name)
+            return fa.all_reduce(x, state, None if residual is None else residual.contiguous())
+    out = symm_all_reduce(x, group_name)
+    return out if residual is None else residual + out
 
 
 @flag_all_reduce.register_fake
-def _(x: torch.Tensor, group_name: str) -> torch.Tensor:
+def _(x: torch.Tensor, group_name: str, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
     return x.new_empty(x.shape)
 
 

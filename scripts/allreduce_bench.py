@@ -11,6 +11,8 @@ Ways (--ways):
   symm-inbuf  torch.ops.symm_mem.one_shot_all_reduce on data already in the symmetric buffer (no copy in)
   flags       minqwen3::all_reduce_flags, the plan's default on GPUs: one-shot with one barrier instead of two
               (minqwen3/flag_all_reduce.py)
+  flags-res   the same with a residual added in the kernel (the decoder layer's add after its all-reduce),
+              checked against NCCL's sum rounded, then added: the same bits expected
 With --matmul each all-reduce follows a matrix-vector product of one TP=2 o_proj's size ((5120, 4096) bf16, four
 such weights in turn, 160 MiB, so that L2 holds none of them) and the table adds the products alone: the exposed
 cost of an all-reduce is (both - products alone) / N. NVLink multicast stays off (parallel.init sets it so).
@@ -34,9 +36,9 @@ from minqwen3 import parallel  # noqa: E402
 from minqwen3.bench import _time, one_line  # noqa: E402
 
 
-def ways(group) -> dict:
+def ways(group, residual: torch.Tensor) -> dict:
     """name -> (prepare(x) -> input, reduce(input) -> sum): the input as each way wants it (symm-inbuf: a view of
-    the symmetric buffer), then the sum."""
+    the symmetric buffer), then the sum (flags-res: residual + the sum)."""
     name = parallel.symm_group(group)
 
     def nccl(x):
@@ -54,6 +56,7 @@ def ways(group) -> dict:
     return {"nccl": (torch.clone, nccl),
             "symm": (lambda x: x, lambda x: torch.ops.minqwen3.all_reduce(x, name)),
             "flags": (lambda x: x, lambda x: torch.ops.minqwen3.all_reduce_flags(x, name)),
+            "flags-res": (lambda x: x, lambda x: torch.ops.minqwen3.all_reduce_flags(x, name, residual)),
             "symm-inbuf": (inbuf, lambda x: torch.ops.symm_mem.one_shot_all_reduce(x, "sum", name))}
 
 
@@ -115,7 +118,8 @@ def main() -> None:
     extra = " with matmul µs | matmul alone µs | exposed µs |" if args.matmul else ""
     print(f"| way | µs per all-reduce | max error vs NCCL (fp32) | same on every rank |{extra}\n|---|---:|---:|---|"
           + ("---:|---:|---:|" if args.matmul else ""), flush=True)
-    table = ways(group)
+    residual = torch.randn(x.shape, generator=g).to(device, dtype)
+    table = ways(group, residual)
     for way in args.ways:
         if way not in table:
             raise SystemExit(f"--ways: {way!r} is none of {', '.join(table)}")
@@ -125,7 +129,9 @@ def main() -> None:
         row = dict(way=way, env=env)
         try:
             got = reduce(prepare(x)).float()
-            row["err"] = (got - want).abs().max().item()
+            # flags-res: the unfused steps' roundings, the sum to the dtype, then the add
+            oracle = (residual.float() + want.to(dtype).float()).to(dtype).float() if way == "flags-res" else want
+            row["err"] = (got - oracle).abs().max().item()
             every = [torch.empty_like(got) for _ in range(plan.world)]
             dist.all_gather(every, got, group=group)  # the ranks must agree to the bit (they sample from it)
             row["same"] = all(torch.equal(e, every[0]) for e in every)

@@ -169,7 +169,8 @@ def test_the_all_reduce_op_sums_eager_and_compiled(op_name):
 def test_flag_all_reduce_on_two_gpus():
     """minqwen3::all_reduce_flags on 2 GPUs (scripts/allreduce_bench.py, which checks every way eagerly against
     NCCL's float32 sum and across ranks, then replays 128 of them in a CUDA graph): its sums agree with NCCL's to
-    one bf16 rounding and are the same bits on both ranks."""
+    one bf16 rounding and are the same bits on both ranks; with a residual added in the kernel, exactly those of the
+    sum rounded, then added."""
     import json
     import subprocess
     import sys
@@ -179,12 +180,14 @@ def test_flag_all_reduce_on_two_gpus():
     out.parent.mkdir(exist_ok=True)
     out.unlink(missing_ok=True)
     run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                          str(root / "scripts" / "allreduce_bench.py"), "--ways", "symm", "flags", "--replays", "5",
+                          str(root / "scripts" / "allreduce_bench.py"), "--ways", "symm", "flags", "flags-res", "--replays", "5",
                           "--out", str(out)], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     rows = {r["way"]: r for r in map(json.loads, out.read_text().splitlines())}
     assert "error" not in rows["flags"], rows["flags"]
     assert rows["flags"]["same"] and rows["flags"]["err"] <= rows["symm"]["err"] + 1e-6, rows
+    # with the residual added in the kernel: exactly the two steps' bits (the sum rounded, then the add rounded)
+    assert "error" not in rows["flags-res"] and rows["flags-res"]["same"] and rows["flags-res"]["err"] == 0, rows
 
 
 # ---------------------------------------------------------------- the plan and the command line, without processes
