@@ -69,10 +69,10 @@ normed = _NORMED != "0"
 normed_one_row_always = _NORMED == "all"
 NORMED_MIN_BYTES = 100_000_000
 # MINQWEN3_FUSED=0: SwiGLU stays swiglu.py's kernel and the residual add a step of its own (the benchmarks' peer, as
-# before session 10), where the kernel otherwise takes them into down_proj (silu(gate) * up of the stacked gate|up,
-# inside a Decoder's step) and o_proj (the residual) wherever it takes the product, and at one row too where the
-# Decoder reads the stacks (Decoder._normed_one_row: small models, where the launches dominate; there Inductor's
-# one-row reductions would fuse the add, but the kernel saves swiglu's launch and runs the step's other products).
+# before session 10). Otherwise the kernel takes silu(gate) * up into down_proj (the stacked gate|up, inside a
+# Decoder's step) and adds the residual in o_proj and down_proj wherever it takes the product, and at one row too
+# where the Decoder reads the stacks (Decoder._normed_one_row: small models, where launches dominate; swiglu's is
+# saved there, where Inductor's one-row reductions fused only the add).
 fused = os.environ.get("MINQWEN3_FUSED", "1") != "0"
 
 
