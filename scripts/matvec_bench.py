@@ -95,7 +95,7 @@ def main() -> int:
         for shape in args.shapes:
             N, K = (int(v) for v in shape.split("x"))
             mb = N * K * 2 / 1e6
-            copies = max(2, -(-256 // int(mb)))  # > 5x L2 together
+            copies = max(2, -(-256 // max(1, int(mb))))  # > 5x L2 together
             ws = [torch.randn(N, K, device=dev, dtype=torch.bfloat16, generator=g) * 0.02 for _ in range(copies)]
             x = torch.randn(M, 2 * K if args.gated else K, device=dev, dtype=torch.bfloat16, generator=g)
             r = torch.randn(M, N, device=dev, dtype=torch.bfloat16, generator=g) if args.residual else None
