@@ -22,10 +22,17 @@ whole ones (down_proj 3.4 against 4.0 TB/s; docs/benchmarks.md, session 7, s7-tp
   of columns cover all of K, so the program that finishes the block adds their sums of squares too (in split order)
   and scales the row by 1 / sqrt(mean + eps) once, at the end. No statistics kernel of its own, and no settings
   tuned by timing (Inductor's reductions for the normed products were tuned apart per compile and per rank).
+- With SwiGLU on the way in (GATED, for down_proj): x is the stacked gate|up product (M, 2K), and the kernel takes
+  silu(gate) * up, computed as swiglu.py's kernel computes it (float32, rounded once to x's dtype): the same bits
+  as that kernel and then the product, one launch fewer. With the residual on the way out (RESIDUAL, for o_proj
+  and down_proj): the program that stores a block rounds the product to the output's dtype and adds the residual
+  in float32, rounding again, as `x + linear(...)` does: the same bits, and no add kernel of its own.
 
 Used by attention.Attention for o_proj and mlp.MLP for down_proj (linear() below) on CUDA without gradients, for
 2 to MAX_ROWS rows (one row too on a split dense model, or with MINQWEN3_MATVEC=all; 0 switches it off): their
-inputs come from custom ops already (flash_decode, swiglu), so Inductor has nothing to fuse into them. And for
+inputs come from custom ops already (flash_decode, swiglu), so Inductor has nothing to fuse into them; with the
+layer's residual added in the kernel, and inside a Decoder's step with silu(gate) * up on the way into down_proj
+(from one row too where the Decoder reads the stacks at one row: small models; MINQWEN3_FUSED=0: neither). And for
 the stacked q|k|v and gate|up (stack.py) inside a Decoder's step, 1 to MAX_ROWS rows, with the norm on the way in
 (normed_linear; MINQWEN3_NORMED=0 leaves the norm and the products to Inductor, as before session 9).
 """
@@ -61,6 +68,12 @@ _NORMED = os.environ.get("MINQWEN3_NORMED", "1")
 normed = _NORMED != "0"
 normed_one_row_always = _NORMED == "all"
 NORMED_MIN_BYTES = 100_000_000
+# MINQWEN3_FUSED=0: SwiGLU stays swiglu.py's kernel and the residual add a step of its own (the benchmarks' peer, as
+# before session 10). Otherwise the kernel takes silu(gate) * up into down_proj (the stacked gate|up, inside a
+# Decoder's step) and adds the residual in o_proj and down_proj wherever it takes the product, and at one row too
+# where the Decoder reads the stacks (Decoder._normed_one_row: small models, where launches dominate; swiglu's is
+# saved there, where Inductor's one-row reductions fused only the add).
+fused = os.environ.get("MINQWEN3_FUSED", "1") != "0"
 
 
 class Config(NamedTuple):
@@ -146,14 +159,19 @@ def config(M: int, N: int, K: int, device: torch.device) -> Config:
     return TABLE.get((M, N, K)) or rule(M, N, K, _sms(device))
 
 
-def available(x: torch.Tensor, weight: torch.Tensor, norm: nn.Module | None = None, one_row: bool = False) -> bool:
-    """Whether the kernel takes x @ weight.T (with norm: norm(x) @ weight.T, an RMSNorm of x's dtype): Triton,
-    CUDA, min_rows (with norm or one_row: 1) to MAX_ROWS rows (with norm, more than one only for NORMED_MIN_BYTES
-    of weight), one dtype of DTYPES, the weight's rows contiguous, no gradient wanted (no backward). Otherwise
-    torch's product does (after the norm)."""
+def available(x: torch.Tensor, weight: torch.Tensor, norm: nn.Module | None = None, one_row: bool = False,
+              gated: bool = False, residual: torch.Tensor | None = None) -> bool:
+    """Whether the kernel takes x @ weight.T (with norm: norm(x) @ weight.T, an RMSNorm of x's dtype; gated: x is
+    gate | up (..., 2K) and the product takes silu(gate) * up; with residual: residual + the product; these two
+    where `fused`, gated not with norm): Triton, CUDA, min_rows (with norm or one_row: 1) to MAX_ROWS rows (with
+    norm, more than one only for NORMED_MIN_BYTES of weight), one dtype of DTYPES, the weight's rows contiguous, no
+    gradient wanted (no backward). Otherwise torch's product does (after the norm)."""
     K = x.shape[-1]
-    ins = (x, weight) if norm is None else (x, weight, norm.weight)
+    ins = (x, weight, *(() if norm is None else (norm.weight,)), *(() if residual is None else (residual,)))
     return ((enabled if norm is None else normed) and triton is not None and x.is_cuda and weight.dim() == 2
+            and (fused or not gated and residual is None) and not (gated and norm is not None)
+            and K == weight.shape[1] * (2 if gated else 1)
+            and (residual is None or residual.shape == (*x.shape[:-1], weight.shape[0]))
             and all(t.dtype == x.dtype for t in ins) and x.dtype in DTYPES and weight.stride(1) == 1
             and (norm is None or (norm.weight.shape == (K,) and isinstance(norm.eps, float)))
             and (1 if norm is not None or one_row else min_rows) * K <= x.numel() <= MAX_ROWS * K
@@ -161,15 +179,19 @@ def available(x: torch.Tensor, weight: torch.Tensor, norm: nn.Module | None = No
             and not (torch.is_grad_enabled() and any(t.requires_grad for t in ins)))
 
 
-def linear(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """layer(x), through the kernel where it can take it (a plain bias-free nn.Linear, available()); from one row
-    where the layer is marked split_input (parallel.shard: o_proj and down_proj of a split dense model, whose
-    outputs go to the all-reduce, so Inductor has no residual add to fuse into them, and both ranks then run one
-    kernel: Qwen3-32B on two GPUs 10.31 against 10.53 ms a token with Inductor's, session 9)."""
-    if type(layer) is nn.Linear and layer.bias is None and available(x, layer.weight,
-                                                                     one_row=getattr(layer, "split_input", False)):
-        return matvec(x, layer.weight)
-    return layer(x)
+def linear(layer: nn.Module, x: torch.Tensor, residual: torch.Tensor | None = None, one_row: bool = False
+           ) -> torch.Tensor:
+    """residual + layer(x) (layer(x) without a residual), through the kernel where it can take it (a plain
+    bias-free nn.Linear, available()), the residual added in the same launch where `fused`. From one row where the
+    layer is marked split_input (parallel.shard: o_proj and down_proj of a split dense model, whose outputs go to
+    the all-reduce, so Inductor has no residual add to fuse into them, and both ranks then run one kernel: Qwen3-32B
+    on two GPUs 10.31 against 10.53 ms a token with Inductor's, session 9), and with a residual to add where the
+    caller says one_row (inside a Decoder's step that reads the stacks at one row: see `fused`)."""
+    plain, split = type(layer) is nn.Linear and layer.bias is None, getattr(layer, "split_input", False)
+    if plain and residual is not None and available(x, layer.weight, one_row=split or one_row, residual=residual):
+        return matvec(x, layer.weight, residual=residual)
+    y = matvec(x, layer.weight) if plain and available(x, layer.weight, one_row=split) else layer(x)
+    return y if residual is None else residual + y
 
 
 def normed_linear(x: torch.Tensor, weight: torch.Tensor, norm: nn.Module | None) -> torch.Tensor:
@@ -184,9 +206,28 @@ if triton is not None:
     import triton.language as tl
 
     @triton.jit
-    def _matvec(X, W, Y, Part, Count, G, Sq, M, N, K, swn, k_split, splits, eps, MP: tl.constexpr,
+    def _input(at, live, K, GATED: tl.constexpr):
+        """x at `at` in x's dtype; GATED: silu(gate) * up, up K columns after gate, in float32 and rounded once to
+        x's dtype, as swiglu.py's kernel computes it (the same bits)."""
+        x = tl.load(at, mask=live, other=0.0)
+        if GATED:
+            g = x.to(tl.float32)
+            x = (g * tl.sigmoid(g) * tl.load(at + K, mask=live, other=0.0).to(tl.float32)).to(x.dtype)
+        return x
+
+    @triton.jit
+    def _store(Y, R, at, live, y, RESIDUAL: tl.constexpr):
+        """y (float32 sums) into Y, rounded to Y's dtype; RESIDUAL: R + that, in float32 and rounded again (the two
+        roundings of the unfused residual + product: the same bits)."""
+        y = y.to(Y.dtype.element_ty)
+        if RESIDUAL:
+            y = (y.to(tl.float32) + tl.load(R + at, mask=live, other=0.0).to(tl.float32)).to(Y.dtype.element_ty)
+        tl.store(Y + at, y, mask=live)
+
+    @triton.jit
+    def _matvec(X, W, Y, Part, Count, G, Sq, R, M, N, K, sxm, swn, k_split, splits, eps, MP: tl.constexpr,
                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, DOT: tl.constexpr, IEEE: tl.constexpr,
-                NORM: tl.constexpr):
+                NORM: tl.constexpr, GATED: tl.constexpr, RESIDUAL: tl.constexpr):
         nb, s = tl.program_id(0), tl.program_id(1)  # block of output columns, slice of K
         cols = nb * BLOCK_N + tl.arange(0, BLOCK_N)
         rows = tl.arange(0, MP)  # the rows of x, padded
@@ -205,8 +246,8 @@ if triton is not None:
             if NORM:  # RMSNorm's weight g on the way in: x * g here, 1 / rms(x) once at the end
                 g = tl.load(G + c, mask=c < K, other=0.0).to(tl.float32)
             if DOT:
-                xt = tl.load(X + rows[None, :] * K + c[:, None], mask=(rows[None, :] < M) & (c[:, None] < K),
-                             other=0.0)  # (BLOCK_K, MP)
+                xt = _input(X + rows[None, :] * sxm + c[:, None], (rows[None, :] < M) & (c[:, None] < K), K,
+                            GATED)  # (BLOCK_K, MP)
                 if NORM:
                     xf = xt.to(tl.float32)
                     sq += xf * xf
@@ -216,8 +257,8 @@ if triton is not None:
                 else:
                     acc += tl.dot(w, xt)
             else:
-                x = tl.load(X + rows[:, None] * K + c[None, :], mask=(rows[:, None] < M) & (c[None, :] < K),
-                            other=0.0).to(tl.float32)  # (MP, BLOCK_K)
+                x = _input(X + rows[:, None] * sxm + c[None, :], (rows[:, None] < M) & (c[None, :] < K), K,
+                           GATED).to(tl.float32)  # (MP, BLOCK_K)
                 if NORM:
                     sq += x * x
                     x = x * g[None, :]
@@ -233,7 +274,7 @@ if triton is not None:
         if splits == 1:
             if NORM:
                 y = y * tl.rsqrt(ss / K + eps)[:, None]
-            tl.store(Y + at, y.to(Y.dtype.element_ty), mask=live)
+            _store(Y, R, at, live, y, RESIDUAL)
         else:
             tl.store(Part + s * M * N + at, y, mask=live)  # this slice's float32 sums, (splits, M, N)
             if NORM:  # and its sums of squares, (blocks, splits, MP): each program its own
@@ -250,7 +291,7 @@ if triton is not None:
                         sums += tl.load(Sq + (nb * splits + t) * MP + rows, cache_modifier=".cg")
                 if NORM:  # the slices of one block cover all of K: the whole row's mean square
                     total = total * tl.rsqrt(sums / K + eps)[:, None]
-                tl.store(Y + at, total.to(Y.dtype.element_ty), mask=live)
+                _store(Y, R, at, live, total, RESIDUAL)
                 tl.atomic_xchg(Count + nb, 0)  # ready for the next call (and the next graph replay)
 
 
@@ -259,11 +300,12 @@ _counts: dict[tuple[torch.device, int], torch.Tensor] = {}
 
 
 def launch(x: torch.Tensor, weight: torch.Tensor, c: Config, norm: torch.Tensor | None = None,
-           eps: float = 0.0) -> torch.Tensor:
+           eps: float = 0.0, residual: torch.Tensor | None = None, gated: bool = False) -> torch.Tensor:
     """The kernel with settings c: x (M, K) contiguous, weight (N, K) with contiguous rows -> (M, N); with norm (K,)
-    the product takes RMSNorm(x) with weight norm and eps (rmsnorm.py) instead of x."""
-    M, K = x.shape
-    N = weight.shape[0]
+    the product takes RMSNorm(x) with weight norm and eps (rmsnorm.py) instead of x; gated: x is (M, 2K), gate | up,
+    and the product takes silu(gate) * up (swiglu.py); with residual (M, N) contiguous: residual + the product."""
+    M, N, K = x.shape[0], weight.shape[0], weight.shape[1]
+    assert x.shape[1] == (2 * K if gated else K) and not (gated and norm is not None)
     y = torch.empty(M, N, device=x.device, dtype=x.dtype)
     n_blocks = _cdiv(N, c.block_n)
     per, splits = slice_k(K, c.splits, c.block_k)
@@ -276,25 +318,35 @@ def launch(x: torch.Tensor, weight: torch.Tensor, c: Config, norm: torch.Tensor 
         if x.is_cuda and torch.cuda.is_current_stream_capturing():
             raise RuntimeError("matvec: first call of this shape inside a CUDA graph capture; call it once before")
         _counts[key] = torch.zeros(n_blocks, device=x.device, dtype=torch.int32)
-    _matvec[(n_blocks, splits)](x, weight, y, part, _counts[key], x if norm is None else norm, sq, M, N, K,
-                                weight.stride(0), per, splits, float(eps), MP=mp, BLOCK_N=c.block_n,
-                                BLOCK_K=c.block_k, DOT=c.dot, IEEE=x.dtype == torch.float32, NORM=norm is not None,
-                                num_warps=c.warps, num_stages=c.stages)
+    _matvec[(n_blocks, splits)](x, weight, y, part, _counts[key], x if norm is None else norm, sq,
+                                x if residual is None else residual, M, N, K, x.shape[1], weight.stride(0), per,
+                                splits, float(eps), MP=mp, BLOCK_N=c.block_n, BLOCK_K=c.block_k, DOT=c.dot,
+                                IEEE=x.dtype == torch.float32, NORM=norm is not None, GATED=gated,
+                                RESIDUAL=residual is not None, num_warps=c.warps, num_stages=c.stages)
     return y
 
 
 @torch.library.custom_op("minqwen3::matvec", mutates_args=())
-def matvec(x: torch.Tensor, weight: torch.Tensor, norm: Optional[torch.Tensor] = None, eps: float = 0.0
-           ) -> torch.Tensor:
+def matvec(x: torch.Tensor, weight: torch.Tensor, norm: Optional[torch.Tensor] = None, eps: float = 0.0,
+           residual: Optional[torch.Tensor] = None, gated: bool = False) -> torch.Tensor:
     """x (..., K) @ weight (N, K).T -> (..., N) in x's dtype, summed in float32, for at most MAX_ROWS rows of x on a
     CUDA device (matvec.available says where it can run). With norm (K,): RMSNorm(x) (weight norm, eps) @ weight.T
-    in one kernel, the row's statistics gathered on the way (rmsnorm.py's, rounded once where it rounds twice)."""
-    if weight.dim() != 2 or x.dim() < 1 or x.shape[-1] != weight.shape[1]:
-        raise ValueError(f"matvec: x {tuple(x.shape)} and weight {tuple(weight.shape)}: weight must be (N, K) "
-                         f"and x (..., K)")
+    in one kernel, the row's statistics gathered on the way (rmsnorm.py's, rounded once where it rounds twice).
+    gated: x is (..., 2K), the stacked gate | up, and the product takes silu(gate) * up (swiglu.py's bits; not with
+    norm). With residual (..., N): residual + the product, rounded as the unfused sum (the same bits)."""
+    kx = weight.shape[1] * (2 if gated else 1) if weight.dim() == 2 else -1
+    if weight.dim() != 2 or x.dim() < 1 or x.shape[-1] != kx:
+        raise ValueError(f"matvec: x {tuple(x.shape)} and weight {tuple(weight.shape)}{', gated' if gated else ''}: "
+                         f"weight must be (N, K) and x (..., {'2K' if gated else 'K'})")
+    if gated and norm is not None:
+        raise ValueError("matvec: gated and norm do not combine (the norm goes into gate|up, before silu)")
     if x.dtype != weight.dtype or x.dtype not in DTYPES or x.device != weight.device:
         raise ValueError(f"matvec: x {x.dtype} on {x.device} and weight {weight.dtype} on {weight.device} must "
                          f"have one dtype of {', '.join(map(str, DTYPES))} and one device")
+    if residual is not None and (residual.shape != (*x.shape[:-1], weight.shape[0]) or residual.dtype != x.dtype
+                                 or residual.device != x.device):
+        raise ValueError(f"matvec: residual {tuple(residual.shape)} {residual.dtype} on {residual.device} must be "
+                         f"{(*x.shape[:-1], weight.shape[0])} {x.dtype} on {x.device}, as the output")
     if norm is not None and (norm.shape != (x.shape[-1],) or norm.dtype != x.dtype or norm.device != x.device):
         raise ValueError(f"matvec: norm {tuple(norm.shape)} {norm.dtype} on {norm.device} must be ({x.shape[-1]},) "
                          f"{x.dtype} on {x.device}, as x")
@@ -307,13 +359,14 @@ def matvec(x: torch.Tensor, weight: torch.Tensor, norm: Optional[torch.Tensor] =
         raise ValueError(f"matvec: x has {rows} rows (at most {MAX_ROWS}) and weight strides {weight.stride()} "
                          "(its rows must be contiguous)")
     K, N = weight.shape[1], weight.shape[0]
-    x2 = x.reshape(rows, K).contiguous()
+    x2 = x.reshape(rows, x.shape[-1]).contiguous()
     if rows == 0 or K == 0:
-        return x.new_zeros((*x.shape[:-1], N))
+        return x.new_zeros((*x.shape[:-1], N)) if residual is None else residual.clone()
     norm = None if norm is None else norm.contiguous()
-    return launch(x2, weight, config(rows, N, K, x.device), norm, eps).view(*x.shape[:-1], N)
+    r2 = None if residual is None else residual.reshape(rows, N).contiguous()
+    return launch(x2, weight, config(rows, N, K, x.device), norm, eps, r2, gated).view(*x.shape[:-1], N)
 
 
 @matvec.register_fake
-def _(x, weight, norm=None, eps=0.0):
+def _(x, weight, norm=None, eps=0.0, residual=None, gated=False):
     return x.new_empty((*x.shape[:-1], weight.shape[0]))

@@ -19,16 +19,22 @@ class DecoderLayer(nn.Module):
         self.self_attn = Attention(config)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = SparseMoE(config) if self.is_moe else MLP(config.hidden_size, config.intermediate_size)
+        self.all_reduced = False  # parallel.shard: attention's and the MLP's outputs are partial sums, all-reduced
 
     def forward(self, x, cos, sin, mask=None, cache=None, input_pos=None):
         # pre-norm residual; attention and the dense MLP apply the norm themselves (decoding on a GPU, on the way
-        # into their products: matvec.normed_linear); the MoE's router and experts both take the normed x
-        x = x + self.self_attn(x, cos, sin, mask, cache, input_pos, norm=self.input_layernorm)
+        # into their products: matvec.normed_linear) and add the residual (decoding on a GPU, in their last
+        # product's kernel: matvec.linear), except where their outputs go to an all-reduce (a split model: the
+        # residual must be added once, after it); the MoE's router and experts both take the normed x
+        r = None if self.all_reduced else x
+        a = self.self_attn(x, cos, sin, mask, cache, input_pos, norm=self.input_layernorm, residual=r)
+        x = a if r is not None else x + a
         if self.is_moe:
             y, router_logits = self.mlp(self.post_attention_layernorm(x))
-        else:
-            y, router_logits = self.mlp(x, norm=self.post_attention_layernorm), None
-        return x + y, router_logits
+            return x + y, router_logits
+        if self.all_reduced:
+            return x + self.mlp(x, norm=self.post_attention_layernorm), None
+        return self.mlp(x, norm=self.post_attention_layernorm, residual=x), None
 
 
 class Qwen3Model(nn.Module):

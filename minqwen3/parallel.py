@@ -333,6 +333,7 @@ def shard(model: Qwen3, plan: Plan) -> Qwen3:
     way = plan.all_reduce
     for layer in model.model.layers:
         layer.self_attn.n_heads, layer.self_attn.n_kv = hq, hk
+        layer.all_reduced = True  # the hooks below sum the blocks' outputs: the layer adds the residual after them
         layer.self_attn.register_forward_hook(lambda m, a, out: _all_reduce(out, group, symm, way))
         if layer.is_moe:
             layer.mlp.register_forward_hook(lambda m, a, out: (_all_reduce(out[0], group, symm, way), out[1]))

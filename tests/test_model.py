@@ -49,6 +49,32 @@ def test_round_trip_minqwen3_to_transformers(name, tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
 
 
+@pytest.mark.parametrize("over", [{}, CASES["moe-sparse-step-2"]], ids=["dense", "moe"])
+def test_blocks_add_the_residual_as_the_layer_did(over):
+    """DecoderLayer hands the residual to attention and the dense MLP (on a GPU their last product's kernel adds
+    it): fp32 logits bit for bit those of the layer adding it itself, x + block(x), as it did before session 10,
+    and as it still does where the blocks' outputs go to an all-reduce first (all_reduced: parallel.shard)."""
+    from test_fast import tiny
+    model = tiny(**over)
+    ids = torch.randint(0, 320, (2, 9), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        x, cos, sin, mask = model.inputs(ids, torch.arange(9))
+        for layer in model.model.layers:  # the old composition
+            x = x + layer.self_attn(x, cos, sin, mask, norm=layer.input_layernorm)
+            x = x + (layer.mlp(layer.post_attention_layernorm(x))[0] if layer.is_moe
+                     else layer.mlp(x, norm=layer.post_attention_layernorm))
+        want = model.lm_head(model.model.norm(x)).float()
+        assert torch.equal(model(ids), want)
+        for layer in model.model.layers:
+            layer.all_reduced = True
+        assert torch.equal(model(ids), want)
+        layer = model.model.layers[0]  # a block's residual + output is exactly that
+        r = torch.randn(x.shape, generator=torch.Generator().manual_seed(3))
+        assert torch.equal(layer.self_attn(x, cos, sin, mask, residual=r), r + layer.self_attn(x, cos, sin, mask))
+        if not layer.is_moe:
+            assert torch.equal(layer.mlp(x, residual=r), r + layer.mlp(x))
+
+
 def test_moe_dispatch_paths_agree():
     """The gather path (decode) and the sort-by-expert path (prefill, training) compute the same thing."""
     from minqwen3.moe import Experts
