@@ -19,22 +19,22 @@ class DecoderLayer(nn.Module):
         self.self_attn = Attention(config)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = SparseMoE(config) if self.is_moe else MLP(config.hidden_size, config.intermediate_size)
-        self.all_reduced = False  # parallel.shard: attention's and the MLP's outputs are partial sums, all-reduced
+        # parallel.shard: (a block's partial output, the residual) -> residual + its sum over the ranks (else None)
+        self.reduce = None
 
     def forward(self, x, cos, sin, mask=None, cache=None, input_pos=None):
         # pre-norm residual; attention and the dense MLP apply the norm themselves (decoding on a GPU, on the way
         # into their products: matvec.normed_linear) and add the residual (decoding on a GPU, in their last
-        # product's kernel: matvec.linear), except where their outputs go to an all-reduce (a split model: the
-        # residual must be added once, after it); the MoE's router and experts both take the normed x
-        r = None if self.all_reduced else x
-        a = self.self_attn(x, cos, sin, mask, cache, input_pos, norm=self.input_layernorm, residual=r)
-        x = a if r is not None else x + a
+        # product's kernel: matvec.linear); in a split model their outputs are partial sums, and the all-reduce
+        # adds it (in its kernel: flag_all_reduce.py); the MoE's router and experts both take the normed x
+        split = self.reduce is not None
+        a = self.self_attn(x, cos, sin, mask, cache, input_pos, norm=self.input_layernorm, residual=None if split else x)
+        x = self.reduce(a, x) if split else a
         if self.is_moe:
             y, router_logits = self.mlp(self.post_attention_layernorm(x))
-            return x + y, router_logits
-        if self.all_reduced:
-            return x + self.mlp(x, norm=self.post_attention_layernorm), None
-        return self.mlp(x, norm=self.post_attention_layernorm, residual=x), None
+            return (self.reduce(y, x) if split else x + y), router_logits
+        y = self.mlp(x, norm=self.post_attention_layernorm, residual=None if split else x)
+        return (self.reduce(y, x) if split else y), None
 
 
 class Qwen3Model(nn.Module):

@@ -22,10 +22,12 @@ all-to-all instead (not done here).
 
 The plan is applied to the unchanged model (model.py, attention.py, mlp.py, moe.py) by parameter name:
 `shard(model, plan)` replaces each parameter by its slice (on the meta device, before loading: nothing is
-allocated), sets the attention modules' head counts, and adds the collectives as forward hooks. On GPUs the
-all-reduce is, by default, a one-shot kernel through symmetric memory with one barrier (`flag_all_reduce`, a
-custom op that torch.compile keeps whole and a CUDA graph captures; a decode step's 10 KiB sums are latency-bound,
-and this is one kernel where NCCL's is a protocol; flag_all_reduce.py), or torch's own one-shot kernel
+allocated), sets the attention modules' head counts, and adds the collectives: each decoder layer's `reduce`
+(its blocks' partial outputs summed over the ranks, the residual added), the LM head's all-gather as a forward
+hook. On GPUs the all-reduce is, by default, a one-shot kernel through symmetric memory with one barrier
+(`flag_all_reduce`, a custom op that torch.compile keeps whole and a CUDA graph captures; a decode step's 10 KiB
+sums are latency-bound, and this is one kernel where NCCL's is a protocol; flag_all_reduce.py; it adds the residual
+in the same kernel), or torch's own one-shot kernel
 (`symm_all_reduce`); otherwise NCCL's (gloo's on CPUs): in place when eager (a CUDA graph captures NCCL's kernels
 as they are), functional under torch.compile, which traces it into its graph. `from_pretrained`
 then reads only each rank's slice of every tensor from the safetensors files.
@@ -54,6 +56,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils._pytree import tree_map
 
+from . import matvec
 from .bench import one_line
 from .config import Qwen3Config
 from .model import Qwen3
@@ -269,18 +272,25 @@ def _(x: torch.Tensor, group_name: str, residual: Optional[torch.Tensor] = None)
     return x.new_empty(x.shape)
 
 
-# ---------------------------------------------------------------- the collectives, as forward hooks
-def _all_reduce(t: torch.Tensor, group, symm: str | None = None, way: str = "symm") -> torch.Tensor:
-    """The sum over the group: on a CUDA tensor with symm (the group's name) one of the one-shot ops above (way:
-    "symm" or "flags"); else the group's own all-reduce (NCCL, or gloo on CPUs)."""
-    if symm is not None and t.is_cuda:
-        op = torch.ops.minqwen3.all_reduce_flags if way == "flags" else torch.ops.minqwen3.all_reduce
-        return op(t, symm)
-    if torch.compiler.is_compiling():  # the functional form, which torch.compile traces into its graph
+# ---------------------------------------------------------------- the collectives the plan adds
+def _all_reduce(t: torch.Tensor, group, symm: str | None = None, way: str = "symm",
+                residual: torch.Tensor | None = None) -> torch.Tensor:
+    """The sum over the group (residual + it, given one): on a CUDA tensor with symm (the group's name) one of the
+    one-shot ops above (way: "symm" or "flags", which adds the residual in its kernel unless MINQWEN3_FUSED=0,
+    matvec.fused); else the group's own all-reduce (NCCL, or gloo on CPUs)."""
+    if symm is not None and t.is_cuda and way == "flags" and (residual is None or matvec.fused):
+        return torch.ops.minqwen3.all_reduce_flags(t, symm, residual)
+    if symm is not None and t.is_cuda and way == "flags":  # MINQWEN3_FUSED=0: the add a step of its own
+        s = torch.ops.minqwen3.all_reduce_flags(t, symm)
+    elif symm is not None and t.is_cuda:
+        s = torch.ops.minqwen3.all_reduce(t, symm)
+    elif torch.compiler.is_compiling():  # the functional form, which torch.compile traces into its graph
         from torch.distributed import _functional_collectives as funcol
-        return funcol.all_reduce(t, "sum", group)
-    dist.all_reduce(t, group=group)  # eager: in place on a fresh output (a CUDA graph captures it as it is)
-    return t
+        s = funcol.all_reduce(t, "sum", group)
+    else:
+        dist.all_reduce(t, group=group)  # eager: in place on a fresh output (a CUDA graph captures it as it is)
+        s = t
+    return s if residual is None else residual + s
 
 
 def _all_gather_last(t: torch.Tensor, group) -> torch.Tensor:
@@ -333,15 +343,13 @@ def shard(model: Qwen3, plan: Plan) -> Qwen3:
     way = plan.all_reduce
     for layer in model.model.layers:
         layer.self_attn.n_heads, layer.self_attn.n_kv = hq, hk
-        layer.all_reduced = True  # the hooks below sum the blocks' outputs: the layer adds the residual after them
-        layer.self_attn.register_forward_hook(lambda m, a, out: _all_reduce(out, group, symm, way))
+        # attention's and the MLP's outputs are partial sums: the layer sums them and adds the residual through this
+        layer.reduce = lambda out, residual: _all_reduce(out, group, symm, way, residual)
         if layer.is_moe:
-            layer.mlp.register_forward_hook(lambda m, a, out: (_all_reduce(out[0], group, symm, way), out[1]))
             if plan.experts == "ep":
                 rows = _split(c.num_experts, plan, "num_experts")
                 layer.mlp.experts.register_forward_pre_hook(_remap_experts(rows.start, rows.stop - rows.start))
         else:
-            layer.mlp.register_forward_hook(lambda m, a, out: _all_reduce(out, group, symm, way))
             # products split by input feed the all-reduce: matvec.py's kernel takes them from one row (matvec.linear;
             # measured on dense Qwen3-32B, so dense layers only)
             layer.self_attn.o_proj.split_input = layer.mlp.down_proj.split_input = True

@@ -53,7 +53,7 @@ def test_round_trip_minqwen3_to_transformers(name, tmp_path):
 def test_blocks_add_the_residual_as_the_layer_did(over):
     """DecoderLayer hands the residual to attention and the dense MLP (on a GPU their last product's kernel adds
     it): fp32 logits bit for bit those of the layer adding it itself, x + block(x), as it did before session 10,
-    and as it still does where the blocks' outputs go to an all-reduce first (all_reduced: parallel.shard)."""
+    and as it still does where the blocks' outputs go to an all-reduce first (reduce: parallel.shard)."""
     from test_fast import tiny
     model = tiny(**over)
     ids = torch.randint(0, 320, (2, 9), generator=torch.Generator().manual_seed(2))
@@ -66,7 +66,7 @@ def test_blocks_add_the_residual_as_the_layer_did(over):
         want = model.lm_head(model.model.norm(x)).float()
         assert torch.equal(model(ids), want)
         for layer in model.model.layers:
-            layer.all_reduced = True
+            layer.reduce = lambda out, residual: residual + out  # one rank: the sum is out
         assert torch.equal(model(ids), want)
         layer = model.model.layers[0]  # a block's residual + output is exactly that
         r = torch.randn(x.shape, generator=torch.Generator().manual_seed(3))

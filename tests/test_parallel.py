@@ -148,18 +148,21 @@ def _sum_op(plan, op_name):  # runs in each spawned rank: an all-reduce op the p
     name = parallel.symm_group(dist.group.WORLD)
     x = (plan.rank + 1) * torch.arange(8, dtype=torch.float32)
     f = lambda x: op(2 * x, name) + 1  # noqa: E731
-    return op(x, name), x, torch.compile(f, fullgraph=True, backend="aot_eager")(x)
+    residual = torch.full((8,), 0.5) if op_name == "all_reduce_flags" else None  # the layer's residual, added
+    return (op(x, name), x, torch.compile(f, fullgraph=True, backend="aot_eager")(x),
+            residual if residual is None else op(x, name, residual))
 
 
 @pytest.mark.parametrize("op_name", ["all_reduce", "all_reduce_flags"])
 def test_the_all_reduce_op_sums_eager_and_compiled(op_name):
     """minqwen3::all_reduce and ::all_reduce_flags (the one-shot symmetric-memory all-reduces on GPUs): on CPUs
-    they take the group's own all-reduce (gloo), out of place; torch.compile(fullgraph) traces each as one op (its
-    fake gives the shape)."""
+    they take the group's own all-reduce (gloo), out of place (::all_reduce_flags with a residual adds it);
+    torch.compile(fullgraph) traces each as one op (its fake gives the shape)."""
     results = parallel.spawn(_sum_op, 2, op_name, timeout_s=300)
     want = torch.arange(8, dtype=torch.float32) * (1 + 2)
-    for rank, (summed, x, compiled) in enumerate(results):
+    for rank, (summed, x, compiled, added) in enumerate(results):
         assert torch.equal(summed, want), f"rank {rank}"
+        assert added is None or torch.equal(added, want + 0.5), f"rank {rank}"
         assert torch.equal(x, (rank + 1) * torch.arange(8, dtype=torch.float32)), f"rank {rank}: input changed"
         assert torch.equal(compiled, 2 * want + 1), f"rank {rank}"
 
@@ -267,7 +270,7 @@ def test_a_plan_shards_a_meta_model_without_a_process_group():
         assert layer.self_attn.o_proj.split_input and layer.mlp.down_proj.split_input
         assert not any(hasattr(m, "split_input") for m in (layer.self_attn.q_proj, layer.mlp.gate_proj))
         # their outputs are partial sums: every layer adds the residual after the all-reduce, not inside the blocks
-        assert all(lay.all_reduced for lay in model.model.layers)
+        assert all(lay.reduce is not None for lay in model.model.layers)
 
 
 def test_flag_all_reduce_layout_and_reach():
