@@ -69,11 +69,13 @@ normed = _NORMED != "0"
 normed_one_row_always = _NORMED == "all"
 NORMED_MIN_BYTES = 100_000_000
 # MINQWEN3_FUSED=0: SwiGLU stays swiglu.py's kernel and the residual add a step of its own (the benchmarks' peer, as
-# before session 10). Otherwise the kernel takes silu(gate) * up into down_proj (the stacked gate|up, inside a
-# Decoder's step) and adds the residual in o_proj and down_proj wherever it takes the product, and at one row too
-# where the Decoder reads the stacks (Decoder._normed_one_row: small models, where launches dominate; swiglu's is
-# saved there, where Inductor's one-row reductions fused only the add).
-fused = os.environ.get("MINQWEN3_FUSED", "1") != "0"
+# before session 10). Otherwise, at one row where the Decoder reads the stacks (Decoder._normed_one_row: small
+# models, where launches dominate, and split ones), the kernel takes silu(gate) * up into down_proj (the stacked
+# gate|up) and adds the residual in o_proj and down_proj: Qwen3-0.6B 0.967 -> 0.915 ms a step, 28 kernels fewer.
+# At 2-8 rows only with "all" (0.6B at 8 rows measured 1.311 against 1.292 ms with session 10's first settings).
+_FUSED = os.environ.get("MINQWEN3_FUSED", "1")
+fused = _FUSED != "0"
+fused_rows = MAX_ROWS if _FUSED == "all" else 1  # the most rows that take them
 
 
 class Config(NamedTuple):
@@ -109,10 +111,10 @@ TABLE: dict[tuple[int, int, int], Config] = {
     (8, 10240, 5120): Config(64, 128, 2, 4, 3, True), (8, 51200, 5120): Config(64, 128, 1, 4, 3, True),
     # session 10: o_proj and down_proj at 8 rows of Qwen3-0.6B, -1.7B, -4B and Qwen3-30B-A3B's o_proj; at one row
     # Qwen3-0.6B's (where the Decoder takes them, fused); Qwen3-30B-A3B's q|k|v with the norm. 0.6B's down_proj
-    # (1024 x 3072) is timed as the Decoder runs it, silu(gate) * up on the way in (matvec_bench.py --gated
-    # --residual): more columns a program than the plain product's best, each program computing fewer of them. The two 32B half shapes
+    # at one row (1024 x 3072) is timed as the Decoder runs it, silu(gate) * up on the way in (matvec_bench.py
+    # --gated --residual): more columns a program than the plain product's best, so fewer programs compute them. The two 32B half shapes
     # at 8 rows above took session 10's new candidates (8 warps; 128 columns): 18.50 and 72.30 against 20.09, 82.59 us
-    (8, 1024, 2048): Config(64, 256, 4, 4, 3, True), (8, 1024, 3072): Config(64, 128, 8, 8, 3, True),
+    (8, 1024, 2048): Config(64, 256, 4, 4, 3, True), (8, 1024, 3072): Config(64, 256, 6, 4, 3, True),
     (8, 2048, 2048): Config(64, 256, 4, 4, 3, True), (8, 2048, 6144): Config(64, 128, 8, 4, 3, True),
     (8, 2048, 4096): Config(64, 256, 4, 4, 3, True), (8, 2560, 4096): Config(32, 128, 4, 4, 4, True),
     (8, 2560, 9728): Config(32, 256, 4, 4, 3, True), (1, 1024, 2048): Config(2, 2048, 1, 4, 1, False),
@@ -165,13 +167,14 @@ def available(x: torch.Tensor, weight: torch.Tensor, norm: nn.Module | None = No
               gated: bool = False, residual: torch.Tensor | None = None) -> bool:
     """Whether the kernel takes x @ weight.T (with norm: norm(x) @ weight.T, an RMSNorm of x's dtype; gated: x is
     gate | up (..., 2K) and the product takes silu(gate) * up; with residual: residual + the product; these two
-    where `fused`, gated not with norm): Triton, CUDA, min_rows (with norm or one_row: 1) to MAX_ROWS rows (with
+    where `fused`, up to fused_rows rows, gated not with norm): Triton, CUDA, min_rows (with norm or one_row: 1) to MAX_ROWS rows (with
     norm, more than one only for NORMED_MIN_BYTES of weight), one dtype of DTYPES, the weight's rows contiguous, no
     gradient wanted (no backward). Otherwise torch's product does (after the norm)."""
     K = x.shape[-1]
     ins = (x, weight, *(() if norm is None else (norm.weight,)), *(() if residual is None else (residual,)))
     return ((enabled if norm is None else normed) and triton is not None and x.is_cuda and weight.dim() == 2
-            and (fused or not gated and residual is None) and not (gated and norm is not None)
+            and (not gated and residual is None or fused and x.numel() <= fused_rows * K)
+            and not (gated and norm is not None)
             and K == weight.shape[1] * (2 if gated else 1)
             and (residual is None or residual.shape == (*x.shape[:-1], weight.shape[0]))
             and all(t.dtype == x.dtype for t in ins) and x.dtype in DTYPES and weight.stride(1) == 1

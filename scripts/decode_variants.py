@@ -24,7 +24,8 @@ matvec.py's kernel with the norm on the way into the stacked product (MINQWEN3_N
 kernel at one row on every model (MINQWEN3_NORMED=all; by default small and split dense models only); "+nofused"
 leaves SwiGLU to swiglu.py's kernel and the residual adds to Inductor (MINQWEN3_FUSED=0, as before session 10),
 where matvec.py's kernel otherwise takes silu(gate) * up on the way into down_proj and adds the residual on the way
-out of o_proj and down_proj (at one row too where the stacks are read: small models); "+inline"
+out of o_proj and down_proj (at one row, where the stacks are read: small and split models), "+fusedall" at 2-8
+rows too (MINQWEN3_FUSED=all); "+inline"
 spells the dense MLP's silu(gate) * up in torch, as before session 7, which Inductor inlines into the down
 projection (the package computes it in a kernel of its own, swiglu.py); "+fdfile:PATH" decodes attention with the
 flash_decode.py at PATH (an earlier version of the kernel: git show REV:minqwen3/flash_decode.py > PATH);
@@ -169,6 +170,8 @@ def patched(name: str):
             matvec.normed_one_row_always = True
         if "nofused" in parts:
             matvec.fused = False
+        if "fusedall" in parts:
+            matvec.fused_rows = matvec.MAX_ROWS
         if "blaslt" in parts:
             torch.backends.cuda.preferred_blas_library("cublaslt")
         if "gathered" in parts:

@@ -331,6 +331,7 @@ def test_gpu_compiled_normed_step_equals_eager_tokens(rows, monkeypatch):
     monkeypatch.setattr(matvec, "normed", True)
     monkeypatch.setattr(matvec, "NORMED_MIN_BYTES", 0)  # the test model's small weights take it at 2 rows too
     monkeypatch.setattr(matvec, "fused", True)  # down_proj takes gate|up and the residual (at one row too: small)
+    monkeypatch.setattr(matvec, "fused_rows", matvec.MAX_ROWS)  # and at 2 rows (MINQWEN3_FUSED=all)
     launched = []
     launch = matvec.launch
     monkeypatch.setattr(matvec, "launch", lambda x, w, c, norm=None, eps=0.0, residual=None, gated=False:
@@ -406,6 +407,11 @@ def test_gpu_fused_where_available_and_off_with_the_switch(monkeypatch):
         assert not matvec.available(gu, w, one_row=True, gated=True)
         assert not matvec.available(gu[:, :16], w, one_row=True, residual=r)
         assert matvec.available(gu[:, :16], w, one_row=True)
+        monkeypatch.setattr(matvec, "fused", True)  # by default at one row only (MINQWEN3_FUSED=all: up to 8)
+        gu2, r2 = gu.expand(2, 32).contiguous(), r.expand(2, 8).contiguous()
+        assert matvec.fused_rows == 1 and not matvec.available(gu2, w, gated=True, residual=r2)
+        monkeypatch.setattr(matvec, "fused_rows", matvec.MAX_ROWS)
+        assert matvec.available(gu2, w, gated=True, residual=r2)
 
 
 @pytest.mark.gpu
@@ -417,7 +423,7 @@ def test_gpu_fused_layers_give_the_unfused_bits(rows, monkeypatch):
     from test_fast import tiny
 
     from minqwen3 import stack
-    for name, value in (("enabled", True), ("min_rows", 2), ("normed", True)):
+    for name, value in (("enabled", True), ("min_rows", 2), ("normed", True), ("fused_rows", matvec.MAX_ROWS)):
         monkeypatch.setattr(matvec, name, value)
     launched = []
     launch = matvec.launch
