@@ -8,10 +8,7 @@ writes the new key and value into the cache and attends, reading each cached key
 - Program (b, g, s) takes the G query heads that share key/value head g (GQA) as the rows of one small matrix,
   and a slice of the cache slots (a "split"). There are as many splits as it takes to give every SM a program
   (one sequence has only 4-8 key/value heads), so even a short cache is read by the whole GPU at once. (Not
-  splitting short caches, which saves the merge, measured slower: 10.7 against 6.5 us a layer, 256 slots.) The
-  splits divide the slots written so far (up to the new token's), not the cache's length, each program working
-  out its own from the new slot: a 4096-slot cache holding 200 tokens gives 4 programs a block of 64 slots each,
-  where splits of the cache's length gave one program all 4 blocks and 15 nothing (session 10).
+  splitting short caches, which saves the merge, measured slower: 10.7 against 6.5 us a layer, 256 slots.)
 - Within its split it walks blocks of slots with an online softmax (running max m, running sum l), as flash
   attention does, and writes its slice's normalised output and log-sum-exp lse = m + log l. It stops at the new
   token's slot: the slots after it are not written yet (a decode step reads a cache prefix longer than what it
@@ -40,7 +37,7 @@ except ImportError:  # CPU-only installs: attention.decode_attention keeps its m
     triton = None
 
 BLOCK = 64  # cache slots per step of the online softmax
-MIN_SPLIT = 64  # at most one split per MIN_SPLIT slots of the cache
+MIN_SPLIT = 64  # the fewest slots a split takes (a multiple of BLOCK)
 NUM_WARPS, NUM_STAGES = 4, 2  # the kernel's launch settings
 
 
@@ -58,7 +55,7 @@ def available(q: torch.Tensor, mask: torch.Tensor | None) -> bool:
 if triton is not None:
     @triton.jit
     def _flash_decode(Q, Kn, Vn, K, V, Pos, Mask, Out, Part, Lse, Count, sqb, sqh, sknb, sknh, svnb, svnh,
-                      skb, skh, sks, svb, svh, svs, smb, H_kv, S, n_splits, scale,
+                      skb, skh, sks, svb, svh, svs, smb, H_kv, S, n_splits, split, scale,
                       G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, BLOCK: tl.constexpr,
                       NSP: tl.constexpr, GM: tl.constexpr, IEEE: tl.constexpr):
         bg, s = tl.program_id(0), tl.program_id(1)  # (row, key/value head), split
@@ -71,7 +68,6 @@ if triton is not None:
         kn = tl.load(Kn + b * sknb + g * sknh + dims)  # the new token's key and value (D,)
         vn = tl.load(Vn + b * svnb + g * svnh + dims)
         k_row, v_row = K + b * skb + g * skh, V + b * svb + g * svh
-        split = tl.cdiv(tl.cdiv(pos + 1, n_splits), BLOCK) * BLOCK  # the live slots 0..pos, whole blocks a split
         lo = s * split
         if (pos >= lo) & (pos < lo + split):  # one program stores them in the cache
             tl.store(k_row + pos * sks + dims, kn)
@@ -156,8 +152,10 @@ def flash_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: tor
     # any row and head strides (q, k, v may be slices of one stacked projection's output), head_dim contiguous
     q, k, v = (t if t.stride(3) == 1 else t.contiguous() for t in (q, k, v))
     out = torch.empty(B, H, 1, D, device=q.device, dtype=q.dtype)
-    # a program for every SM, at most one per MIN_SPLIT slots of the cache (the kernel divides the live ones)
+    # a program for every SM, each MIN_SPLIT slots or more; whole blocks per program
     n_splits = max(1, min(S // MIN_SPLIT, triton.cdiv(_sms(q.device), B * H_kv)))
+    split = triton.cdiv(triton.cdiv(S, n_splits), BLOCK) * BLOCK
+    n_splits = triton.cdiv(S, split)
     GP = max(16, triton.next_power_of_2(G))
     part = torch.empty(B * H_kv * n_splits * GP, D, device=q.device, dtype=torch.float32)
     lse = torch.empty(B * H_kv * n_splits * GP, device=q.device, dtype=torch.float32)
@@ -169,7 +167,7 @@ def flash_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: tor
         q, k, v, k_cache, v_cache, pos, live, out, part, lse, _counts[key],
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), v_cache.stride(0), v_cache.stride(1),
-        v_cache.stride(2), live.stride(0) if live.shape[0] > 1 else 0, H_kv, S, n_splits, D ** -0.5,
+        v_cache.stride(2), live.stride(0) if live.shape[0] > 1 else 0, H_kv, S, n_splits, split, D ** -0.5,
         G=G, GP=GP, D=D, BLOCK=BLOCK, NSP=max(2, triton.next_power_of_2(n_splits)),
         GM=triton.next_power_of_2(G), IEEE=q.dtype == torch.float32, num_warps=NUM_WARPS, num_stages=NUM_STAGES)
     return out
