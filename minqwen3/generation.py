@@ -32,6 +32,7 @@ from .config import NON_THINKING_DEFAULTS, THINKING_DEFAULTS  # noqa: F401 (samp
 from .tokenizer import ENDOFTEXT, IM_END
 
 STOP_IDS = (IM_END, ENDOFTEXT)
+RECOMPILE_LIMIT = 64  # compiled graphs of one function a process keeps (Decoder: run_layer's, shared by all)
 
 
 def _number(name: str, x, hint: str) -> None:
@@ -226,6 +227,10 @@ class Decoder:
             # Inductor turn each matrix-vector product into a reduction that streams the weights; combo kernels
             # launch a graph's independent kernels as one, which pays where matrices are small.
             options = {"coordinate_descent_tuning": True} if backend == "inductor" else None
+            # those graphs live on run_layer's code, one per layer kind, model shape, dtype and batch size, for every
+            # Decoder of the process: Dynamo's default of 8 made the ninth (a notebook's models, the GPU tests) an
+            # error under fullgraph
+            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
             warmstart.wait()  # the imports a background thread may be doing (chat starts it while loading)
             if backend == "inductor":
                 warmstart.use_compile_cache()
