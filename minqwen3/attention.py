@@ -21,9 +21,8 @@ class Attention(nn.Module):
         self.q_norm = RMSNorm(c.head_dim, c.rms_norm_eps)
         self.k_norm = RMSNorm(c.head_dim, c.rms_norm_eps)
 
-    def forward(self, x, cos, sin, mask=None, cache=None, input_pos=None, norm=None, residual=None):
-        """norm: the layer's RMSNorm, applied to x first (in the decode step on a GPU: on the way into q|k|v).
-        residual: returns residual + the output (decoding on a GPU: added in o_proj's kernel)."""
+    def forward(self, x, cos, sin, mask=None, cache=None, input_pos=None, norm=None):
+        """norm: the layer's RMSNorm, applied to x first (in the decode step on a GPU: on the way into q|k|v)."""
         B, T, _ = x.shape
         w = stack.stacked(self)  # q|k|v as one weight, inside a Decoder's step (stack.py), else None
         if w is None:
@@ -49,10 +48,8 @@ class Attention(nn.Module):
                 # one call where decode_attention's three parallel ones each wait for a thread)
                 y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and T > 1,
                                                    enable_gqa=self.n_heads != self.n_kv)  # (B, H, T, D)
-        # decoding on a GPU, o_proj is matvec.py's kernel (the same settings on every rank of a split model; at one
-        # row where the Decoder reads the stacks, with the residual: matvec.fused)
-        return matvec.linear(self.o_proj, y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim), residual,
-                             one_row=w is not None)
+        # decoding on a GPU, o_proj is matvec.py's kernel (the same settings on every rank of a split model)
+        return matvec.linear(self.o_proj, y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
 
 
 def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:

@@ -361,8 +361,7 @@ class Decoder:
         launches dominate; Qwen3-0.6B -12%) and on a split one (parallel.py: both ranks run one kernel, not each its
         own tuning; Qwen3-32B on two GPUs -11%), not on Qwen3-8B (+6-8%) or Qwen3-32B on one GPU (even), nor on an
         MoE model (Qwen3-30B-A3B: 3.253 against 2.936 ms, q|k|v of a shape the kernel's table lacks, session 9);
-        MINQWEN3_NORMED=all: on every model. Where it does, the kernel also takes o_proj and down_proj at one row,
-        adding the residual, down_proj with silu(gate) * up on the way in (matvec.fused: no swiglu kernel)."""
+        MINQWEN3_NORMED=all: on every model."""
         world = getattr(getattr(self.model, "plan", None), "world", 1)
         return (matvec.normed and matvec.triton is not None and self.device.type == "cuda"
                 and (matvec.normed_one_row_always or not self.model.config.is_moe

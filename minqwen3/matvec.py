@@ -22,17 +22,10 @@ whole ones (down_proj 3.4 against 4.0 TB/s; docs/benchmarks.md, session 7, s7-tp
   of columns cover all of K, so the program that finishes the block adds their sums of squares too (in split order)
   and scales the row by 1 / sqrt(mean + eps) once, at the end. No statistics kernel of its own, and no settings
   tuned by timing (Inductor's reductions for the normed products were tuned apart per compile and per rank).
-- With SwiGLU on the way in (GATED, for down_proj): x is the stacked gate|up product (M, 2K), and the kernel takes
-  silu(gate) * up, computed as swiglu.py's kernel computes it (float32, rounded once to x's dtype): the same bits
-  as that kernel and then the product, one launch fewer. With the residual on the way out (RESIDUAL, for o_proj
-  and down_proj): the program that stores a block rounds the product to the output's dtype and adds the residual
-  in float32, rounding again, as `x + linear(...)` does: the same bits, and no add kernel of its own.
 
 Used by attention.Attention for o_proj and mlp.MLP for down_proj (linear() below) on CUDA without gradients, for
 2 to MAX_ROWS rows (one row too on a split dense model, or with MINQWEN3_MATVEC=all; 0 switches it off): their
-inputs come from custom ops already (flash_decode, swiglu), so Inductor has nothing to fuse into them; with the
-layer's residual added in the kernel, and inside a Decoder's step with silu(gate) * up on the way into down_proj
-(from one row too where the Decoder reads the stacks at one row: small models; MINQWEN3_FUSED=0: neither). And for
+inputs come from custom ops already (flash_decode, swiglu), so Inductor has nothing to fuse into them. And for
 the stacked q|k|v and gate|up (stack.py) inside a Decoder's step, 1 to MAX_ROWS rows, with the norm on the way in
 (normed_linear; MINQWEN3_NORMED=0 leaves the norm and the products to Inductor, as before session 9).
 """
@@ -68,14 +61,6 @@ _NORMED = os.environ.get("MINQWEN3_NORMED", "1")
 normed = _NORMED != "0"
 normed_one_row_always = _NORMED == "all"
 NORMED_MIN_BYTES = 100_000_000
-# MINQWEN3_FUSED=0: SwiGLU stays swiglu.py's kernel and the residual add a step of its own (the benchmarks' peer, as
-# before session 10). Otherwise, at one row where the Decoder reads the stacks (Decoder._normed_one_row: small
-# models, where launches dominate, and split ones), the kernel takes silu(gate) * up into down_proj (the stacked
-# gate|up) and adds the residual in o_proj and down_proj: Qwen3-0.6B 0.967 -> 0.915 ms a step, 28 kernels fewer.
-# At 2-8 rows only with "all" (0.6B at 8 rows measured 1.311 against 1.292 ms with session 10's first settings).
-_FUSED = os.environ.get("MINQWEN3_FUSED", "1")
-fused = _FUSED != "0"
-fused_rows = MAX_ROWS if _FUSED == "all" else 1  # the most rows that take them
 
 
 class Config(NamedTuple):
@@ -110,15 +95,14 @@ TABLE: dict[tuple[int, int, int], Config] = {
     (8, 5120, 5120): Config(64, 128, 4, 8, 3, True), (8, 25600, 5120): Config(128, 128, 1, 4, 3, True),
     (8, 10240, 5120): Config(64, 128, 2, 4, 3, True), (8, 51200, 5120): Config(64, 128, 1, 4, 3, True),
     # session 10: o_proj and down_proj at 8 rows of Qwen3-0.6B, -1.7B, -4B and Qwen3-30B-A3B's o_proj; at one row
-    # Qwen3-0.6B's (where the Decoder takes them, fused); Qwen3-30B-A3B's q|k|v with the norm. 0.6B's down_proj
-    # at one row (1024 x 3072) is timed as the Decoder runs it, silu(gate) * up on the way in (matvec_bench.py
-    # --gated --residual): more columns a program than the plain product's best, so fewer programs compute them. The two 32B half shapes
-    # at 8 rows above took session 10's new candidates (8 warps; 128 columns): 18.50 and 72.30 against 20.09, 82.59 us
+    # Qwen3-0.6B's (with MINQWEN3_MATVEC=all); Qwen3-30B-A3B's q|k|v with the norm (MINQWEN3_NORMED=all). The two
+    # 32B half shapes at 8 rows above took session 10's new candidates (8 warps; 128 columns): 18.50 and 72.30
+    # against 20.09 and 82.59 us
     (8, 1024, 2048): Config(64, 256, 4, 4, 3, True), (8, 1024, 3072): Config(64, 256, 6, 4, 3, True),
     (8, 2048, 2048): Config(64, 256, 4, 4, 3, True), (8, 2048, 6144): Config(64, 128, 8, 4, 3, True),
     (8, 2048, 4096): Config(64, 256, 4, 4, 3, True), (8, 2560, 4096): Config(32, 128, 4, 4, 4, True),
     (8, 2560, 9728): Config(32, 256, 4, 4, 3, True), (1, 1024, 2048): Config(2, 2048, 1, 4, 1, False),
-    (1, 1024, 3072): Config(8, 1024, 1, 8, 1, False), (1, 5120, 2048): Config(4, 1024, 1, 4, 1, False),
+    (1, 1024, 3072): Config(2, 2048, 1, 4, 1, False), (1, 5120, 2048): Config(4, 1024, 1, 4, 1, False),
     (8, 5120, 2048): Config(64, 128, 4, 8, 3, True),
 }
 
@@ -151,9 +135,9 @@ def splits_for(n_blocks: int, K: int, block_k: int, programs: int) -> int:
 
 def rule(M: int, N: int, K: int, sms: int) -> Config:
     """The settings for a shape the table lacks: 16 columns a program and slices of K until there are ~4 programs
-    an SM; with tl.dot (more than two rows) 64 columns in 3 stages and ~2 programs an SM, the fastest or within 4%
-    of it on most shapes timed at 8 rows (17% at worst), with the norm on the way in or without: with it up to 2.2x
-    faster than session 8's 32 columns in 4 stages, and as fast or faster without (session 10, docs/benchmarks.md)."""
+    an SM; with tl.dot (more than two rows) 64 columns in 3 stages and ~2 programs an SM: within 9% of the fastest
+    on every shape timed at 8 rows but one (17%), with the norm on the way in or without; with it up to 2x faster
+    than session 8's 32 columns in 4 stages, without within 2% or up to 6% faster (session 10, docs/benchmarks.md)."""
     dot = M > 2
     bn, bk, stages, per_sm = (64, 128, 3, 2) if dot else (16, 256, 3, 4)
     return Config(bn, bk, splits_for(_cdiv(N, bn), K, bk, per_sm * sms), 4, stages, dot)
@@ -163,20 +147,14 @@ def config(M: int, N: int, K: int, device: torch.device) -> Config:
     return TABLE.get((M, N, K)) or rule(M, N, K, _sms(device))
 
 
-def available(x: torch.Tensor, weight: torch.Tensor, norm: nn.Module | None = None, one_row: bool = False,
-              gated: bool = False, residual: torch.Tensor | None = None) -> bool:
-    """Whether the kernel takes x @ weight.T (with norm: norm(x) @ weight.T, an RMSNorm of x's dtype; gated: x is
-    gate | up (..., 2K) and the product takes silu(gate) * up; with residual: residual + the product; these two
-    where `fused`, up to fused_rows rows, gated not with norm): Triton, CUDA, min_rows (with norm or one_row: 1) to MAX_ROWS rows (with
-    norm, more than one only for NORMED_MIN_BYTES of weight), one dtype of DTYPES, the weight's rows contiguous, no
-    gradient wanted (no backward). Otherwise torch's product does (after the norm)."""
+def available(x: torch.Tensor, weight: torch.Tensor, norm: nn.Module | None = None, one_row: bool = False) -> bool:
+    """Whether the kernel takes x @ weight.T (with norm: norm(x) @ weight.T, an RMSNorm of x's dtype): Triton,
+    CUDA, min_rows (with norm or one_row: 1) to MAX_ROWS rows (with norm, more than one only for NORMED_MIN_BYTES
+    of weight), one dtype of DTYPES, the weight's rows contiguous, no gradient wanted (no backward). Otherwise
+    torch's product does (after the norm)."""
     K = x.shape[-1]
-    ins = (x, weight, *(() if norm is None else (norm.weight,)), *(() if residual is None else (residual,)))
+    ins = (x, weight) if norm is None else (x, weight, norm.weight)
     return ((enabled if norm is None else normed) and triton is not None and x.is_cuda and weight.dim() == 2
-            and (not gated and residual is None or fused and x.numel() <= fused_rows * K)
-            and not (gated and norm is not None)
-            and K == weight.shape[1] * (2 if gated else 1)
-            and (residual is None or residual.shape == (*x.shape[:-1], weight.shape[0]))
             and all(t.dtype == x.dtype for t in ins) and x.dtype in DTYPES and weight.stride(1) == 1
             and (norm is None or (norm.weight.shape == (K,) and isinstance(norm.eps, float)))
             and (1 if norm is not None or one_row else min_rows) * K <= x.numel() <= MAX_ROWS * K
@@ -184,19 +162,15 @@ def available(x: torch.Tensor, weight: torch.Tensor, norm: nn.Module | None = No
             and not (torch.is_grad_enabled() and any(t.requires_grad for t in ins)))
 
 
-def linear(layer: nn.Module, x: torch.Tensor, residual: torch.Tensor | None = None, one_row: bool = False
-           ) -> torch.Tensor:
-    """residual + layer(x) (layer(x) without a residual), through the kernel where it can take it (a plain
-    bias-free nn.Linear, available()), the residual added in the same launch where `fused`. From one row where the
-    layer is marked split_input (parallel.shard: o_proj and down_proj of a split dense model, whose outputs go to
-    the all-reduce, so Inductor has no residual add to fuse into them, and both ranks then run one kernel: Qwen3-32B
-    on two GPUs 10.31 against 10.53 ms a token with Inductor's, session 9), and with a residual to add where the
-    caller says one_row (inside a Decoder's step that reads the stacks at one row: see `fused`)."""
-    plain, split = type(layer) is nn.Linear and layer.bias is None, getattr(layer, "split_input", False)
-    if plain and residual is not None and available(x, layer.weight, one_row=split or one_row, residual=residual):
-        return matvec(x, layer.weight, residual=residual)
-    y = matvec(x, layer.weight) if plain and available(x, layer.weight, one_row=split) else layer(x)
-    return y if residual is None else residual + y
+def linear(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """layer(x), through the kernel where it can take it (a plain bias-free nn.Linear, available()); from one row
+    where the layer is marked split_input (parallel.shard: o_proj and down_proj of a split dense model, whose
+    outputs go to the all-reduce, so Inductor has no residual add to fuse into them, and both ranks then run one
+    kernel: Qwen3-32B on two GPUs 10.31 against 10.53 ms a token with Inductor's, session 9)."""
+    if type(layer) is nn.Linear and layer.bias is None and available(x, layer.weight,
+                                                                     one_row=getattr(layer, "split_input", False)):
+        return matvec(x, layer.weight)
+    return layer(x)
 
 
 def normed_linear(x: torch.Tensor, weight: torch.Tensor, norm: nn.Module | None) -> torch.Tensor:
@@ -211,28 +185,9 @@ if triton is not None:
     import triton.language as tl
 
     @triton.jit
-    def _input(at, live, K, GATED: tl.constexpr):
-        """x at `at` in x's dtype; GATED: silu(gate) * up, up K columns after gate, in float32 and rounded once to
-        x's dtype, as swiglu.py's kernel computes it (the same bits)."""
-        x = tl.load(at, mask=live, other=0.0)
-        if GATED:
-            g = x.to(tl.float32)
-            x = (g * tl.sigmoid(g) * tl.load(at + K, mask=live, other=0.0).to(tl.float32)).to(x.dtype)
-        return x
-
-    @triton.jit
-    def _store(Y, R, at, live, y, RESIDUAL: tl.constexpr):
-        """y (float32 sums) into Y, rounded to Y's dtype; RESIDUAL: R + that, in float32 and rounded again (the two
-        roundings of the unfused residual + product: the same bits)."""
-        y = y.to(Y.dtype.element_ty)
-        if RESIDUAL:
-            y = (y.to(tl.float32) + tl.load(R + at, mask=live, other=0.0).to(tl.float32)).to(Y.dtype.element_ty)
-        tl.store(Y + at, y, mask=live)
-
-    @triton.jit
-    def _matvec(X, W, Y, Part, Count, G, Sq, R, M, N, K, sxm, swn, k_split, splits, eps, MP: tl.constexpr,
+    def _matvec(X, W, Y, Part, Count, G, Sq, M, N, K, swn, k_split, splits, eps, MP: tl.constexpr,
                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, DOT: tl.constexpr, IEEE: tl.constexpr,
-                NORM: tl.constexpr, GATED: tl.constexpr, RESIDUAL: tl.constexpr):
+                NORM: tl.constexpr):
         nb, s = tl.program_id(0), tl.program_id(1)  # block of output columns, slice of K
         cols = nb * BLOCK_N + tl.arange(0, BLOCK_N)
         rows = tl.arange(0, MP)  # the rows of x, padded
@@ -251,8 +206,8 @@ if triton is not None:
             if NORM:  # RMSNorm's weight g on the way in: x * g here, 1 / rms(x) once at the end
                 g = tl.load(G + c, mask=c < K, other=0.0).to(tl.float32)
             if DOT:
-                xt = _input(X + rows[None, :] * sxm + c[:, None], (rows[None, :] < M) & (c[:, None] < K), K,
-                            GATED)  # (BLOCK_K, MP)
+                xt = tl.load(X + rows[None, :] * K + c[:, None], mask=(rows[None, :] < M) & (c[:, None] < K),
+                             other=0.0)  # (BLOCK_K, MP)
                 if NORM:
                     xf = xt.to(tl.float32)
                     sq += xf * xf
@@ -262,8 +217,8 @@ if triton is not None:
                 else:
                     acc += tl.dot(w, xt)
             else:
-                x = _input(X + rows[:, None] * sxm + c[None, :], (rows[:, None] < M) & (c[None, :] < K), K,
-                           GATED).to(tl.float32)  # (MP, BLOCK_K)
+                x = tl.load(X + rows[:, None] * K + c[None, :], mask=(rows[:, None] < M) & (c[None, :] < K),
+                            other=0.0).to(tl.float32)  # (MP, BLOCK_K)
                 if NORM:
                     sq += x * x
                     x = x * g[None, :]
@@ -279,7 +234,7 @@ if triton is not None:
         if splits == 1:
             if NORM:
                 y = y * tl.rsqrt(ss / K + eps)[:, None]
-            _store(Y, R, at, live, y, RESIDUAL)
+            tl.store(Y + at, y.to(Y.dtype.element_ty), mask=live)
         else:
             tl.store(Part + s * M * N + at, y, mask=live)  # this slice's float32 sums, (splits, M, N)
             if NORM:  # and its sums of squares, (blocks, splits, MP): each program its own
@@ -296,7 +251,7 @@ if triton is not None:
                         sums += tl.load(Sq + (nb * splits + t) * MP + rows, cache_modifier=".cg")
                 if NORM:  # the slices of one block cover all of K: the whole row's mean square
                     total = total * tl.rsqrt(sums / K + eps)[:, None]
-                _store(Y, R, at, live, total, RESIDUAL)
+                tl.store(Y + at, total.to(Y.dtype.element_ty), mask=live)
                 tl.atomic_xchg(Count + nb, 0)  # ready for the next call (and the next graph replay)
 
 
@@ -305,12 +260,11 @@ _counts: dict[tuple[torch.device, int], torch.Tensor] = {}
 
 
 def launch(x: torch.Tensor, weight: torch.Tensor, c: Config, norm: torch.Tensor | None = None,
-           eps: float = 0.0, residual: torch.Tensor | None = None, gated: bool = False) -> torch.Tensor:
+           eps: float = 0.0) -> torch.Tensor:
     """The kernel with settings c: x (M, K) contiguous, weight (N, K) with contiguous rows -> (M, N); with norm (K,)
-    the product takes RMSNorm(x) with weight norm and eps (rmsnorm.py) instead of x; gated: x is (M, 2K), gate | up,
-    and the product takes silu(gate) * up (swiglu.py); with residual (M, N) contiguous: residual + the product."""
-    M, N, K = x.shape[0], weight.shape[0], weight.shape[1]
-    assert x.shape[1] == (2 * K if gated else K) and not (gated and norm is not None)
+    the product takes RMSNorm(x) with weight norm and eps (rmsnorm.py) instead of x."""
+    M, K = x.shape
+    N = weight.shape[0]
     y = torch.empty(M, N, device=x.device, dtype=x.dtype)
     n_blocks = _cdiv(N, c.block_n)
     per, splits = slice_k(K, c.splits, c.block_k)
@@ -323,35 +277,25 @@ def launch(x: torch.Tensor, weight: torch.Tensor, c: Config, norm: torch.Tensor 
         if x.is_cuda and torch.cuda.is_current_stream_capturing():
             raise RuntimeError("matvec: first call of this shape inside a CUDA graph capture; call it once before")
         _counts[key] = torch.zeros(n_blocks, device=x.device, dtype=torch.int32)
-    _matvec[(n_blocks, splits)](x, weight, y, part, _counts[key], x if norm is None else norm, sq,
-                                x if residual is None else residual, M, N, K, x.shape[1], weight.stride(0), per,
-                                splits, float(eps), MP=mp, BLOCK_N=c.block_n, BLOCK_K=c.block_k, DOT=c.dot,
-                                IEEE=x.dtype == torch.float32, NORM=norm is not None, GATED=gated,
-                                RESIDUAL=residual is not None, num_warps=c.warps, num_stages=c.stages)
+    _matvec[(n_blocks, splits)](x, weight, y, part, _counts[key], x if norm is None else norm, sq, M, N, K,
+                                weight.stride(0), per, splits, float(eps), MP=mp, BLOCK_N=c.block_n,
+                                BLOCK_K=c.block_k, DOT=c.dot, IEEE=x.dtype == torch.float32, NORM=norm is not None,
+                                num_warps=c.warps, num_stages=c.stages)
     return y
 
 
 @torch.library.custom_op("minqwen3::matvec", mutates_args=())
-def matvec(x: torch.Tensor, weight: torch.Tensor, norm: Optional[torch.Tensor] = None, eps: float = 0.0,
-           residual: Optional[torch.Tensor] = None, gated: bool = False) -> torch.Tensor:
+def matvec(x: torch.Tensor, weight: torch.Tensor, norm: Optional[torch.Tensor] = None, eps: float = 0.0
+           ) -> torch.Tensor:
     """x (..., K) @ weight (N, K).T -> (..., N) in x's dtype, summed in float32, for at most MAX_ROWS rows of x on a
     CUDA device (matvec.available says where it can run). With norm (K,): RMSNorm(x) (weight norm, eps) @ weight.T
-    in one kernel, the row's statistics gathered on the way (rmsnorm.py's, rounded once where it rounds twice).
-    gated: x is (..., 2K), the stacked gate | up, and the product takes silu(gate) * up (swiglu.py's bits; not with
-    norm). With residual (..., N): residual + the product, rounded as the unfused sum (the same bits)."""
-    kx = weight.shape[1] * (2 if gated else 1) if weight.dim() == 2 else -1
-    if weight.dim() != 2 or x.dim() < 1 or x.shape[-1] != kx:
-        raise ValueError(f"matvec: x {tuple(x.shape)} and weight {tuple(weight.shape)}{', gated' if gated else ''}: "
-                         f"weight must be (N, K) and x (..., {'2K' if gated else 'K'})")
-    if gated and norm is not None:
-        raise ValueError("matvec: gated and norm do not combine (the norm goes into gate|up, before silu)")
+    in one kernel, the row's statistics gathered on the way (rmsnorm.py's, rounded once where it rounds twice)."""
+    if weight.dim() != 2 or x.dim() < 1 or x.shape[-1] != weight.shape[1]:
+        raise ValueError(f"matvec: x {tuple(x.shape)} and weight {tuple(weight.shape)}: weight must be (N, K) "
+                         f"and x (..., K)")
     if x.dtype != weight.dtype or x.dtype not in DTYPES or x.device != weight.device:
         raise ValueError(f"matvec: x {x.dtype} on {x.device} and weight {weight.dtype} on {weight.device} must "
                          f"have one dtype of {', '.join(map(str, DTYPES))} and one device")
-    if residual is not None and (residual.shape != (*x.shape[:-1], weight.shape[0]) or residual.dtype != x.dtype
-                                 or residual.device != x.device):
-        raise ValueError(f"matvec: residual {tuple(residual.shape)} {residual.dtype} on {residual.device} must be "
-                         f"{(*x.shape[:-1], weight.shape[0])} {x.dtype} on {x.device}, as the output")
     if norm is not None and (norm.shape != (x.shape[-1],) or norm.dtype != x.dtype or norm.device != x.device):
         raise ValueError(f"matvec: norm {tuple(norm.shape)} {norm.dtype} on {norm.device} must be ({x.shape[-1]},) "
                          f"{x.dtype} on {x.device}, as x")
@@ -364,14 +308,13 @@ def matvec(x: torch.Tensor, weight: torch.Tensor, norm: Optional[torch.Tensor] =
         raise ValueError(f"matvec: x has {rows} rows (at most {MAX_ROWS}) and weight strides {weight.stride()} "
                          "(its rows must be contiguous)")
     K, N = weight.shape[1], weight.shape[0]
-    x2 = x.reshape(rows, x.shape[-1]).contiguous()
+    x2 = x.reshape(rows, K).contiguous()
     if rows == 0 or K == 0:
-        return x.new_zeros((*x.shape[:-1], N)) if residual is None else residual.clone()
+        return x.new_zeros((*x.shape[:-1], N))
     norm = None if norm is None else norm.contiguous()
-    r2 = None if residual is None else residual.reshape(rows, N).contiguous()
-    return launch(x2, weight, config(rows, N, K, x.device), norm, eps, r2, gated).view(*x.shape[:-1], N)
+    return launch(x2, weight, config(rows, N, K, x.device), norm, eps).view(*x.shape[:-1], N)
 
 
 @matvec.register_fake
-def _(x, weight, norm=None, eps=0.0, residual=None, gated=False):
+def _(x, weight, norm=None, eps=0.0):
     return x.new_empty((*x.shape[:-1], weight.shape[0]))

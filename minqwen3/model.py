@@ -19,22 +19,21 @@ class DecoderLayer(nn.Module):
         self.self_attn = Attention(config)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = SparseMoE(config) if self.is_moe else MLP(config.hidden_size, config.intermediate_size)
-        # parallel.shard: (a block's partial output, the residual) -> residual + its sum over the ranks (else None)
+        # parallel.shard: (a block's partial output, the residual) -> the residual + its sum over the ranks
         self.reduce = None
 
     def forward(self, x, cos, sin, mask=None, cache=None, input_pos=None):
         # pre-norm residual; attention and the dense MLP apply the norm themselves (decoding on a GPU, on the way
-        # into their products: matvec.normed_linear) and add the residual (decoding on a GPU, in their last
-        # product's kernel: matvec.linear); in a split model their outputs are partial sums, and the all-reduce
-        # adds it (in its kernel: flag_all_reduce.py); the MoE's router and experts both take the normed x
-        split = self.reduce is not None
-        a = self.self_attn(x, cos, sin, mask, cache, input_pos, norm=self.input_layernorm, residual=None if split else x)
-        x = self.reduce(a, x) if split else a
+        # into their products: matvec.normed_linear); the MoE's router and experts both take the normed x. In a
+        # split model the blocks' outputs are partial sums: reduce adds them up and the residual (on GPUs in one
+        # kernel, flag_all_reduce.py)
+        add = (lambda y, x: x + y) if self.reduce is None else self.reduce
+        x = add(self.self_attn(x, cos, sin, mask, cache, input_pos, norm=self.input_layernorm), x)
         if self.is_moe:
             y, router_logits = self.mlp(self.post_attention_layernorm(x))
-            return (self.reduce(y, x) if split else x + y), router_logits
-        y = self.mlp(x, norm=self.post_attention_layernorm, residual=None if split else x)
-        return (self.reduce(y, x) if split else y), None
+        else:
+            y, router_logits = self.mlp(x, norm=self.post_attention_layernorm), None
+        return add(y, x), router_logits
 
 
 class Qwen3Model(nn.Module):

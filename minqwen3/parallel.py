@@ -56,7 +56,6 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils._pytree import tree_map
 
-from . import matvec
 from .bench import one_line
 from .config import Qwen3Config
 from .model import Qwen3
@@ -272,16 +271,22 @@ def _(x: torch.Tensor, group_name: str, residual: Optional[torch.Tensor] = None)
     return x.new_empty(x.shape)
 
 
+# the flags all-reduce adds the decoder layer's residual in its kernel: Qwen3-32B on two GPUs 11.03 -> 10.40 ms a
+# token, 128 add kernels a step fewer (session 10); MINQWEN3_FUSED=0: a step of its own, as before (bench_parallel's
+# :nofused)
+add_in_kernel = os.environ.get("MINQWEN3_FUSED", "1") != "0"
+
+
 # ---------------------------------------------------------------- the collectives the plan adds
 def _all_reduce(t: torch.Tensor, group, symm: str | None = None, way: str = "symm",
                 residual: torch.Tensor | None = None) -> torch.Tensor:
     """The sum over the group (residual + it, given one): on a CUDA tensor with symm (the group's name) one of the
-    one-shot ops above (way: "symm" or "flags", which adds the residual in its kernel unless MINQWEN3_FUSED=0,
-    matvec.fused); else the group's own all-reduce (NCCL, or gloo on CPUs)."""
-    if symm is not None and t.is_cuda and way == "flags" and (residual is None or matvec.fused):
-        return torch.ops.minqwen3.all_reduce_flags(t, symm, residual)
-    if symm is not None and t.is_cuda and way == "flags":  # MINQWEN3_FUSED=0: the add a step of its own
-        s = torch.ops.minqwen3.all_reduce_flags(t, symm)
+    one-shot ops above (way: "symm" or "flags", which adds the residual in its kernel, unless add_in_kernel is
+    off); else the group's own all-reduce (NCCL, or gloo on CPUs)."""
+    if symm is not None and t.is_cuda and way == "flags":
+        if add_in_kernel:
+            return torch.ops.minqwen3.all_reduce_flags(t, symm, residual)
+        s = torch.ops.minqwen3.all_reduce_flags(t, symm)  # the add a step of its own (the benchmarks' peer)
     elif symm is not None and t.is_cuda:
         s = torch.ops.minqwen3.all_reduce(t, symm)
     elif torch.compiler.is_compiling():  # the functional form, which torch.compile traces into its graph

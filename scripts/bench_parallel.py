@@ -2,17 +2,16 @@
 
     torchrun --nproc-per-node 2 scripts/bench_parallel.py [--runs 32B:1 32B:2 30B-A3B:2:tp 30B-A3B:2:ep] [--out F]
 
-Each run is MODEL:RANKS[:EXPERTS][:compile][:combo][:nograph][:nomatvec][:nonormed][:nofused][:flags|:symm|:nccl] (MODEL:
-an official name or a config.json; flags, symm or nccl: the all-reduce, --allreduce's unless named:
+Each run is MODEL:RANKS[:EXPERTS][:compile][:combo][:nograph][:nomatvec][:nonormed][:nofused][:flags|:symm|:nccl]
+(MODEL: an official name or a config.json; flags, symm or nccl: the all-reduce, --allreduce's unless named:
 parallel.Plan.all_reduce; nomatvec: o_proj and down_proj as torch's products, which Inductor compiles, instead of
 matvec.py's kernel, which takes batch 1 only with MINQWEN3_MATVEC=all; nonormed: the RMSNorms before q|k|v and
-gate|up as steps of their own, not on the way into matvec.py's kernel: MINQWEN3_NORMED=0; nofused: swiglu.py's
-kernel before down_proj and the residual adds as steps of their own, not inside matvec.py's and the all-reduce's
-kernels: MINQWEN3_FUSED=0). A one-rank run uses rank
-0 alone (the others wait), so every ratio is against a peer measured in the same process and on the same machine
-(a 2-GPU run against the last 1-GPU run of its model before it). Weights are random in the official shapes, drawn
-whole and sliced (parallel.random_model), so every layout holds the same weights and the greedy tokens can be
-compared: in bf16 the split changes the rounding, so the count of agreeing tokens is reported, not asserted.
+gate|up as steps of their own, not on the way into matvec.py's kernel: MINQWEN3_NORMED=0; nofused: the residual
+adds after the all-reduces as steps of their own, not inside the all-reduce's kernel: MINQWEN3_FUSED=0). A one-rank
+run uses rank 0 alone (the others wait), so every ratio is against a peer measured in the same process and on the
+same machine (a 2-GPU run against the last 1-GPU run of its model before it). Weights are random in the official
+shapes, drawn whole and sliced (parallel.random_model), so every layout holds the same weights and the greedy tokens
+can be compared: in bf16 the split changes the rounding, so the count of agreeing tokens is reported, not asserted.
 Decode runs the eager step captured as a CUDA graph (compile adds torch.compile). The limit is the bandwidth one:
 weight bytes one token reads (active parameters, embedding row aside) / (ranks x measured copy bandwidth).
 Each run's row is printed (and appended to --out as a JSON line) as soon as it is measured; with --profile N,
@@ -138,7 +137,7 @@ def main() -> None:
         Experts.gather_max = 16 if compiled else 0
         matvec.enabled = "nomatvec" not in rest and os.environ.get("MINQWEN3_MATVEC", "1") != "0"
         matvec.normed = "nonormed" not in rest and os.environ.get("MINQWEN3_NORMED", "1") != "0"
-        matvec.fused = "nofused" not in rest and os.environ.get("MINQWEN3_FUSED", "1") != "0"
+        parallel.add_in_kernel = "nofused" not in rest and os.environ.get("MINQWEN3_FUSED", "1") != "0"
         go = [time.perf_counter() - t_start < args.budget_s]
         dist.broadcast_object_list(go, src=0, group=ctl)
         if not go[0]:

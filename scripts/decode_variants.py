@@ -21,11 +21,7 @@ instead of matvec.py's split-K kernel, which the package takes for 2 to 8 rows, 
 (MINQWEN3_MATVEC=all); "+nonormed" applies the RMSNorms before q|k|v and gate|up as a step of their own (torch's,
 which Inductor compiles into a statistics kernel and the products' reductions), as before session 9, instead of
 matvec.py's kernel with the norm on the way into the stacked product (MINQWEN3_NORMED=0), "+normedall" takes that
-kernel at one row on every model (MINQWEN3_NORMED=all; by default small and split dense models only); "+nofused"
-leaves SwiGLU to swiglu.py's kernel and the residual adds to Inductor (MINQWEN3_FUSED=0, as before session 10),
-where matvec.py's kernel otherwise takes silu(gate) * up on the way into down_proj and adds the residual on the way
-out of o_proj and down_proj (at one row, where the stacks are read: small and split models), "+fusedall" at 2-8
-rows too (MINQWEN3_FUSED=all); "+inline"
+kernel at one row on every model (MINQWEN3_NORMED=all; by default small and split dense models only); "+inline"
 spells the dense MLP's silu(gate) * up in torch, as before session 7, which Inductor inlines into the down
 projection (the package computes it in a kernel of its own, swiglu.py); "+fdfile:PATH" decodes attention with the
 flash_decode.py at PATH (an earlier version of the kernel: git show REV:minqwen3/flash_decode.py > PATH);
@@ -147,7 +143,7 @@ def patched(name: str):
     saved_experts = (moe_decode.enabled, moe.Experts.gather_max, moe_decode.down_at_batch_1, moe_decode._gate_up,
                      moe_decode._down, moe_decode.SPLIT_PROGRAMS, router_decode.enabled)
     saved_fd = attention.flash_decode, swiglu.available, torch.backends.cuda.preferred_blas_library()
-    saved_matvec = matvec.enabled, matvec.min_rows, matvec.normed, matvec.normed_one_row_always, matvec.fused
+    saved_matvec = matvec.enabled, matvec.min_rows, matvec.normed, matvec.normed_one_row_always
     settings = {n: getattr(flash_decode, n) for n in ("MIN_SPLIT", "BLOCK", "NUM_WARPS", "NUM_STAGES")}
     try:
         for p in parts:
@@ -168,10 +164,6 @@ def patched(name: str):
             matvec.normed = False
         if "normedall" in parts:
             matvec.normed_one_row_always = True
-        if "nofused" in parts:
-            matvec.fused = False
-        if "fusedall" in parts:
-            matvec.fused_rows = matvec.MAX_ROWS
         if "blaslt" in parts:
             torch.backends.cuda.preferred_blas_library("cublaslt")
         if "gathered" in parts:
@@ -209,7 +201,7 @@ def patched(name: str):
     finally:
         moe.SparseMoE.forward, attention.decode_attention, flash_decode.available = saved
         attention.flash_decode, swiglu.available, blas = saved_fd
-        matvec.enabled, matvec.min_rows, matvec.normed, matvec.normed_one_row_always, matvec.fused = saved_matvec
+        matvec.enabled, matvec.min_rows, matvec.normed, matvec.normed_one_row_always = saved_matvec
         torch.backends.cuda.preferred_blas_library(blas)
         for k, v in settings.items():
             setattr(flash_decode, k, v)

@@ -12,12 +12,6 @@ fastest settings, the rule's (matvec.rule, for shapes without a table entry) and
 --norm times the kernel with the RMSNorm on the way in (matvec.normed_linear) instead, by default over the stacked
 q|k|v and gate|up of Qwen3-0.6B, Qwen3-8B, Qwen3-32B on each of two GPUs and on one (NORM_SHAPES), checked against
 rmsnorm-then-product; its peer "cuBLAS" is then the norm (torch's, eager) and torch's product.
-
---gated times the kernel with silu(gate) * up on the way in (x is gate | up, (rows, 2K): down_proj inside a
-Decoder's step), --residual with the residual added on the way out (o_proj and down_proj), either or both (not with
---norm); the peer is then swiglu.py's kernel, torch's product and torch's add, as the unfused step runs them:
-
-    PYTHONPATH=. python scripts/matvec_bench.py --gated --residual --rows 1 8 --shapes 1024x3072
 """
 from __future__ import annotations
 
@@ -31,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from minqwen3 import matvec, swiglu  # noqa: E402
+from minqwen3 import matvec  # noqa: E402
 from minqwen3.bench import one_line  # noqa: E402
 from minqwen3.flash_decode import _sms  # noqa: E402
 from minqwen3.rmsnorm import RMSNorm  # noqa: E402
@@ -75,19 +69,14 @@ def main() -> int:
     ap.add_argument("--rows", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--shapes", nargs="+", help="NxK of the weight (default: SHAPES, with --norm NORM_SHAPES)")
     ap.add_argument("--norm", action="store_true", help="the kernel with the RMSNorm on the way in")
-    ap.add_argument("--gated", action="store_true", help="the kernel with silu(gate) * up on the way in")
-    ap.add_argument("--residual", action="store_true", help="the kernel with the residual added on the way out")
     ap.add_argument("--out", help="write the fastest settings per (rows, N, K) here (the JSON that "
                     "MINQWEN3_MATVEC_TABLE reads)")
     args = ap.parse_args()
-    if args.norm and args.gated:
-        ap.error("--norm and --gated do not combine (the kernel's NORM and GATED branches)")
     args.shapes = args.shapes or (NORM_SHAPES if args.norm else SHAPES)
     torch.set_grad_enabled(False)
     dev = torch.device("cuda")
     sms = _sms(dev)
-    what = (", RMSNorm on the way in" if args.norm else "") + (", silu(gate) * up on the way in" if args.gated
-                                                               else "") + (", + residual" if args.residual else "")
+    what = ", RMSNorm on the way in" if args.norm else ""
     print(f"# {torch.cuda.get_device_name(dev)} ({sms} SMs), torch {torch.__version__}, bf16{what}", flush=True)
     print("| rows | N x K | MB | fastest (BLOCK_N, BLOCK_K, splits, warps, stages, dot) | µs | TB/s | rule's | µs "
           "| cuBLAS µs | TB/s | fastest vs cuBLAS |\n|---:|---|---:|---|---:|---:|---|---:|---:|---:|---:|",
@@ -99,19 +88,12 @@ def main() -> int:
             mb = N * K * 2 / 1e6
             copies = max(2, -(-256 // max(1, int(mb))))  # > 5x L2 together
             ws = [torch.randn(N, K, device=dev, dtype=torch.bfloat16, generator=g) * 0.02 for _ in range(copies)]
-            x = torch.randn(M, 2 * K if args.gated else K, device=dev, dtype=torch.bfloat16, generator=g)
-            r = torch.randn(M, N, device=dev, dtype=torch.bfloat16, generator=g) if args.residual else None
+            x = torch.randn(M, K, device=dev, dtype=torch.bfloat16, generator=g)
             norm = RMSNorm(K).to(dev, torch.bfloat16) if args.norm else None
             if norm is not None:
                 norm.weight.data.uniform_(0.5, 1.5, generator=g)
             g_w, eps = (None, 0.0) if norm is None else (norm.weight.data, norm.eps)
-            h = F.silu(x[:, :K].float()) * x[:, K:].float() if args.gated else (x if norm is None else norm(x)).float()
-            want = F.linear(h, ws[0].float()) + (0 if r is None else r.float())
-
-            def peer(w: torch.Tensor) -> torch.Tensor:
-                """The unfused step: the norm or swiglu's kernel, torch's product, torch's add."""
-                h = norm(x) if norm is not None else swiglu.swiglu(x[:, :K], x[:, K:]) if args.gated else x
-                return F.linear(h, w) if r is None else r + F.linear(h, w)
+            want = F.linear((x if norm is None else norm(x)).float(), ws[0].float())
             calls = max(20, copies)
             cands = []
             for dot, tiles in ((False, ELEMENTWISE if M <= 2 else []), (True, DOT)):
@@ -125,18 +107,17 @@ def main() -> int:
             times = {}
             for c in cands:
                 try:
-                    got = matvec.launch(x, ws[0], c, g_w, eps, r, args.gated).float()
+                    got = matvec.launch(x, ws[0], c, g_w, eps).float()
                     err = ((got - want).abs().max() / want.abs().max()).item()
                     if err > 1e-2:
                         print(f"  {M} {shape} {tuple(c)}: wrong, max error {err:.2e} of the largest",
                               flush=True)
                         continue
-                    times[c] = timed(lambda i, c=c: matvec.launch(x, ws[i % copies], c, g_w, eps, r, args.gated),
-                                     calls)
+                    times[c] = timed(lambda i, c=c: matvec.launch(x, ws[i % copies], c, g_w, eps), calls)
                 except Exception as e:  # noqa: BLE001 (a setting that does not compile: report, go on)
                     print(f"  {M} {shape} {tuple(c)}: failed: {one_line(e, 160)}",
                           flush=True)
-            blas = timed(lambda i: peer(ws[i % copies]), calls)
+            blas = timed(lambda i: F.linear(x if norm is None else norm(x), ws[i % copies]), calls)
             best = min(times, key=times.get)
             tb = lambda us: N * K * 2 / us / 1e6  # noqa: E731
             table[f"{M},{N},{K}"] = list(best)

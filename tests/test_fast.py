@@ -119,16 +119,17 @@ def test_compiled_decode_traces_once_per_layer_kind():
     assert counter.frame_count == 5
 
 
-def test_a_process_decodes_with_many_models(monkeypatch):
+def test_a_process_decodes_with_many_models():
     """Every Decoder's layers compile into run_layer's one code object (a graph per layer kind, model shape, dtype,
     batch): with Dynamo's default limit of 8 there, the ninth model of a process (a notebook's, the GPU tests')
     failed under fullgraph. Ten models of ten shapes in one process each decode as eager does."""
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 8)  # the default, whatever ran before
     ids = torch.tensor([[1, 2, 3]])
-    for i in range(10):
-        model = tiny(intermediate_size=64 + 8 * i)
-        fast = Decoder(model, max_len=40, smallest_prefix=64, compile=True, backend="eager")
-        assert torch.equal(decode(fast, ids, 3, stop_ids=()), minqwen3.generate(model, ids, 3, stop_ids=(), fast=False))
+    with torch._dynamo.config.patch(recompile_limit=8):  # the default, whatever ran before
+        for i in range(10):
+            model = tiny(intermediate_size=64 + 8 * i)
+            fast = Decoder(model, max_len=40, smallest_prefix=64, compile=True, backend="eager")
+            assert torch.equal(decode(fast, ids, 3, stop_ids=()),
+                               minqwen3.generate(model, ids, 3, stop_ids=(), fast=False))
 
 
 def test_forward_last_equals_the_model():

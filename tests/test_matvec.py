@@ -1,6 +1,5 @@
-"""The decode matrix-vector kernel (minqwen3/matvec.py) against torch's product, with the RMSNorm on the way in
-against rmsnorm.py's module and a float64 reference, and with silu(gate) * up on the way in and the residual on the
-way out against the unfused kernels (swiglu, the product, the add), bit for bit."""
+"""The decode matrix-vector kernel (minqwen3/matvec.py) against torch's product, and with the RMSNorm on the way in
+against rmsnorm.py's module and a float64 reference."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -117,61 +116,6 @@ def test_bad_norm_inputs_are_refused_naming_them(norm, eps, match):
         matvec.matvec(torch.zeros(2, 4), torch.zeros(3, 4), norm, eps)
 
 
-@pytest.mark.parametrize("x, kw, match", [
-    (torch.zeros(2, 4), dict(gated=True), r"x \(2, 4\) and weight \(3, 4\), gated: .* x \(\.\.\., 2K\)"),
-    (torch.zeros(2, 8), dict(gated=True, norm=torch.ones(8)), "gated and norm do not combine"),
-    (torch.zeros(2, 4), dict(residual=torch.zeros(2, 4)), r"residual \(2, 4\) torch.float32 on cpu must be \(2, 3\)"),
-    (torch.zeros(2, 4), dict(residual=torch.zeros(2, 3, dtype=torch.float64)), "residual .2, 3. torch.float64"),
-], ids=["gated-width", "gated-norm", "residual-shape", "residual-dtype"])
-def test_bad_fused_inputs_are_refused_naming_them(x, kw, match):
-    with pytest.raises(ValueError, match=match):
-        matvec.matvec(x, torch.zeros(3, 4), **kw)
-
-
-def test_blocks_hand_the_kernel_gate_up_and_the_residual(monkeypatch):
-    """Where the kernel takes a product (emulated here in torch: silu(gate) * up, the product, the add, which is
-    what the GPU kernel computes bit for bit), attention hands it o_proj's input with the residual and the dense MLP
-    down_proj's with the residual, and inside a Decoder's step (the stacks read) the stacked gate|up with gated: at
-    one row only there (one row outside stays torch's); a split layer's blocks get no residual. fp32 logits: the
-    unfused ones, bit for bit."""
-    from test_fast import tiny
-
-    from minqwen3 import stack
-    model = tiny()
-    stack.stack(model)
-    calls = []
-
-    def emulated(x, weight, norm=None, eps=0.0, residual=None, gated=False):
-        calls.append((x.shape[-1], weight.shape[0], gated, residual is not None))
-        if gated:
-            g, u = x.chunk(2, -1)
-            x = F.silu(g) * u
-        return F.linear(x, weight) if residual is None else residual + F.linear(x, weight)
-
-    def logits(ids, kernel: bool, step: bool):
-        """The model's logits, the products the kernel's (emulated) or torch's, inside a step or not."""
-        monkeypatch.setattr(matvec, "available", lambda x, w, norm=None, one_row=False, gated=False, residual=None:
-                            kernel and norm is None and (one_row or x.numel() > x.shape[-1]))
-        with torch.no_grad(), stack.using(step):
-            return model(ids)
-
-    monkeypatch.setattr(matvec, "matvec", emulated)
-    one, two = torch.tensor([[5]]), torch.tensor([[5], [7]])
-    I, C, HD = model.config.intermediate_size, model.config.hidden_size, 4 * 32  # noqa: E741
-    for ids in (one, two):
-        assert torch.equal(logits(ids, True, True), logits(ids, False, True))
-    assert calls == [(HD, C, False, True), (2 * I, C, True, True)] * 6  # both rows: o_proj, down_proj gated
-    calls.clear()
-    assert torch.equal(logits(one, True, False), logits(one, False, False)) and calls == []  # one row, no step
-    assert torch.equal(logits(two, True, False), logits(two, False, False))
-    assert calls == [(HD, C, False, True), (I, C, False, True)] * 3  # two rows, no step: swiglu then down_proj
-    calls.clear()
-    for layer in model.model.layers:
-        layer.reduce = lambda out, residual: residual + out  # one rank: the sum is out
-    assert torch.equal(logits(two, True, True), logits(two, False, True))
-    assert calls == [(HD, C, False, False), (2 * I, C, True, False)] * 3  # the residual after the all-reduce
-
-
 # ---------------------------------------------------------------- on a GPU
 def _reference(x, w):
     """x @ w.T in float64, and the sum of the products' magnitudes (the scale of the rounding error)."""
@@ -212,23 +156,21 @@ def test_gpu_half_precision_is_rounded_once(dtype, M):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("branch", ["plain", "normed", "fused"])
+@pytest.mark.parametrize("normed", [False, True], ids=["plain", "normed"])
 @pytest.mark.parametrize("config", [matvec.Config(16, 256, 8, 4, 3, False), matvec.Config(32, 128, 8, 4, 4, True)],
                          ids=["elem", "dot"])
-def test_gpu_same_bits_every_call_and_in_a_graph(config, branch):
+def test_gpu_same_bits_every_call_and_in_a_graph(config, normed):
     g = torch.Generator("cuda").manual_seed(1)
     M = 4 if config.dot else 1
-    x = torch.randn(M, 2 * 5120 if branch == "fused" else 5120, device="cuda", generator=g).bfloat16()
+    x = torch.randn(M, 5120, device="cuda", generator=g).bfloat16()
     w = (torch.randn(4096, 5120, device="cuda", generator=g) * 0.02).bfloat16()
     # with the norm, the slices' sums of squares also go through the finishing program, in slice order
-    kw = (dict(norm=(torch.rand(5120, device="cuda", generator=g) + 0.5).bfloat16(), eps=1e-6) if branch == "normed"
-          else dict(residual=torch.randn(M, 4096, device="cuda", generator=g).bfloat16(), gated=True)
-          if branch == "fused" else {})
-    first = matvec.launch(x, w, config, **kw)
-    assert all(torch.equal(first, matvec.launch(x, w, config, **kw)) for _ in range(5))  # the counters were reset
+    norm = ((torch.rand(5120, device="cuda", generator=g) + 0.5).bfloat16(), 1e-6) if normed else ()
+    first = matvec.launch(x, w, config, *norm)
+    assert all(torch.equal(first, matvec.launch(x, w, config, *norm)) for _ in range(5))  # the counters were reset
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        out = matvec.launch(x, w, config, **kw)
+        out = matvec.launch(x, w, config, *norm)
     for _ in range(3):
         out.zero_()
         graph.replay()
@@ -330,117 +272,15 @@ def test_gpu_compiled_normed_step_equals_eager_tokens(rows, monkeypatch):
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
     monkeypatch.setattr(matvec, "normed", True)
     monkeypatch.setattr(matvec, "NORMED_MIN_BYTES", 0)  # the test model's small weights take it at 2 rows too
-    monkeypatch.setattr(matvec, "fused", True)  # down_proj takes gate|up and the residual (at one row too: small)
-    monkeypatch.setattr(matvec, "fused_rows", matvec.MAX_ROWS)  # and at 2 rows (MINQWEN3_FUSED=all)
     launched = []
     launch = matvec.launch
-    monkeypatch.setattr(matvec, "launch", lambda x, w, c, norm=None, eps=0.0, residual=None, gated=False:
-                        launched.append((norm is not None, gated)) or launch(x, w, c, norm, eps, residual, gated))
+    monkeypatch.setattr(matvec, "launch", lambda x, w, c, norm=None, eps=0.0: launched.append(norm is not None)
+                        or launch(x, w, c, norm, eps))
     model = tiny(device="cuda")
     ids = torch.randint(0, 320, (rows, 9), generator=torch.Generator().manual_seed(rows)).cuda()
     want = minqwen3.generate(model, ids, 60, stop_ids=(), fast=False)
-    assert not any(n or g for n, g in launched)  # eager: the norm, then torch's products, swiglu's kernel
+    assert not any(launched)  # eager: the norm, then torch's products
     got = minqwen3.generate(model, ids, 60, stop_ids=(), decoder=Decoder(model, max_len=128, smallest_prefix=64))
-    L = model.config.num_hidden_layers
-    assert sum(n for n, _ in launched) >= 2 * L  # q|k|v and gate|up of every layer, normed
-    assert sum(g for _, g in launched) >= L  # and every down_proj with silu(gate) * up on the way in
+    assert sum(launched) >= 2 * model.config.num_hidden_layers  # q|k|v and gate|up of every layer, normed
     assert all(stack.aliases(mod.stacked, lin) for mod, lin in stack.groups(model))
     assert torch.equal(got, want)
-
-
-# ---------------------------------------------------------------- silu(gate) * up in, the residual out, on a GPU
-FUSED_CONFIGS = CONFIGS + [matvec.Config(16, 128, 1, 4, 3, True)]
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("config", FUSED_CONFIGS, ids=["table-or-rule", "elem-1split", "elem-5splits", "dot-3splits",
-                                                       "dot-6splits", "dot-1split"])
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32], ids=["bf16", "fp16", "fp32"])
-@pytest.mark.parametrize("M", [1, 2, 8])
-def test_gpu_gated_and_residual_are_the_unfused_bits(config, dtype, M):
-    """swiglu.py's kernel, then the product (this kernel with the same settings), then torch's residual add: three
-    kernels, and the same bits from one, with either branch or both; within rounding of float64."""
-    from minqwen3 import swiglu
-    K, N = 3000, 333
-    g = torch.Generator("cuda").manual_seed(M)
-    gu = (torch.randn(M, 1, 2 * K, device="cuda", generator=g) * 3).to(dtype)  # gate | up
-    w = (torch.randn(N, K, device="cuda", generator=g) * 0.05).to(dtype)
-    r = torch.randn(M, 1, N, device="cuda", generator=g).to(dtype)
-
-    def run(x, residual=None, gated=False):
-        if config is None:  # the op, with the table's or the rule's settings
-            return matvec.matvec(x, w, residual=residual, gated=gated)
-        return matvec.launch(x.view(M, -1), w, config, residual=None if residual is None else residual.view(M, -1),
-                             gated=gated).view(M, 1, N)
-
-    h = swiglu.swiglu(*gu.chunk(2, -1))  # (M, 1, K), as mlp.MLP computes it unfused
-    y = run(h)
-    got = run(gu, r, gated=True)
-    assert got.shape == (M, 1, N) and got.dtype == dtype
-    assert torch.equal(got, r + y)
-    assert torch.equal(run(gu, gated=True), y) and torch.equal(run(h, r), r + y)
-    gd, ud = gu.view(M, -1).double().chunk(2, -1)
-    hd = F.silu(gd) * ud
-    want = r.view(M, -1).double() + hd @ w.double().T
-    scale = r.view(M, -1).double().abs() + hd.abs() @ w.double().abs().T
-    ulp = {torch.bfloat16: 2.0 ** -8, torch.float16: 2.0 ** -11, torch.float32: 2.0 ** -24}[dtype]
-    # h rounded (an ulp of each term), the product rounded, the sum rounded; float32's own sums
-    assert ((got.view(M, -1).double() - want).abs() <= ulp * want.abs() + (2 * ulp + 3e-5) * scale + 1e-6).all()
-    # the gating matters: the gate alone as the input is far off
-    assert ((run(gu[..., :K].contiguous(), r).view(M, -1).double() - want).abs() > 4 * ulp * scale).any()
-
-
-@pytest.mark.gpu
-def test_gpu_fused_where_available_and_off_with_the_switch(monkeypatch):
-    monkeypatch.setattr(matvec, "enabled", True)
-    monkeypatch.setattr(matvec, "fused", True)
-    w = torch.zeros(8, 16, device="cuda")
-    gu, r = torch.zeros(1, 32, device="cuda"), torch.zeros(1, 8, device="cuda")
-    with torch.no_grad():
-        assert matvec.available(gu, w, one_row=True, gated=True, residual=r)
-        assert matvec.available(gu[:, :16], w, one_row=True, residual=r)
-        assert not matvec.available(gu, w, one_row=True)  # gate|up is twice the weight's width
-        assert not matvec.available(gu[:, :16], w, one_row=True, gated=True)
-        assert not matvec.available(gu, w, one_row=True, gated=True, residual=r[:, :4])
-        assert matvec.available(gu, w, gated=True) == (matvec.min_rows == 1)  # one row: only where told (one_row)
-        monkeypatch.setattr(matvec, "fused", False)  # MINQWEN3_FUSED=0: swiglu's kernel and the add, as before
-        assert not matvec.available(gu, w, one_row=True, gated=True)
-        assert not matvec.available(gu[:, :16], w, one_row=True, residual=r)
-        assert matvec.available(gu[:, :16], w, one_row=True)
-        monkeypatch.setattr(matvec, "fused", True)  # by default at one row only (MINQWEN3_FUSED=all: up to 8)
-        gu2, r2 = gu.expand(2, 32).contiguous(), r.expand(2, 8).contiguous()
-        assert matvec.fused_rows == 1 and not matvec.available(gu2, w, gated=True, residual=r2)
-        monkeypatch.setattr(matvec, "fused_rows", matvec.MAX_ROWS)
-        assert matvec.available(gu2, w, gated=True, residual=r2)
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("rows", [1, 2, 8])
-def test_gpu_fused_layers_give_the_unfused_bits(rows, monkeypatch):
-    """bf16, a decode step's layers reading the stacks: with the kernel taking silu(gate) * up and the residual,
-    the logits have the bits of MINQWEN3_FUSED=0 (swiglu's kernel, the product, the add) where the kernel took the
-    products before (2 rows or more); at one row, where torch's products did, within rounding."""
-    from test_fast import tiny
-
-    from minqwen3 import stack
-    for name, value in (("enabled", True), ("min_rows", 2), ("normed", True), ("fused_rows", matvec.MAX_ROWS)):
-        monkeypatch.setattr(matvec, name, value)
-    launched = []
-    launch = matvec.launch
-    monkeypatch.setattr(matvec, "launch", lambda x, w, c, norm=None, eps=0.0, residual=None, gated=False:
-                        launched.append((gated, residual is not None)) or launch(x, w, c, norm, eps, residual, gated))
-    model = tiny(dtype=torch.bfloat16, device="cuda")
-    stack.stack(model)
-    ids = torch.randint(0, 320, (rows, 1), generator=torch.Generator().manual_seed(rows)).cuda()
-    out, L = {}, model.config.num_hidden_layers
-    for fused in (True, False):
-        monkeypatch.setattr(matvec, "fused", fused)
-        launched.clear()
-        with torch.no_grad(), stack.using(True):
-            out[fused] = model(ids)
-        gated, added = sum(g for g, _ in launched), sum(a for _, a in launched)
-        assert (gated, added) == ((L, 2 * L) if fused else (0, 0))
-    if rows > 1:
-        assert torch.equal(out[True], out[False])
-    else:
-        assert (out[True] - out[False]).abs().max() <= 0.03 * out[False].abs().max()

@@ -183,8 +183,8 @@ def test_flag_all_reduce_on_two_gpus():
     out.parent.mkdir(exist_ok=True)
     out.unlink(missing_ok=True)
     run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                          str(root / "scripts" / "allreduce_bench.py"), "--ways", "symm", "flags", "flags-res", "--replays", "5",
-                          "--out", str(out)], capture_output=True, text=True, timeout=300)
+                          str(root / "scripts" / "allreduce_bench.py"), "--ways", "symm", "flags", "flags-res",
+                          "--replays", "5", "--out", str(out)], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     rows = {r["way"]: r for r in map(json.loads, out.read_text().splitlines())}
     assert "error" not in rows["flags"], rows["flags"]
