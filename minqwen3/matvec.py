@@ -137,7 +137,7 @@ def rule(M: int, N: int, K: int, sms: int) -> Config:
     """The settings for a shape the table lacks: 16 columns a program and slices of K until there are ~4 programs
     an SM; with tl.dot (more than two rows) 64 columns in 3 stages and ~2 programs an SM: within 9% of the fastest
     on every shape timed at 8 rows but one (17%), with the norm on the way in or without; with it up to 2x faster
-    than session 8's 32 columns in 4 stages, without within 2% or up to 6% faster (session 10, docs/benchmarks.md)."""
+    than session 8's 32 columns in 4 stages, without within 2% or up to 6% faster where timed (session 10)."""
     dot = M > 2
     bn, bk, stages, per_sm = (64, 128, 3, 2) if dot else (16, 256, 3, 4)
     return Config(bn, bk, splits_for(_cdiv(N, bn), K, bk, per_sm * sms), 4, stages, dot)
