@@ -324,7 +324,8 @@ def _remap_experts(first: int, n_local: int):
 
 def shard(model: Qwen3, plan: Plan) -> Qwen3:
     """Apply the plan to model in place: every parameter becomes this rank's slice (a meta model stays on meta,
-    a real one keeps only its slice), head counts follow, the collectives are added (layer.reduce, hooks). Returns the model."""
+    a real one keeps only its slice), head counts follow, the collectives are added (each layer's reduce, the LM
+    head's all-gather as a hook). Returns the model."""
     c = model.config
     if plan.world == 1:
         return model
