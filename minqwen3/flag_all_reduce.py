@@ -17,7 +17,7 @@ waited for, is a good part of the kernel's time. Here the second meeting goes:
   same token from the same logits).
 
 - With a residual it returns residual + the sum: the decoder layer's add after its all-reduce, in the same kernel
-  (one launch a layer and block fewer).
+  (two launches a layer fewer).
 
 Program b handles elements b * BLOCK ... (b + 1) * BLOCK - 1 and meets only the peers' programs b. Sums of up to
 MAX_BLOCKS * BLOCK values in bf16 or float32, up to 8 ranks; parallel.flag_all_reduce takes the others elsewhere.

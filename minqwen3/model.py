@@ -27,7 +27,7 @@ class DecoderLayer(nn.Module):
         # into their products: matvec.normed_linear); the MoE's router and experts both take the normed x. In a
         # split model the blocks' outputs are partial sums: reduce adds them up and the residual (on GPUs in one
         # kernel, flag_all_reduce.py)
-        add = (lambda y, x: x + y) if self.reduce is None else self.reduce
+        add = (lambda out, residual: residual + out) if self.reduce is None else self.reduce
         x = add(self.self_attn(x, cos, sin, mask, cache, input_pos, norm=self.input_layernorm), x)
         if self.is_moe:
             y, router_logits = self.mlp(self.post_attention_layernorm(x))

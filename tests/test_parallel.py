@@ -269,7 +269,7 @@ def test_a_plan_shards_a_meta_model_without_a_process_group():
         layer = model.model.layers[0]  # the products split by input, and only they, take matvec from one row
         assert layer.self_attn.o_proj.split_input and layer.mlp.down_proj.split_input
         assert not any(hasattr(m, "split_input") for m in (layer.self_attn.q_proj, layer.mlp.gate_proj))
-        # their outputs are partial sums: every layer adds the residual after the all-reduce, not inside the blocks
+        # the blocks' outputs are partial sums: every layer sums them and adds the residual through its reduce
         assert all(lay.reduce is not None for lay in model.model.layers)
 
 
