@@ -11,9 +11,9 @@ and state_dict unchanged), whose data becomes a slice of one stacked tensor, kep
 
 The hazard: whatever replaces a parameter's data (model.to(dtype), .half(), load_state_dict(assign=True),
 parallel.shard) leaves the stack holding the old values. So the stack is read only where it was checked: inside
-a Decoder's step (using()), and a Decoder runs stack() at every start of 2 rows or more, which keeps a stack only
-if it still aliases the live parameters (aliases(): one data pointer per weight) and stacks the weights again
-otherwise.
+a Decoder's step (using()), and a Decoder runs stack() at every start whose steps read the stacks
+(Decoder._reads_stacks), which keeps a stack only if it still aliases the live parameters (aliases(): one data
+pointer per weight) and stacks the weights again otherwise.
 Everywhere else (training, the model's own forward, prefill) the modules project one weight at a time.
 """
 from __future__ import annotations

@@ -125,6 +125,8 @@ def main() -> None:
           "|---:|---:|---:|---:|---:|---:|", flush=True)
     # one-GPU runs: (model, compiled) -> (ms/token,), a ratio only between like modes; model -> greedy tokens
     single = {}
+    # the switches as the environment set them (MINQWEN3_MATVEC, _NORMED, _FUSED); a run's :no... turns one off
+    switches = matvec.enabled, matvec.normed, parallel.add_in_kernel
     for i, spec in enumerate(args.runs):
         name, n, *rest = spec.split(":")
         n = int(n)
@@ -135,9 +137,8 @@ def main() -> None:
         # eager MoE takes the grouped-GEMM path even for one token: the gather path copies the chosen experts out
         # first, which only torch.compile fuses away (an EP rank then reads each of its chosen experts once)
         Experts.gather_max = 16 if compiled else 0
-        matvec.enabled = "nomatvec" not in rest and os.environ.get("MINQWEN3_MATVEC", "1") != "0"
-        matvec.normed = "nonormed" not in rest and os.environ.get("MINQWEN3_NORMED", "1") != "0"
-        parallel.add_in_kernel = "nofused" not in rest and os.environ.get("MINQWEN3_FUSED", "1") != "0"
+        matvec.enabled, matvec.normed, parallel.add_in_kernel = (
+            on and off not in rest for on, off in zip(switches, ("nomatvec", "nonormed", "nofused")))
         go = [time.perf_counter() - t_start < args.budget_s]
         dist.broadcast_object_list(go, src=0, group=ctl)
         if not go[0]:
