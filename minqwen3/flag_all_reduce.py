@@ -28,6 +28,8 @@ from dataclasses import dataclass
 
 import torch
 
+from . import pdl
+
 try:
     import triton
     import triton.language as tl
@@ -87,15 +89,16 @@ def all_reduce(x: torch.Tensor, state: State, residual: torch.Tensor | None = No
     _all_reduce[(triton.cdiv(n, BLOCK),)](x, out, state.bases, state.counts, x if residual is None else residual, n,
                                           FLAG_BYTES // x.element_size(), HALF_BYTES // x.element_size(),
                                           RANK=state.rank, WORLD=state.world, BLOCK=BLOCK, RES=residual is not None,
-                                          num_warps=4)
+                                          num_warps=4, **pdl.launch(x.device))
     return out
 
 
 if triton is not None:
     @triton.jit
     def _all_reduce(X, Out, Bases, Counts, Res, numel, data0, half, RANK: tl.constexpr, WORLD: tl.constexpr,
-                    BLOCK: tl.constexpr, RES: tl.constexpr):
+                    BLOCK: tl.constexpr, RES: tl.constexpr, PDL: tl.constexpr):
         b = tl.program_id(0)
+        pdl.wait(PDL)  # Counts, X, Res: the kernels before write them
         offs = b * BLOCK + tl.arange(0, BLOCK)
         m = offs < numel
         n = tl.load(Counts + b) + 1  # this program's call number

@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import torch
 
+from . import pdl
+
 try:
     import triton
     import triton.language as tl
@@ -57,8 +59,9 @@ if triton is not None:
     def _flash_decode(Q, Kn, Vn, K, V, Pos, Mask, Out, Part, Lse, Count, sqb, sqh, sknb, sknh, svnb, svnh,
                       skb, skh, sks, svb, svh, svs, smb, H_kv, S, n_splits, split, scale,
                       G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, BLOCK: tl.constexpr,
-                      NSP: tl.constexpr, GM: tl.constexpr, IEEE: tl.constexpr):
+                      NSP: tl.constexpr, GM: tl.constexpr, IEEE: tl.constexpr, PDL: tl.constexpr):
         bg, s = tl.program_id(0), tl.program_id(1)  # (row, key/value head), split
+        pdl.wait(PDL)
         b, g = bg // H_kv, bg % H_kv
         pos = tl.load(Pos)  # the new token's slot: the last one any row attends to
         rows = tl.arange(0, GP)  # the G query heads of this key/value head, padded to a dot-friendly size
@@ -169,7 +172,8 @@ def flash_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: tor
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), v_cache.stride(0), v_cache.stride(1),
         v_cache.stride(2), live.stride(0) if live.shape[0] > 1 else 0, H_kv, S, n_splits, split, D ** -0.5,
         G=G, GP=GP, D=D, BLOCK=BLOCK, NSP=max(2, triton.next_power_of_2(n_splits)),
-        GM=triton.next_power_of_2(G), IEEE=q.dtype == torch.float32, num_warps=NUM_WARPS, num_stages=NUM_STAGES)
+        GM=triton.next_power_of_2(G), IEEE=q.dtype == torch.float32, num_warps=NUM_WARPS, num_stages=NUM_STAGES,
+        **pdl.launch(q.device))
     return out
 
 

@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from . import matvec, stack, warmstart
+from . import matvec, pdl, stack, warmstart
 from .cache import KVCache, make_cache
 from .config import NON_THINKING_DEFAULTS, THINKING_DEFAULTS  # noqa: F401 (sampling's defaults, for callers)
 from .tokenizer import ENDOFTEXT, IM_END
@@ -238,6 +238,9 @@ class Decoder:
                 warmstart.compile_in_process_if_cached(model.config, p.dtype, self.device)
             if options is not None and (model.config.hidden_size <= 2048 if combo_kernels is None else combo_kernels):
                 options["combo_kernels"] = True
+            if (options is not None and pdl.inductor and pdl.on(self.device)
+                    and hasattr(torch._inductor.config.triton, "enable_pdl") and pdl.inductor_waits_first()):
+                options["triton.enable_pdl"] = True  # Inductor's kernels chained as ours are (pdl.py)
             self.inputs, self.run_layer, self.head, self.record = (
                 torch.compile(f, fullgraph=True, backend=backend, options=options)
                 for f in (model.inputs, run_layer, model.head, record))

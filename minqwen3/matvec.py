@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import pdl
 from .flash_decode import _sms, triton
 
 MAX_ROWS = 8  # rows (tokens) per call: batch <= 8 at decode
@@ -187,13 +188,14 @@ if triton is not None:
     @triton.jit
     def _matvec(X, W, Y, Part, Count, G, Sq, M, N, K, swn, k_split, splits, eps, MP: tl.constexpr,
                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, DOT: tl.constexpr, IEEE: tl.constexpr,
-                NORM: tl.constexpr):
+                NORM: tl.constexpr, PDL: tl.constexpr):
         nb, s = tl.program_id(0), tl.program_id(1)  # block of output columns, slice of K
         cols = nb * BLOCK_N + tl.arange(0, BLOCK_N)
         rows = tl.arange(0, MP)  # the rows of x, padded
         w_at = W + cols.to(tl.int64)[:, None] * swn  # (BLOCK_N, 1): 64-bit, an LM head has 778 M weights
         k0 = s * k_split
         k1 = tl.minimum(k0 + k_split, K)
+        pdl.wait(PDL)  # x, Part, Count: written or read by the kernels before
         if DOT:
             acc = tl.zeros((BLOCK_N, MP), tl.float32)
             sq = tl.zeros((BLOCK_K, MP), tl.float32)  # NORM: x * x, summed over K once, after the loop
@@ -280,7 +282,7 @@ def launch(x: torch.Tensor, weight: torch.Tensor, c: Config, norm: torch.Tensor 
     _matvec[(n_blocks, splits)](x, weight, y, part, _counts[key], x if norm is None else norm, sq, M, N, K,
                                 weight.stride(0), per, splits, float(eps), MP=mp, BLOCK_N=c.block_n,
                                 BLOCK_K=c.block_k, DOT=c.dot, IEEE=x.dtype == torch.float32, NORM=norm is not None,
-                                num_warps=c.warps, num_stages=c.stages)
+                                num_warps=c.warps, num_stages=c.stages, **pdl.launch(x.device))
     return y
 
 

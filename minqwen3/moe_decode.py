@@ -32,6 +32,7 @@ import os
 import torch
 import torch.nn.functional as F
 
+from . import pdl
 from .flash_decode import _sms  # the GPU's SMs (8 under Triton's interpreter, which runs kernels on CPU tensors)
 
 try:
@@ -100,7 +101,8 @@ if triton is not None:
     @triton.jit
     def _gate_up_kernel(X, Idx, W, Gate, Up, Hid, Experts, Count, N, NK, sx,
                         K: tl.constexpr, H: tl.constexpr, I: tl.constexpr, NP: tl.constexpr, JP: tl.constexpr,
-                        BLOCK_I: tl.constexpr, BLOCK_K: tl.constexpr, IEEE: tl.constexpr):
+                        BLOCK_I: tl.constexpr, BLOCK_K: tl.constexpr, IEEE: tl.constexpr, PDL: tl.constexpr):
+        pdl.wait(PDL)
         # block of intermediate rows, distinct expert: the programs of experts past the count come last, so
         # the empty ones run after the work (a block's programs start in the order of their ids)
         ib, t = tl.program_id(0), tl.program_id(1)
@@ -138,7 +140,9 @@ if triton is not None:
 
     @triton.jit
     def _down_kernel(Hid, Experts, Count, Down, Part, N, S, H: tl.constexpr, I: tl.constexpr, NP: tl.constexpr,
-                     COUNT: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_K: tl.constexpr, IEEE: tl.constexpr):
+                     COUNT: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_K: tl.constexpr, IEEE: tl.constexpr,
+                     PDL: tl.constexpr):
+        pdl.wait(PDL)
         rb, s = tl.program_id(0), tl.program_id(1)  # block of output rows (BLOCK_I of them), split of the experts
         if COUNT > 0:  # the caller knows how many experts (down_sum: every pair its own)
             count = COUNT
@@ -190,7 +194,7 @@ def _down_sums(hid: torch.Tensor, experts: torch.Tensor, count: torch.Tensor, do
     part = torch.empty(S, N, H, device=hid.device, dtype=torch.float32)
     _down[lambda meta: (triton.cdiv(H, meta["BLOCK_I"]), S)](
         hid, experts, count, down_proj, part, N, S, H=H, I=I, NP=max(16, triton.next_power_of_2(N)), COUNT=known,
-        IEEE=hid.dtype == torch.float32)
+        IEEE=hid.dtype == torch.float32, **pdl.launch(hid.device))
     return part
 
 
@@ -211,7 +215,8 @@ def moe_decode(x: torch.Tensor, idx: torch.Tensor, w: torch.Tensor, gate_proj: t
     count = torch.empty(1, device=x.device, dtype=torch.int32)
     _gate_up[lambda meta: (triton.cdiv(I, meta["BLOCK_I"]), NK)](
         x, idx, w, gate_proj, up_proj, hid, experts, count, N, NK, x.stride(0),
-        K=k, H=H, I=I, NP=NP, JP=max(16, triton.next_power_of_2(NK)), IEEE=x.dtype == torch.float32)
+        K=k, H=H, I=I, NP=NP, JP=max(16, triton.next_power_of_2(NK)), IEEE=x.dtype == torch.float32,
+        **pdl.launch(x.device))
     return _down_sums(hid, experts, count, down_proj, NK, 0)
 
 

@@ -24,6 +24,8 @@ import os
 
 import torch
 
+from . import pdl
+
 try:
     import triton
     import triton.language as tl
@@ -47,7 +49,9 @@ def available(logits: torch.Tensor, k: int) -> bool:
 
 if triton is not None:
     @triton.jit
-    def _route_kernel(Logits, W, Idx, stride, E: tl.constexpr, EP: tl.constexpr, K: tl.constexpr):
+    def _route_kernel(Logits, W, Idx, stride, E: tl.constexpr, EP: tl.constexpr, K: tl.constexpr,
+                      PDL: tl.constexpr):
+        pdl.wait(PDL)
         n = tl.program_id(0)  # one row (token) a program
         i = tl.arange(0, EP)
         v = tl.load(Logits + n * stride + i, mask=i < E, other=float("-inf")).to(tl.float32)  # (EP,)
@@ -72,7 +76,8 @@ def route_decode(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tens
     w = torch.empty(N, k, device=logits.device, dtype=torch.float32)
     idx = torch.empty(N, k, device=logits.device, dtype=torch.int64)
     EP = max(16, triton.next_power_of_2(E))
-    _route_kernel[(N,)](logits, w, idx, E, E=E, EP=EP, K=k, num_warps=4 if EP <= 128 else 8)
+    _route_kernel[(N,)](logits, w, idx, E, E=E, EP=EP, K=k, num_warps=4 if EP <= 128 else 8,
+                        **pdl.launch(logits.device))
     return w, idx
 
 

@@ -13,13 +13,15 @@ import os
 
 import torch
 
+from . import pdl
 from .flash_decode import triton
 
 if triton is not None:
     import triton.language as tl
 
     @triton.jit
-    def _swiglu(Gate, Up, Out, cols, sg, su, BLOCK: tl.constexpr):
+    def _swiglu(Gate, Up, Out, cols, sg, su, BLOCK: tl.constexpr, PDL: tl.constexpr):
+        pdl.wait(PDL)
         # program (row, block of columns): gate and up may be rows of wider tensors (a stacked projection's halves)
         r = tl.program_id(0).to(tl.int64)  # 64-bit offsets: a long batched prefill
         c = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
@@ -55,7 +57,8 @@ def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     cols = gate.shape[-1] if gate.dim() else 1
     g2, u2 = (t.reshape(-1, cols) for t in (gate, up))  # a view where the rows allow it, else a copy
     g2, u2 = (t if t.stride(1) == 1 else t.contiguous() for t in (g2, u2))
-    _swiglu[(g2.shape[0], triton.cdiv(cols, BLOCK))](g2, u2, out, cols, g2.stride(0), u2.stride(0), BLOCK=BLOCK)
+    _swiglu[(g2.shape[0], triton.cdiv(cols, BLOCK))](g2, u2, out, cols, g2.stride(0), u2.stride(0), BLOCK=BLOCK,
+                                                     **pdl.launch(gate.device))
     return out
 
 

@@ -93,7 +93,7 @@ def main() -> int:
                 moe_decode._gate_up_kernel[(triton.cdiv(I, bi), NK)](
                     x[layer], idx[layer], w[layer], gate[layer], up[layer], hid[layer], experts[layer], count[layer],
                     N, NK, H, K=k, H=H, I=I, NP=NP, JP=JP, BLOCK_I=bi, BLOCK_K=bk, IEEE=False, num_warps=wp,
-                    num_stages=st)
+                    num_stages=st, PDL=False)
             try:
                 us = timed(gate_up, args.layers, args.reps)
             except Exception as e:  # a tiling that does not fit (shared memory) must not stop the sweep
@@ -111,7 +111,8 @@ def main() -> int:
             def down_sum(layer, bi=bi, bk=bk, st=st, wp=wp, S=S, part=part):
                 moe_decode._down_kernel[(triton.cdiv(H, bi), S)](
                     hid[layer], experts[layer], count[layer], down[layer], part, N, S, H=H, I=I, NP=NP,
-                    COUNT=NK if N == 1 else 0, BLOCK_I=bi, BLOCK_K=bk, IEEE=False, num_warps=wp, num_stages=st)
+                    COUNT=NK if N == 1 else 0, BLOCK_I=bi, BLOCK_K=bk, IEEE=False, num_warps=wp, num_stages=st,
+                    PDL=False)
             try:
                 us = timed(down_sum, args.layers, args.reps)
             except Exception as e:

@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from minqwen3.moe import Experts
-from minqwen3 import moe_decode
+from minqwen3 import moe_decode, pdl
 from minqwen3.moe_decode import available, down_sum, experts_decode, reference
 
 
@@ -143,7 +143,8 @@ def test_gpu_every_tiling_matches_the_pairs_oracle(dtype, tol, N, k, E, H, I):
     from triton.runtime.errors import OutOfResources
     ran = 0
     for c in moe_decode._configs():
-        meta = dict(c.kwargs, num_warps=c.num_warps, num_stages=c.num_stages, IEEE=dtype == torch.float32)
+        meta = dict(c.kwargs, num_warps=c.num_warps, num_stages=c.num_stages, IEEE=dtype == torch.float32,
+                    **pdl.launch(x.device))
         hid = torch.empty(NK, N, I, device="cuda", dtype=dtype)
         experts = torch.empty(NK, device="cuda", dtype=idx.dtype)
         count = torch.empty(1, device="cuda", dtype=torch.int32)
