@@ -43,10 +43,11 @@ inductor = _MODE != "ours"  # and Inductor's kernels too (generation.Decoder)
 
 
 def on(device: torch.device) -> bool:
-    """Whether kernels on this device launch with PDL: enabled, Triton with the calls, a CUDA device of compute
-    capability 9 or newer (the launch attribute and griddepcontrol are Hopper's). Not under Triton's interpreter."""
-    return (enabled and triton is not None and device.type == "cuda" and hasattr(tl.extra.cuda, "gdc_wait")
-            and os.environ.get("TRITON_INTERPRET") != "1"
+    """Whether kernels on this device launch with PDL: enabled, Triton with the calls, an NVIDIA GPU of compute
+    capability 9 or newer (the launch attribute and griddepcontrol are Hopper's; ROCm's devices report their own
+    major numbers). Not under Triton's interpreter."""
+    return (enabled and triton is not None and device.type == "cuda" and torch.version.hip is None
+            and hasattr(tl.extra.cuda, "gdc_wait") and os.environ.get("TRITON_INTERPRET") != "1"
             and torch.cuda.get_device_properties(device).major >= 9)
 
 
@@ -83,7 +84,7 @@ def inductor_waits_first() -> bool:
             if scheduler is not None:
                 scheduler.previous_node = before
 
-    waits_first.waits_first = True
+    waits_first.waits_first, waits_first.inductors_rule = True, decide
     TritonKernel._handle_pdl_before_access = waits_first
     return True
 

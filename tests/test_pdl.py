@@ -13,6 +13,35 @@ def test_off_the_gpu_no_kernel_asks_for_it():
     assert pdl.launch(torch.device("cpu")) == {"PDL": False}
 
 
+def test_inductors_kernels_wait_where_its_rule_by_buffer_name_would_not():
+    """The step of Inductor's code generation that decides whether a kernel waits before touching a buffer, called
+    as it calls it: its own rule waits only for a buffer the kernel before wrote (or, storing, read); with
+    pdl.inductor_waits_first() always. Runs on CPUs, with this torch's Inductor (a private step it may change)."""
+    from types import SimpleNamespace
+    from torch._inductor.codegen.triton import TritonKernel
+    from torch._inductor.utils import IndentedBuffer
+    from torch._inductor.virtualized import V
+    if not pdl.inductor_waits_first():
+        pytest.skip("this torch's Inductor has no such step")
+    step = TritonKernel._handle_pdl_before_access
+    before = SimpleNamespace(read_writes=SimpleNamespace(writes=[SimpleNamespace(name="buf0")],
+                                                         reads=[SimpleNamespace(name="buf1")]))
+    scheduler = SimpleNamespace(previous_node=before)
+    kernel = SimpleNamespace(inside_reduction=False, current_node=SimpleNamespace(mutation_renames={}),
+                             _enable_pdl_codegen=lambda: True, GDC_WAIT=TritonKernel.GDC_WAIT)
+
+    def waits(decide, buffer: str, store: bool = False) -> bool:
+        out = IndentedBuffer()
+        with V.set_graph_handler(SimpleNamespace(scheduler=scheduler)), V.set_kernel_handler(kernel):
+            decide(kernel, out, buffer, consider_reads=store)
+        assert scheduler.previous_node is before  # put back
+        return "gdc_wait" in out.getvalue()
+
+    assert waits(step.inductors_rule, "buf0") and waits(step.inductors_rule, "buf1", store=True)
+    assert not waits(step.inductors_rule, "buf2") and not waits(step.inductors_rule, "buf2", store=True)
+    assert all(waits(step, b, store) for b in ("buf0", "buf1", "buf2") for store in (False, True))
+
+
 def chain(x, weights, norm, k_cache, v_cache, pos, mask):
     """normed q|k|v-like product, attention over a cache, an o_proj-like product, SwiGLU, and products again, each
     kernel reading the one before (the configs: one slice, and several slices with their counters shared)."""
