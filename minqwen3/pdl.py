@@ -36,6 +36,8 @@ try:
     import triton.language as tl
 except ImportError:
     triton = None
+# whether this Triton has the two calls (tl.extra.cuda.gdc_wait, gdc_launch_dependents)
+HAS_GDC = triton is not None and hasattr(getattr(getattr(tl, "extra", None), "cuda", None), "gdc_wait")
 
 _MODE = os.environ.get("MINQWEN3_PDL", "1")
 enabled = _MODE != "0"
@@ -46,8 +48,8 @@ def on(device: torch.device) -> bool:
     """Whether kernels on this device launch with PDL: enabled, Triton with the calls, an NVIDIA GPU of compute
     capability 9 or newer (the launch attribute and griddepcontrol are Hopper's; ROCm's devices report their own
     major numbers). Not under Triton's interpreter."""
-    return (enabled and triton is not None and device.type == "cuda" and torch.version.hip is None
-            and hasattr(tl.extra.cuda, "gdc_wait") and os.environ.get("TRITON_INTERPRET") != "1"
+    return (enabled and HAS_GDC and device.type == "cuda" and torch.version.hip is None
+            and os.environ.get("TRITON_INTERPRET") != "1"
             and torch.cuda.get_device_properties(device).major >= 9)
 
 
