@@ -218,6 +218,7 @@ class Decoder:
         self.max_len = min(max_len, model.config.context_length)
         self.lengths = prefix_lengths(self.max_len, smallest_prefix)
         self.compiled = on_cuda if compile is None else compile
+        self.pdl = False  # whether the step's kernels of ours launch with PDL (set below where it compiles)
         self.stacked = stack.enabled and self.compiled and on_cuda if stacked is None else stacked
         self.weights: list[tuple] = []  # what the caches and graphs were made for (_weights())
         self.inputs, self.run_layer, self.head, self.record = model.inputs, run_layer, model.head, record
@@ -238,9 +239,12 @@ class Decoder:
                 warmstart.compile_in_process_if_cached(model.config, p.dtype, self.device)
             if options is not None and (model.config.hidden_size <= 2048 if combo_kernels is None else combo_kernels):
                 options["combo_kernels"] = True
-            if (options is not None and pdl.inductor and pdl.on(self.device)
-                    and hasattr(torch._inductor.config.triton, "enable_pdl") and pdl.inductor_waits_first()):
-                options["triton.enable_pdl"] = True  # Inductor's kernels chained as ours are (pdl.py)
+            if options is not None and pdl.on(self.device):  # kernels that start early (pdl.py)
+                inductors = (pdl.inductor and hasattr(torch._inductor.config.triton, "enable_pdl")
+                             and pdl.inductor_waits_first())
+                if inductors:
+                    options["triton.enable_pdl"] = True  # Inductor's kernels chained as ours are
+                self.pdl = inductors or not pdl.inductor  # ours alone only where asked: MINQWEN3_PDL=ours
             self.inputs, self.run_layer, self.head, self.record = (
                 torch.compile(f, fullgraph=True, backend=backend, options=options)
                 for f in (model.inputs, run_layer, model.head, record))
@@ -346,7 +350,7 @@ class Decoder:
 
     def _step(self, n: int) -> None:
         fns = self.inputs, self.run_layer, self.head
-        with stack.using(self._reads_stacks(self.batch)):  # the stacks start() checked
+        with stack.using(self._reads_stacks(self.batch)), pdl.scope(self.pdl):  # the stacks start() checked
             tok = self._pick(self.forward_last(self.tok, self.prefixes[n], self.pos, self.step_pad, fns))
         self.record(tok, self.out, self.n, self.done, self.seen, self.tok, self.pos, self.stop, self.pad_id)
 

@@ -23,10 +23,16 @@ makes each of its kernels wait before its first access, as ours do. A kernel tha
 has waited for the kernel before it, which had itself waited for the one before it: the chain keeps the stream's
 order, and a CUDA graph keeps the launches' dependencies.
 
+Kernels launch with PDL only inside scope(True): a compiled Decoder's step (generation.Decoder), where every kernel
+takes part. Ours launched with it among kernels that do not (Inductor's without its option, eager torch's) measured
+slower than none at all (Qwen3-0.6B at batch 1: 1.074 against 0.996 ms a step, the same Inductor kernels in both;
+docs/benchmarks.md, session 11), so elsewhere they launch as before.
+
 MINQWEN3_PDL=0 switches it off (the benchmarks' peer); MINQWEN3_PDL=ours leaves Inductor's kernels without it.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -42,6 +48,18 @@ HAS_GDC = triton is not None and hasattr(getattr(getattr(tl, "extra", None), "cu
 _MODE = os.environ.get("MINQWEN3_PDL", "1")
 enabled = _MODE != "0"
 inductor = _MODE != "ours"  # and Inductor's kernels too (generation.Decoder)
+_active = False  # inside scope(True)
+
+
+@contextlib.contextmanager
+def scope(active: bool):
+    """Within it, launch() asks for PDL where on() (active) or not at all (not active); scopes nest."""
+    global _active
+    before, _active = _active, active
+    try:
+        yield
+    finally:
+        _active = before
 
 
 def on(device: torch.device) -> bool:
@@ -55,8 +73,8 @@ def on(device: torch.device) -> bool:
 
 def launch(device: torch.device) -> dict:
     """The keyword arguments a kernel of ours takes at launch: its PDL constexpr (whether to call gdc_wait and
-    gdc_launch_dependents) and, where on, Triton's launch_pdl."""
-    return {"PDL": True, "launch_pdl": True} if on(device) else {"PDL": False}
+    gdc_launch_dependents) and, inside scope(True) where on(), Triton's launch_pdl."""
+    return {"PDL": True, "launch_pdl": True} if _active and on(device) else {"PDL": False}
 
 
 def inductor_waits_first() -> bool:

@@ -10,7 +10,23 @@ from minqwen3 import flash_decode, matvec, pdl, swiglu
 
 def test_off_the_gpu_no_kernel_asks_for_it():
     assert not pdl.on(torch.device("cpu"))
-    assert pdl.launch(torch.device("cpu")) == {"PDL": False}
+    with pdl.scope(True):
+        assert pdl.launch(torch.device("cpu")) == {"PDL": False}
+
+
+def test_kernels_ask_for_it_only_inside_a_scope(monkeypatch):
+    monkeypatch.setattr(pdl, "on", lambda device: True)  # as on a Hopper GPU
+    dev, on, off = torch.device("cuda"), {"PDL": True, "launch_pdl": True}, {"PDL": False}
+    assert pdl.launch(dev) == off  # outside a compiled Decoder's step
+    with pdl.scope(True):
+        assert pdl.launch(dev) == on
+        with pdl.scope(False):
+            assert pdl.launch(dev) == off
+        assert pdl.launch(dev) == on
+    assert pdl.launch(dev) == off
+    with pytest.raises(RuntimeError), pdl.scope(True):
+        raise RuntimeError("a failed step")
+    assert pdl.launch(dev) == off
 
 
 def test_inductors_kernels_wait_where_its_rule_by_buffer_name_would_not():
@@ -68,7 +84,7 @@ def reference(x, weights, norm, k_cache, v_cache, pos, mask):
 
 
 @pytest.mark.gpu
-def test_gpu_a_chain_in_a_graph_reads_each_output_after_it_is_written(monkeypatch):
+def test_gpu_a_chain_in_a_graph_reads_each_output_after_it_is_written():
     if not pdl.on(torch.device("cuda")):
         pytest.skip("PDL needs a GPU of compute capability 9 or newer and Triton with gdc_wait")
     g = torch.Generator("cuda").manual_seed(0)
@@ -82,15 +98,13 @@ def test_gpu_a_chain_in_a_graph_reads_each_output_after_it_is_written(monkeypatc
     args = (x, w, norm, k_cache, v_cache, pos, mask)
     chain(*args)  # the first call of each shape allocates its counters, outside the capture
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
+    with torch.cuda.graph(graph), pdl.scope(True):
         out = chain(*args)
     for i in range(5):
         x.copy_(torch.randn(1, 1024, device="cuda", generator=g))
         graph.replay()
         with_pdl = out.clone()
-        monkeypatch.setattr(pdl, "enabled", False)
-        without = chain(*args)  # eagerly, each kernel after the last has finished
-        monkeypatch.setattr(pdl, "enabled", True)
+        without = chain(*args)  # outside the scope: each kernel after the last has finished
         assert torch.equal(with_pdl, without), f"replay {i}"
         want = reference(*args)
         assert ((with_pdl.double() - want).abs() <= 1e-4 * want.abs().max()).all(), f"replay {i}"
