@@ -29,6 +29,26 @@ def test_kernels_ask_for_it_only_inside_a_scope(monkeypatch):
     assert pdl.launch(dev) == off
 
 
+def test_a_decoders_steps_ask_for_it_and_its_prefill_does_not(monkeypatch):
+    """Decoder.pdl (set where it compiles with Inductor's PDL on a Hopper GPU) puts each step, warm-up and capture
+    included, inside pdl.scope; the prefill, eager, stays outside."""
+    import minqwen3
+    from conftest import TINY
+    from minqwen3.generation import Decoder
+    model = minqwen3.model.random_model(minqwen3.Qwen3Config(**TINY), torch.device("cpu"), torch.float32, 0)
+    dec = Decoder(model, max_len=32, compile=False, cuda_graphs=False)
+    assert dec.pdl is False  # on a CPU, as eager on any device
+    dec.pdl = True
+    seen, forward = [], dec.forward_last
+
+    def spy(*args, **kwargs):
+        seen.append(pdl._active)
+        return forward(*args, **kwargs)
+    monkeypatch.setattr(dec, "forward_last", spy)
+    minqwen3.generate(model, torch.tensor([[5, 6, 7]]), 4, stop_ids=(), decoder=dec)
+    assert seen == [False, True, True, True] and not pdl._active
+
+
 def test_inductors_kernels_wait_where_its_rule_by_buffer_name_would_not():
     """The step of Inductor's code generation that decides whether a kernel waits before touching a buffer, called
     as it calls it: its own rule waits only for a buffer the kernel before wrote (or, storing, read); with
