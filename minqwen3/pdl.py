@@ -80,7 +80,7 @@ def launch(device: torch.device) -> dict:
 def inductor_waits_first() -> bool:
     """Have every Triton kernel Inductor writes with triton.enable_pdl wait (gdc_wait) before its first load or store,
     where it would wait only if the kernel just before it wrote (or read) what it touches (see the docstring above).
-    Installed once per process; False where this torch has no such step (its PDL then stays off: Decoder)."""
+    Installed once per process; False where this torch has no such step (a Decoder then uses no PDL at all)."""
     try:
         from torch._inductor.codegen.triton import TritonKernel
         from torch._inductor.virtualized import V
