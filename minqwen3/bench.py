@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from . import stack
+from . import pdl, stack
 from .config import Qwen3Config, count_params
 from .generation import Decoder, generate
 from .model import random_model
@@ -446,8 +446,11 @@ def run(models: list[str], device: str, dtype: str | None, prompt: int, new: int
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     with torch.no_grad():
         bw, flops = copy_bandwidth(dev), matmul_rate(dev, dt)
+    # whether the compiled step's kernels launch early (pdl.py: MINQWEN3_PDL), which moves every decode number
+    launch = "" if dev.type != "cuda" else (", programmatic dependent launch " + (
+        ("on" if pdl.inductor else "ours only") if pdl.on(dev) else "off"))
     print(f"# minqwen3 bench, {datetime.date.today()}: {name}, {versions}, {str(dt).removeprefix('torch.')}, "
-          f"batch {', '.join(map(str, batch))}")
+          f"batch {', '.join(map(str, batch))}{launch}")
     print(f"# measured ceilings: copy {bw / 1e12:.2f} TB/s (read + write), "
           f"{str(dt).removeprefix('torch.')} matmul {flops / 1e12:.3g} TFLOP/s")
     print(f"# tok/s: {new} new tokens after a {prompt}-token prompt, per row, end to end, all rows counted; decode: "
