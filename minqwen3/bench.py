@@ -447,8 +447,9 @@ def run(models: list[str], device: str, dtype: str | None, prompt: int, new: int
     with torch.no_grad():
         bw, flops = copy_bandwidth(dev), matmul_rate(dev, dt)
     # whether the compiled step's kernels launch early (pdl.py: MINQWEN3_PDL), which moves every decode number
-    launch = "" if dev.type != "cuda" else (", programmatic dependent launch " + (
-        ("on" if pdl.inductor else "ours only") if pdl.on(dev) else "off"))
+    ours, inductors = pdl.decoder_plan(dev)
+    launch = "" if dev.type != "cuda" else (", programmatic dependent launch "
+                                            + ("on" if inductors else "ours only" if ours else "off"))
     print(f"# minqwen3 bench, {datetime.date.today()}: {name}, {versions}, {str(dt).removeprefix('torch.')}, "
           f"batch {', '.join(map(str, batch))}{launch}")
     print(f"# measured ceilings: copy {bw / 1e12:.2f} TB/s (read + write), "

@@ -239,12 +239,10 @@ class Decoder:
                 warmstart.compile_in_process_if_cached(model.config, p.dtype, self.device)
             if options is not None and (model.config.hidden_size <= 2048 if combo_kernels is None else combo_kernels):
                 options["combo_kernels"] = True
-            if options is not None and pdl.on(self.device):  # kernels that start early (pdl.py)
-                inductors = (pdl.inductor and hasattr(torch._inductor.config.triton, "enable_pdl")
-                             and pdl.inductor_waits_first())
+            if options is not None:  # kernels that start early (pdl.py)
+                self.pdl, inductors = pdl.decoder_plan(self.device)
                 if inductors:
                     options["triton.enable_pdl"] = True  # Inductor's kernels chained as ours are
-                self.pdl = inductors or not pdl.inductor  # ours alone only where asked: MINQWEN3_PDL=ours
             self.inputs, self.run_layer, self.head, self.record = (
                 torch.compile(f, fullgraph=True, backend=backend, options=options)
                 for f in (model.inputs, run_layer, model.head, record))

@@ -77,6 +77,16 @@ def launch(device: torch.device) -> dict:
     return {"PDL": True, "launch_pdl": True} if _active and on(device) else {"PDL": False}
 
 
+def decoder_plan(device: torch.device) -> tuple[bool, bool]:
+    """What a compiled Decoder on this device launches with PDL: (our kernels, Inductor's). Inductor's where on()
+    and its option and inductor_waits_first() are there (unless MINQWEN3_PDL=ours); ours only with them, or where
+    MINQWEN3_PDL=ours asks for ours alone (see the docstring above)."""
+    if not on(device):
+        return False, False
+    inductors = inductor and hasattr(torch._inductor.config.triton, "enable_pdl") and inductor_waits_first()
+    return inductors or not inductor, inductors
+
+
 def inductor_waits_first() -> bool:
     """Have every Triton kernel Inductor writes with triton.enable_pdl wait (gdc_wait) before its first load or store,
     where it would wait only if the kernel just before it wrote (or read) what it touches (see the docstring above).

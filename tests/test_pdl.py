@@ -29,6 +29,16 @@ def test_kernels_ask_for_it_only_inside_a_scope(monkeypatch):
     assert pdl.launch(dev) == off
 
 
+def test_a_decoder_uses_it_for_all_kernels_or_none_unless_asked_for_ours_alone(monkeypatch):
+    dev = torch.device("cuda")
+    assert pdl.decoder_plan(torch.device("cpu")) == (False, False)
+    monkeypatch.setattr(pdl, "on", lambda device: True)  # as on a Hopper GPU
+    has_option = hasattr(torch._inductor.config.triton, "enable_pdl") and pdl.inductor_waits_first()
+    assert pdl.decoder_plan(dev) == (has_option, has_option)  # ours only where Inductor's kernels take part
+    monkeypatch.setattr(pdl, "inductor", False)  # MINQWEN3_PDL=ours
+    assert pdl.decoder_plan(dev) == (True, False)
+
+
 def test_a_decoders_steps_ask_for_it_and_its_prefill_does_not(monkeypatch):
     """Decoder.pdl (set where it compiles with Inductor's PDL on a Hopper GPU) puts each step, warm-up and capture
     included, inside pdl.scope; the prefill, eager, stays outside."""
