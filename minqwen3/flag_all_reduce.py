@@ -106,7 +106,7 @@ if triton is not None:
         tl.store(Counts + b, n)
         at = data0 + (n & 1) * half + offs  # this call's half of every rank's buffer (elements from its base)
         x = tl.load(X + offs, mask=m)
-        if RES:  # read before the wait below, which then hides its latency
+        if RES:  # read before the barrier's wait below, which then hides its latency
             res = tl.load(Res + offs, mask=m).to(tl.float32)
         mine = tl.multiple_of(tl.load(Bases + RANK).to(tl.pointer_type(X.dtype.element_ty)), 16)  # 16-byte loads
         tl.store(mine + at, x, mask=m)
