@@ -23,6 +23,11 @@ whole ones (down_proj 3.4 against 4.0 TB/s; docs/benchmarks.md, session 7, s7-tp
   and scales the row by 1 / sqrt(mean + eps) once, at the end. No statistics kernel of its own, and no settings
   tuned by timing (Inductor's reductions for the normed products were tuned apart per compile and per rank).
 
+- With SwiGLU's product on the way in (GLU, linear(glu=True)): x is the stacked gate|up product's output (M, 2K)
+  and the kernel reads silu(gate) * up of its halves, computed in float32 and rounded as swiglu.py's kernel stores
+  it: the same bits as that kernel and then this one, one launch fewer. Each block of columns computes it again for
+  its slice of K, so it pays only where the blocks are few (below).
+
 Used by attention.Attention for o_proj and mlp.MLP for down_proj (linear() below) on CUDA without gradients, for
 2 to MAX_ROWS rows (one row too on a split dense model, or with MINQWEN3_MATVEC=all; 0 switches it off): their
 inputs come from custom ops already (flash_decode, swiglu), so Inductor has nothing to fuse into them. And for
@@ -64,11 +69,12 @@ normed_one_row_always = _NORMED == "all"
 NORMED_MIN_BYTES = 100_000_000
 # MINQWEN3_GLU=0: the dense MLP's silu(gate) * up stays swiglu.py's kernel before down_proj's (the benchmarks' peer),
 # where the kernel otherwise computes it on the way into down_proj from the stacked gate|up product (linear(glu=)).
-# Every program of the kernel computes the product for its slice of K, so it is computed once per block of columns:
-# where measured (docs/benchmarks.md, session 12), faster at one row (Qwen3-32B's down_proj on each of two GPUs,
-# 9.77 against 10.17 ms a token) and at 8 rows on Qwen3-0.6B (6 MB: 1.248-1.265 against 1.282 ms a step), 30%
-# slower at 8 rows on Qwen3-8B (100 MB, 128 blocks of 32 columns: 6.41 against 4.92 ms). So at 2 rows or more only
-# for weights under GLU_MAX_BYTES (the sizes between, 25-50 MB for Qwen3-1.7B and -4B, are not measured)
+# Every program of the kernel computes the product for its slice of K, so it is computed once per block of columns.
+# Measured (docs/benchmarks.md, session 12): at 8 rows on Qwen3-0.6B (6 MB) 1.248-1.265 against 1.282 ms a step in
+# one process, on Qwen3-8B (100 MB, 128 blocks of 32 columns) 30% slower (6.41 against 4.92 ms); at one row on
+# Qwen3-32B's down_proj on each of two GPUs no gain shown (9.77-10.47 against 10.12-10.17 ms a token in two
+# launches), as on Qwen3-0.6B's at one row in session 10. So at 2 rows or more, for weights under GLU_MAX_BYTES (the
+# sizes between, 25-50 MB for Qwen3-1.7B and -4B, are not measured)
 glu_enabled = os.environ.get("MINQWEN3_GLU", "1") != "0"
 GLU_MAX_BYTES = 16_000_000
 
@@ -161,14 +167,15 @@ def available(x: torch.Tensor, weight: torch.Tensor, norm: nn.Module | None = No
               glu: bool = False) -> bool:
     """Whether the kernel takes x @ weight.T (with norm: norm(x) @ weight.T, an RMSNorm of x's dtype; with glu:
     swiglu(x's halves) @ weight.T, where glu_enabled): Triton, CUDA, min_rows (with norm or one_row: 1) to MAX_ROWS
-    rows (with norm, more than one only for NORMED_MIN_BYTES of weight or more; with glu, only under GLU_MAX_BYTES),
+    rows (with norm, more than one only for NORMED_MIN_BYTES of weight or more; with glu, two or more and only
+    under GLU_MAX_BYTES),
     one dtype of DTYPES, the weight's rows contiguous, no gradient wanted (no backward). Otherwise torch's product
     does (after the norm)."""
     K = x.shape[-1]
     ins = (x, weight) if norm is None else (x, weight, norm.weight)
     return ((enabled if norm is None else normed) and triton is not None and x.is_cuda and weight.dim() == 2
-            and (not glu or (glu_enabled and (x.numel() == K or
-                                              weight.numel() * weight.element_size() < GLU_MAX_BYTES)))
+            and (not glu or (glu_enabled and x.numel() > K
+                             and weight.numel() * weight.element_size() < GLU_MAX_BYTES))
             and all(t.dtype == x.dtype for t in ins) and x.dtype in DTYPES and weight.stride(1) == 1
             and (norm is None or (norm.weight.shape == (K,) and isinstance(norm.eps, float)))
             and (1 if norm is not None or one_row else min_rows) * K <= x.numel() <= MAX_ROWS * K

@@ -16,8 +16,8 @@ class MLP(nn.Module):
     def forward(self, x: torch.Tensor, norm: nn.Module | None = None) -> torch.Tensor:
         """norm: the layer's RMSNorm, applied to x first (in the decode step on a GPU: on the way into gate|up)."""
         w = stack.stacked(self)  # gate|up as one weight, inside a Decoder's step (stack.py), else None
-        if w is not None:  # decoding on a GPU: one kernel norms x and projects (matvec.py), and where it takes
-            # down_proj (a few rows; a split model's one row) one applies silu(gate) * up on the way into it
+        if w is not None:  # decoding on a GPU: one kernel norms x and projects (matvec.py), and at a few rows of
+            # a small model one applies silu(gate) * up on the way into down_proj
             return matvec.linear(self.down_proj, matvec.normed_linear(x, w, norm), glu=True)
         x = x if norm is None else norm(x)
         g, u = self.gate_proj(x), self.up_proj(x)
