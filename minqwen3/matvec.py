@@ -23,11 +23,6 @@ whole ones (down_proj 3.4 against 4.0 TB/s; docs/benchmarks.md, session 7, s7-tp
   and scales the row by 1 / sqrt(mean + eps) once, at the end. No statistics kernel of its own, and no settings
   tuned by timing (Inductor's reductions for the normed products were tuned apart per compile and per rank).
 
-- With SwiGLU's product on the way in (GLU, linear(glu=True)): x is the stacked gate|up product's output (M, 2K)
-  and the kernel reads silu(gate) * up of its halves, computed in float32 and rounded as swiglu.py's kernel stores
-  it: the same bits as that kernel and then this one, one launch fewer. Each block of columns computes it again for
-  its slice of K, so it pays only where the blocks are few (below).
-
 Used by attention.Attention for o_proj and mlp.MLP for down_proj (linear() below) on CUDA without gradients, for
 2 to MAX_ROWS rows (one row too on a split dense model, or with MINQWEN3_MATVEC=all; 0 switches it off): their
 inputs come from custom ops already (flash_decode, swiglu), so Inductor has nothing to fuse into them. And for
@@ -45,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import pdl, swiglu
+from . import pdl
 from .flash_decode import _sms, triton
 
 MAX_ROWS = 8  # rows (tokens) per call: batch <= 8 at decode
@@ -67,16 +62,6 @@ _NORMED = os.environ.get("MINQWEN3_NORMED", "1")
 normed = _NORMED != "0"
 normed_one_row_always = _NORMED == "all"
 NORMED_MIN_BYTES = 100_000_000
-# MINQWEN3_GLU=0: the dense MLP's silu(gate) * up stays swiglu.py's kernel before down_proj's (the benchmarks' peer),
-# where the kernel otherwise computes it on the way into down_proj from the stacked gate|up product (linear(glu=)).
-# Every program of the kernel computes the product for its slice of K, so it is computed once per block of columns.
-# Measured (docs/benchmarks.md, session 12): at 8 rows on Qwen3-0.6B (6 MB) 1.248-1.265 against 1.282 ms a step in
-# one process, on Qwen3-8B (100 MB, 128 blocks of 32 columns) 30% slower (6.41 against 4.92 ms); at one row on
-# Qwen3-32B's down_proj on each of two GPUs no gain shown (9.77-10.47 against 10.12-10.17 ms a token in two
-# launches), as on Qwen3-0.6B's at one row in session 10. So at 2 rows or more, for weights under GLU_MAX_BYTES (the
-# sizes between, 25-50 MB for Qwen3-1.7B and -4B, are not measured)
-glu_enabled = os.environ.get("MINQWEN3_GLU", "1") != "0"
-GLU_MAX_BYTES = 16_000_000
 
 
 class Config(NamedTuple):
@@ -163,19 +148,14 @@ def config(M: int, N: int, K: int, device: torch.device) -> Config:
     return TABLE.get((M, N, K)) or rule(M, N, K, _sms(device))
 
 
-def available(x: torch.Tensor, weight: torch.Tensor, norm: nn.Module | None = None, one_row: bool = False,
-              glu: bool = False) -> bool:
-    """Whether the kernel takes x @ weight.T (with norm: norm(x) @ weight.T, an RMSNorm of x's dtype; with glu:
-    swiglu(x's halves) @ weight.T, where glu_enabled): Triton, CUDA, min_rows (with norm or one_row: 1) to MAX_ROWS
-    rows (with norm, more than one only for NORMED_MIN_BYTES of weight or more; with glu, two or more and only
-    under GLU_MAX_BYTES),
-    one dtype of DTYPES, the weight's rows contiguous, no gradient wanted (no backward). Otherwise torch's product
-    does (after the norm)."""
+def available(x: torch.Tensor, weight: torch.Tensor, norm: nn.Module | None = None, one_row: bool = False) -> bool:
+    """Whether the kernel takes x @ weight.T (with norm: norm(x) @ weight.T, an RMSNorm of x's dtype): Triton,
+    CUDA, min_rows (with norm or one_row: 1) to MAX_ROWS rows (with norm, more than one only for NORMED_MIN_BYTES
+    of weight), one dtype of DTYPES, the weight's rows contiguous, no gradient wanted (no backward). Otherwise
+    torch's product does (after the norm)."""
     K = x.shape[-1]
     ins = (x, weight) if norm is None else (x, weight, norm.weight)
     return ((enabled if norm is None else normed) and triton is not None and x.is_cuda and weight.dim() == 2
-            and (not glu or (glu_enabled and x.numel() > K
-                             and weight.numel() * weight.element_size() < GLU_MAX_BYTES))
             and all(t.dtype == x.dtype for t in ins) and x.dtype in DTYPES and weight.stride(1) == 1
             and (norm is None or (norm.weight.shape == (K,) and isinstance(norm.eps, float)))
             and (1 if norm is not None or one_row else min_rows) * K <= x.numel() <= MAX_ROWS * K
@@ -183,19 +163,14 @@ def available(x: torch.Tensor, weight: torch.Tensor, norm: nn.Module | None = No
             and not (torch.is_grad_enabled() and any(t.requires_grad for t in ins)))
 
 
-def linear(layer: nn.Module, x: torch.Tensor, glu: bool = False) -> torch.Tensor:
+def linear(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """layer(x), through the kernel where it can take it (a plain bias-free nn.Linear, available()); from one row
     where the layer is marked split_input (parallel.shard: o_proj and down_proj of a split dense model, whose
     outputs go to the all-reduce, so Inductor has no residual add to fuse into them, and both ranks then run one
-    kernel: Qwen3-32B on two GPUs 10.31 against 10.53 ms a token with Inductor's, session 9).
-    glu: x is (..., 2K), a stacked gate|up product, and the layer takes silu(gate) * up of its halves: on the way
-    into the kernel where it takes the layer, else through swiglu.py's kernel (or torch's spelling) first."""
-    if type(layer) is nn.Linear and layer.bias is None and available(
-            x, layer.weight, one_row=getattr(layer, "split_input", False), glu=glu):
-        return matvec(x, layer.weight, glu=glu)
-    if glu:
-        g, u = x.chunk(2, -1)
-        x = swiglu.swiglu(g, u) if swiglu.available(g) else F.silu(g) * u
+    kernel: Qwen3-32B on two GPUs 10.31 against 10.53 ms a token with Inductor's, session 9)."""
+    if type(layer) is nn.Linear and layer.bias is None and available(x, layer.weight,
+                                                                     one_row=getattr(layer, "split_input", False)):
+        return matvec(x, layer.weight)
     return layer(x)
 
 
@@ -211,22 +186,9 @@ if triton is not None:
     import triton.language as tl
 
     @triton.jit
-    def _input(X, r, c, M, K, GLU: tl.constexpr):
-        """x[r, c] in X's dtype; GLU: X is (M, 2K), a stacked gate|up product, and x = silu(gate) * up of its
-        halves, in float32 rounded once, as swiglu.py's kernel stores it (the same bits)."""
-        live = (r < M) & (c < K)
-        if GLU:
-            g = tl.load(X + r * (2 * K) + c, mask=live, other=0.0)
-            u = tl.load(X + r * (2 * K) + K + c, mask=live, other=0.0).to(tl.float32)
-            gf = g.to(tl.float32)
-            return (gf * tl.sigmoid(gf) * u).to(g.dtype)
-        else:
-            return tl.load(X + r * K + c, mask=live, other=0.0)
-
-    @triton.jit
     def _matvec(X, W, Y, Part, Count, G, Sq, M, N, K, swn, k_split, splits, eps, MP: tl.constexpr,
                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, DOT: tl.constexpr, IEEE: tl.constexpr,
-                NORM: tl.constexpr, GLU: tl.constexpr, PDL: tl.constexpr):
+                NORM: tl.constexpr, PDL: tl.constexpr):
         nb, s = tl.program_id(0), tl.program_id(1)  # block of output columns, slice of K
         cols = nb * BLOCK_N + tl.arange(0, BLOCK_N)
         rows = tl.arange(0, MP)  # the rows of x, padded
@@ -246,7 +208,8 @@ if triton is not None:
             if NORM:  # RMSNorm's weight g on the way in: x * g here, 1 / rms(x) once at the end
                 g = tl.load(G + c, mask=c < K, other=0.0).to(tl.float32)
             if DOT:
-                xt = _input(X, rows[None, :], c[:, None], M, K, GLU)  # (BLOCK_K, MP)
+                xt = tl.load(X + rows[None, :] * K + c[:, None], mask=(rows[None, :] < M) & (c[:, None] < K),
+                             other=0.0)  # (BLOCK_K, MP)
                 if NORM:
                     xf = xt.to(tl.float32)
                     sq += xf * xf
@@ -256,7 +219,8 @@ if triton is not None:
                 else:
                     acc += tl.dot(w, xt)
             else:
-                x = _input(X, rows[:, None], c[None, :], M, K, GLU).to(tl.float32)  # (MP, BLOCK_K)
+                x = tl.load(X + rows[:, None] * K + c[None, :], mask=(rows[:, None] < M) & (c[None, :] < K),
+                            other=0.0).to(tl.float32)  # (MP, BLOCK_K)
                 if NORM:
                     sq += x * x
                     x = x * g[None, :]
@@ -298,14 +262,11 @@ _counts: dict[tuple[torch.device, int], torch.Tensor] = {}
 
 
 def launch(x: torch.Tensor, weight: torch.Tensor, c: Config, norm: torch.Tensor | None = None,
-           eps: float = 0.0, glu: bool = False) -> torch.Tensor:
+           eps: float = 0.0) -> torch.Tensor:
     """The kernel with settings c: x (M, K) contiguous, weight (N, K) with contiguous rows -> (M, N); with norm (K,)
-    the product takes RMSNorm(x) with weight norm and eps (rmsnorm.py) instead of x; with glu x is (M, 2K) and the
-    product takes silu(x[:, :K]) * x[:, K:] (swiglu.py's)."""
-    assert not (glu and norm is not None), "one of norm and glu on the way in"
-    M = x.shape[0]
-    N, K = weight.shape
-    assert x.shape[1] == (2 * K if glu else K), (tuple(x.shape), tuple(weight.shape), glu)
+    the product takes RMSNorm(x) with weight norm and eps (rmsnorm.py) instead of x."""
+    M, K = x.shape
+    N = weight.shape[0]
     y = torch.empty(M, N, device=x.device, dtype=x.dtype)
     n_blocks = _cdiv(N, c.block_n)
     per, splits = slice_k(K, c.splits, c.block_k)
@@ -321,24 +282,19 @@ def launch(x: torch.Tensor, weight: torch.Tensor, c: Config, norm: torch.Tensor 
     _matvec[(n_blocks, splits)](x, weight, y, part, _counts[key], x if norm is None else norm, sq, M, N, K,
                                 weight.stride(0), per, splits, float(eps), MP=mp, BLOCK_N=c.block_n,
                                 BLOCK_K=c.block_k, DOT=c.dot, IEEE=x.dtype == torch.float32, NORM=norm is not None,
-                                GLU=glu, num_warps=c.warps, num_stages=c.stages, **pdl.launch(x.device))
+                                num_warps=c.warps, num_stages=c.stages, **pdl.launch(x.device))
     return y
 
 
 @torch.library.custom_op("minqwen3::matvec", mutates_args=())
-def matvec(x: torch.Tensor, weight: torch.Tensor, norm: Optional[torch.Tensor] = None, eps: float = 0.0,
-           glu: bool = False) -> torch.Tensor:
+def matvec(x: torch.Tensor, weight: torch.Tensor, norm: Optional[torch.Tensor] = None, eps: float = 0.0
+           ) -> torch.Tensor:
     """x (..., K) @ weight (N, K).T -> (..., N) in x's dtype, summed in float32, for at most MAX_ROWS rows of x on a
     CUDA device (matvec.available says where it can run). With norm (K,): RMSNorm(x) (weight norm, eps) @ weight.T
-    in one kernel, the row's statistics gathered on the way (rmsnorm.py's, rounded once where it rounds twice).
-    With glu: x is (..., 2K), a stacked gate|up product's output, and the kernel takes silu(gate) * up of its two
-    halves on the way in, rounded as swiglu.py's kernel rounds it (the same bits as that kernel, then this one)."""
-    width = 2 * weight.shape[1] if weight.dim() == 2 and glu else weight.shape[-1]
-    if weight.dim() != 2 or x.dim() < 1 or x.shape[-1] != width:
+    in one kernel, the row's statistics gathered on the way (rmsnorm.py's, rounded once where it rounds twice)."""
+    if weight.dim() != 2 or x.dim() < 1 or x.shape[-1] != weight.shape[1]:
         raise ValueError(f"matvec: x {tuple(x.shape)} and weight {tuple(weight.shape)}: weight must be (N, K) "
-                         f"and x (..., {'2K' if glu else 'K'})")
-    if glu and norm is not None:
-        raise ValueError("matvec: norm and glu: the kernel takes one of them on the way in")
+                         f"and x (..., K)")
     if x.dtype != weight.dtype or x.dtype not in DTYPES or x.device != weight.device:
         raise ValueError(f"matvec: x {x.dtype} on {x.device} and weight {weight.dtype} on {weight.device} must "
                          f"have one dtype of {', '.join(map(str, DTYPES))} and one device")
@@ -354,13 +310,13 @@ def matvec(x: torch.Tensor, weight: torch.Tensor, norm: Optional[torch.Tensor] =
         raise ValueError(f"matvec: x has {rows} rows (at most {MAX_ROWS}) and weight strides {weight.stride()} "
                          "(its rows must be contiguous)")
     K, N = weight.shape[1], weight.shape[0]
-    x2 = x.reshape(rows, width).contiguous()
+    x2 = x.reshape(rows, K).contiguous()
     if rows == 0 or K == 0:
         return x.new_zeros((*x.shape[:-1], N))
     norm = None if norm is None else norm.contiguous()
-    return launch(x2, weight, config(rows, N, K, x.device), norm, eps, glu).view(*x.shape[:-1], N)
+    return launch(x2, weight, config(rows, N, K, x.device), norm, eps).view(*x.shape[:-1], N)
 
 
 @matvec.register_fake
-def _(x, weight, norm=None, eps=0.0, glu=False):
+def _(x, weight, norm=None, eps=0.0):
     return x.new_empty((*x.shape[:-1], weight.shape[0]))

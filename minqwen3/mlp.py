@@ -16,11 +16,11 @@ class MLP(nn.Module):
     def forward(self, x: torch.Tensor, norm: nn.Module | None = None) -> torch.Tensor:
         """norm: the layer's RMSNorm, applied to x first (in the decode step on a GPU: on the way into gate|up)."""
         w = stack.stacked(self)  # gate|up as one weight, inside a Decoder's step (stack.py), else None
-        if w is not None:  # decoding on a GPU: one kernel norms x and projects (matvec.py), and at a few rows of
-            # a small model one applies silu(gate) * up on the way into down_proj
-            return matvec.linear(self.down_proj, matvec.normed_linear(x, w, norm), glu=True)
-        x = x if norm is None else norm(x)
-        g, u = self.gate_proj(x), self.up_proj(x)
+        if w is None:
+            x = x if norm is None else norm(x)
+            g, u = self.gate_proj(x), self.up_proj(x)
+        else:  # decoding on a GPU: one kernel norms x and projects (matvec.py)
+            g, u = matvec.normed_linear(x, w, norm).chunk(2, -1)
         # on a GPU the product is a kernel of its own, computed once (swiglu.py says why)
         h = swiglu.swiglu(g, u) if swiglu.available(g) else F.silu(g) * u
         return matvec.linear(self.down_proj, h)  # decoding on a GPU: matvec.py's kernel

@@ -2,15 +2,14 @@
 
     torchrun --nproc-per-node 2 scripts/bench_parallel.py [--runs 32B:1 32B:2 30B-A3B:2:tp 30B-A3B:2:ep] [--out F]
 
-Each run is MODEL:RANKS[:EXPERTS][:compile][:combo][:nograph][:nomatvec][:nonormed][:nofused][:nopdl][:noglu]
+Each run is MODEL:RANKS[:EXPERTS][:compile][:combo][:nograph][:nomatvec][:nonormed][:nofused][:nopdl]
 [:flags|:symm|:nccl]
 (MODEL: an official name or a config.json; flags, symm or nccl: the all-reduce, --allreduce's unless named:
 parallel.Plan.all_reduce; nomatvec: o_proj and down_proj as torch's products, which Inductor compiles, instead of
 matvec.py's kernel, which takes batch 1 only with MINQWEN3_MATVEC=all; nonormed: the RMSNorms before q|k|v and
 gate|up as steps of their own, not on the way into matvec.py's kernel: MINQWEN3_NORMED=0; nofused: the residual
 adds after the all-reduces as steps of their own, not inside the all-reduce's kernel: MINQWEN3_FUSED=0; nopdl: no
-kernel launched with programmatic dependent launch, pdl.py: MINQWEN3_PDL=0; noglu: SwiGLU's product a kernel of its
-own, not on the way into down_proj's matvec: MINQWEN3_GLU=0). A one-rank run uses rank 0 alone
+kernel launched with programmatic dependent launch, pdl.py: MINQWEN3_PDL=0). A one-rank run uses rank 0 alone
 (the others wait), so every ratio is against a peer measured in the same process and on the same machine (a 2-GPU
 run against the last 1-GPU run of its model before it). Weights are random in the official
 shapes, drawn whole and sliced (parallel.random_model), so every layout holds the same weights and the greedy tokens
@@ -128,9 +127,8 @@ def main() -> None:
           "|---:|---:|---:|---:|---:|---:|", flush=True)
     # one-GPU runs: (model, compiled) -> (ms/token,), a ratio only between like modes; model -> greedy tokens
     single = {}
-    # the switches as the environment set them (MINQWEN3_MATVEC, _NORMED, _FUSED, _PDL, _GLU); a run's :no... turns
-    # one off
-    switches = matvec.enabled, matvec.normed, parallel.add_in_kernel, pdl.enabled, matvec.glu_enabled
+    # the switches as the environment set them (MINQWEN3_MATVEC, _NORMED, _FUSED, _PDL); a run's :no... turns one off
+    switches = matvec.enabled, matvec.normed, parallel.add_in_kernel, pdl.enabled
     for i, spec in enumerate(args.runs):
         name, n, *rest = spec.split(":")
         n = int(n)
@@ -141,8 +139,8 @@ def main() -> None:
         # eager MoE takes the grouped-GEMM path even for one token: the gather path copies the chosen experts out
         # first, which only torch.compile fuses away (an EP rank then reads each of its chosen experts once)
         Experts.gather_max = 16 if compiled else 0
-        matvec.enabled, matvec.normed, parallel.add_in_kernel, pdl.enabled, matvec.glu_enabled = (
-            on and off not in rest for on, off in zip(switches, ("nomatvec", "nonormed", "nofused", "nopdl", "noglu")))
+        matvec.enabled, matvec.normed, parallel.add_in_kernel, pdl.enabled = (
+            on and off not in rest for on, off in zip(switches, ("nomatvec", "nonormed", "nofused", "nopdl")))
         go = [time.perf_counter() - t_start < args.budget_s]
         dist.broadcast_object_list(go, src=0, group=ctl)
         if not go[0]:

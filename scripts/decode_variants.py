@@ -32,8 +32,7 @@ it does by itself only for one row (torch/_inductor/decomposition.py's mm, with 
 batch > 1 each projection is otherwise a library GEMM of its own; "+nostack" decodes with one projection per
 weight (Decoder(stacked=False), as before session 8; run 9's "+fuse", stacked copies, and session 8's "+fdnorm",
 QK-Norm and RoPE inside flash_decode, both measured, went in session 9); "+slots:N" gives the cache N slots;
-"+noglu" leaves SwiGLU's product to swiglu.py's kernel where matvec.py's would take it on the way into down_proj
-(MINQWEN3_GLU=0, as before session 12); "+nopdl" launches no kernel with programmatic dependent launch (pdl.py: MINQWEN3_PDL=0);
+"+nopdl" launches no kernel with programmatic dependent launch (pdl.py: MINQWEN3_PDL=0);
 "+pdlours" only matvec.py's, flash_decode.py's and the other kernels of ours, not Inductor's (MINQWEN3_PDL=ours);
 "+cfg:KEY=VALUE" sets any Inductor option. Random weights in the official shapes, bf16, batch 1 (--batch N
 [M ...]: N rows, then M; "of limit" then counts each row's top-k experts only, where `bench` counts their union),
@@ -146,8 +145,7 @@ def patched(name: str):
     saved_experts = (moe_decode.enabled, moe.Experts.gather_max, moe_decode.down_at_batch_1, moe_decode._gate_up,
                      moe_decode._down, moe_decode.SPLIT_PROGRAMS, router_decode.enabled)
     saved_fd = attention.flash_decode, swiglu.available, torch.backends.cuda.preferred_blas_library()
-    saved_matvec = (matvec.enabled, matvec.min_rows, matvec.normed, matvec.normed_one_row_always,
-                    matvec.glu_enabled)
+    saved_matvec = matvec.enabled, matvec.min_rows, matvec.normed, matvec.normed_one_row_always
     saved_pdl = pdl.enabled, pdl.inductor
     settings = {n: getattr(flash_decode, n) for n in ("MIN_SPLIT", "BLOCK", "NUM_WARPS", "NUM_STAGES")}
     try:
@@ -169,8 +167,6 @@ def patched(name: str):
             matvec.normed = False
         if "normedall" in parts:
             matvec.normed_one_row_always = True
-        if "noglu" in parts:
-            matvec.glu_enabled = False
         if "nopdl" in parts:
             pdl.enabled = False
         if "pdlours" in parts:
@@ -212,8 +208,7 @@ def patched(name: str):
     finally:
         moe.SparseMoE.forward, attention.decode_attention, flash_decode.available = saved
         attention.flash_decode, swiglu.available, blas = saved_fd
-        (matvec.enabled, matvec.min_rows, matvec.normed, matvec.normed_one_row_always,
-         matvec.glu_enabled) = saved_matvec
+        matvec.enabled, matvec.min_rows, matvec.normed, matvec.normed_one_row_always = saved_matvec
         pdl.enabled, pdl.inductor = saved_pdl
         torch.backends.cuda.preferred_blas_library(blas)
         for k, v in settings.items():

@@ -55,26 +55,6 @@ def test_modules_on_the_cpu_are_torchs_spelling():
     assert torch.equal(mlp(x), mlp.down_proj(F.silu(mlp.gate_proj(x)) * mlp.up_proj(x)))
 
 
-def test_glu_off_the_gpu_is_swiglu_then_torchs_product():
-    """linear(layer, gate|up, glu=True) where the kernel cannot run: silu(gate) * up in torch, then the layer;
-    and a stacked MLP (stack.using, as in a Decoder's step) gives the unstacked MLP's output."""
-    from minqwen3 import stack
-    torch.manual_seed(0)
-    layer, gu = nn.Linear(20, 16, bias=False), torch.randn(2, 3, 40)
-    g, u = gu[..., :20], gu[..., 20:]
-    assert torch.equal(matvec.linear(layer, gu, glu=True), layer(F.silu(g) * u))
-    mlp, x, norm = MLP(16, 20), torch.randn(2, 1, 16), RMSNorm(16)
-    with torch.no_grad():
-        norm.weight.uniform_(0.5, 1.5)
-        want = mlp(x, norm=norm)
-        mlp.stacked = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight])
-        with stack.using(True):
-            assert stack.stacked(mlp) is mlp.stacked
-            assert torch.allclose(mlp(x, norm=norm), want, atol=1e-6)
-            mlp.stacked = torch.cat([mlp.up_proj.weight, mlp.gate_proj.weight])  # read: the halves swapped
-            assert not torch.allclose(mlp(x, norm=norm), want, atol=1e-3)
-
-
 def test_normed_linear_off_the_gpu_is_the_norm_then_torchs_product():
     torch.manual_seed(0)
     norm, w, x = RMSNorm(16, 1e-5), torch.randn(24, 16), torch.randn(2, 1, 16)
@@ -212,43 +192,6 @@ def test_gpu_too_many_rows_or_strided_weight_are_refused():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("config", CONFIGS, ids=["table-or-rule", "elem-1split", "elem-5splits", "dot-3splits",
-                                                 "dot-6splits"])
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-@pytest.mark.parametrize("M, N, K", [(1, 37, 1000), (3, 130, 515), (8, 1024, 3072), (2, 64, 256)])
-def test_gpu_glu_is_swiglus_kernel_then_this_one(config, dtype, M, N, K):
-    """silu(gate) * up on the way in: the same bits as swiglu.py's kernel storing the product and this kernel
-    reading it, under every setting; and within float32's rounding of float64."""
-    from minqwen3 import swiglu
-    g = torch.Generator("cuda").manual_seed(M * N + K)
-    gu = (2 * torch.randn(M, 2 * K, device="cuda", generator=g)).to(dtype)
-    w = (torch.randn(N, K, device="cuda", generator=g) / K ** 0.5).to(dtype)
-    c = config or matvec.config(M, N, K, gu.device)
-    got = matvec.matvec(gu, w, glu=True) if config is None else matvec.launch(gu, w, c, glu=True)
-    h = swiglu.swiglu(gu[:, :K], gu[:, K:])
-    assert torch.equal(got, matvec.launch(h, w, c))
-    if dtype == torch.float32:
-        gd, ud = gu.double()[:, :K], gu.double()[:, K:]
-        want, scale = _reference(F.silu(gd) * ud, w)
-        assert ((got.double() - want).abs() <= 3e-5 * scale + 1e-6).all()
-
-
-@pytest.mark.gpu
-def test_gpu_glu_inputs_are_checked():
-    w = torch.zeros(8, 16, device="cuda")
-    with pytest.raises(ValueError, match=r"x \(1, 16\) and weight \(8, 16\).*x \(\.\.\., 2K\)"):
-        matvec.matvec(torch.zeros(1, 16, device="cuda"), w, glu=True)
-    with pytest.raises(ValueError, match="norm and glu"):
-        matvec.matvec(torch.zeros(1, 32, device="cuda"), w, torch.ones(32, device="cuda"), 1e-6, glu=True)
-    assert matvec.available(torch.zeros(2, 32, device="cuda"), w, glu=True) == matvec.glu_enabled
-    # at 2 rows or more, for small weights only (measured slower on Qwen3-8B's down_proj); never at one row
-    large = torch.zeros(4096, 12288, device="cuda", dtype=torch.bfloat16)
-    assert not matvec.available(torch.zeros(2, 2 * 12288, device="cuda", dtype=torch.bfloat16), large, glu=True)
-    assert not matvec.available(torch.zeros(1, 32, device="cuda"), w, one_row=True, glu=True)
-    assert matvec.available(torch.zeros(1, 16, device="cuda"), w, one_row=True)  # without glu it would
-
-
-@pytest.mark.gpu
 def test_gpu_modules_take_the_kernel_without_gradients():
     torch.manual_seed(0)
     cfg = Qwen3Config(vocab_size=64, hidden_size=64, intermediate_size=96, num_hidden_layers=1,
@@ -331,8 +274,8 @@ def test_gpu_compiled_normed_step_equals_eager_tokens(rows, monkeypatch):
     monkeypatch.setattr(matvec, "NORMED_MIN_BYTES", 0)  # the test model's small weights take it at 2 rows too
     launched = []
     launch = matvec.launch
-    monkeypatch.setattr(matvec, "launch", lambda x, w, c, norm=None, eps=0.0, glu=False:
-                        launched.append(norm is not None) or launch(x, w, c, norm, eps, glu))
+    monkeypatch.setattr(matvec, "launch", lambda x, w, c, norm=None, eps=0.0: launched.append(norm is not None)
+                        or launch(x, w, c, norm, eps))
     model = tiny(device="cuda")
     ids = torch.randint(0, 320, (rows, 9), generator=torch.Generator().manual_seed(rows)).cuda()
     want = minqwen3.generate(model, ids, 60, stop_ids=(), fast=False)
