@@ -34,7 +34,10 @@ weight (Decoder(stacked=False), as before session 8; run 9's "+fuse", stacked co
 QK-Norm and RoPE inside flash_decode, both measured, went in session 9); "+slots:N" gives the cache N slots;
 "+nopdl" launches no kernel with programmatic dependent launch (pdl.py: MINQWEN3_PDL=0);
 "+pdlours" only matvec.py's, flash_decode.py's and the other kernels of ours, not Inductor's (MINQWEN3_PDL=ours);
-"+cfg:KEY=VALUE" sets any Inductor option. Random weights in the official shapes, bf16, batch 1 (--batch N
+"+cdthr:X" makes Inductor's coordinate-descent tuning move to a neighbouring launch setting only where it timed
+more than X faster (a fraction; Inductor's own threshold is 0.001, below the noise of timing a few-µs kernel, so
+two compiles of one graph tune apart: session 11) and compiles without the caches, which hold the other rule's
+choices (added in session 12, not yet run); "+cfg:KEY=VALUE" sets any Inductor option. Random weights in the official shapes, bf16, batch 1 (--batch N
 [M ...]: N rows, then M; "of limit" then counts each row's top-k experts only, where `bench` counts their union),
 as `python -m minqwen3 bench`.
 """
@@ -148,7 +151,15 @@ def patched(name: str):
     saved_matvec = matvec.enabled, matvec.min_rows, matvec.normed, matvec.normed_one_row_always
     saved_pdl = pdl.enabled, pdl.inductor
     settings = {n: getattr(flash_decode, n) for n in ("MIN_SPLIT", "BLOCK", "NUM_WARPS", "NUM_STAGES")}
+    from torch._inductor.runtime.coordinate_descent_tuner import CoordescTuner
+    saved_improvement = CoordescTuner.__dict__["has_improvement"]
     try:
+        for p in parts:
+            if p.startswith("cdthr:"):  # tuning moves only for a gain above the threshold
+                threshold = float(p[6:])
+                CoordescTuner.has_improvement = staticmethod(
+                    lambda baseline, test: test is not None and test < baseline * (1 - threshold))
+                config["force_disable_caches"] = True
         for p in parts:
             if p.startswith("fdfile:"):
                 attention.flash_decode = flash_decode_file(p[7:])
@@ -206,6 +217,7 @@ def patched(name: str):
         with torch._inductor.config.patch(config), (mm_as_reduction(rows[0]) if rows else contextlib.nullcontext()):
             yield True if "combo" in parts else False if "nocombo" in parts else None
     finally:
+        CoordescTuner.has_improvement = saved_improvement
         moe.SparseMoE.forward, attention.decode_attention, flash_decode.available = saved
         attention.flash_decode, swiglu.available, blas = saved_fd
         matvec.enabled, matvec.min_rows, matvec.normed, matvec.normed_one_row_always = saved_matvec
