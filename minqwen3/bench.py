@@ -195,7 +195,8 @@ def measure(impls: list[tuple], prompt: torch.Tensor, new: int, long_prompt: tor
                     r["prefill"].append(_time(lambda: fn(long_prompt, 1), device))
     for r, *_ in timed:
         t_new, t_one, prefill = min(r.pop("new")), min(r.pop("one")), r.pop("prefill")
-        r.update(tok_s=prompt.shape[0] * new / t_new, decode_ms=1e3 * (t_new - t_one) / (new - 1))
+        r.update(tok_s=prompt.shape[0] * new / t_new, decode_ms=1e3 * (t_new - t_one) / (new - 1),
+                 first_ms=1e3 * t_one)
         if prefill:
             r["prefill_s"] = min(prefill)
     return runs
@@ -307,9 +308,9 @@ def first_call(model_arg: str, device: torch.device, dtype: torch.dtype, prompt_
     """In this process: load the model, then time generate()'s first call as a user makes it (the model's own
     decoder, compiled and captured on a GPU; streaming, as chat does) until its first and its `new`-th token; with
     torch.compile's phases and its cache hits and misses, and where the call's time went: making the Decoder
-    (decoder_s: waiting for warmstart's thread included, warm["wait_s"]), its start (start_s: the eager prefill
-    and first token, then compiling and capturing the graphs the call needs, setup_s), the steps after (the rest of
-    first_s).
+    (decoder_s: waiting for warmstart's thread included, warm["wait_s"]), its start (start_s: the prefill and first
+    token, then compiling and capturing the graphs the call needs, setup_s, which also counts the first compiled
+    prefill whole), the steps after (the rest of first_s).
     overlap: start warmstart's background thread as the loading starts, as chat does (otherwise the call does that
     work itself); keep_tuned: warmstart.keep_tuned_configs() (otherwise torch's own handling of tuned kernels);
     preimport: import Dynamo and Inductor before, timed apart."""
@@ -486,12 +487,12 @@ def _print(res: dict, bw: float, flops: float, dtype: torch.dtype, prefill: int,
           f"limit {limit_ms:.3f} ms/step = {B * 1e3 / limit_ms:,.0f} tok/s")
     pf = prefill_flops(cfg, prefill) if prefill else 0
     label = f"prefill {prefill}" if prefill and B == 1 else "prefill (batch 1 only)"
-    print(f"| implementation | tok/s | decode ms/step | of limit | {label} tok/s | prefill TFLOP/s "
-          f"(of matmul) | warm-up s | peak GiB | same tokens as eager / as transformers |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print(f"| implementation | tok/s | decode ms/step | of limit | first token ms | {label} tok/s | prefill "
+          f"TFLOP/s (of matmul) | warm-up s | peak GiB | same tokens as eager / as transformers |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in res["runs"]:
         if "error" in r:
-            print(f"| {r['impl']} | failed: {r['error']} |||||||")
+            print(f"| {r['impl']} | failed: {r['error']} ||||||||")
             continue
         pre = "-", "-"
         if "prefill_s" in r:
@@ -502,7 +503,7 @@ def _print(res: dict, bw: float, flops: float, dtype: torch.dtype, prefill: int,
         same = ("-" if r["agree"] is None else f"{r['agree']}/{B * new}") + (
             "" if r["agree_hf"] is None else f" / {r['agree_hf']}/{B * new}")
         print(f"| {r['impl']} | {r['tok_s']:,.1f} | {r['decode_ms']:.3f} | {limit_ms / r['decode_ms']:.0%} | "
-              f"{pre[0]} | {pre[1]} | {warm} | {peak} | {same} |")
+              f"{r['first_ms']:.1f} | {pre[0]} | {pre[1]} | {warm} | {peak} | {same} |")
     for r in res["runs"]:
         if "profile" in r:
             p = r["profile"]
@@ -543,7 +544,8 @@ def _first_row(label: str, r: dict, starts: dict) -> None:
     warm = r.get("warm", {})
     background = ("failed" if warm.get("warm_error") else "-" if warm.get("warm_s") is None else
                   f"{warm['warm_s']:.1f}")  # the thread's own seconds, beside the loading (and the call, if longer)
-    # the Decoder's start = the eager prefill and first token, then compile + capture; the steps: the rest
+    # the Decoder's start = the prefill and first token, then compile + capture (with a compiled prefill's first
+    # call); the steps: the rest
     prefill, steps = r["start_s"] - r["setup_s"], r["first_s"] - r["decoder_s"] - r["start_s"]
     dynamo = "-" if warm.get("dynamo_s") is None else f"{warm['dynamo_s']:.2f}"  # start()'s, before the thread
     print(f"| {label} | {r['process_s']:.1f} | {r.get('load_s', 0.0):.1f} | {dynamo} | {background} | "

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 import time
 from collections.abc import Callable, Sequence
 
@@ -33,6 +34,12 @@ from .tokenizer import ENDOFTEXT, IM_END
 
 STOP_IDS = (IM_END, ENDOFTEXT)
 RECOMPILE_LIMIT = 64  # compiled graphs of one function a process keeps (Decoder: run_layer's, shared by all)
+# MINQWEN3_PREFILL=eager: a compiled Decoder feeds the prompt through the eager layers, as before session 13
+PREFILL_COMPILED = os.environ.get("MINQWEN3_PREFILL", "compiled") != "eager"
+# A compiled prompt of up to PROMPT_GRAPH_MAX tokens a row is right-padded to a multiple of PROMPT_GRAPH_STEP and,
+# with CUDA graphs, replayed as one, a graph per such length (MINQWEN3_PREFILL=direct: as it is, from Python)
+PROMPT_GRAPH_STEP, PROMPT_GRAPH_MAX = 64, 1024
+PROMPT_GRAPHS = os.environ.get("MINQWEN3_PREFILL", "compiled") != "direct"
 
 
 def _number(name: str, x, hint: str) -> None:
@@ -178,6 +185,12 @@ def run_layer(layer, x, cos, sin, mask, cache: KVCache, input_pos) -> torch.Tens
     return layer(x, cos, sin, mask, cache, input_pos)[0]  # the router logits are for training
 
 
+def prefill_layer(layer, x, cos, sin, mask, cache: KVCache, input_pos) -> torch.Tensor:
+    """run_layer for a prompt: a code object of its own, so its graphs (any number of tokens) and the step's
+    (one token a row) are compiled and counted apart."""
+    return layer(x, cos, sin, mask, cache, input_pos)[0]
+
+
 def record(tok, out, n, done, seen, last, pos, stops, pad_id: int) -> None:
     """Write the sampled tokens (B,) as out[:, n] (pad_id for rows already finished), mark rows that stopped and
     tokens seen, make tok the next input and advance n and pos: all on the device."""
@@ -201,6 +214,17 @@ class Decoder:
     (stack.py; from then on the weights stay stacked) and its steps project with the stacks. Use it through
     generate(decoder=).
 
+    compile_prefill (default: where the step is compiled, on one CUDA device, unless MINQWEN3_PREFILL=eager; for an
+    MoE model only where its prompt path is one grouped GEMM, Hopper and bf16, not a per-token gather of the experts'
+    weights) compiles the layers for the prompt too, once per layer kind and batch size for every prompt length
+    (its token count is a symbol), with Inductor's defaults: eagerly, a prompt's ~45 kernels a layer are launched
+    one by one from Python, and for a short prompt that launching, not the GPU, is most of the first token's wait.
+    A compiled prompt of up to PROMPT_GRAPH_MAX tokens is right-padded to a multiple of PROMPT_GRAPH_STEP, and
+    with CUDA graphs captured once per such length: one replay, where launching its kernels took the host ~0.5 ms
+    a layer. The first token comes from the last real position; the padding's keys and values land in cache
+    slots after the prompt, which no query sees (causal, and each decode step masks the slots past its own and
+    writes its own before it reads).
+
     Each start checks the model's parameters and buffers (their data pointers): if anything replaced them since
     the last call (model.to(dtype), load_state_dict(assign=True)), it stacks again where a stack went stale and
     drops the caches and captured graphs, which read the old addresses, making them anew.
@@ -208,7 +232,7 @@ class Decoder:
 
     def __init__(self, model, max_len: int = 4096, *, compile: bool | None = None, cuda_graphs: bool | None = None,
                  backend: str = "inductor", smallest_prefix: int = 256, combo_kernels: bool | None = None,
-                 stacked: bool | None = None):
+                 stacked: bool | None = None, compile_prefill: bool | None = None):
         p = next(model.parameters())
         self.model, self.device = model, p.device
         on_cuda = self.device.type == "cuda"
@@ -221,6 +245,10 @@ class Decoder:
         self.pdl = False  # whether the step's kernels of ours launch with PDL (set below where it compiles)
         self.stacked = stack.enabled and self.compiled and on_cuda if stacked is None else stacked
         self.weights: list[tuple] = []  # what the caches and graphs were made for (_weights())
+        self.stacks_for: list[tuple] = []  # the weights as stack.stack() last left them
+        # the modules, once: _weights() looks at their parameters and buffers at every call, and walking the tree
+        # (model.parameters()) took 2-3 ms of a short prompt's first token
+        self.modules = list(model.modules())
         self.inputs, self.run_layer, self.head, self.record = model.inputs, run_layer, model.head, record
         if self.compiled:
             # Regional compilation: every layer, and every prefix length, shares one compiled graph per layer kind
@@ -246,10 +274,22 @@ class Decoder:
             self.inputs, self.run_layer, self.head, self.record = (
                 torch.compile(f, fullgraph=True, backend=backend, options=options)
                 for f in (model.inputs, run_layer, model.head, record))
+        self.prefill = None  # the prompt's layer function where it is compiled (None: eager, as the model's)
+        if self.compiled and (self._prefill_compiles() if compile_prefill is None else compile_prefill):
+            self.prefill = torch.compile(prefill_layer, fullgraph=True, backend=backend)
         self.generator = torch.Generator(self.device)
         self.stops: dict[tuple[int, ...], torch.Tensor] = {}
         self.batch = 0
-        self.setup_s = 0.0  # seconds spent compiling and capturing, summed
+        self.setup_s = 0.0  # seconds spent compiling and capturing, summed (a compiled prompt's first call whole)
+        self.prompt_kinds: set[tuple] = set()  # (batch, padded, more than one token): prompts compiled for
+        self.remembered = False  # whether warmstart knows this model's step is in the compile cache
+
+    def _prefill_compiles(self) -> bool:
+        """compile_prefill's default (the class docstring says when, and why not elsewhere)."""
+        from .moe import _grouped_mm_ok
+        world = getattr(getattr(self.model, "plan", None), "world", 1)  # a split model: its prompt stays eager
+        return (PREFILL_COMPILED and self.device.type == "cuda" and world == 1
+                and (not self.model.config.is_moe or _grouped_mm_ok(next(self.model.parameters()))))
 
     def _allocate(self, B: int) -> None:
         """The caches and the step's buffers, once per batch size: a graph replays these exact addresses."""
@@ -270,27 +310,42 @@ class Decoder:
         self.done = torch.zeros(B, dtype=torch.bool, device=dev)
         self.seen = torch.zeros(B, cfg.vocab_size, device=dev)  # for the presence penalty
         self.graphs, self.batch = {}, B
+        if self.prefill is not None and PROMPT_GRAPHS:  # a right-padded prompt's buffers (PROMPT_GRAPH_MAX)
+            n = min(PROMPT_GRAPH_MAX, self.max_len)
+            self.prompt = torch.zeros(B, n, dtype=torch.long, device=dev)  # right-padded ids
+            self.positions = torch.arange(n, device=dev)
+            self.last = torch.zeros(1, dtype=torch.long, device=dev)  # the prompt's last real position
         self.pool = torch.cuda.graph_pool_handle() if self.cuda_graphs else None
 
     def _weights(self) -> list[tuple]:
         """Where each parameter and buffer lives, as a captured graph reads it: address, dtype, shape, strides."""
         return [(t.data_ptr(), t.device, t.dtype, t.shape, t.stride())
-                for t in (*self.model.parameters(), *self.model.buffers())]
+                for m in self.modules for d in (m._parameters, m._buffers) for t in d.values() if t is not None]
 
     def _state(self) -> list[torch.Tensor]:
         return [self.tok, self.pos, self.n, self.done, self.seen]
 
     def forward_last(self, ids: torch.Tensor, caches: list[KVCache], input_pos: torch.Tensor,
-                     pad: torch.Tensor | None, fns: tuple | None = None) -> torch.Tensor:
-        """Qwen3.forward piece by piece -> float logits (B, V) of the last position. fns: the pieces (inputs,
-        run_layer, head), the model's own by default, or their compiled versions (the decode step)."""
+                     pad: torch.Tensor | None, fns: tuple | None = None, last: torch.Tensor | None = None
+                     ) -> torch.Tensor:
+        """Qwen3.forward piece by piece -> float logits (B, V) of the last position (last (1,): of that one). fns:
+        the pieces (inputs, run_layer, head), the model's own by default, or compiled ones (the step's; the
+        prompt's)."""
         inputs, layer_fn, head = fns or (self.model.inputs, run_layer, self.model.head)
         x, cos, sin, mask = inputs(ids, input_pos, caches, pad)
-        if fns is not None and mask is not None:
+        prompt = fns is not None and ids.shape[1] > 1  # compiled for a prompt: one graph for every length T
+        if prompt:
+            for t, dims in ((cos, (2,)), (sin, (2,)), (input_pos, (0,)), (mask, (2, 3)),
+                            *((kv, (2,)) for c in caches for kv in (c.k, c.v))):  # the caches' T slots
+                for d in dims if t is not None else ():
+                    torch._dynamo.maybe_mark_dynamic(t, d)
+        elif fns is not None and mask is not None:
             torch._dynamo.maybe_mark_dynamic(mask, 3)  # (B|1, 1, 1, S): the prefix length, like the cache's
         for layer, cache in zip(self.model.model.layers, caches):
+            if prompt:  # each layer's input (B, T, C): the last one's output is a new tensor
+                torch._dynamo.maybe_mark_dynamic(x, 1)
             x = layer_fn(layer, x, cos, sin, mask, cache, input_pos)
-        return head(x)
+        return head(x if last is None else x.index_select(1, last))
 
     def _pick(self, logits: torch.Tensor) -> torch.Tensor:
         """Sample (B,) from logits (B, V) with this call's settings."""
@@ -302,16 +357,20 @@ class Decoder:
     def start(self, ids: torch.Tensor, pad: torch.Tensor | None, new: int, sampling: tuple,
               stop_ids: tuple[int, ...], pad_id: int, seed: int | None,
               generated: Sequence[Sequence[int]] | None) -> None:
-        """Reset the state, feed the prompt ids (B, T) into slots 0..T-1 (eagerly: a few large matmuls) and record
+        """Reset the state, feed the prompt ids (B, T) into slots 0..T-1 (compile_prefill: compiled) and record
         the first new token; capture the graphs the next new - 1 steps need, before any of them runs.
         sampling: (vocab_limit, temperature, top_k, top_p, min_p, presence_penalty)."""
         B, T = ids.shape
         if T + new - 1 > self.max_len:
             raise ValueError(f"{T} prompt + {new} new tokens need {T + new - 1} cache slots; this Decoder has "
                              f"{self.max_len} (Decoder(model, max_len=...))")
-        if self._reads_stacks(B):  # else the step never reads the stacks, so it runs on the weights as loaded
-            stack.stack(self.model)  # stacks again where a parameter's data was replaced
         weights = self._weights()
+        # else the step never reads the stacks, so it runs on the weights as loaded; unless a parameter's data was
+        # replaced since stack() last looked, the stacks stand (its walk over the layers costs the prompt ~1 ms)
+        if self._reads_stacks(B) and weights != self.stacks_for:
+            if stack.stack(self.model):  # stacked again where a parameter's data was replaced
+                weights = self._weights()
+            self.stacks_for = weights
         if weights != self.weights:  # new parameters (or the first call): caches in their dtype, graphs recaptured
             self.weights, self.batch = weights, 0
         if B != self.batch:
@@ -334,17 +393,41 @@ class Decoder:
         # a compiled step always takes the pad buffer (one graph for every batch); an eager one only if there is
         # padding, so that its mask is the short causal one
         self.step_pad = self.pad if pad is not None or self.compiled else None
-        logits = self.forward_last(ids, [c.prefix(T) for c in self.cache], torch.arange(T, device=self.device), pad)
-        record(self._pick(logits), self.out, self.n, self.done, self.seen, self.tok, self.pos, self.stop, pad_id)
+        key, padded, L, last = (sampling, stop_ids, pad_id, seed is not None), pad is not None, T, None
+        if self.prefill is not None and PROMPT_GRAPHS and 1 < T <= self.prompt.shape[1]:  # right-padded to L
+            L = min(-(-T // PROMPT_GRAPH_STEP) * PROMPT_GRAPH_STEP, self.prompt.shape[1])
+            self.prompt[:, :T].copy_(ids)
+            self.prompt[:, T:L].zero_()  # any token id: what the padding computes is never read
+            self.last.fill_(T - 1)
+            ids, last = self.prompt[:, :L], self.last
+        run = lambda: self._prompt(ids, L, padded, last)  # noqa: E731
+        if last is not None and self.cuda_graphs:
+            self._graph(("prompt", L, padded, *key), run).replay()
+        else:
+            t0, kind = time.perf_counter(), (B, padded, T > 1, last is not None)
+            run()
+            if self.prefill is not None and kind not in self.prompt_kinds:  # compiled now: counted whole as setup
+                self.prompt_kinds.add(kind)
+                self.setup_s += time.perf_counter() - t0
         self.pos.fill_(T)
         self.plen = [next(n for n in self.lengths if n > T + i) for i in range(new - 1)]  # step i's prefix
-        key = (sampling, stop_ids, pad_id, seed is not None)
-        self.step_fns = {n: (self._graph(n, key).replay if self.cuda_graphs else lambda n=n: self._step(n))
-                         for n in dict.fromkeys(self.plen)}
+        self.step_fns = {n: (self._graph(("step", n, *key), lambda n=n: self._step(n)).replay if self.cuda_graphs
+                             else lambda n=n: self._step(n)) for n in dict.fromkeys(self.plen)}
 
     def step(self, i: int) -> None:
         """Step i: feed the token at slot T + i and record the next one, reading the smallest prefix holding it."""
         self.step_fns[self.plen[i]]()
+
+    def _prompt(self, ids: torch.Tensor, L: int, padded: bool, last: torch.Tensor | None) -> None:
+        """The prompt ids (B, L) into slots 0..L-1 (through the compiled layers where compile_prefill) and the first
+        token, from the last position or from position last (1,) of a right-padded prompt (what start() captures:
+        ids and last are then the buffers the graph reads)."""
+        fns = None if self.prefill is None else (self.model.inputs, self.prefill, self.model.head)
+        pos = torch.arange(L, device=self.device) if last is None else self.positions[:L]
+        with stack.using(fns is not None and self._reads_stacks(self.batch)):  # stacked: 4 GEMMs a layer, not 7
+            logits = self.forward_last(ids, [c.prefix(L) for c in self.cache], pos, self.pad if padded else None, fns,
+                                       last)
+        record(self._pick(logits), self.out, self.n, self.done, self.seen, self.tok, self.pos, self.stop, self.pad_id)
 
     def _step(self, n: int) -> None:
         fns = self.inputs, self.run_layer, self.head
@@ -372,9 +455,9 @@ class Decoder:
                 and (matvec.normed_one_row_always or not self.model.config.is_moe
                      and (self.model.config.hidden_size <= 2048 or world > 1)))
 
-    def _graph(self, n: int, key: tuple) -> torch.cuda.CUDAGraph:
-        """The step over prefix n as a CUDA graph, captured on first use (compiling first if need be)."""
-        key = (n, *key)
+    def _graph(self, key: tuple, run: Callable[[], None]) -> torch.cuda.CUDAGraph:
+        """run() (a step over one prefix, or a prompt of one length) as a CUDA graph, captured on the first use of
+        key (compiling first if need be)."""
         if key in self.graphs:
             return self.graphs[key]
         t0 = time.perf_counter()
@@ -384,7 +467,7 @@ class Decoder:
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):  # warm up off the capture: compile, autotune, allocate workspaces
             for _ in range(2):
-                self._step(n)
+                run()
                 for t, s in zip(self._state(), saved):
                     t.copy_(s)
         torch.cuda.current_stream().wait_stream(side)
@@ -393,13 +476,14 @@ class Decoder:
             graph.register_generator_state(self.gen)  # replays then draw fresh numbers from gen
             self.gen.set_state(rng)
         with torch.cuda.graph(graph, pool=self.pool):
-            self._step(n)  # recorded, not run: the state is untouched
+            run()  # recorded, not run: the state is untouched
         if self.gen is not None:  # as if nothing had been drawn: the same seed gives the same tokens, captured or not
             self.gen.set_state(rng)
         torch.cuda.synchronize()
         self.setup_s += time.perf_counter() - t0
-        if not self.graphs and self.compiled:  # the first graph: its kernels are now in the compile cache
+        if key[0] == "step" and self.compiled and not self.remembered:  # the step's kernels are in the cache now
             warmstart.remember_compiled(self.model.config, next(self.model.parameters()).dtype, self.device)
+            self.remembered = True
         self.graphs[key] = graph
         return graph
 

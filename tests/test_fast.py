@@ -15,6 +15,7 @@ from conftest import TINY
 from minqwen3 import Decoder, make_cache, random_model
 from minqwen3.bench import decode_bytes, prefill_flops
 from minqwen3.cli import main
+from minqwen3 import generation
 from minqwen3.generation import fast_decoder, prefix_lengths
 
 MOE = dict(num_experts=8, num_experts_per_tok=2, moe_intermediate_size=32, mlp_only_layers=[1])
@@ -117,6 +118,35 @@ def test_compiled_decode_traces_once_per_layer_kind():
     ids = torch.randint(0, 320, (2, 20))  # other prefixes
     assert torch.equal(decode(fast, ids, 25, stop_ids=()), minqwen3.generate(model, ids, 25, stop_ids=(), fast=False))
     assert counter.frame_count == 5
+
+
+def test_compiled_prompt_traces_once_per_layer_kind_for_every_length(monkeypatch):
+    """compile_prefill: the prompt's layers compile once per layer kind for any prompt length (its T is a symbol),
+    once more with a padding mask; prompts are right-padded to a multiple of 64 tokens (what a CUDA graph of the
+    prompt replays), longer ones go as they are; the tokens are the eager loop's, and Inductor's code (not only
+    the trace) gives them too."""
+    model = tiny(**MOE)  # layer 1 dense, layers 0 and 2 MoE
+    counter = CompileCounter()
+    fast = Decoder(model, max_len=256, smallest_prefix=16, compile=True, backend=counter, compile_prefill=True)
+    assert fast.prefill is not None and Decoder(model, compile=True, backend=counter).prefill is None  # CPU: eager
+    # the step's 5 graphs (inputs, dense layer, MoE layer, head, record), then the prompt's dense and MoE layer
+    runs = [(torch.randint(0, 320, (2, T), generator=torch.Generator().manual_seed(T)), 7) for T in (7, 70, 130)]
+    runs += [([[3, 1, 4], list(range(1, 81))], 9), ([[9] * 11, [2, 7]], 9)]  # left padding: the masked graphs
+    for ids, frames in runs:
+        want = minqwen3.generate(model, ids, 8, stop_ids=(), pad_id=0, fast=False)
+        assert torch.equal(decode(fast, ids, 8, stop_ids=(), pad_id=0), want)
+        assert counter.frame_count == frames
+    assert fast.prompt.shape == (2, 256)
+    wants = [minqwen3.generate(model, ids, 8, stop_ids=(), pad_id=0, fast=False) for ids, _ in runs[1:4]]
+    fast = Decoder(model, max_len=256, smallest_prefix=16, compile=True, compile_prefill=True)
+    for (ids, _), want in zip(runs[1:4], wants):
+        assert torch.equal(decode(fast, ids, 8, stop_ids=(), pad_id=0), want)
+    monkeypatch.setattr(generation, "PROMPT_GRAPHS", False)  # prompts as they are (MINQWEN3_PREFILL=direct)
+    counter = CompileCounter()
+    fast = Decoder(model, max_len=256, smallest_prefix=16, compile=True, backend=counter, compile_prefill=True)
+    for (ids, frames), want in zip(runs[1:4], wants):
+        assert torch.equal(decode(fast, ids, 8, stop_ids=(), pad_id=0), want)
+        assert counter.frame_count == frames and not hasattr(fast, "prompt")
 
 
 def test_a_process_decodes_with_many_models():
