@@ -12,8 +12,9 @@ The model maps ids to logits; choosing tokens lives here. How the pieces fit:
 - A Decoder holds what the loop works on: the per-layer caches, the step's buffers, and the step. Made with
   compile=True it compiles the step's pieces once (one graph per layer kind, shared by every layer and every
   cache length) and, on CUDA, captures the step as one CUDA graph per cache-prefix length: the same loop then
-  replays a graph where it would call the step. That is the whole of the fast path (benchmarks in
-  docs/benchmarks.md; notebook 09 says why it is fast).
+  replays a graph where it would call the step. On one GPU the prompt goes the same way: its layers compiled for
+  any length, and a prompt of up to 1,024 tokens replayed as a graph of its length rounded up to 64 tokens. That is
+  the whole of the fast path (benchmarks in docs/benchmarks.md; notebook 09 says why it is fast).
 - Compiled state lives in the Decoder: pass your own (generate(decoder=Decoder(model))), or let generate() use the
   model's on a CUDA device, made on first use and kept as model.fast_decoder (`del model.fast_decoder` frees it).
 """
@@ -223,7 +224,7 @@ class Decoder:
     with CUDA graphs captured once per such length: one replay, where launching its kernels took the host ~0.5 ms
     a layer. The first token comes from the last real position; the padding's keys and values land in cache
     slots after the prompt, which no query sees (causal, and each decode step masks the slots past its own and
-    writes its own before it reads).
+    writes its own before it reads). The largest captured prompt's activations stay in the graphs' memory pool.
 
     Each start checks the model's parameters and buffers (their data pointers): if anything replaced them since
     the last call (model.to(dtype), load_state_dict(assign=True)), it stacks again where a stack went stale and

@@ -137,6 +137,8 @@ def test_compiled_prompt_traces_once_per_layer_kind_for_every_length(monkeypatch
         assert torch.equal(decode(fast, ids, 8, stop_ids=(), pad_id=0), want)
         assert counter.frame_count == frames
     assert fast.prompt.shape == (2, 256)
+    one = torch.tensor([[5], [7]])  # a one-token prompt: compiled as it is (no padding to fill a graph)
+    assert torch.equal(decode(fast, one, 8, stop_ids=()), minqwen3.generate(model, one, 8, stop_ids=(), fast=False))
     wants = [minqwen3.generate(model, ids, 8, stop_ids=(), pad_id=0, fast=False) for ids, _ in runs[1:4]]
     fast = Decoder(model, max_len=256, smallest_prefix=16, compile=True, compile_prefill=True)
     for (ids, _), want in zip(runs[1:4], wants):
