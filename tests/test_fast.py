@@ -380,6 +380,27 @@ def test_gpu_compiled_graphs_equal_eager(over, exact_fp32):
 
 
 @pytest.mark.gpu  # conftest skips these without CUDA
+def test_gpu_a_captured_prompt_replays_for_other_prompts_of_its_length(exact_fp32):
+    """One graph for every prompt that rounds up to 64 tokens: other ids, other lengths, left padding, a seed;
+    each as the eager loop gives (the graph reads the prompt, its last position and the pad counts from buffers)."""
+    model = tiny(device="cuda")
+    fast = Decoder(model, max_len=200, smallest_prefix=64)
+    g = torch.Generator().manual_seed(0)
+    for T in (40, 50, 64, 33):
+        ids = torch.randint(0, 320, (2, T), generator=g).cuda()
+        want = minqwen3.generate(model, ids, 20, stop_ids=(), fast=False)
+        assert torch.equal(decode(fast, ids, 20, stop_ids=()), want)
+    assert [k[:3] for k in fast.graphs if k[0] == "prompt"] == [("prompt", 64, False)]
+    for prompts in ([[1, 2, 3], list(range(1, 41))], [list(range(9, 60)), [4] * 7]):  # padded: one more graph
+        want = minqwen3.generate(model, prompts, 20, stop_ids=(), pad_id=0, fast=False)
+        assert torch.equal(decode(fast, prompts, 20, stop_ids=(), pad_id=0), want)
+    assert sum(k[0] == "prompt" for k in fast.graphs) == 2
+    for seed in (1, 2):
+        want = minqwen3.generate(model, ids, 20, stop_ids=(), temperature=1.0, seed=seed, fast=False)
+        assert torch.equal(decode(fast, ids, 20, stop_ids=(), temperature=1.0, seed=seed), want)
+
+
+@pytest.mark.gpu  # conftest skips these without CUDA
 def test_gpu_generate_defaults_to_the_fast_path(exact_fp32):
     """On CUDA, generate() compiles and captures by itself; streaming, stops and vocab_limit as eager."""
     model = tiny(device="cuda", seed=2)
