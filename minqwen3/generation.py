@@ -282,7 +282,7 @@ class Decoder:
         self.stops: dict[tuple[int, ...], torch.Tensor] = {}
         self.batch = 0
         self.setup_s = 0.0  # seconds spent compiling and capturing, summed (a compiled prompt's first call whole)
-        self.prompt_kinds: set[tuple] = set()  # (batch, padded, more than one token): prompts compiled for
+        self.prompt_kinds: set[tuple] = set()  # (batch, padded, more than one token, right-padded): compiled for
         self.remembered = False  # whether warmstart knows this model's step is in the compile cache
 
     def _prefill_compiles(self) -> bool:
