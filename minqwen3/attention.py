@@ -46,9 +46,10 @@ class Attention(nn.Module):
                 y = decode_attention(q, k, v, mask)  # (B, H, 1, D)
             else:  # each group of n_heads / n_kv query heads shares one key/value head (on a CPU, also to decode:
                 # one call where decode_attention's three parallel ones each wait for a thread)
-                # no mask only where the T queries are all the slots (Qwen3.attention_mask): causal then, at T = 1
-                # too, which keeps is_causal a plain bool when a compiled prompt's T is a symbol
-                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
+                causal = False  # SDPA takes a plain bool: branching on a compiled prompt's symbolic T guards on it
+                if mask is None and T > 1:
+                    causal = True
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
                                                    enable_gqa=self.n_heads != self.n_kv)  # (B, H, T, D)
         # decoding on a GPU, o_proj is matvec.py's kernel (the same settings on every rank of a split model)
         return matvec.linear(self.o_proj, y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))

@@ -247,9 +247,6 @@ class Decoder:
         self.stacked = stack.enabled and self.compiled and on_cuda if stacked is None else stacked
         self.weights: list[tuple] = []  # what the caches and graphs were made for (_weights())
         self.stacks_for: list[tuple] = []  # the weights as stack.stack() last left them
-        # the modules, once: _weights() looks at their parameters and buffers at every call, and walking the tree
-        # (model.parameters()) took 2-3 ms of a short prompt's first token
-        self.modules = list(model.modules())
         self.inputs, self.run_layer, self.head, self.record = model.inputs, run_layer, model.head, record
         if self.compiled:
             # Regional compilation: every layer, and every prefix length, shares one compiled graph per layer kind
@@ -275,15 +272,17 @@ class Decoder:
             self.inputs, self.run_layer, self.head, self.record = (
                 torch.compile(f, fullgraph=True, backend=backend, options=options)
                 for f in (model.inputs, run_layer, model.head, record))
-        self.prefill = None  # the prompt's layer function where it is compiled (None: eager, as the model's)
-        if self.compiled and (self._prefill_compiles() if compile_prefill is None else compile_prefill):
-            self.prefill = torch.compile(prefill_layer, fullgraph=True, backend=backend)
+        # the prompt's compiled layer function (compile_prefill None: used where _prefill_compiles() at each start,
+        # as the model's dtype may change; self.prefill: this call's, None = eager, the model's own layers)
+        self.prefill_choice, self.prefill = compile_prefill, None
+        self.prefill_fn = (torch.compile(prefill_layer, fullgraph=True, backend=backend)
+                           if self.compiled and compile_prefill is not False else None)
         self.generator = torch.Generator(self.device)
         self.stops: dict[tuple[int, ...], torch.Tensor] = {}
         self.batch = 0
         self.setup_s = 0.0  # seconds spent compiling and capturing, summed (a compiled prompt's first call whole)
         self.prompt_kinds: set[tuple] = set()  # (batch, padded, more than one token, right-padded): compiled for
-        self.remembered = False  # whether warmstart knows this model's step is in the compile cache
+        self.prompt = None  # the right-padded prompt's buffer (_allocate)
 
     def _prefill_compiles(self) -> bool:
         """compile_prefill's default (the class docstring says when, and why not elsewhere)."""
@@ -310,7 +309,7 @@ class Decoder:
         self.n = torch.zeros(1, dtype=torch.long, device=dev)  # how many are in out
         self.done = torch.zeros(B, dtype=torch.bool, device=dev)
         self.seen = torch.zeros(B, cfg.vocab_size, device=dev)  # for the presence penalty
-        self.graphs, self.batch = {}, B
+        self.graphs, self.batch, self.prompt_kinds, self.prompt = {}, B, set(), None
         if self.prefill is not None and PROMPT_GRAPHS:  # a right-padded prompt's buffers (PROMPT_GRAPH_MAX)
             n = min(PROMPT_GRAPH_MAX, self.max_len)
             self.prompt = torch.zeros(B, n, dtype=torch.long, device=dev)  # right-padded ids
@@ -321,7 +320,7 @@ class Decoder:
     def _weights(self) -> list[tuple]:
         """Where each parameter and buffer lives, as a captured graph reads it: address, dtype, shape, strides."""
         return [(t.data_ptr(), t.device, t.dtype, t.shape, t.stride())
-                for m in self.modules for d in (m._parameters, m._buffers) for t in d.values() if t is not None]
+                for t in (*self.model.parameters(), *self.model.buffers())]
 
     def _state(self) -> list[torch.Tensor]:
         return [self.tok, self.pos, self.n, self.done, self.seen]
@@ -365,15 +364,19 @@ class Decoder:
         if T + new - 1 > self.max_len:
             raise ValueError(f"{T} prompt + {new} new tokens need {T + new - 1} cache slots; this Decoder has "
                              f"{self.max_len} (Decoder(model, max_len=...))")
+        self.prefill = (self.prefill_fn if self.prefill_fn is not None
+                        and (self.prefill_choice or self.prefill_choice is None and self._prefill_compiles()) else None)
         weights = self._weights()
-        # else the step never reads the stacks, so it runs on the weights as loaded; unless a parameter's data was
-        # replaced since stack() last looked, the stacks stand (its walk over the layers costs the prompt ~1 ms)
+        # else the step never reads the stacks, so it runs on the weights as loaded; unless a parameter (or a module)
+        # was replaced since stack() last looked, the stacks stand (its walk over the layers costs a prompt ~1 ms)
         if self._reads_stacks(B) and weights != self.stacks_for:
             if stack.stack(self.model):  # stacked again where a parameter's data was replaced
                 weights = self._weights()
             self.stacks_for = weights
         if weights != self.weights:  # new parameters (or the first call): caches in their dtype, graphs recaptured
             self.weights, self.batch = weights, 0
+        if (self.prefill is not None and PROMPT_GRAPHS) != (self.prompt is not None):  # PROMPT_GRAPHS changed
+            self.batch = 0
         if B != self.batch:
             self._allocate(B)
         self.sampling, self.pad_id = sampling, pad_id
@@ -395,10 +398,10 @@ class Decoder:
         # padding, so that its mask is the short causal one
         self.step_pad = self.pad if pad is not None or self.compiled else None
         key, padded, L, last = (sampling, stop_ids, pad_id, seed is not None), pad is not None, T, None
-        if self.prefill is not None and PROMPT_GRAPHS and 1 < T <= self.prompt.shape[1]:  # right-padded to L
+        if self.prompt is not None and 1 < T <= self.prompt.shape[1]:  # right-padded to L
             L = min(-(-T // PROMPT_GRAPH_STEP) * PROMPT_GRAPH_STEP, self.prompt.shape[1])
             self.prompt[:, :T].copy_(ids)
-            self.prompt[:, T:L].zero_()  # any token id: what the padding computes is never read
+            self.prompt[:, T:L].zero_()  # any token id: the padding's keys and values are never attended to
             self.last.fill_(T - 1)
             ids, last = self.prompt[:, :L], self.last
         run = lambda: self._prompt(ids, L, padded, last)  # noqa: E731
@@ -482,9 +485,9 @@ class Decoder:
             self.gen.set_state(rng)
         torch.cuda.synchronize()
         self.setup_s += time.perf_counter() - t0
-        if key[0] == "step" and self.compiled and not self.remembered:  # the step's kernels are in the cache now
+        if key[0] == "step" and self.compiled and not any(k[0] == "step" for k in self.graphs):
+            # the first step graph of these weights: its kernels are in the compile cache now
             warmstart.remember_compiled(self.model.config, next(self.model.parameters()).dtype, self.device)
-            self.remembered = True
         self.graphs[key] = graph
         return graph
 

@@ -21,9 +21,9 @@ class MLP(nn.Module):
             g, u = self.gate_proj(x), self.up_proj(x)
         else:  # decoding on a GPU: one kernel norms x and projects (matvec.py)
             g, u = matvec.normed_linear(x, w, norm).chunk(2, -1)
-        # decoding on a GPU the product is a kernel of its own, computed once (swiglu.py says why); for a prompt
-        # Inductor writes it into one kernel with the product before, and an opaque op's Python would cost the
-        # host ~0.2 ms a layer where the GPU takes microseconds
-        prompt = x.dim() == 3 and x.shape[1] > 1  # (B, T, C) with T > 1
-        h = swiglu.swiglu(g, u) if not prompt and swiglu.available(g) else F.silu(g) * u
+        # on a GPU the product is a kernel of its own, computed once (swiglu.py says why); in a compiled prompt
+        # (B, T > 1, C) Inductor fuses it with what is around it, where the opaque op's Python cost the host ~0.2 ms
+        # a layer for microseconds of GPU work
+        compiled_prompt = torch.compiler.is_compiling() and x.dim() == 3 and x.shape[1] > 1
+        h = swiglu.swiglu(g, u) if not compiled_prompt and swiglu.available(g) else F.silu(g) * u
         return matvec.linear(self.down_proj, h)  # decoding on a GPU: matvec.py's kernel

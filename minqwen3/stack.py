@@ -11,10 +11,12 @@ and state_dict unchanged), whose data becomes a slice of one stacked tensor, kep
 
 The hazard: whatever replaces a parameter's data (model.to(dtype), .half(), load_state_dict(assign=True),
 parallel.shard) leaves the stack holding the old values. So the stack is read only where it was checked: inside
-a Decoder's step (using()), and a Decoder runs stack() at every start whose steps read the stacks
-(Decoder._reads_stacks), which keeps a stack only if it still aliases the live parameters (aliases(): one data
-pointer per weight) and stacks the weights again otherwise.
-Everywhere else (training, the model's own forward, prefill) the modules project one weight at a time.
+a Decoder's step (using()), and a Decoder runs stack() at a start whose steps read the stacks
+(Decoder._reads_stacks) whenever a parameter's data, or a module, changed since it last did (Decoder.stacks_for),
+which keeps a stack only if it still aliases the live parameters (aliases(): one data pointer per weight) and
+stacks the weights again otherwise.
+Everywhere else (training, the model's own forward, an eager prefill) the modules project one weight at a time; a
+compiled prompt (generation.Decoder, compile_prefill) reads the stacks where the step does.
 """
 from __future__ import annotations
 

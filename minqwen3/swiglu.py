@@ -5,7 +5,8 @@ reduction and inlines silu(gate) * up into it, so every program of that reductio
 whole intermediate vector (and reads gate and up) for its few output rows: the down projection then ran at half
 the speed of the same reduction over a stored product (docs/benchmarks.md, runs 4 and session 7). A custom op is
 opaque to Inductor: the product is computed once, stored, and the down projection reads it like any weight-side
-input. Used by mlp.MLP on CUDA without gradients (the kernel has no backward); elsewhere MLP spells it in torch.
+input. Used by mlp.MLP on CUDA without gradients (the kernel has no backward), but for a compiled prompt (Inductor
+fuses torch's spelling there); elsewhere MLP spells it in torch.
 """
 from __future__ import annotations
 

@@ -44,6 +44,20 @@ def test_attention_with_and_without_cache_matches_reference():
     torch.testing.assert_close(torch.cat(outs, 1), want, rtol=1e-5, atol=1e-5)
 
 
+def test_without_a_mask_a_prompt_is_causal_and_one_token_sees_every_slot():
+    """mask=None means: a prompt attends causally (to the slots up to its own), a single token to every slot of
+    the cache it is given, as a decode step into a full cache would."""
+    torch.manual_seed(1)
+    attn = Attention(CFG)
+    x = torch.randn(1, 4, 48)
+    cos, sin = RotaryEmbedding(16, 1e6)(torch.arange(4)[None], torch.float32)
+    want = reference(attn, x, cos, sin)
+    cache = KVCache(CFG, 1, 4, dtype=torch.float32)
+    first = attn(x[:, :3], cos[:, :, :3], sin[:, :, :3], None, cache, torch.arange(3))  # slot 3 not yet written
+    last = attn(x[:, 3:], cos[:, :, 3:], sin[:, :, 3:], None, cache, torch.tensor([3]))
+    torch.testing.assert_close(torch.cat([first, last], 1), want, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("heads", [(4, 2), (6, 6), (8, 1)])
 def test_decode_attention_matches_sdpa(heads):
     H, H_kv = heads

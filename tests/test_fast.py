@@ -128,7 +128,9 @@ def test_compiled_prompt_traces_once_per_layer_kind_for_every_length(monkeypatch
     model = tiny(**MOE)  # layer 1 dense, layers 0 and 2 MoE
     counter = CompileCounter()
     fast = Decoder(model, max_len=256, smallest_prefix=16, compile=True, backend=counter, compile_prefill=True)
-    assert fast.prefill is not None and Decoder(model, compile=True, backend=counter).prefill is None  # CPU: eager
+    cpu = Decoder(model, compile=True, backend="eager")  # on a CPU the default prompt is eager
+    decode(cpu, torch.tensor([[1, 2, 3]]), 2, stop_ids=())
+    assert cpu.prefill is None and cpu.prompt is None
     # the step's 5 graphs (inputs, dense layer, MoE layer, head, record), then the prompt's dense and MoE layer
     runs = [(torch.randint(0, 320, (2, T), generator=torch.Generator().manual_seed(T)), 7) for T in (7, 70, 130)]
     runs += [([[3, 1, 4], list(range(1, 81))], 9), ([[9] * 11, [2, 7]], 9)]  # left padding: the masked graphs
@@ -136,7 +138,7 @@ def test_compiled_prompt_traces_once_per_layer_kind_for_every_length(monkeypatch
         want = minqwen3.generate(model, ids, 8, stop_ids=(), pad_id=0, fast=False)
         assert torch.equal(decode(fast, ids, 8, stop_ids=(), pad_id=0), want)
         assert counter.frame_count == frames
-    assert fast.prompt.shape == (2, 256)
+    assert fast.prefill is not None and fast.prompt.shape == (2, 256)
     one = torch.tensor([[5], [7]])  # a one-token prompt: compiled as it is (no padding to fill a graph)
     assert torch.equal(decode(fast, one, 8, stop_ids=()), minqwen3.generate(model, one, 8, stop_ids=(), fast=False))
     wants = [minqwen3.generate(model, ids, 8, stop_ids=(), pad_id=0, fast=False) for ids, _ in runs[1:4]]
@@ -148,7 +150,28 @@ def test_compiled_prompt_traces_once_per_layer_kind_for_every_length(monkeypatch
     fast = Decoder(model, max_len=256, smallest_prefix=16, compile=True, backend=counter, compile_prefill=True)
     for (ids, frames), want in zip(runs[1:4], wants):
         assert torch.equal(decode(fast, ids, 8, stop_ids=(), pad_id=0), want)
-        assert counter.frame_count == frames and not hasattr(fast, "prompt")
+        assert counter.frame_count == frames and fast.prompt is None
+
+
+def test_decoder_follows_a_replaced_module_and_a_changed_prompt_plan(monkeypatch):
+    """A Decoder made before a module of the model is replaced decodes with the new one (its weights check walks the
+    live model: the stacks and compiled state are made again); whether the prompt compiles is decided at each call
+    (an MoE model's dtype may change), and so is PROMPT_GRAPHS' buffer."""
+    model = tiny(seed=4)
+    ids = torch.randint(0, 320, (2, 5), generator=torch.Generator().manual_seed(0))
+    fast = Decoder(model, max_len=64, smallest_prefix=16, compile=False, stacked=True)
+    decode(fast, ids, 8, stop_ids=())
+    attn = model.model.layers[0].self_attn
+    attn.q_proj = torch.nn.Linear(attn.q_proj.in_features, attn.q_proj.out_features, bias=False)
+    torch.nn.init.normal_(attn.q_proj.weight, std=0.5)
+    assert torch.equal(decode(fast, ids, 8, stop_ids=()), minqwen3.generate(model, ids, 8, stop_ids=(), fast=False))
+    compiled = Decoder(model, max_len=64, smallest_prefix=16, compile=True, backend="eager")
+    for on in (True, False, True):
+        monkeypatch.setattr(Decoder, "_prefill_compiles", lambda self, on=on: on)
+        monkeypatch.setattr(generation, "PROMPT_GRAPHS", on)
+        want = minqwen3.generate(model, ids, 8, stop_ids=(), fast=False)
+        assert torch.equal(decode(compiled, ids, 8, stop_ids=()), want)
+        assert (compiled.prefill is not None) == on and (compiled.prompt is not None) == on
 
 
 def test_a_process_decodes_with_many_models():
