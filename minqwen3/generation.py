@@ -375,7 +375,7 @@ class Decoder:
             self.stacks_for = weights
         if weights != self.weights:  # new parameters (or the first call): caches in their dtype, graphs recaptured
             self.weights, self.batch = weights, 0
-        if (self.prefill is not None and PROMPT_GRAPHS) != (self.prompt is not None):  # PROMPT_GRAPHS changed
+        if (self.prefill is not None and PROMPT_GRAPHS) != (self.prompt is not None):  # the prompt's plan changed
             self.batch = 0
         if B != self.batch:
             self._allocate(B)
