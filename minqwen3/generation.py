@@ -313,7 +313,6 @@ class Decoder:
         if self.prefill is not None and PROMPT_GRAPHS:  # a right-padded prompt's buffers (PROMPT_GRAPH_MAX)
             n = min(PROMPT_GRAPH_MAX, self.max_len)
             self.prompt = torch.zeros(B, n, dtype=torch.long, device=dev)  # right-padded ids
-            self.positions = torch.arange(n, device=dev)
             self.last = torch.zeros(1, dtype=torch.long, device=dev)  # the prompt's last real position
         self.pool = torch.cuda.graph_pool_handle() if self.cuda_graphs else None
 
@@ -427,7 +426,7 @@ class Decoder:
         token, from the last position or from position last (1,) of a right-padded prompt (what start() captures:
         ids and last are then the buffers the graph reads)."""
         fns = None if self.prefill is None else (self.model.inputs, self.prefill, self.model.head)
-        pos = torch.arange(L, device=self.device) if last is None else self.positions[:L]
+        pos = torch.arange(L, device=self.device)  # in a captured graph, a kernel that the replay runs again
         with stack.using(fns is not None and self._reads_stacks(self.batch)):  # stacked: 4 GEMMs a layer, not 7
             logits = self.forward_last(ids, [c.prefix(L) for c in self.cache], pos, self.pad if padded else None, fns,
                                        last)
