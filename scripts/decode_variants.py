@@ -37,7 +37,7 @@ QK-Norm and RoPE inside flash_decode, both measured, went in session 9); "+slots
 "+cdthr:X" makes Inductor's coordinate-descent tuning move to a neighbouring launch setting only where it timed
 more than X faster (a fraction; Inductor's own threshold is 0.001, below the noise of timing a few-µs kernel, so
 two compiles of one graph tune apart: session 11) and compiles without the caches, which hold the other rule's
-choices (added in session 12, not yet run); "+cfg:KEY=VALUE" sets any Inductor option. Random weights in the official shapes, bf16, batch 1 (--batch N
+choices (session 14: 0.03 slower than torch's threshold on Qwen3-8B and Qwen3-30B-A3B, docs/benchmarks.md); "+cfg:KEY=VALUE" sets any Inductor option. Random weights in the official shapes, bf16, batch 1 (--batch N
 [M ...]: N rows, then M; "of limit" then counts each row's top-k experts only, where `bench` counts their union),
 as `python -m minqwen3 bench`.
 """
