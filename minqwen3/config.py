@@ -67,12 +67,18 @@ _RULES = {
     "initializer_range": (_num(0, lo_open=False), "a number >= 0"),
     **dict.fromkeys(["max_window_layers", "sliding_window"], (_optional(_int(0)), "an integer >= 0 or null")),
 }
-_ROPE_RULES = {  # rope_scaling entries for YaRN; factor is required
+_ROPE_RULES = {  # rope_scaling entries for YaRN; factor is required, and an entry not listed here is refused
     "factor": (_num(1, lo_open=False), "a number >= 1"),
     "original_max_position_embeddings": _SIZE,
-    **dict.fromkeys(["beta_fast", "beta_slow", "attention_factor"], (_optional(_num(0)), "a number > 0 or null")),
+    **dict.fromkeys(["beta_fast", "beta_slow", "attention_factor", "mscale", "mscale_all_dim"],
+                    (_optional(_num(0)), "a number > 0 or null")),
     "truncate": (_is(bool), "true or false"),
+    "rope_type": (lambda v: v == "yarn", "'yarn'"), "type": (lambda v: v == "yarn", "'yarn'"),
 }
+# Where a config.json leaves a field out, transformers' own default holds, not the dataclass's (which describes the
+# official models): the fields a checkpoint's tensors cannot show (a wrong size fails their shape check instead)
+_FILE_DEFAULTS = {"rope_theta": 10000.0, "max_position_embeddings": 32768}
+_FILE_DEFAULTS_MOE = {"norm_topk_prob": False}
 
 
 @dataclass
@@ -125,6 +131,16 @@ class Qwen3Config:
         for key, (ok, what) in _ROPE_RULES.items():
             if rtype == "yarn" and (key in rs or key == "factor") and not ok(rs.get(key)):
                 raise ValueError(f"config field rope_scaling = {rs!r}: {key} must be {what}")
+        unknown = [k for k in (rs or {}) if k not in _ROPE_RULES] if rtype == "yarn" else []
+        if unknown:  # a setting minqwen3 would silently ignore changes the positions' angles in transformers
+            raise ValueError(f"config field rope_scaling = {rs!r}: {', '.join(unknown)} not supported (YaRN takes "
+                             f"{', '.join(k for k in _ROPE_RULES if k != 'type')})")
+        if self.use_sliding_window and self.sliding_window is not None and (
+                self.num_experts or self.max_window_layers is None or self.max_window_layers < self.num_hidden_layers):
+            # transformers gives these layers a banded mask; attending to every position would be silently wrong
+            raise ValueError(f"config field use_sliding_window = True: sliding-window attention (sliding_window = "
+                             f"{self.sliding_window} from layer max_window_layers = {self.max_window_layers}) is not "
+                             "supported; the official Qwen3 models set use_sliding_window to false")
         if self.num_attention_heads % self.num_key_value_heads:
             raise ValueError(f"config field num_attention_heads = {self.num_attention_heads}: must be a multiple of "
                              f"num_key_value_heads ({self.num_key_value_heads})")
@@ -162,9 +178,21 @@ class Qwen3Config:
             raise ValueError(f"config field rope_parameters = {rp!r}: must be an object")
         if rp:
             rp = dict(rp)
-            d.setdefault("rope_theta", rp.pop("rope_theta", cls.rope_theta))
-            if rp.get("rope_type", "default") != "default":
+            if "rope_theta" in rp:  # the nested value wins, as in transformers 5
+                d["rope_theta"] = rp.pop("rope_theta")
+            if rp.get("rope_type", rp.get("type", "default")) != "default":
                 d.setdefault("rope_scaling", rp)
+        layer_types = d.pop("layer_types", None)  # transformers 5: one attention kind per layer
+        if layer_types is not None and (not isinstance(layer_types, list)
+                                        or any(t != "full_attention" for t in layer_types)):
+            raise ValueError(f"config field layer_types = {layer_types!r}: only full_attention layers are supported "
+                             "(sliding-window attention is not)")
+        moe = d.get("model_type") == "qwen3_moe" or bool(d.get("num_experts"))
+        for k, v in {**_FILE_DEFAULTS, **(_FILE_DEFAULTS_MOE if moe else {})}.items():
+            d.setdefault(k, v)
+        if moe and "head_dim" not in d and isinstance(d.get("hidden_size"), int) and isinstance(
+                d.get("num_attention_heads"), int) and d["num_attention_heads"] > 0:
+            d["head_dim"] = d["hidden_size"] // d["num_attention_heads"]  # transformers' Qwen3-MoE without it
         if d.get("model_type") == "qwen3_moe":
             d.setdefault("num_experts", 128)
         names = {f.name for f in dataclasses.fields(cls)}
@@ -205,6 +233,8 @@ class Qwen3Config:
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
+        if d["max_window_layers"] is None:  # transformers 5 wants an integer: no layer from which a window starts
+            d["max_window_layers"] = self.num_hidden_layers
         if not self.is_moe:  # a dense config.json carries no MoE fields
             for k in ("num_experts", "num_experts_per_tok", "moe_intermediate_size", "norm_topk_prob",
                       "decoder_sparse_step", "mlp_only_layers", "router_aux_loss_coef", "output_router_logits"):

@@ -21,6 +21,11 @@ def yarn_inv_freq(inv_freq: torch.Tensor, head_dim: int, base: float, factor: fl
     return inv_freq / factor * (1 - keep) + inv_freq * keep
 
 
+def yarn_mscale(factor: float, mscale: float = 1.0) -> float:
+    """YaRN's attention factor for a context stretched `factor` times: 1 + 0.1 * mscale * ln(factor)."""
+    return 1.0 if factor <= 1 else 0.1 * mscale * math.log(factor) + 1.0
+
+
 class RotaryEmbedding(nn.Module):
     def __init__(self, head_dim: int, theta: float, scaling: dict | None = None, max_position: int = 40960):
         super().__init__()
@@ -35,8 +40,11 @@ class RotaryEmbedding(nn.Module):
             inv_freq = yarn_inv_freq(inv_freq, head_dim, theta, factor, original,
                                      scaling.get("beta_fast") or 32.0, scaling.get("beta_slow") or 1.0,
                                      scaling.get("truncate", True))
-            # YaRN also sharpens attention a little as the context stretches
-            self.scale = scaling.get("attention_factor") or 0.1 * math.log(factor) + 1.0
+            # YaRN also sharpens attention a little as the context stretches; mscale and mscale_all_dim, where a
+            # config gives both, set that factor as a ratio (transformers' rule)
+            m, m_all = scaling.get("mscale"), scaling.get("mscale_all_dim")
+            self.scale = scaling.get("attention_factor") or (
+                yarn_mscale(factor, m) / yarn_mscale(factor, m_all) if m and m_all else yarn_mscale(factor))
         elif rtype != "default":
             raise ValueError(f"rope_scaling type {rtype!r} is not supported (only YaRN)")
         self.register_buffer("inv_freq", inv_freq, persistent=False)

@@ -117,6 +117,11 @@ BAD = [  # (field, value, extra fields, what the message must say)
     ("eos_token_id", -1, {}, "token id"), ("eos_token_id", "151645", {}, "token id"),
     ("attention_dropout", 2, {}, "0..1"), ("torch_dtype", 16, {}, "dtype name"),
     ("sliding_window", -5, {}, "integer >= 0 or null"),
+    ("use_sliding_window", True, {"sliding_window": 8, "max_window_layers": 1}, "sliding-window attention"),
+    ("use_sliding_window", True, {"sliding_window": 8, "max_window_layers": 2, **MOE}, "sliding-window attention"),
+    ("rope_scaling", {"rope_type": "yarn", "factor": 4, "partial_rotary_factor": 0.5}, {},
+     "partial_rotary_factor not supported"),
+    ("rope_scaling", {"rope_type": "yarn", "factor": 4, "mscale": -1}, {}, "mscale must be a number > 0"),
 ]
 
 
@@ -155,3 +160,20 @@ def test_valid_variants_still_load():
               {"rope_scaling": {"rope_type": "default"}}, {"eos_token_id": [1, 2], "bos_token_id": None},
               {"torch_dtype": None, "sliding_window": None, "max_window_layers": 28}):
         Qwen3Config(**BASE, **d)
+
+
+def test_sliding_window_only_where_no_layer_uses_it(tmp_path):
+    """transformers windows the layers from max_window_layers on when use_sliding_window is set (every layer of an
+    MoE model); minqwen3 has no window, so it reads such a config only where no layer has one."""
+    transformers = pytest.importorskip("transformers")
+    assert Qwen3Config(**BASE, use_sliding_window=True, sliding_window=8, max_window_layers=2).use_sliding_window
+    assert not Qwen3Config(**BASE, use_sliding_window=True, sliding_window=None).sliding_window
+    hc = transformers.Qwen3Config(**{k: v for k, v in BASE.items()}, use_sliding_window=True, sliding_window=8,
+                                  max_window_layers=1)
+    hc.save_pretrained(tmp_path)  # transformers 5 writes layer_types
+    with pytest.raises(ValueError, match="config.json: config field (layer_types|use_sliding_window) = .*sliding"):
+        Qwen3Config.from_pretrained(tmp_path)
+    d = json.loads((tmp_path / "config.json").read_text())
+    d.update(use_sliding_window=False, layer_types=["full_attention"] * 2)
+    (tmp_path / "config.json").write_text(json.dumps(d))
+    assert Qwen3Config.from_pretrained(tmp_path).num_hidden_layers == 2

@@ -34,6 +34,44 @@ def test_logits_and_greedy_match_transformers(name, tmp_path):
     assert torch.equal(minqwen3.generate(model, prompt, 20, stop_ids=()), want)
 
 
+# config.json as transformers reads it, edited after saving: (the case's overrides, what to change in the file)
+EDITS = {
+    # the legacy "type" key inside transformers 5's rope_parameters
+    "yarn-legacy-type-key": ({}, lambda d: d.update(rope_parameters={
+        "type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32, "rope_theta": 10000.0})),
+    # DeepSeek-style mscale pair: YaRN's attention factor as their ratio
+    "yarn-mscale": ({}, lambda d: d.update(rope_parameters={
+        "rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32, "mscale": 1.0,
+        "mscale_all_dim": 0.5, "rope_theta": 10000.0})),
+    # no rope_theta anywhere: transformers' 10000, not the official models' 1e6
+    "no-rope-theta": ({}, lambda d: (d.pop("rope_parameters", None), d.pop("rope_theta", None))),
+    # both spellings: the nested value wins
+    "nested-rope-theta": ({}, lambda d: d.update(rope_theta=5e5, rope_parameters={"rope_type": "default",
+                                                                                 "rope_theta": 2e4})),
+    # no norm_topk_prob in an MoE config: transformers' False
+    "moe-no-norm-topk-field": (CASES["moe-norm-topk"], lambda d: d.pop("norm_topk_prob")),
+}
+
+
+@pytest.mark.parametrize("name", EDITS)
+def test_config_json_edits_read_as_transformers_reads_them(name, tmp_path):
+    import json
+    transformers = pytest.importorskip("transformers")
+    over, edit = EDITS[name]
+    hf_model(**over).save_pretrained(tmp_path)
+    d = json.loads((tmp_path / "config.json").read_text())
+    edit(d)
+    (tmp_path / "config.json").write_text(json.dumps(d))
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32).eval()
+    model = minqwen3.from_pretrained(tmp_path, dtype=torch.float32)
+    ids = torch.randint(0, 320, (1, 100), generator=torch.Generator().manual_seed(4))  # past YaRN's 32
+    with torch.no_grad():
+        expected, got = hf(ids).logits, model(ids)
+    assert (got - expected).abs().max().item() < 1e-4
+    if name.startswith("yarn"):  # YaRN is on in both, with transformers' attention factor
+        assert model.model.rotary_emb.scale == pytest.approx(hf.model.rotary_emb.attention_scaling) != 1.0
+
+
 @pytest.mark.parametrize("name", ["dense-tied-mha", "moe-no-norm-mlp-only"])
 def test_round_trip_minqwen3_to_transformers(name, tmp_path):
     transformers = pytest.importorskip("transformers")
