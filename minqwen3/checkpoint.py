@@ -102,18 +102,19 @@ def _index_names(index: Path) -> list[str]:
 
 
 def checkpoint_files(path: Path) -> list[Path]:
-    """The .safetensors files of a checkpoint folder, single or sharded (via the index)."""
+    """The .safetensors files of a checkpoint folder, single or sharded (via the index): model.safetensors where
+    it exists, as transformers reads a folder (save_pretrained keeps to that order when it switches)."""
     if not path.is_dir():
         raise FileNotFoundError(f"checkpoint folder {path} does not exist; {FOLDER_HELP}")
-    index = path / INDEX
+    index, single = path / INDEX, path / "model.safetensors"
+    if single.is_file():  # transformers' order: the one file first, an index beside it unread
+        return [_inside(path, "model.safetensors", path)]
     if index.is_file():
         files = [_inside(path, name, index) for name in _index_names(index)]
         missing = [str(f) for f in files if not f.is_file()]
         if missing:
             raise FileNotFoundError(f"{index} names shard(s) that are missing: {', '.join(missing)}")
         return files
-    if (path / "model.safetensors").is_file():
-        return [_inside(path, "model.safetensors", path)]
     pickled = sorted(p.name for p in path.glob("*.bin")) + sorted(p.name for p in path.glob("*.pt"))
     hint = f" (found {', '.join(pickled)}: pickled weights are never loaded; convert them to safetensors)" if pickled else ""
     raise FileNotFoundError(f"no model.safetensors or model.safetensors.index.json in {path}{hint}; {FOLDER_HELP}")
@@ -135,6 +136,11 @@ def check_config(config: Qwen3Config, tables: dict[Path, tuple[dict, int]], stri
     """Compare the config's sizes with the tensor headers before any module is built: a config.json that says a
     million layers fails here at once, instead of building them for minutes. The rest is checked tensor by tensor."""
     shapes = {k: info["shape"] for header, _ in tables.values() for k, info in header.items()}
+    bare = [k for k in shapes if k.startswith(("layers.", "embed_tokens.", "norm."))]
+    if bare and not any(k.startswith("model.") for k in shapes):
+        raise CheckpointError(f"the checkpoint's tensor names lack the 'model.' prefix (e.g. {sorted(bare)[0]!r}): "
+                              "it holds a base model saved without its causal-LM wrapper; minqwen3 reads the "
+                              "official layout (model.embed_tokens.weight, model.layers.N..., lm_head.weight)")
     layers = [int(m[1]) for k in shapes if (m := re.match(r"model\.layers\.(\d+)\.", k))]
     experts = [int(m[1]) for k in shapes if (m := re.fullmatch(r".*\.mlp\.experts\.(\d+)\.\w+\.weight", k))]
     n_layers = max(layers, default=-1) + 1
@@ -182,10 +188,35 @@ def check_tensors(model: Qwen3, path: Path, tables: dict, strict: bool = True,
             if shape != targets[key][2]:
                 raise CheckpointError(f"tensor {key} in {f.name} has shape {list(shape)}, "
                                       f"the config expects {list(targets[key][2])}")
+    if tied and "lm_head.weight" in on_disk:
+        _same_as_embedding(tables, on_disk)
     if dtype is None and len(stored) > 1:  # "the dtype stored in the files" is ambiguous; matmuls would fail later
         raise CheckpointError(f"checkpoint {path} mixes dtypes ({', '.join(f'{d}: {k}' for d, k in stored.items())}); "
                               "pass dtype= to convert them all")
     return targets
+
+
+def _same_as_embedding(tables: dict, on_disk: dict, chunk: int = 64 * 2**20) -> None:
+    """A tied checkpoint that stores lm_head.weight anyway: fine if those are the embedding's bytes, an error if not
+    (the model would use the embedding for both; transformers may use the stored head)."""
+    (fh, hh), (fe, he) = ((f, tables[f][0][k]) for k, f in ((k, on_disk[k]) for k in
+                                                            ("lm_head.weight", "model.embed_tokens.weight")))
+    same = hh["dtype"] == he["dtype"] and hh["shape"] == he["shape"]
+    if same:
+        (a0, a1), (b0, _) = hh["data_offsets"], he["data_offsets"]
+        a0, b0 = a0 + tables[fh][1], b0 + tables[fe][1]
+        with open(fh, "rb") as x, open(fe, "rb") as y:
+            for i in range(0, a1 - hh["data_offsets"][0], chunk):
+                x.seek(a0 + i)
+                y.seek(b0 + i)
+                n = min(chunk, a1 - hh["data_offsets"][0] - i)
+                if x.read(n) != y.read(n):
+                    same = False
+                    break
+    if not same:
+        raise CheckpointError(f"{fh.name} stores lm_head.weight, and it differs from model.embed_tokens.weight, but "
+                              "config.json says tie_word_embeddings = true (one matrix for both): set it to false "
+                              "to use the stored head, or drop the tensor")
 
 
 def load_weights(model: Qwen3, path: Path, device=None, dtype=None, strict: bool = True,
@@ -258,17 +289,21 @@ def save_pretrained(model: Qwen3, path: str | os.PathLike, max_shard_bytes: int 
 
     Stopped at any point (an error, a kill), the folder holds the whole old checkpoint or the whole new one: every
     file is written under a temporary name and renamed into place, new shards never take an existing file's name,
-    and one rename (the index, or model.safetensors) switches from old to new. Only then are the old weight files
-    removed, and only those the old index lists. config.json follows the weights (replaced on its own).
+    and one step switches from old to new: model.safetensors renamed into place (it is read first), the index renamed
+    into place over an old index, or, from one file to shards, that file removed once the index is there. Only then
+    are the old weight files removed, and only those the old index lists. config.json follows the weights (replaced
+    on its own).
     """
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     index = path / INDEX
-    try:  # the weight files of the checkpoint there now: the only files a save may remove
-        old = ([_inside(path, n, index) for n in _index_names(index)] if index.is_file()
-               else [path / "model.safetensors"])
+    # the weight files there now, the only files a save may remove: model.safetensors, and the shards an index
+    # lists (both, after a save stopped between its switch and its clean-up)
+    old = [path / "model.safetensors"]
+    try:
+        old += [_inside(path, n, index) for n in _index_names(index)] if index.is_file() else []
     except CheckpointError:  # an unreadable or hostile old index: remove nothing it names
-        old = []
+        pass
     tensors = state_dict_official(model)
     shards, size = [[]], 0
     for k, t in tensors.items():

@@ -91,6 +91,52 @@ def test_tied_embeddings_load_with_or_without_lm_head(tmp_path):
     assert torch.equal(a(ids), b(ids)) and torch.equal(a(ids), model(ids))
 
 
+def test_a_tied_checkpoint_whose_stored_head_differs_is_refused(tmp_path):
+    """tie_word_embeddings = true with an lm_head.weight that is not the embedding: minqwen3 would use the embedding
+    (and transformers 5 the stored head): an error naming both, not a guess."""
+    torch.manual_seed(0)
+    minqwen3.save_pretrained(minqwen3.Qwen3(Qwen3Config(**SMALL, tie_word_embeddings=True)), tmp_path)
+    tensors = load_file(tmp_path / "model.safetensors")
+    head = tensors["model.embed_tokens.weight"].clone()
+    head[-1, -1] += 1  # one value in the last chunk read
+    save_file({**tensors, "lm_head.weight": head}, tmp_path / "model.safetensors")
+    with pytest.raises(CheckpointError, match="model.safetensors stores lm_head.weight, and it differs from "
+                                              "model.embed_tokens.weight.*tie_word_embeddings = true"):
+        minqwen3.from_pretrained(tmp_path)
+    save_file({**tensors, "lm_head.weight": head[:-1].clone()}, tmp_path / "model.safetensors")  # another shape
+    with pytest.raises(CheckpointError, match="differs from model.embed_tokens.weight"):
+        minqwen3.from_pretrained(tmp_path)
+
+
+def test_model_safetensors_is_read_before_an_index_as_transformers_does(tmp_path):
+    """model.safetensors beside an index and its shards (two checkpoints in one folder, or a save stopped between
+    its switch and its clean-up): the one file is read, as transformers reads it; the index is not opened."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    a, b = minqwen3.Qwen3(Qwen3Config(**SMALL)), minqwen3.Qwen3(Qwen3Config(**SMALL))
+    minqwen3.save_pretrained(b, tmp_path / "b")
+    minqwen3.save_pretrained(a, tmp_path, max_shard_bytes=20_000)
+    (tmp_path / "model.safetensors").write_bytes((tmp_path / "b" / "model.safetensors").read_bytes())
+    ids = torch.arange(12)[None]
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32).eval()
+    with torch.no_grad():
+        got, want = minqwen3.from_pretrained(tmp_path)(ids), b(ids)
+        assert torch.equal(got, want) and (hf(ids).logits - want).abs().max() < 1e-5
+        assert not torch.allclose(got, a(ids))
+    (tmp_path / "model.safetensors.index.json").write_text("{not json")  # never read while the file is there
+    assert torch.equal(minqwen3.from_pretrained(tmp_path)(ids), want)
+
+
+def test_tensor_names_without_the_model_prefix_are_named(saved):
+    """A base model saved without its causal-LM wrapper (embed_tokens.weight, layers.0...): the message says what
+    is wrong with the names, not that config.json's layer count is."""
+    model, path = saved
+    tensors = load_file(path / "model.safetensors")
+    save_file({k.removeprefix("model."): v for k, v in tensors.items()}, path / "model.safetensors")
+    with pytest.raises(CheckpointError, match="tensor names lack the 'model.' prefix"):
+        minqwen3.from_pretrained(path)
+
+
 def test_save_is_atomic_and_sharding_rewrites_cleanly(saved, monkeypatch):
     model, path = saved
     minqwen3.save_pretrained(model, path, max_shard_bytes=20_000)
