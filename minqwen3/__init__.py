@@ -8,9 +8,9 @@ import importlib
 _WHERE = {"Qwen3": "model", "random_model": "model", "Qwen3Config": "config", "PRESETS": "config",
           "count_params": "config", "KVCache": "cache", "make_cache": "cache", "CheckpointError": "checkpoint",
           "from_pretrained": "checkpoint", "save_pretrained": "checkpoint", "generate": "generation",
-          "sample": "generation", "Decoder": "generation", "chat": "assistant", "Reply": "assistant",
-          "EARLY_STOP": "assistant", "apply_chat_template": "chat_template", "parse_reply": "chat_template",
-          "Tokenizer": "tokenizer"}
+          "sample": "generation", "Decoder": "generation", "ContextError": "generation", "chat": "assistant",
+          "Reply": "assistant", "EARLY_STOP": "assistant", "apply_chat_template": "chat_template",
+          "parse_reply": "chat_template", "Tokenizer": "tokenizer"}
 __all__ = list(_WHERE)
 
 

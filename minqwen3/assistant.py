@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 import torch
 
 from .chat_template import parse_reply
-from .generation import NON_THINKING_DEFAULTS, THINKING_DEFAULTS, check_context, check_sampling, generate
+from .generation import (NON_THINKING_DEFAULTS, THINKING_DEFAULTS, check_context, check_sampling, check_stop_ids,
+                         generate)
 
 # the tech report's text, verbatim (the "." after </think> included)
 EARLY_STOP = ("Considering the limited time by the user, I have to give the solution based on the thinking "
@@ -85,7 +86,8 @@ def chat(model, tokenizer, messages: Sequence[Mapping] | str, *, enable_thinking
     prompt = tokenizer.encode_messages(messages, tools=tools, add_generation_prompt=True,
                                        enable_thinking=enable_thinking)
     n = check_context(model, len(prompt), max_new_tokens)  # fails here, before any model work
-    stops = {tokenizer.im_end_id, tokenizer.endoftext_id} if stop_ids is None else set(stop_ids)
+    stops = ({tokenizer.im_end_id, tokenizer.endoftext_id} if stop_ids is None
+             else set(check_stop_ids(stop_ids)))
     think_id, end_think_id = tokenizer.think_id, tokenizer.end_think_id
     decoder = tokenizer.stream()
     out: list[int] = []

@@ -24,7 +24,7 @@ import math
 import numbers
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 
@@ -94,8 +94,9 @@ def check_ids(input_ids, vocab_size: int, pad_id: int | None = None,
         return ValueError(f"{name} holds {value}, which is not a token id of this model (0..{vocab_size - 1})")
 
     if isinstance(input_ids, torch.Tensor):
-        if input_ids.dtype.is_floating_point or input_ids.dtype.is_complex or input_ids.dtype == torch.bool:
-            raise TypeError(f"input_ids must hold integer token ids, got a {input_ids.dtype} tensor")
+        if input_ids.dtype not in (torch.int64, torch.int32):  # what the embedding takes
+            raise TypeError(f"input_ids must hold integer token ids (an int64 or int32 tensor), got a "
+                            f"{input_ids.dtype} tensor")
         if input_ids.dim() != 2 or 0 in input_ids.shape:
             raise ValueError(f"input_ids must be (batch, time), at least one token, got shape {tuple(input_ids.shape)}")
         lo, hi = int(input_ids.min()), int(input_ids.max())  # once per call, before any work
@@ -109,8 +110,15 @@ def check_ids(input_ids, vocab_size: int, pad_id: int | None = None,
             if isinstance(row, (str, bytes)) or not isinstance(row, Sequence) or not row:
                 raise ValueError(f"input_ids[{i}] must be a non-empty list of token ids, got {row!r:.80}")
     rows = [] if isinstance(input_ids, torch.Tensor) else [(f"input_ids[{i}]", r) for i, r in enumerate(input_ids)]
-    if pad_id is not None and len({len(r) for _, r in rows}) > 1:  # pad_id is fed to the model only as padding
+    if len({len(r) for _, r in rows}) > 1:  # pad_id is fed to the model only as padding
+        if pad_id is None:
+            raise ValueError("prompts of different lengths are left-padded with pad_id: it cannot be None")
         rows.append(("pad_id", [pad_id]))
+    if generated is not None:
+        n = len(input_ids)
+        if isinstance(generated, (str, bytes)) or not isinstance(generated, Sequence) or len(generated) != n:
+            raise ValueError(f"generated must hold one list of ids per prompt ({n}), got "
+                             f"{len(generated) if isinstance(generated, Sequence) else type(generated).__name__}")
     rows += [(f"generated[{i}]", r) for i, r in enumerate(generated or ())]
     for name, row in rows:
         for t in row:
@@ -140,7 +148,9 @@ def sample(logits: torch.Tensor, temperature: float = 0.0, top_k: int = 0, top_p
         logits, idx = logits.topk(top_k, dim=-1)  # (B, k)
     elif top_p < 1.0:
         logits, idx = logits.sort(-1, descending=True)  # (B, V)
-    probs = (logits / temperature).softmax(-1)
+    # the best logit moved to 0 first: a tiny temperature then sends the others to -inf, not the best to +inf
+    # (inf / inf in the softmax: NaN, and argmax would pick token 0)
+    probs = ((logits - logits.amax(-1, keepdim=True)) / temperature).softmax(-1)
     if top_p < 1.0:  # keep the smallest set of tokens whose mass reaches top_p
         probs = probs.masked_fill(probs.cumsum(-1) - probs >= top_p, 0.0)  # mass before it already reached top_p
     if min_p > 0.0:  # drop tokens less likely than min_p times the best one
@@ -149,6 +159,18 @@ def sample(logits: torch.Tensor, temperature: float = 0.0, top_k: int = 0, top_p
     q = torch.empty_like(probs).exponential_(1.0, generator=generator).clamp_(min=1e-30)  # 0/0 would be NaN
     choice = (probs / q).argmax(-1)  # (B,)
     return choice if idx is None else idx.gather(-1, choice[:, None])[:, 0]
+
+
+def check_stop_ids(stop_ids) -> tuple[int, ...]:
+    """stop_ids as a tuple of ints; a bare int or a string is an error naming it. (An id the model cannot emit
+    is allowed: the default, Qwen's, on a test model of a few hundred ids.)"""
+    if isinstance(stop_ids, (str, bytes)) or not isinstance(stop_ids, Iterable):
+        raise TypeError(f"stop_ids must be a list of token ids, got {type(stop_ids).__name__} {stop_ids!r:.40}")
+    out = tuple(stop_ids)
+    for t in out:
+        if isinstance(t, bool) or not isinstance(t, numbers.Integral):
+            raise TypeError(f"stop_ids must hold integer token ids, got {type(t).__name__} {t!r}")
+    return out
 
 
 def as_batch(input_ids: torch.Tensor | list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -164,11 +186,16 @@ def as_batch(input_ids: torch.Tensor | list[list[int]], pad_id: int) -> tuple[to
     return ids, (pad if pad.any() else None)
 
 
+class ContextError(ValueError):
+    """A prompt that leaves no room in the model's context for a new token."""
+
+
 def check_context(model, prompt_len: int, max_new_tokens: int) -> int:
     """Fail before any work on a prompt past the context; return how many new tokens fit."""
+    _integer("max_new_tokens", max_new_tokens, "tokens to generate at most")
     ctx = model.config.context_length
     if prompt_len >= ctx:
-        raise ValueError(f"the prompt has {prompt_len} tokens; the model's context is {ctx} tokens")
+        raise ContextError(f"the prompt has {prompt_len} tokens; the model's context is {ctx} tokens")
     return min(max_new_tokens, ctx - prompt_len)
 
 
@@ -526,6 +553,11 @@ def generate(model, input_ids: torch.Tensor | list[list[int]], max_new_tokens: i
     """
     check_ids(input_ids, model.config.vocab_size, pad_id, generated)  # all input checks before any work
     check_sampling(temperature, top_k, top_p, min_p, presence_penalty, seed=seed, max_new_tokens=max_new_tokens)
+    stop_ids = check_stop_ids(stop_ids)
+    if vocab_limit is not None:
+        _integer("vocab_limit", vocab_limit, "sample only ids below it", 1, model.config.vocab_size)
+    if decoder is not None and decoder.model is not model:
+        raise ValueError("decoder was made for another model: it would decode with that model's weights")
     ids, pad = as_batch(input_ids, pad_id)
     B, T = ids.shape
     N = check_context(model, T, max_new_tokens)
@@ -536,7 +568,6 @@ def generate(model, input_ids: torch.Tensor | list[list[int]], max_new_tokens: i
     ids = ids.to(decoder.device)
     if N < 1:
         return ids
-    stop_ids = tuple(stop_ids)
     decoder.start(ids, None if pad is None else pad.to(decoder.device), N,
                   (vocab_limit, temperature, top_k, top_p, min_p, presence_penalty), stop_ids, pad_id, seed, generated)
     # Replaying graphs, the host looks at the GPU only every 16 tokens (one wait each time): for the done flags and

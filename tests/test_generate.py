@@ -159,6 +159,14 @@ def test_filters_match_transformers_warpers(kw):
     assert (freq - want).abs().max() < 0.01
 
 
+def test_a_tiny_temperature_is_greedy():
+    """1e-40 scales the logits past float32's range: the best token still wins (not token 0 from a NaN softmax),
+    with or without top-k."""
+    logits = torch.tensor([[1.0, 5.0, 2.0], [3.0, -1.0, 2.5]])
+    for kw in ({}, {"top_k": 2}, {"top_p": 0.9}):
+        assert torch.equal(sample(logits, temperature=1e-40, **kw), logits.argmax(-1))
+
+
 def test_temperature_scales_logits():
     logits = torch.tensor([0.0, 1.0, 2.0])
     for t in (0.5, 2.0):
@@ -300,7 +308,14 @@ BAD_IDS = [(torch.tensor([[1, 320]]), {}, ValueError, "input_ids holds 320"),
            ([], {}, TypeError, "input_ids"),
            ("hello", {}, TypeError, "input_ids"),
            ([[1, 2], [3]], dict(pad_id=151643), ValueError, "pad_id holds 151643"),
-           ([[1, 2]], dict(generated=[[7, 400]], presence_penalty=1.0), ValueError, r"generated\[0\] holds 400")]
+           ([[1, 2]], dict(generated=[[7, 400]], presence_penalty=1.0), ValueError, r"generated\[0\] holds 400"),
+           ([[1, 2]], dict(generated=[[1], [2]], presence_penalty=1.0), ValueError, r"generated.*per prompt \(1\), got 2"),
+           (torch.tensor([[1, 2]], dtype=torch.uint8), {}, TypeError, "input_ids.*uint8"),
+           ([[1, 2], [3]], dict(pad_id=None), ValueError, "different lengths.*pad_id"),
+           ([[1, 2]], dict(stop_ids=151645), TypeError, "stop_ids.*int 151645"),
+           ([[1, 2]], dict(stop_ids=[5, "6"]), TypeError, "stop_ids.*str '6'"),
+           ([[1, 2]], dict(vocab_limit=0), ValueError, r"vocab_limit.*\[1, 320\].*got 0"),
+           ([[1, 2]], dict(vocab_limit=100.5), TypeError, "vocab_limit.*100.5")]
 
 
 @pytest.mark.parametrize("ids, kw, error, match", BAD_IDS, ids=[m for *_, m in BAD_IDS])
@@ -313,3 +328,12 @@ def test_ids_outside_the_vocabulary_are_named_before_any_work(ids, kw, error, ma
     assert calls == []
     # the same prompts within the vocabulary run
     assert minqwen3.generate(model, [[1, 2], [3]], 2, pad_id=0, stop_ids=()).shape == (2, 4)
+
+
+def test_max_new_tokens_and_a_decoder_of_another_model_are_named():
+    model, other = tiny(), tiny(seed=1)
+    with pytest.raises(TypeError, match="max_new_tokens must be an integer.*None"):
+        minqwen3.generate(model, [[1, 2]], None)
+    decoder = minqwen3.Decoder(other, max_len=16, compile=False, cuda_graphs=False)
+    with pytest.raises(ValueError, match="decoder was made for another model"):
+        minqwen3.generate(model, [[1, 2]], 3, decoder=decoder)
