@@ -432,6 +432,9 @@ def run(models: list[str], device: str, dtype: str | None, prompt: int, new: int
         prefill = 4096 if dev.type == "cuda" else 512
     if new < 2:
         raise ValueError("--new must be at least 2 (decode time is generate(new) - generate(1))")
+    for flag, value, lo in (("--prompt", prompt, 1), ("--prefill", prefill, 0), ("--repeats", repeats, 1)):
+        if value < lo:  # before the seconds of measuring the ceilings
+            raise ValueError(f"{flag} {value}: must be at least {lo}")
     for c in compare:
         if c not in COMPARE:
             raise ValueError(f"--compare {c!r}: choose from {', '.join(COMPARE)}")
@@ -474,7 +477,8 @@ def run(models: list[str], device: str, dtype: str | None, prompt: int, new: int
                                              dtype=str(dt), copy_Bps=bw, matmul_flops=flops, results=[
                                                  {**r, "config": r["config"].to_dict()} for r in results]),
                                         indent=1, default=str))
-    return 0
+    # every row failed (a prompt past a model's context, say): the table says why, the exit status that it did
+    return 1 if results and all("error" in r for res in results for r in res["runs"]) else 0
 
 
 def _print(res: dict, bw: float, flops: float, dtype: torch.dtype, prefill: int, new: int, dev) -> None:

@@ -66,9 +66,10 @@ def cmd_demo(args) -> int:
     print(f"\nThe demo model: {demo}, a {_fmt(total)}-parameter Qwen3 trained by this project on arithmetic "
           f"(loaded in {time.perf_counter() - t:.1f}s).\n\n> {DEMO_QUESTION}")
     printer = Printer()
-    reply = chat(model, tok, DEMO_QUESTION, temperature=0.0, max_new_tokens=512, stream=printer)  # greedy
+    new = 512
+    reply = chat(model, tok, DEMO_QUESTION, temperature=0.0, max_new_tokens=new, stream=printer)  # greedy
     printer.end()
-    print(_stats(reply, None))
+    print(_stats(reply, None, new))
     print(f"\nAsk it your own: python -m minqwen3 chat \"What is 352 × 7?\" (add /no_think to skip the thinking)"
           f"\nFor official weights (needs the network): {official}")
     return 0
@@ -254,14 +255,15 @@ class Printer:
         self.kind, self.held, self.closed = None, "", False
 
 
-def _stats(reply, budget) -> str:
+def _stats(reply, budget, max_new_tokens: int) -> str:
     parts = [f"{len(reply.ids)} tokens"]
     if reply.reasoning_tokens:
         parts.append(f"{reply.reasoning_tokens} thinking")
     if reply.budget_hit:
         parts.append(f"thinking budget of {budget} reached")
-    if reply.finish_reason == "length":
-        parts.append("cut off at --max-new-tokens")
+    if reply.finish_reason == "length":  # the tokens asked for, or the room left in the model's context
+        parts.append("cut off at --max-new-tokens" if len(reply.ids) >= max_new_tokens
+                     else "cut off: the model's context is full")
     return f"[{', '.join(parts)}; {reply.tokens_per_second:.1f} tokens/s, {reply.seconds:.1f}s]"
 
 
@@ -280,6 +282,7 @@ def check_args(args) -> None:
 def cmd_chat(args) -> int:
     """Answer PROMPT once, or talk turn by turn (history kept the way the template expects) until /exit or EOF."""
     from .assistant import chat
+    from .generation import ContextError
     check_args(args)
     if parallel_run() and args.prompt is None:
         raise ValueError("under torchrun, chat answers one PROMPT (give it); a conversation needs one process")
@@ -292,7 +295,7 @@ def cmd_chat(args) -> int:
                      max_new_tokens=args.max_new_tokens, seed=args.seed, stream=printer,
                      fast=False if args.eager else None, **_sampling(args))
         printer.end()
-        print(_stats(reply, args.thinking_budget), file=sys.stderr)
+        print(_stats(reply, args.thinking_budget, args.max_new_tokens), file=sys.stderr)
         return reply
 
     if args.prompt is not None:
@@ -302,7 +305,8 @@ def cmd_chat(args) -> int:
             printer.end()  # the colour reset and a newline, then exit (status 130)
             raise
         return 0
-    print("chat: /exit or Ctrl-D quits; /think and /no_think switch the mode per message", file=sys.stderr)
+    print("chat: /exit or Ctrl-D quits; /reset forgets the conversation; /think and /no_think switch the mode per "
+          "message", file=sys.stderr)
     history = list(system)
     # invalid UTF-8 on stdin arrives as surrogates, refused line by line (a decoding error would end the conversation)
     try:
@@ -324,6 +328,9 @@ def cmd_chat(args) -> int:
             continue
         if line.strip() in ("/exit", "/quit"):
             return 1 if refused else 0
+        if line.strip() == "/reset":
+            history = list(system)
+            continue
         if not line.strip():
             continue
         try:
@@ -331,6 +338,11 @@ def cmd_chat(args) -> int:
         except KeyboardInterrupt:  # stop this answer, keep the conversation
             printer.end()
             print("[interrupted]", file=sys.stderr)
+            continue
+        except ContextError as e:  # before any model work: the conversation stays as it was
+            print(f"error: {e}; this message was left out: type a shorter one"
+                  f"{', or /reset to start over' if len(history) > len(system) else ''}", file=sys.stderr)
+            refused += 1
             continue
         # the assistant turn goes back with its content only: the template drops old reasoning anyway
         history += [{"role": "user", "content": line}, reply.message()]

@@ -88,6 +88,49 @@ def test_repl_two_turns_then_eof(ckpt, capsys, monkeypatch):
     assert len(seen) == 2  # the empty line was skipped
 
 
+@pytest.fixture(scope="module")
+def small_ckpt(tmp_path_factory) -> Path:
+    """The bigram checkpoint with a 40-token context."""
+    d = tmp_path_factory.mktemp("bigram40")
+    minqwen3.save_pretrained(bigram_model(max_position_embeddings=40), d)
+    shutil.copy(ASSETS / "tokenizer.json", d / "tokenizer.json")
+    return d
+
+
+def test_a_message_past_the_context_is_left_out_and_the_conversation_goes_on(small_ckpt, capsys, monkeypatch):
+    """A message that does not fit is refused before any model work; the conversation keeps what it had, the
+    next message is answered, /reset forgets the history, and the exit status says a line was refused."""
+    seen = []
+    real = chat_module.chat
+    monkeypatch.setattr(chat_module, "chat", lambda m, t, messages, **kw: seen.append(list(messages)) or
+                        real(m, t, messages, **kw))
+    monkeypatch.setattr(sys, "stdin", io.StringIO("word " * 60 + "\nSay hi.\n" + "word " * 60 + "\n/reset\nSay hi.\n"))
+    rc, out, err = run(capsys, "chat", "--model", small_ckpt, "--no-think")
+    assert rc == 1 and out.count("Hi!") == 2
+    assert err.count("this message was left out: type a shorter one") == 2
+    assert err.count("or /reset to start over") == 1  # only once there is a history to forget
+    assert "the model's context is 40 tokens" in err
+    say_hi = [{"role": "user", "content": "Say hi."}]
+    assert seen[1] == say_hi and seen[2][:2] == say_hi + [{"role": "assistant", "content": "Hi!"}]
+    assert seen[3] == say_hi  # after /reset
+
+
+def test_a_reply_cut_by_the_context_says_so(small_ckpt, capsys):
+    tok = minqwen3.Tokenizer.from_pretrained(small_ckpt)
+    words = next(n for n in range(60) if len(tok.encode_messages(
+        [{"role": "user", "content": "Say hi." + " x" * n}], add_generation_prompt=True, enable_thinking=False)) >= 38)
+    rc, out, err = run(capsys, "chat", "--model", small_ckpt, "--no-think", "Say hi." + " x" * words)
+    assert rc == 0 and "cut off: the model's context is full" in err and "--max-new-tokens" not in err
+
+
+@pytest.mark.parametrize("flag, value", [("--prompt", "0"), ("--prefill", "-5"), ("--repeats", "0")])
+def test_bench_flags_are_checked_before_measuring(ckpt, capsys, monkeypatch, flag, value):
+    import minqwen3.bench as bench
+    monkeypatch.setattr(bench, "copy_bandwidth", lambda *a: pytest.fail("measured before checking the flags"))
+    rc, out, err = run(capsys, "bench", "--model", ckpt, "--device", "cpu", "--new", "2", flag, value)
+    assert rc != 0 and f"{flag} {value}: must be at least" in err
+
+
 def test_repl_exit_command(ckpt, capsys, monkeypatch):
     monkeypatch.setattr(sys, "stdin", io.StringIO("/exit\nSay hi.\n"))
     rc, out, _ = run(capsys, "chat", "--model", ckpt)
