@@ -28,19 +28,22 @@ def load_weights(model: nn.Module, path: str | os.PathLike, device=None, dtype: 
                  strict: bool = True) -> nn.Module:
     """Fill `model`'s parameters from the checkpoint folder `path`; return the model.
 
-    - single file or shards (through the index);
+    - single file or shards: model.safetensors where it exists (an index beside it is not read: transformers'
+      order), else the files the index names;
     - experts: the file's experts.{j}.* tensor goes to row j of the stacked parameter;
     - strict: raise ValueError naming the missing keys (model parameters the files lack) and the unexpected
-      ones (file keys the model has no place for). A tied model accepts and ignores lm_head.weight in the file
-      (the official 0.6B-4B checkpoints store it), and its head stays the embedding;
+      ones (file keys the model has no place for). A tied model accepts an lm_head.weight in the file equal to the
+      embedding (the official 0.6B-4B checkpoints store it) and raises ValueError naming lm_head.weight for one
+      that differs; its head stays the embedding;
     - a tensor whose shape differs from the parameter's: ValueError naming the key, strict or not;
     - dtype: convert to it (default: keep the file's dtype); device: where the parameters go (default CPU).
     """
     raise NotImplementedError("exercise 5b: load_weights")
 
 # ---------------------------------------------------------------- hints (read them only if you are stuck)
-# - Files: if (path / "model.safetensors.index.json") exists, json.load it and read each file named in
-#   index["weight_map"].values() once; otherwise path / "model.safetensors".
+# - Files: path / "model.safetensors" if it exists; otherwise json.load path / "model.safetensors.index.json" and
+#   read each file named in index["weight_map"].values() once.
+# - A tied model's stored lm_head.weight: torch.equal(it, the file's model.embed_tokens.weight), else ValueError.
 # - Expert keys: re.fullmatch(r"(.*\.mlp\.experts)\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight", key) gives the
 #   parameter name m[1] + "." + m[3] and the row int(m[2]). Sort rows by the number, not the string ("10" < "2").
 # - Expected keys: go through model.named_parameters() (a tied head appears once: it is the embedding) and expand

@@ -102,6 +102,30 @@ def test_tied_model_accepts_a_stored_head(impl, tmp_path):
     assert model.lm_head.weight is model.model.embed_tokens.weight
 
 
+def test_tied_model_refuses_a_stored_head_that_differs(impl, tmp_path):
+    """tie_word_embeddings with a different lm_head.weight in the file: the model would silently use the embedding
+    for the head (transformers 5 uses the stored one)."""
+    save_hf(tmp_path, tied=True)
+    f = tmp_path / "model.safetensors"
+    tensors = load_file(f)
+    tensors["lm_head.weight"] = tensors["model.embed_tokens.weight"] + 1.0
+    save_file(tensors, f)
+    with pytest.raises(ValueError, match=r"lm_head\.weight"):
+        impl.load_weights(blank(tmp_path), tmp_path)
+
+
+def test_model_safetensors_is_read_before_an_index(impl, tmp_path):
+    """A folder holding model.safetensors and an index (with its shards) is read as transformers reads it: the
+    single file. Here the index names a shard of other weights."""
+    hf = save_hf(tmp_path)
+    other = load_file(tmp_path / "model.safetensors")
+    save_file({k: v + 1.0 for k, v in other.items()}, tmp_path / "model-00001-of-00001.safetensors")
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps(
+        {"metadata": {}, "weight_map": {k: "model-00001-of-00001.safetensors" for k in other}}))
+    model = impl.load_weights(blank(tmp_path), tmp_path)
+    torch.testing.assert_close(logits(model), logits(hf), rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("strict", [True, False])
 def test_wrong_shape_is_named(impl, tmp_path, strict):
     save_hf(tmp_path)
