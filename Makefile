@@ -14,11 +14,14 @@ test: $(STAMP)
 
 venv: $(STAMP)
 
-# torch is pinned first: an unpinned torch would pull a multi-GB CUDA build
+# torch is pinned first, and looked for on PyTorch's CPU index too: PyPI's Linux wheels of torch are CUDA builds of
+# several GB (its 2.13.0+cpu sorts above them). TORCH_INDEX= (empty) leaves it to PyPI alone: a GPU machine.
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q --retries 1 --timeout 30 torch==2.13.0 $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
 	$(PY) -m pip install -q -e ".[test,notebooks]"
 	touch $(STAMP)
 
