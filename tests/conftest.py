@@ -6,6 +6,17 @@ import pytest
 import torch
 
 REF = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "qwen3"
+ASSETS = Path(__file__).resolve().parents[1] / "minqwen3" / "assets"
+# The official files that serve as oracles, by SHA-256: ../shared holds them where CI runs; on a clone without it
+# the package's shipped copies are the same bytes (test_offline.py checks the hashes), rendered and tokenised by
+# jinja2 and the tokenizers library, not by minqwen3
+OFFICIAL_SHA256 = {"tokenizer.json": "aeb13307a71acd8fe81861d94ad54ab689df773318809eed3cbe794b4492dae4",
+                   "chat_template.jinja": "a55ee1b1660128b7098723e0abcd92caa0788061051c62d51cbe87d9cf1974d8"}
+
+
+def official_file(name: str) -> Path:
+    """The official file `name` (a key of OFFICIAL_SHA256): ../shared's copy, else the package's."""
+    return REF / name if (REF / name).is_file() else ASSETS / name
 TINY = dict(vocab_size=320, hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
             num_key_value_heads=2, head_dim=32, max_position_embeddings=512, tie_word_embeddings=False)
 

@@ -1,12 +1,9 @@
 """minqwen3.chat_template against the official Qwen3 Jinja template, rendered the way transformers renders it."""
 import json
-from pathlib import Path
 
 import pytest
 
-REF = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "qwen3"
-if not (REF / "chat_template.jinja").is_file():
-    pytest.skip(f"official chat template not found at {REF} (reference data absent)", allow_module_level=True)
+from conftest import official_file
 
 jinja2 = pytest.importorskip("jinja2")
 import jinja2.ext  # noqa: E402
@@ -29,7 +26,7 @@ def _raise_exception(message):
 _env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols])
 _env.filters["tojson"] = _tojson
 _env.globals["raise_exception"] = _raise_exception
-_TEMPLATE = _env.from_string((REF / "chat_template.jinja").read_text(encoding="utf-8"))
+_TEMPLATE = _env.from_string(official_file("chat_template.jinja").read_text(encoding="utf-8"))
 
 
 def official(messages, tools=None, add_generation_prompt=False, enable_thinking=True):
