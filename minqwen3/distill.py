@@ -30,9 +30,25 @@ _FLOOR = -1e30  # log 0 made finite: 0 * (log 0 - x) must be 0, not nan, in the 
 
 class TopK(NamedTuple):
     """Stored teacher targets: ids (..., k) and the teacher's FULL-vocabulary log-probs at them (..., k), at the
-    temperature the divergence uses (log_softmax(logits / temperature)); the tail's mass is one minus their sum."""
+    temperature the divergence uses (log_softmax(logits / temperature)), and the log of the teacher's mass outside
+    them (..., 1), from its logits (teacher_data stores it). Without `tail` it is rebuilt as one minus the kept
+    mass, which float32 log-probs cannot resolve once a confident teacher leaves less than ~1e-6 outside: reverse
+    KL then sees a tail of log 0 (1e29 where the logits give 27)."""
     ids: torch.Tensor
     logprobs: torch.Tensor
+    tail: torch.Tensor | None = None
+
+    def parts(self) -> list[tuple[str, torch.Tensor]]:
+        """The (name, tensor) fields that are there."""
+        return [(n, x) for n, x in zip(self._fields, self) if x is not None]
+
+
+def tail_from(lt_k: torch.Tensor) -> torch.Tensor:
+    """log(1 - sum exp(lt_k)) (..., k) -> (...,), as well as float64 can: 1 - p_1 as -expm1(log p_1), then the others
+    taken off (the stored tail, TopK.tail, is exact; this is for targets stored without it)."""
+    lt = lt_k.double().sort(-1, descending=True).values
+    rest = -torch.expm1(lt[..., 0]) - lt[..., 1:].exp().sum(-1)
+    return torch.log(rest.clamp(min=0)).float()
 
 
 def _check(kind: str, beta: float, temperature: float, top_k: int | None) -> None:
@@ -53,6 +69,14 @@ def _rows(x: torch.Tensor, mask: torch.Tensor | None, lead: tuple[int, ...], wha
     if mask is None:
         return x.reshape(-1, x.shape[-1])
     return x[mask]
+
+
+def _check_topk(t: TopK) -> None:
+    if t.ids.shape != t.logprobs.shape:
+        raise ValueError(f"TopK ids {tuple(t.ids.shape)} and logprobs {tuple(t.logprobs.shape)} must have the same "
+                         "shape")
+    if t.tail is not None and t.tail.shape != (*t.ids.shape[:-1], 1):
+        raise ValueError(f"TopK tail {tuple(t.tail.shape)} must be {(*t.ids.shape[:-1], 1)}: one per row")
 
 
 def _check_mask(mask: torch.Tensor | None, lead: tuple[int, ...]) -> None:
@@ -92,7 +116,8 @@ def _row_divergence(s: torch.Tensor, teacher, kind: str, beta: float, temperatur
     V = ls.shape[-1]
     if isinstance(teacher, TopK):
         lt_k = teacher.logprobs.detach().float()
-        tail = None if teacher.ids.shape[-1] >= V else torch.log((1 - lt_k.exp().sum(-1)).clamp(min=0))
+        tail = (None if teacher.ids.shape[-1] >= V else tail_from(lt_k) if teacher.tail is None
+                else teacher.tail.detach().float()[..., 0])
         return _with_tail(ls, teacher.ids.long(), lt_k, tail, kind, beta)
     lt = torch.log_softmax(teacher.detach().float() / temperature, -1)
     if top_k is None or top_k >= V:
@@ -118,10 +143,8 @@ def divergence(student_logits: torch.Tensor, teacher_logits: torch.Tensor | TopK
     _check_mask(mask, lead)
     s = _rows(student_logits, mask, lead, "student_logits")
     if isinstance(teacher_logits, TopK):
-        if teacher_logits.ids.shape != teacher_logits.logprobs.shape:
-            raise ValueError(f"TopK ids {tuple(teacher_logits.ids.shape)} and logprobs "
-                             f"{tuple(teacher_logits.logprobs.shape)} must have the same shape")
-        t = TopK(*(_rows(x, mask, lead, f"teacher {n}") for n, x in zip(TopK._fields, teacher_logits)))
+        _check_topk(teacher_logits)
+        t = TopK(**{n: _rows(x, mask, lead, f"teacher {n}") for n, x in teacher_logits.parts()})
     else:
         if teacher_logits.shape != student_logits.shape:
             raise ValueError(f"teacher_logits {tuple(teacher_logits.shape)} and student_logits "
@@ -149,7 +172,10 @@ def divergence_chunked(hidden: torch.Tensor, weight: torch.Tensor, teacher, mask
         raise ValueError(f"weight must be (V, C={hidden.shape[-1]}), got {tuple(weight.shape)}")
     h = _rows(hidden, mask, lead, "hidden")
     if isinstance(teacher, TopK):
-        parts, make = [_rows(x, mask, lead, f"teacher {n}") for n, x in zip(TopK._fields, teacher)], TopK
+        _check_topk(teacher)
+        names = [n for n, _ in teacher.parts()]
+        parts = [_rows(x, mask, lead, f"teacher {n}") for n, x in teacher.parts()]
+        make = lambda *t: TopK(**dict(zip(names, t)))  # noqa: E731
     elif isinstance(teacher, torch.Tensor):
         parts, make = [_rows(teacher, mask, lead, "teacher logits")], lambda t: t
     else:
@@ -216,14 +242,14 @@ def teacher_data(teacher, prompts: list[list[int]], thinking: list[bool], dc: Di
     """Off-policy data: the teacher's sampled replies with its top-k log-probs at every reply token.
 
     keep(i, reply_ids) -> bool filters replies (e.g. drop wrong answers). Returns flat tensors (safetensors-ready):
-    ids (S_total,), lengths (S,), prompt_lengths (S,), topk_ids / topk_logprobs (M, k), one row per reply token in
-    order, each the teacher's distribution over that token (made at the position before it).
+    ids (S_total,), lengths (S,), prompt_lengths (S,), topk_ids / topk_logprobs (M, k) and topk_tail (M, 1), one row
+    per reply token in order, each the teacher's distribution over that token (made at the position before it).
     """
     if dc.top_k is None:
         raise ValueError("DistillConfig.top_k must be set to store teacher targets (None would store all V ids)")
     replies = sample_replies(teacher, prompts, thinking, dc, seed)
     kept = [(p, r) for i, (p, r) in enumerate(zip(prompts, replies)) if r and (keep is None or keep(i, r))]
-    ids, lengths, plens, tk_ids, tk_lp = [], [], [], [], []
+    ids, lengths, plens, tk_ids, tk_lp, tk_tail = [], [], [], [], [], []
     for j in range(0, len(kept), batch):
         group = kept[j:j + batch]
         x, mask, _ = collate([(p + r, [False] * len(p) + [True] * len(r)) for p, r in group], dc.pad_id)
@@ -234,6 +260,7 @@ def teacher_data(teacher, prompts: list[list[int]], thinking: list[bool], dc: Di
         top = lp.topk(dc.top_k, -1)  # (M_group, k) in the samples' order
         tk_ids.append(top.indices.int().cpu())
         tk_lp.append(top.values.cpu())
+        tk_tail.append(lp.scatter(-1, top.indices, float("-inf")).logsumexp(-1, keepdim=True).cpu())  # (M_group, 1)
         for p, r in group:
             ids += p + r
             lengths.append(len(p) + len(r))
@@ -242,7 +269,8 @@ def teacher_data(teacher, prompts: list[list[int]], thinking: list[bool], dc: Di
     return {"ids": torch.tensor(ids, dtype=torch.long), "lengths": torch.tensor(lengths, dtype=torch.long),
             "prompt_lengths": torch.tensor(plens, dtype=torch.long),
             "topk_ids": torch.cat(tk_ids) if tk_ids else torch.zeros(0, k, dtype=torch.int32),
-            "topk_logprobs": torch.cat(tk_lp) if tk_lp else torch.zeros(0, k)}
+            "topk_logprobs": torch.cat(tk_lp) if tk_lp else torch.zeros(0, k),
+            "topk_tail": torch.cat(tk_tail) if tk_tail else torch.zeros(0, 1)}
 
 
 def data_batch(data: dict[str, torch.Tensor], idx: list[int], pad_id: int):
@@ -257,7 +285,8 @@ def data_batch(data: dict[str, torch.Tensor], idx: list[int], pad_id: int):
         samples.append((s, [False] * p + [True] * (len(s) - p)))
         sel.append(torch.arange(rows[i], rows[i + 1]))
     sel = torch.cat(sel)
-    return collate(samples, pad_id), TopK(data["topk_ids"][sel], data["topk_logprobs"][sel])
+    tail = data["topk_tail"][sel] if "topk_tail" in data else None  # data stored before session 14 lacks it
+    return collate(samples, pad_id), TopK(data["topk_ids"][sel], data["topk_logprobs"][sel], tail)
 
 
 def _step(student, opt, loss_fn, ids, mask, valid, tc: TrainConfig, step: int) -> dict:
@@ -285,7 +314,7 @@ def offpolicy_step(student, opt, data: dict[str, torch.Tensor], idx: list[int], 
     """One step on samples idx of teacher_data: the divergence to the stored top-k targets on the teacher's
     tokens (plus dc.ce_coef times the next-token loss on them)."""
     (ids, mask, valid), target = data_batch(data, idx, dc.pad_id)
-    target = TopK(*(t.to(next(student.parameters()).device) for t in target))
+    target = TopK(**{n: t.to(next(student.parameters()).device) for n, t in target.parts()})
     W = student.lm_head.weight
 
     def loss_fn(h, tokens):

@@ -155,17 +155,26 @@ def test_zero_probabilities_give_no_nan():
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_stored_top_k_equals_logits_form(kind):
+@pytest.mark.parametrize("confident", [False, True])
+def test_stored_top_k_equals_logits_form(kind, confident):
+    """Stored targets with their tail (as teacher_data stores them) give the logits form's values and gradients; a
+    confident teacher leaves ~1e-10 of its mass outside the top k, which the kept log-probs cannot resolve in
+    float32 (reverse KL came out ~1e29 from them), but the stored tail does. Without a tail, the rebuilt one serves
+    a teacher that leaves enough outside."""
     s, t = logits(2, 5, 60, seed=21), logits(2, 5, 60, seed=22, scale=1.0)
+    if confident:
+        t[..., 7] += 30.0
     mask = torch.tensor([[True, False, True, True, False], [False, True, True, False, True]])
     for T in (1.0, 0.7):
         lt = F.log_softmax(t / T, -1)  # stored at the temperature the divergence uses
         top = lt.topk(8, -1)
+        tail = lt.scatter(-1, top.indices, float("-inf")).logsumexp(-1, keepdim=True)
         want, g_want = grads(lambda x: divergence(x, t, mask, kind=kind, temperature=T, top_k=8), s)
-        got, g_got = grads(lambda x: divergence(x, TopK(top.indices.int(), top.values), mask, kind=kind,
-                                                temperature=T), s)
-        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
-        torch.testing.assert_close(g_got, g_want, rtol=1e-4, atol=1e-7)
+        for stored in [TopK(top.indices.int(), top.values, tail)] + (
+                [] if confident else [TopK(top.indices.int(), top.values)]):
+            got, g_got = grads(lambda x: divergence(x, stored, mask, kind=kind, temperature=T), s)
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(g_got, g_want, rtol=1e-4, atol=1e-7)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -263,22 +272,26 @@ def test_sample_replies_end_at_stop_and_follow_the_modes():
         sample_replies(m, ps, [True], dc)
 
 
-def test_teacher_data_stores_the_teachers_top_k():
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_teacher_data_stores_the_teachers_top_k(temperature):
     teacher, ps = tiny(1, sharp=30.0), prompts(5)
-    dc = DistillConfig(top_k=4, **DC)
+    dc = DistillConfig(**{**DC, "top_k": 4, "temperature": temperature})
     data = teacher_data(teacher, ps, [True, False, True, False, True], dc, seed=0, batch=2)
     n_reply = int((data["lengths"] - data["prompt_lengths"]).sum())
     assert data["topk_ids"].shape == data["topk_logprobs"].shape == (n_reply, 4)
+    assert data["topk_tail"].shape == (n_reply, 1)
     (ids, mask, valid), target = data_batch(data, [3, 0], dc.pad_id)
     rows = 0
     for b, i in enumerate([3, 0]):  # the oracle: a plain forward of each sample alone, in sample order
         L = int(data["lengths"][i])
-        lp = F.log_softmax(teacher(ids[b:b + 1, :L])[0], -1)
+        lp = F.log_softmax(teacher(ids[b:b + 1, :L])[0] / temperature, -1)
         sel = mask[b, 1:L]
         want = lp[:-1][sel].topk(4, -1)
         n = int(sel.sum())
         torch.testing.assert_close(target.logprobs[rows:rows + n], want.values, rtol=1e-4, atol=1e-5)
         assert torch.equal(target.ids[rows:rows + n].long(), want.indices)
+        rest = lp[:-1][sel].scatter(-1, want.indices, float("-inf")).logsumexp(-1, keepdim=True)
+        torch.testing.assert_close(target.tail[rows:rows + n], rest, rtol=1e-4, atol=1e-4)
         rows += n
     assert rows == target.ids.shape[0]
     kept = teacher_data(teacher, ps, [True] * 5, dc, seed=0, keep=lambda i, r: i % 2 == 0)
