@@ -100,12 +100,19 @@ def train_step(model: Qwen3, opt: torch.optim.Optimizer, micro_batches: list, tc
     """One optimizer step over micro-batches of (ids, loss_mask, valid), each (B, T); returns the step's numbers.
 
     The cross-entropy is the mean over every loss token of the step (not a mean of micro-batch means), so a
-    micro-batch of long samples weighs as much as its tokens. The numbers come back as device tensors, so that
-    reading them (a host sync) is the caller's choice.
+    micro-batch of long samples weighs as much as its tokens; data parallel (torch.distributed initialised), over
+    every rank's tokens: each rank divides by the global count and the gradients are summed. The numbers come back
+    as device tensors, so that reading them (a host sync) is the caller's choice.
     """
     device = next(model.parameters()).device
     cfg = model.config
+    distributed = dist.is_available() and dist.is_initialized()
+    world = dist.get_world_size() if distributed else 1
     n_tokens = sum(int(m[:, 1:].sum()) for _, m, _ in micro_batches)  # the mask is on the host: free
+    if distributed:  # the step's loss tokens over all ranks
+        count = torch.tensor(n_tokens, device=device)
+        dist.all_reduce(count)
+        n_tokens = int(count)
     coef = cfg.router_aux_loss_coef if tc.aux_coef is None else tc.aux_coef
     use_aux = cfg.is_moe and tc.balance != "none" and coef > 0
     balance.start_step()
@@ -121,17 +128,17 @@ def train_step(model: Qwen3, opt: torch.optim.Optimizer, micro_batches: list, tc
         loss = ce
         if use_aux:
             counts = balance.counts(routers, cfg.num_experts_per_tok, valid)
-            aux = load_balancing_loss(routers, cfg.num_experts_per_tok, valid, counts) / len(micro_batches)
+            aux = load_balancing_loss(routers, cfg.num_experts_per_tok, valid, counts) / (len(micro_batches) * world)
             loss = loss + coef * aux
             aux_total += aux.detach()
         loss.backward()
         ce_total += ce.detach()
-    if dist.is_available() and dist.is_initialized():  # data parallel by hand: average the gradients
-        world = dist.get_world_size()
+    if distributed:  # data parallel by hand: each rank's gradient is its share of the global mean, so sum them
         for p in model.parameters():
             if p.grad is not None:
                 dist.all_reduce(p.grad)
-                p.grad /= world
+        for t in (ce_total, aux_total):  # and the step's numbers: the global mean
+            dist.all_reduce(t)
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
     opt.step()
     opt.zero_grad(set_to_none=True)
@@ -148,12 +155,18 @@ def make_optimizer(model: Qwen3, tc: TrainConfig) -> torch.optim.AdamW:
                               {"params": other, "weight_decay": 0.0}], lr=tc.lr, betas=tc.betas, fused=fused)
 
 
-def save_checkpoint(model: Qwen3, opt: torch.optim.Optimizer, step: int, path: str | Path) -> None:
-    """An official-layout checkpoint (fp32, loadable anywhere) plus the optimizer state and step, to resume from."""
+SCHEDULE = ("steps", "lr", "min_lr", "warmup")  # what lr_at reads: a resumed run must continue the same curve
+
+
+def save_checkpoint(model: Qwen3, opt: torch.optim.Optimizer, step: int, path: str | Path,
+                    tc: TrainConfig | None = None) -> None:
+    """An official-layout checkpoint (fp32, loadable anywhere) plus the optimizer state, the step and the learning
+    rate schedule (tc's, as a time budget may have fitted its steps), to resume from."""
     from .checkpoint import save_pretrained
     path = Path(path)
     save_pretrained(model, path)
-    torch.save({"optimizer": opt.state_dict(), "step": step}, path / "trainer_state.pt")
+    schedule = {} if tc is None else {"schedule": {k: getattr(tc, k) for k in SCHEDULE}}
+    torch.save({"optimizer": opt.state_dict(), "step": step, **schedule}, path / "trainer_state.pt")
 
 
 def load_checkpoint(path: str | Path, device=None) -> tuple[Qwen3, dict]:
@@ -231,11 +244,11 @@ def train(model: Qwen3, batches: Iterable[list], tc: TrainConfig, start_step: in
                 bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{lr:.2e}")
                 log(row)
             if out and tc.save_every and step % tc.save_every == 0 and step < tc.steps:
-                save_checkpoint(model, opt, step, out / "checkpoint")
+                save_checkpoint(model, opt, step, out / "checkpoint", tc)
     finally:
         bar.close()
         if log_file:
             log_file.close()
     if out:
-        save_checkpoint(model, opt, step, out / "checkpoint")
+        save_checkpoint(model, opt, step, out / "checkpoint", tc)
     return rows

@@ -22,6 +22,7 @@ import os
 import shutil
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -89,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", help="training checkpoints and log.jsonl (default: <out>-train)")
     p.add_argument("--steps", type=int, help=f"optimizer steps (default: as shipped, {STEPS})")
     p.add_argument("--minutes", type=float, help="fit the run in this time: fewer steps if needed (logged); "
-                   "the shipped runs: --steps 5000 --minutes 5.4 (dense), 2.8 (MoE)")
+                   "the shipped runs: --steps 5000 --minutes 5.4 (dense), 2.8 (MoE). With --resume: the steps left "
+                   "of the run's own schedule (kept in its checkpoint) in this many minutes from now")
     p.add_argument("--batch", type=int, default=512, help="samples per optimizer step")
     p.add_argument("--micro", type=int, default=4, help="micro-batches per step (gradient accumulation)")
     p.add_argument("--lr", type=float, default=2e-3)
@@ -123,6 +125,9 @@ def main(argv: list[str] | None = None) -> int:
         opt = make_optimizer(model, tc)
         opt.load_state_dict(state["optimizer"])
         start = state["step"]
+        # the run's own schedule, its steps as --minutes fitted them: the rest of the same curve (--minutes again
+        # fits what is left into that many minutes from now, never more steps)
+        tc = replace(tc, **state.get("schedule", {}))
     elif args.init:  # weights only: the optimizer and the schedule start afresh
         model = minqwen3.from_pretrained(args.init, device=device, dtype=torch.float32).train()
         if model.config.is_moe != (args.model == "moe"):

@@ -200,11 +200,11 @@ def _dist_worker(rank, world, port, data, init, results):
 @pytest.mark.slow
 def test_distributed_counts_and_gradients_are_all_reduced():
     import torch.multiprocessing as mp
-    data = samples(4, 4, lo=10, hi=11)  # equal lengths: each rank holds the same number of loss tokens
+    data = samples(4, 4, lo=10, hi=11)
     data = [data[:2], data[2:]]
-    for d in data:  # and the same masks, so the mean of the ranks' means is the global mean
+    for r, d in enumerate(data):  # rank 0 holds 12 loss tokens, rank 1 2: the global mean is not the ranks' mean
         for i, (ids, _) in enumerate(d):
-            d[i] = (ids, [False] * 4 + [True] * 6)
+            d[i] = (ids, [False] * 4 + [True] * 6 if r == 0 else [False] * 9 + [True])
     init = tiny(5).state_dict()
     results = mp.Manager().dict()
     port = 29500 + os.getpid() % 1000
@@ -236,6 +236,16 @@ def test_resume_from_checkpoint_continues_exactly(tmp_path):
     train(model, batches[2:], TrainConfig(steps=4, warmup=2, lr=1e-2), start_step=2, opt=opt, progress=False)
     for (n, p), q in zip(a.named_parameters(), model.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=n)
+
+
+def test_a_checkpoint_keeps_the_schedule_a_time_budget_fitted(tmp_path):
+    """A time budget lowers tc.steps at step 60 (here to 61: no time left); the checkpoint records that schedule, so
+    a resumed run continues the same learning-rate curve instead of the --steps it was started with."""
+    import itertools
+    tc = TrainConfig(steps=1000, warmup=60, lr=1e-2, out=str(tmp_path), save_every=50, log_every=100)
+    train(tiny(), itertools.repeat([col(samples(10, 4))]), tc, progress=False, time_budget=0.0)
+    _, state = load_checkpoint(tmp_path / "checkpoint")
+    assert state["step"] == 61 and state["schedule"] == {"steps": 61, "lr": 1e-2, "min_lr": tc.min_lr, "warmup": 60}
 
 
 def test_training_learns_and_logs(tmp_path):
