@@ -215,16 +215,33 @@ def main(argv: list[str] | None = None) -> int:
 # ---------------------------------------------------------------- the report
 def _interp_cost(curve: list[tuple[float, float]], target: float) -> float | None:
     """The compute at which a rising accuracy curve [(compute, acc)] first reaches target (linear between points)."""
+    if curve and curve[0][1] >= target:  # the start has it already
+        return curve[0][0]
     for (x0, y0), (x1, y1) in zip(curve, curve[1:]):
         if y0 < target <= y1:
             return x0 + (x1 - x0) * (target - y0) / (y1 - y0)
-    return curve[0][0] if curve and curve[0][1] >= target else None
+    return None
+
+
+def finished_curves(rows: list[dict]) -> list[dict]:
+    """The curve rows of the runs that ended (an eval row), each run's own points only. An arm stopped midway (a
+    deadline, a kill) runs again from its start on resume while its earlier points stay in the file: a point at no
+    more compute than the one before it, for the same arm and seed, begins the run again."""
+    per = {}
+    for r in rows:
+        if r.get("curve"):
+            pts = per.setdefault((r["arm"], r.get("seed", 0)), [])
+            if pts and r["tflops"] <= pts[-1]["tflops"]:
+                pts.clear()
+            pts.append(r)
+    ended = {(r["arm"], r.get("seed", 0)) for r in rows if "eval" in r}
+    return [r for key, pts in per.items() if key in ended for r in pts]
 
 
 def report(results: Path, out: str) -> int:
     rows = [json.loads(x) for x in results.read_text().splitlines()]
     ends = [r for r in rows if "eval" in r]
-    curves = [r for r in rows if r.get("curve")]
+    curves = finished_curves(rows)
     by = {}
     for r in ends:
         by.setdefault(r["arm"], []).append(r)

@@ -368,3 +368,14 @@ def test_experiment_student_is_the_teacher_with_layers_dropped():
     per_layer = 32 * 8 * (4 + 2 + 2 + 4) + 3 * 32 * 64 + 2 * 8 + 2 * 32
     body = 3 * per_layer + 32  # + the final norm
     assert X.Meter.forward(teacher, 10, 4) == 2 * body * 10 + 2 * c.vocab_size * 32 * 4
+
+
+def test_t_quantile_of_the_experiment_intervals():
+    """scripts/distill_experiment.py's 95% t-intervals over seeds: Student's t quantiles as tables print them."""
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    import distill_experiment as X
+    table = {1: 12.706, 2: 4.303, 4: 2.776, 5: 2.571, 6: 2.447, 9: 2.262, 14: 2.145, 29: 2.045, 60: 2.000}
+    for df, t in table.items():
+        assert X.t975(df) == pytest.approx(t, abs=1e-3), df

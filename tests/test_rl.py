@@ -162,6 +162,23 @@ def test_checker_on_the_demo_teachers_format():
             assert check_reply(reply, p.answer + 1, thinking) == 0.0
 
 
+def test_experiment_reports_curves_and_costs_of_resumed_runs():
+    """scripts/rl_experiment.py: an arm killed midway and run again leaves its first run's curve points in the file;
+    the report keeps the finished run's only. A start that already meets the target costs nothing."""
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    import rl_experiment as X
+    pt = lambda arm, seed, tf: {"curve": True, "arm": arm, "seed": seed, "tflops": tf}  # noqa: E731
+    rows = [pt("grpo", 0, 10.0), pt("grpo", 0, 20.0),  # killed here, before its eval row
+            pt("grpo", 0, 10.0), pt("grpo", 0, 20.0), {"arm": "grpo", "seed": 0, "eval": {}},
+            pt("grpo", 1, 10.0), {"arm": "on-policy", "seed": 0, "eval": {}}]  # seed 1: never finished
+    assert [r["tflops"] for r in X.finished_curves(rows)] == [10.0, 20.0]
+    assert X._interp_cost([(0, 0.72), (20, 0.70), (40, 0.75)], 0.71) == 0
+    assert X._interp_cost([(0, 0.5), (20, 0.70), (40, 0.75)], 0.71) == pytest.approx(24.0)
+    assert X._interp_cost([(0, 0.5), (20, 0.6)], 0.71) is None
+
+
 # ---------------------------------------------------------------- the log-probs and the loop, on tiny models
 TINY = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, head_dim=8, max_position_embeddings=128)
