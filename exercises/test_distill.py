@@ -65,6 +65,8 @@ def test_mask_mean_over_true_tokens(impl):
     s2 = s.clone()
     s2[~mask] = 100.0  # what is under the mask does not matter
     torch.testing.assert_close(impl.divergence(s2, t, mask), impl.divergence(s, t, mask))
+    for kind in KINDS:  # no token at all: 0, not 0 / 0 (hint 5)
+        assert impl.divergence(s, t, torch.zeros_like(mask), kind=kind).item() == 0.0, kind
 
 
 def test_top_k_keeps_the_tail(impl):

@@ -84,11 +84,12 @@ def test_masked_tokens_count_for_nothing(impl):
 
 
 def test_constants_get_no_gradient(impl):
-    lp, old, _, adv, mask = data(3)
-    old, adv = old.clone().requires_grad_(True), adv.clone().requires_grad_(True)
-    impl.grpo_loss(lp.clone().requires_grad_(True), old, adv, mask).backward()
-    assert old.grad is None or old.grad.abs().max() == 0
-    assert adv.grad is None or adv.grad.abs().max() == 0
+    """Only the policy's log-probs are trained: the sampler's, the advantages and the reference's are constants."""
+    lp, old, ref, adv, mask = data(3)
+    old, adv, ref = (t.clone().requires_grad_(True) for t in (old, adv, ref))
+    impl.grpo_loss(lp.clone().requires_grad_(True), old, adv, mask, kl_coef=0.3, ref_logprobs=ref).backward()
+    for name, t in (("old_logprobs", old), ("advantages", adv), ("ref_logprobs", ref)):
+        assert t.grad is None or t.grad.abs().max() == 0, name
 
 
 def test_on_policy_gradient_is_minus_the_advantage_per_token(impl):

@@ -1,5 +1,7 @@
 """Distillation: the divergences against a direct float64 computation and torch's kl_div; top-k with its tail class;
 the stored and chunked forms against the plain one; the off-policy and on-policy loops on tiny random models."""
+from dataclasses import replace
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -302,7 +304,22 @@ def _batch_divergence(student, data, idx, dc):
     (ids, mask, _), target = data_batch(data, idx, dc.pad_id)
     with torch.no_grad():
         h, _ = student.hidden_states(ids)
-        return float(divergence(F.linear(h[:, :-1][mask[:, 1:]], student.lm_head.weight), target, kind=dc.kind))
+        return float(divergence(F.linear(h[:, :-1][mask[:, 1:]], student.lm_head.weight), target, kind=dc.kind,
+                                temperature=dc.temperature))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_offpolicy_step_scores_at_its_temperature(kind):
+    """The step's divergence (before its update) is divergence() at dc.temperature on the stored targets."""
+    teacher, student = tiny(2, sharp=30.0), tiny(3, sharp=20.0)  # a peaked student too: T changes its softmax
+    dc = DistillConfig(**{**DC, "top_k": 4, "temperature": 0.7, "kind": kind})
+    data = teacher_data(teacher, prompts(4), [True, False] * 2, dc, seed=0)
+    want = _batch_divergence(student, data, [0, 1, 2, 3], dc)
+    tc = TrainConfig(lr=0.0, min_lr=0.0, warmup=1)
+    stats = offpolicy_step(student, make_optimizer(student, tc), data, [0, 1, 2, 3], dc, tc)
+    assert stats["divergence"] == pytest.approx(want, rel=1e-4)
+    assert want != pytest.approx(_batch_divergence(student, data, [0, 1, 2, 3], replace(dc, temperature=1.0)),
+                                 rel=1e-2)  # the temperature matters here
 
 
 @pytest.mark.parametrize("student_kw", [{}, dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16)])

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import minqwen3
-from minqwen3.distill import DistillConfig
+from minqwen3.distill import DistillConfig, sample_replies
 from minqwen3.rl import GRPOConfig, check_reply, group_advantages, grpo_loss, grpo_step, token_logprobs
 from minqwen3.train import TrainConfig, make_optimizer
 
@@ -241,6 +241,34 @@ def test_grpo_steps_raise_the_reward(kl_coef):
     assert before < 0.4 and after > before + 0.4, (before, after)
     if ref is not None:
         assert all(p.grad is None for p in ref.parameters())
+
+
+def test_grpo_steps_kl_term_against_a_hand_computation():
+    """Every reply scored alike (advantage 0): the step's loss is the KL term alone, kl_coef times the mean over
+    replies of the mean over their tokens of k3 = exp(r - p) - (r - p) - 1, with p and r each reply token's
+    log-prob under the policy and the reference, computed here by a plain forward of every reply alone. A copy of
+    the policy as the reference gives 0."""
+    model, other = tiny(4), tiny(5)
+    dc = DistillConfig(stop_ids=(1,), pad_id=0, max_new_tokens=4)
+    gc = GRPOConfig(group=2, kl_coef=0.5, sample=dc)
+    ps, think = prompts(3), [True, False, True]
+    replies = sample_replies(model, ps * 2, think * 2, dc, seed=7)  # what the step samples with seed 7
+
+    def logprobs(m, p, x):  # log-probs of reply x's tokens after prompt p, one forward of the sequence alone
+        with torch.no_grad():
+            lp = torch.log_softmax(m(torch.tensor([p + x]))[0, :-1].float(), -1)
+        return lp[len(p) - 1:].gather(-1, torch.tensor(x)[:, None])[:, 0]
+
+    want = []
+    for p, x in zip(ps * 2, replies):
+        d = logprobs(other, p, x) - logprobs(model, p, x)
+        want.append((d.exp() - d - 1).mean())
+    want = gc.kl_coef * torch.stack(want).mean()
+    tc = TrainConfig(lr=0.0, min_lr=0.0, warmup=1)
+    for ref, expected in ((copy.deepcopy(model), 0.0), (other, float(want))):
+        stats = grpo_step(model, make_optimizer(model, tc), ps, think, lambda i, r: 1.0, gc, tc, ref=ref, seed=7)
+        assert stats["loss"] == pytest.approx(expected, abs=1e-6, rel=1e-4)
+    assert float(want) > 1e-3  # the two models differ: the term is not 0 by accident
 
 
 def test_grpo_step_needs_a_reference_for_kl():

@@ -238,6 +238,17 @@ def test_resume_from_checkpoint_continues_exactly(tmp_path):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=n)
 
 
+def test_a_step_moves_the_weights_by_its_learning_rate():
+    """AdamW's first step moves each weight that has a gradient by the learning rate itself (m / sqrt(v) = ±1 with
+    no decay): the rate train() sets for step 0 is lr_at(0), the warm-up's first, lr / warmup."""
+    model = tiny()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    tc = TrainConfig(steps=1, warmup=4, lr=1e-2, weight_decay=0.0, grad_clip=1e9)
+    train(model, [[col(samples(10, 4))]], tc, progress=False)
+    moved = max(float((p.detach() - before[n]).abs().max()) for n, p in model.named_parameters())
+    assert moved == pytest.approx(lr_at(0, tc), rel=1e-3) and lr_at(0, tc) == pytest.approx(2.5e-3)
+
+
 def test_a_checkpoint_keeps_the_schedule_a_time_budget_fitted(tmp_path):
     """A time budget lowers tc.steps at step 60 (here to 61: no time left); the checkpoint records that schedule, so
     a resumed run continues the same learning-rate curve instead of the --steps it was started with."""
