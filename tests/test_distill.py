@@ -351,13 +351,13 @@ def test_onpolicy_steps_reduce_the_divergence():
     def reverse_kl():
         with torch.no_grad():
             return float(divergence(student(ids)[:, :-1], teacher(ids)[:, :-1], mask[:, 1:], kind="reverse"))
-    tc = TrainConfig(steps=25, lr=1e-2, min_lr=1e-3, warmup=2)
+    tc = TrainConfig(steps=40, lr=1e-2, min_lr=1e-3, warmup=2)
     opt = make_optimizer(student, tc)
     before = reverse_kl()
-    for step in range(25):
+    for step in range(40):
         stats = onpolicy_step(student, teacher, opt, ps, think, dc, tc, step, seed=step)
     assert stats["reply_tokens"] >= 1 and stats["divergence"] >= 0
-    assert reverse_kl() < 0.7 * before
+    assert reverse_kl() < 0.7 * before  # 0.53-0.54 for three seed offsets (25 steps: 0.69-0.71, too near the bar)
     assert all(p.grad is None for p in teacher.parameters())  # the teacher is never trained
 
 
