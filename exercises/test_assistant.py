@@ -93,7 +93,7 @@ def rigged():
 @pytest.mark.parametrize("budget", [0, 1, 3])
 def test_chat_with_your_early_stop(impl, tok, rigged, budget, monkeypatch):
     """The model thinks "Hmm ok so" then closes </think> (4 thinking tokens): a budget under 4 cuts the thought
-    after `budget` tokens and feeds your early-stop text (tests/test_chat.py checks that no budget, or one of 4 or
+    after `budget` tokens and feeds your early-stop text (tests/test_assistant.py checks that no budget, or one of 4 or
     more, changes nothing: that is chat()'s logic, not this exercise's)."""
     import minqwen3.assistant
     monkeypatch.setattr(minqwen3.assistant, "early_stop_ids", impl.early_stop_ids)

@@ -1,4 +1,4 @@
-"""The chat and generate commands end to end, on a saved checkpoint of the rigged bigram model from test_chat."""
+"""The chat and generate commands end to end, on a saved checkpoint of the rigged bigram model from test_assistant."""
 import io
 import os
 import shutil
@@ -16,7 +16,7 @@ import minqwen3.assistant as chat_module
 import minqwen3.generation as gen_module
 from minqwen3 import EARLY_STOP
 from minqwen3.tokenizer import ASSETS
-from test_chat import bigram_model
+from test_assistant import bigram_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
