@@ -417,7 +417,8 @@ def checkpoint_module(bug: str | None = None) -> types.ModuleType:
     def load_weights(model, path, device=None, dtype=None, strict=True):
         path = Path(path)
         index = path / "model.safetensors.index.json"
-        if index.is_file() and bug != "shard index ignored":
+        single_first = (path / "model.safetensors").is_file() and bug != "index read before model.safetensors"
+        if index.is_file() and not single_first and bug != "shard index ignored":
             files = dict.fromkeys(json.loads(index.read_text())["weight_map"].values())
         else:
             files = ["model.safetensors"]
@@ -426,6 +427,9 @@ def checkpoint_module(bug: str | None = None) -> types.ModuleType:
             tensors.update(load_file(path / f))
         want = expected(model)
         tied = model.config.tie_word_embeddings
+        if (tied and "lm_head.weight" in tensors and bug != "a stored head never compared"
+                and not torch.equal(tensors["lm_head.weight"], tensors["model.embed_tokens.weight"])):
+            raise ValueError("lm_head.weight differs from model.embed_tokens.weight in a tied checkpoint")
         if bug == "experts stacked in the keys' string order":
             keys = sorted(k for k in tensors if _EXPERT.fullmatch(k))
             rows = {}
@@ -461,7 +465,8 @@ def checkpoint_module(bug: str | None = None) -> types.ModuleType:
 
 
 CHECKPOINT_BUGS = ["experts stacked in the keys' string order", "never strict", "tied model refuses a stored head",
-                   "state dict keeps the tied head", "shard index ignored", "shape never checked", "dtype ignored"]
+                   "state dict keeps the tied head", "shard index ignored", "shape never checked", "dtype ignored",
+                   "index read before model.safetensors", "a stored head never compared"]
 
 MUTANTS = {  # exercise test file -> {mistake: module}
     "test_rmsnorm.py": RMSNORM,
