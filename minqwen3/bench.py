@@ -472,7 +472,7 @@ def run(models: list[str], device: str, dtype: str | None, prompt: int, new: int
         if starts:
             results[-1]["first_call"] = starts
             _print_first(m, starts, prompt)
-    if out:
+    if out and (plan is None or plan.rank == 0):  # the numbers rank 0 printed; every rank writing raced
         Path(out).write_text(json.dumps(dict(date=str(datetime.date.today()), device=name, versions=versions,
                                              dtype=str(dt), copy_Bps=bw, matmul_flops=flops, results=[
                                                  {**r, "config": r["config"].to_dict()} for r in results]),

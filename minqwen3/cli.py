@@ -478,6 +478,9 @@ def main(argv: list[str] | None = None) -> int:
         bytecode.use_cache()  # before torch's first import: where its bytecode is not kept, ~1-3 s of every start
         if args.fn is cmd_download and threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGINT, signal.default_int_handler)  # a download cleans up after Ctrl-C
+        if parallel_run() and args.fn not in (cmd_generate, cmd_chat, cmd_bench):
+            raise ValueError(f"under torchrun only generate, chat PROMPT and bench split a model over the processes: "
+                             f"run {args.cmd} in one process (python -m minqwen3 {args.cmd} ...)")
         if getattr(args, "device", None) is not None:
             args.device = check_device(args.device)
         return args.fn(args)
@@ -488,9 +491,24 @@ def main(argv: list[str] | None = None) -> int:
         print(_rank() + "error: " + " ".join(str(e).split()), file=sys.__stderr__ if _rank() else sys.stderr)
         return 1
     except Exception as e:  # anything else is a bug in minqwen3: still one line, with what to report
+        if parallel_run() and _peer_left(e):  # this process is fine: another one failed first, or quit
+            print(f"{_rank()}error: another process of this torchrun launch failed or quit (its error is printed "
+                  f"above), and this one lost it: {type(e).__name__}", file=sys.__stderr__ if _rank() else sys.stderr)
+            return 1
         print(f"{_rank()}error: {type(e).__name__}: {' '.join(str(e).split())} (a bug in minqwen3? please report "
               "it)", file=sys.__stderr__ if _rank() else sys.stderr)
         return 1
+
+
+def _peer_left(e: Exception) -> bool:
+    """A collective that failed because a peer is gone: torch's DistError, or gloo's / NCCL's connection errors."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and isinstance(e, getattr(dist, "DistError", ())):
+        return True
+    text = str(e)
+    return isinstance(e, RuntimeError) and any(k in text for k in (
+        "Connection closed by peer", "Connection reset by peer", "Broken pipe", "NCCL communicator was aborted",
+        "Socket Timeout", "gloo/transport"))
 
 
 def _rank() -> str:

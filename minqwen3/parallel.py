@@ -527,7 +527,13 @@ def spawn(fn, world: int, *args, timeout_s: float = 300) -> list:
                         raise RuntimeError(f"{world} ranks did not finish in {timeout_s:.0f} s "
                                            f"(finished: {sorted(results)})") from None
                     continue
-                if status == "error":
+                if status == "error":  # a rank that died (killed, os._exit) leaves the others failing at the next
+                    for p in procs:     # collective: name it, not the first survivor to report
+                        p.join(timeout=0.5 if p.exitcode is None else 0)
+                    dead = [r for r, p in enumerate(procs) if p.exitcode not in (None, 0) and r != rank]
+                    if dead:
+                        raise RuntimeError(f"rank {dead[0]} died with exit code {procs[dead[0]].exitcode} (rank "
+                                           f"{rank} then failed: {value.splitlines()[0]})")
                     raise RuntimeError(f"rank {rank} failed: {value}")
                 results[rank] = value
         finally:

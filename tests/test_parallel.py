@@ -201,6 +201,44 @@ def test_torchrun_chat_needs_a_prompt(monkeypatch, capsys):
     assert "under torchrun, chat answers one PROMPT" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("argv", [["verify", "weights/demo-dense"], ["demo"], ["download", "Qwen3-0.6B"]])
+def test_torchrun_runs_only_the_commands_that_split_a_model(monkeypatch, capsys, argv):
+    """Under torchrun every process would run verify, demo or download whole, each printing all of it."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    from minqwen3.cli import main
+    assert main(argv) == 1
+    assert f"under torchrun only generate, chat PROMPT and bench split a model over the processes: run {argv[0]} in " \
+           "one process" in capsys.readouterr().err
+
+
+def test_a_process_that_lost_its_peer_says_so(monkeypatch, capfd):
+    """A collective that fails because another rank quit (that rank printed its own error) is not reported as a
+    bug in minqwen3."""
+    from minqwen3 import cli
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+
+    def lost(args):
+        raise RuntimeError("[../third_party/gloo/gloo/transport/tcp/pair.cc:553] Connection closed by peer")
+    monkeypatch.setattr(cli, "cmd_generate", lost)
+    assert cli.main(["generate", "--device", "cpu", "Hi"]) == 1
+    err = capfd.readouterr().err  # a rank other than 0 writes to the real stderr
+    assert "rank 1: error: another process of this torchrun launch failed or quit" in err and "a bug" not in err
+
+
+def _dies(plan):  # runs in each spawned rank: rank 1 exits at once, rank 0 waits for it in a collective
+    import os
+    import torch.distributed as dist
+    if plan.rank == 1:
+        os._exit(3)
+    dist.all_reduce(torch.ones(1))
+
+
+def test_spawn_names_the_rank_that_died():
+    with pytest.raises(RuntimeError, match="rank 1 died with exit code 3"):
+        parallel.spawn(_dies, 2, timeout_s=60)
+
+
 
 def test_plan_for_the_official_shapes():
     c = Qwen3Config.from_name("Qwen3-32B")  # 64 query heads, 8 KV heads
