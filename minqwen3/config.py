@@ -180,8 +180,8 @@ class Qwen3Config:
             rp = dict(rp)
             if "rope_theta" in rp:  # the nested value wins, as in transformers 5
                 d["rope_theta"] = rp.pop("rope_theta")
-            if rp.get("rope_type", rp.get("type", "default")) != "default":
-                d.setdefault("rope_scaling", rp)
+            if rp.get("rope_type", rp.get("type", "default")) != "default" and not d.get("rope_scaling"):
+                d["rope_scaling"] = rp  # over a "rope_scaling": null beside it, as the official configs have
         layer_types = d.pop("layer_types", None)  # transformers 5: one attention kind per layer
         if layer_types is not None and (not isinstance(layer_types, list)
                                         or any(t != "full_attention" for t in layer_types)):
@@ -190,6 +190,10 @@ class Qwen3Config:
         moe = d.get("model_type") == "qwen3_moe" or bool(d.get("num_experts"))
         for k, v in {**_FILE_DEFAULTS, **(_FILE_DEFAULTS_MOE if moe else {})}.items():
             d.setdefault(k, v)
+        if d.get("use_sliding_window") is True:  # transformers' window where the file names none (then refused)
+            d.setdefault("sliding_window", 4096)
+            if not moe:
+                d.setdefault("max_window_layers", 28)
         if moe and "head_dim" not in d and isinstance(d.get("hidden_size"), int) and isinstance(
                 d.get("num_attention_heads"), int) and d["num_attention_heads"] > 0:
             d["head_dim"] = d["hidden_size"] // d["num_attention_heads"]  # transformers' Qwen3-MoE without it

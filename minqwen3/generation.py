@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import operator
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -85,7 +86,7 @@ def check_sampling(temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
         _integer("thinking_budget", thinking_budget, "thinking tokens at most, None = unlimited")
 
 
-def check_ids(input_ids, vocab_size: int, pad_id: int | None = None,
+def check_ids(input_ids, vocab_size: int, pad_id: int,
               generated: Sequence[Sequence[int]] | None = None) -> None:
     """Prompts (a (B, T) integer tensor or a list of non-empty lists of ints), pad_id (where it pads prompts of
     different lengths) and the `generated` ids must be token ids of the model (0 <= id < vocab_size). Otherwise
@@ -110,15 +111,17 @@ def check_ids(input_ids, vocab_size: int, pad_id: int | None = None,
             if isinstance(row, (str, bytes)) or not isinstance(row, Sequence) or not row:
                 raise ValueError(f"input_ids[{i}] must be a non-empty list of token ids, got {row!r:.80}")
     rows = [] if isinstance(input_ids, torch.Tensor) else [(f"input_ids[{i}]", r) for i, r in enumerate(input_ids)]
+    if pad_id is None or isinstance(pad_id, bool) or not isinstance(pad_id, numbers.Integral):
+        raise TypeError(f"pad_id must be a token id (it fills finished rows and left-pads shorter prompts), got "
+                        f"{type(pad_id).__name__} {pad_id!r}")
     if len({len(r) for _, r in rows}) > 1:  # pad_id is fed to the model only as padding
-        if pad_id is None:
-            raise ValueError("prompts of different lengths are left-padded with pad_id: it cannot be None")
         rows.append(("pad_id", [pad_id]))
     if generated is not None:
         n = len(input_ids)
-        if isinstance(generated, (str, bytes)) or not isinstance(generated, Sequence) or len(generated) != n:
-            raise ValueError(f"generated must hold one list of ids per prompt ({n}), got "
-                             f"{len(generated) if isinstance(generated, Sequence) else type(generated).__name__}")
+        if isinstance(generated, (str, bytes)) or not hasattr(generated, "__len__"):
+            raise TypeError(f"generated must hold one list of ids per prompt, got {type(generated).__name__}")
+        if len(generated) != n:
+            raise ValueError(f"generated must hold one list of ids per prompt ({n}), got {len(generated)}")
     rows += [(f"generated[{i}]", r) for i, r in enumerate(generated or ())]
     for name, row in rows:
         for t in row:
@@ -162,15 +165,22 @@ def sample(logits: torch.Tensor, temperature: float = 0.0, top_k: int = 0, top_p
 
 
 def check_stop_ids(stop_ids) -> tuple[int, ...]:
-    """stop_ids as a tuple of ints; a bare int or a string is an error naming it. (An id the model cannot emit
-    is allowed: the default, Qwen's, on a test model of a few hundred ids.)"""
+    """stop_ids (a list, set, tuple, array or integer tensor of ids) as a tuple of ints; a bare int or a string is
+    an error naming it. (An id the model cannot emit is allowed: the default, Qwen's, on a test model of a few
+    hundred ids.)"""
+    if isinstance(stop_ids, torch.Tensor):
+        stop_ids = stop_ids.flatten().tolist() if stop_ids.dim() else [stop_ids]
     if isinstance(stop_ids, (str, bytes)) or not isinstance(stop_ids, Iterable):
         raise TypeError(f"stop_ids must be a list of token ids, got {type(stop_ids).__name__} {stop_ids!r:.40}")
-    out = tuple(stop_ids)
-    for t in out:
-        if isinstance(t, bool) or not isinstance(t, numbers.Integral):
-            raise TypeError(f"stop_ids must hold integer token ids, got {type(t).__name__} {t!r}")
-    return out
+    out = []
+    for t in stop_ids:
+        try:
+            if isinstance(t, bool) or (isinstance(t, torch.Tensor) and t.is_floating_point()):
+                raise TypeError
+            out.append(operator.index(t))  # ints, numpy ints, 0-d integer tensors
+        except TypeError:
+            raise TypeError(f"stop_ids must hold integer token ids, got {type(t).__name__} {t!r}") from None
+    return tuple(out)
 
 
 def as_batch(input_ids: torch.Tensor | list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor | None]:

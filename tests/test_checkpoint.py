@@ -108,6 +108,17 @@ def test_a_tied_checkpoint_whose_stored_head_differs_is_refused(tmp_path):
         minqwen3.from_pretrained(tmp_path)
 
 
+def test_a_tied_checkpoint_with_a_head_but_no_embedding_is_named(tmp_path):
+    torch.manual_seed(0)
+    minqwen3.save_pretrained(minqwen3.Qwen3(Qwen3Config(**SMALL, tie_word_embeddings=True)), tmp_path)
+    tensors = load_file(tmp_path / "model.safetensors")
+    tensors["lm_head.weight"] = tensors.pop("model.embed_tokens.weight")
+    save_file(tensors, tmp_path / "model.safetensors")
+    for strict in (True, False):
+        with pytest.raises(CheckpointError, match="model.embed_tokens.weight"):
+            minqwen3.from_pretrained(tmp_path, strict=strict)
+
+
 def test_model_safetensors_is_read_before_an_index_as_transformers_does(tmp_path):
     """model.safetensors beside an index and its shards (two checkpoints in one folder, or a save stopped between
     its switch and its clean-up): the one file is read, as transformers reads it; the index is not opened."""

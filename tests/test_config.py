@@ -162,6 +162,28 @@ def test_valid_variants_still_load():
         Qwen3Config(**BASE, **d)
 
 
+def test_a_window_transformers_would_fill_in_is_refused_too(tmp_path):
+    """use_sliding_window true with no sliding_window or max_window_layers in the file: transformers' defaults
+    (4096 from layer 28) window layers 28-29 of a 30-layer model, so minqwen3 refuses it as if they were written."""
+    transformers = pytest.importorskip("transformers")
+    d = {**BASE, "num_hidden_layers": 30, "use_sliding_window": True}
+    assert transformers.Qwen3Config(**d).layer_types[28] == "sliding_attention"  # the oracle windows them
+    (tmp_path / "config.json").write_text(json.dumps(d))
+    with pytest.raises(ValueError, match="use_sliding_window = True: sliding-window attention.*4096.*28"):
+        Qwen3Config.from_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({**d, "num_hidden_layers": 20}))  # no layer from 28 on
+    assert Qwen3Config.from_pretrained(tmp_path).num_hidden_layers == 20
+
+
+def test_yarn_in_rope_parameters_beside_a_null_rope_scaling(tmp_path):
+    """The official configs carry "rope_scaling": null; transformers 5's rope_parameters beside it still set YaRN."""
+    d = {**BASE, "rope_scaling": None, "rope_parameters": {"rope_type": "yarn", "factor": 4.0,
+                                                           "original_max_position_embeddings": 64, "rope_theta": 1e6}}
+    (tmp_path / "config.json").write_text(json.dumps(d))
+    c = Qwen3Config.from_pretrained(tmp_path)
+    assert c.rope_scaling["factor"] == 4.0 and c.context_length == 256 and c.rope_theta == 1e6
+
+
 def test_sliding_window_only_where_no_layer_uses_it(tmp_path):
     """transformers windows the layers from max_window_layers on when use_sliding_window is set (every layer of an
     MoE model); minqwen3 has no window, so it reads such a config only where no layer has one."""

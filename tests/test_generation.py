@@ -310,8 +310,10 @@ BAD_IDS = [(torch.tensor([[1, 320]]), {}, ValueError, "input_ids holds 320"),
            ([[1, 2], [3]], dict(pad_id=151643), ValueError, "pad_id holds 151643"),
            ([[1, 2]], dict(generated=[[7, 400]], presence_penalty=1.0), ValueError, r"generated\[0\] holds 400"),
            ([[1, 2]], dict(generated=[[1], [2]], presence_penalty=1.0), ValueError, r"generated.*per prompt \(1\), got 2"),
+           ([[1, 2]], dict(generated=7, presence_penalty=1.0), TypeError, r"generated.*per prompt, got int"),
            (torch.tensor([[1, 2]], dtype=torch.uint8), {}, TypeError, "input_ids.*uint8"),
-           ([[1, 2], [3]], dict(pad_id=None), ValueError, "different lengths.*pad_id"),
+           ([[1, 2], [3]], dict(pad_id=None), TypeError, "pad_id must be a token id.*None"),
+           ([[1, 2]], dict(pad_id=None), TypeError, "pad_id must be a token id.*None"),
            ([[1, 2]], dict(stop_ids=151645), TypeError, "stop_ids.*int 151645"),
            ([[1, 2]], dict(stop_ids=[5, "6"]), TypeError, "stop_ids.*str '6'"),
            ([[1, 2]], dict(vocab_limit=0), ValueError, r"vocab_limit.*\[1, 320\].*got 0"),
@@ -337,3 +339,21 @@ def test_max_new_tokens_and_a_decoder_of_another_model_are_named():
     decoder = minqwen3.Decoder(other, max_len=16, compile=False, cuda_graphs=False)
     with pytest.raises(ValueError, match="decoder was made for another model"):
         minqwen3.generate(model, [[1, 2]], 3, decoder=decoder)
+
+
+def test_array_and_tensor_arguments_are_taken_as_lists():
+    """stop_ids as a set, a numpy array or an integer tensor (of 0-d tensors too), generated as a numpy array: the
+    same tokens as plain lists."""
+    import numpy as np
+    model = tiny()
+    want = minqwen3.generate(model, [[1, 2, 3]], 6, stop_ids=[5, 6], generated=[[3]], presence_penalty=1.0)
+    for stops in ({5, 6}, np.array([5, 6]), torch.tensor([5, 6]), [torch.tensor(5), np.int64(6)], torch.tensor(5)):
+        got = minqwen3.generate(model, [[1, 2, 3]], 6, stop_ids=stops, generated=np.array([[3]]),
+                                presence_penalty=1.0)
+        if isinstance(stops, torch.Tensor) and stops.dim() == 0:  # one id: stops at 5 only
+            got5 = minqwen3.generate(model, [[1, 2, 3]], 6, stop_ids=[5], generated=[[3]], presence_penalty=1.0)
+            assert torch.equal(got, got5)
+        else:
+            assert torch.equal(got, want), stops
+    with pytest.raises(TypeError, match="stop_ids must hold integer token ids, got Tensor"):
+        minqwen3.generate(model, [[1, 2, 3]], 2, stop_ids=[torch.tensor(5.0)])
