@@ -32,7 +32,7 @@ class TopK(NamedTuple):
     """Stored teacher targets: ids (..., k) and the teacher's FULL-vocabulary log-probs at them (..., k), at the
     temperature the divergence uses (log_softmax(logits / temperature)), and the log of the teacher's mass outside
     them (..., 1), from its logits (teacher_data stores it). Without `tail` it is rebuilt as one minus the kept
-    mass, which float32 log-probs cannot resolve once a confident teacher leaves less than ~1e-6 outside: reverse
+    mass, which float32 log-probs cannot resolve once a confident teacher leaves less than ~1e-7 outside: reverse
     KL then sees a tail of log 0 (1e29 where the logits give 27)."""
     ids: torch.Tensor
     logprobs: torch.Tensor
