@@ -75,6 +75,12 @@ _ROPE_RULES = {  # rope_scaling entries for YaRN; factor is required, and an ent
     "truncate": (_is(bool), "true or false"),
     "rope_type": (lambda v: v == "yarn", "'yarn'"), "type": (lambda v: v == "yarn", "'yarn'"),
 }
+def rope_type(scaling: dict | None) -> str:
+    """The kind of a rope_scaling (or rope_parameters) entry: "rope_type", or the older "type", or "default"."""
+    scaling = scaling or {}
+    return scaling.get("rope_type", scaling.get("type", "default"))
+
+
 # Where a config.json leaves a field out, transformers' own default holds, not the dataclass's (which describes the
 # official models): the fields a checkpoint's tensors cannot show (a wrong size fails their shape check instead)
 _FILE_DEFAULTS = {"rope_theta": 10000.0, "max_position_embeddings": 32768}
@@ -125,7 +131,7 @@ class Qwen3Config:
             if not ok(value):
                 raise ValueError(f"config field {name} = {value!r}: must be {what}")
         rs = self.rope_scaling
-        rtype = (rs or {}).get("rope_type", (rs or {}).get("type", "default"))
+        rtype = rope_type(rs)
         if rtype not in ("default", "yarn"):
             raise ValueError(f"config field rope_scaling = {rs!r}: rope_type {rtype!r} is not supported (only yarn)")
         for key, (ok, what) in _ROPE_RULES.items():
@@ -164,7 +170,7 @@ class Qwen3Config:
     @property
     def context_length(self) -> int:
         rs = self.rope_scaling or {}
-        if rs.get("rope_type", rs.get("type")) == "yarn":
+        if rope_type(rs) == "yarn":
             return int(rs["factor"] * rs.get("original_max_position_embeddings", self.max_position_embeddings))
         return self.max_position_embeddings
 
@@ -180,7 +186,7 @@ class Qwen3Config:
             rp = dict(rp)
             if "rope_theta" in rp:  # the nested value wins, as in transformers 5
                 d["rope_theta"] = rp.pop("rope_theta")
-            if rp.get("rope_type", rp.get("type", "default")) != "default" and not d.get("rope_scaling"):
+            if rope_type(rp) != "default" and not d.get("rope_scaling"):
                 d["rope_scaling"] = rp  # over a "rope_scaling": null beside it, as the official configs have
         layer_types = d.pop("layer_types", None)  # transformers 5: one attention kind per layer
         if layer_types is not None and (not isinstance(layer_types, list)

@@ -4,6 +4,8 @@ import math
 import torch
 from torch import nn
 
+from .config import rope_type
+
 
 def yarn_inv_freq(inv_freq: torch.Tensor, head_dim: int, base: float, factor: float, original_max: int,
                   beta_fast: float = 32.0, beta_slow: float = 1.0, truncate: bool = True) -> torch.Tensor:
@@ -33,7 +35,7 @@ class RotaryEmbedding(nn.Module):
         dev = "cpu" if torch.get_default_device().type == "meta" else None
         inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=dev) / head_dim)
         self.scale = 1.0
-        rtype = (scaling or {}).get("rope_type", (scaling or {}).get("type", "default"))
+        rtype = rope_type(scaling)
         if rtype == "yarn":
             factor = scaling["factor"]
             original = scaling.get("original_max_position_embeddings", max_position)
