@@ -36,12 +36,13 @@ from .tokenizer import ENDOFTEXT, IM_END
 
 STOP_IDS = (IM_END, ENDOFTEXT)
 RECOMPILE_LIMIT = 64  # compiled graphs of one function a process keeps (Decoder: run_layer's, shared by all)
+_PREFILL = os.environ.get("MINQWEN3_PREFILL", "compiled")
 # MINQWEN3_PREFILL=eager: a compiled Decoder feeds the prompt through the eager layers, as before session 13
-PREFILL_COMPILED = os.environ.get("MINQWEN3_PREFILL", "compiled") != "eager"
+PREFILL_COMPILED = _PREFILL != "eager"
 # A compiled prompt of up to PROMPT_GRAPH_MAX tokens a row is right-padded to a multiple of PROMPT_GRAPH_STEP and,
 # with CUDA graphs, replayed as one, a graph per such length (MINQWEN3_PREFILL=direct: as it is, from Python)
 PROMPT_GRAPH_STEP, PROMPT_GRAPH_MAX = 64, 1024
-PROMPT_GRAPHS = os.environ.get("MINQWEN3_PREFILL", "compiled") != "direct"
+PROMPT_GRAPHS = _PREFILL != "direct"
 
 
 def _number(name: str, x, hint: str) -> None:
