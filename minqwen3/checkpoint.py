@@ -199,17 +199,20 @@ def check_tensors(model: Qwen3, path: Path, tables: dict, strict: bool = True,
 def _same_as_embedding(tables: dict, on_disk: dict, chunk: int = 64 * 2**20) -> None:
     """A tied checkpoint that stores lm_head.weight anyway: fine if those are the embedding's bytes, an error if not
     (the model would use the embedding for both; transformers may use the stored head)."""
-    (fh, hh), (fe, he) = ((f, tables[f][0][k]) for k, f in ((k, on_disk[k]) for k in
-                                                            ("lm_head.weight", "model.embed_tokens.weight")))
+    def where(key: str) -> tuple[Path, dict, int]:  # its file, its header entry, its first byte in the file
+        f = on_disk[key]
+        info = tables[f][0][key]
+        return f, info, tables[f][1] + info["data_offsets"][0]
+
+    (fh, hh, a), (fe, he, b) = where("lm_head.weight"), where("model.embed_tokens.weight")
     same = hh["dtype"] == he["dtype"] and hh["shape"] == he["shape"]
     if same:
-        (a0, a1), (b0, _) = hh["data_offsets"], he["data_offsets"]
-        a0, b0 = a0 + tables[fh][1], b0 + tables[fe][1]
+        nbytes = hh["data_offsets"][1] - hh["data_offsets"][0]
         with open(fh, "rb") as x, open(fe, "rb") as y:
-            for i in range(0, a1 - hh["data_offsets"][0], chunk):
-                x.seek(a0 + i)
-                y.seek(b0 + i)
-                n = min(chunk, a1 - hh["data_offsets"][0] - i)
+            for i in range(0, nbytes, chunk):
+                x.seek(a + i)
+                y.seek(b + i)
+                n = min(chunk, nbytes - i)
                 if x.read(n) != y.read(n):
                     same = False
                     break
