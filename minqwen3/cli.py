@@ -488,16 +488,20 @@ def main(argv: list[str] | None = None) -> int:
         print(file=sys.stderr)
         return 130
     except (OSError, ValueError, TypeError) as e:  # errors a user can act on: say it in one line, no traceback
-        print(_rank() + "error: " + " ".join(str(e).split()), file=sys.__stderr__ if _rank() else sys.stderr)
+        _error(" ".join(str(e).split()))
         return 1
     except Exception as e:  # anything else is a bug in minqwen3: still one line, with what to report
         if parallel_run() and _peer_left(e):  # this process is fine: another one failed first, or quit
-            print(f"{_rank()}error: another process of this torchrun launch failed or quit (its error is printed "
-                  f"above), and this one lost it: {type(e).__name__}", file=sys.__stderr__ if _rank() else sys.stderr)
+            _error("another process of this torchrun launch failed or quit (its error is printed above), and this "
+                   f"one lost it: {type(e).__name__}")
             return 1
-        print(f"{_rank()}error: {type(e).__name__}: {' '.join(str(e).split())} (a bug in minqwen3? please report "
-              "it)", file=sys.__stderr__ if _rank() else sys.stderr)
+        _error(f"{type(e).__name__}: {' '.join(str(e).split())} (a bug in minqwen3? please report it)")
         return 1
+
+
+def _error(message: str) -> None:
+    """One line on stderr, 'rank N: ' first in a torchrun process other than rank 0 (onto the real stderr)."""
+    print(f"{_rank()}error: {message}", file=sys.__stderr__ if _rank() else sys.stderr)
 
 
 def _peer_left(e: Exception) -> bool:
