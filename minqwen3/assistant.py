@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .chat_template import parse_reply
+from .chat_template import check_messages
 from .generation import (NON_THINKING_DEFAULTS, THINKING_DEFAULTS, check_context, check_sampling, check_stop_ids,
                          generate)
 
@@ -46,8 +46,29 @@ class Reply:
     sampling: dict = field(default_factory=dict)  # the settings used
 
     def message(self) -> dict:
-        """This turn for the conversation history: the content only (the template drops old reasoning anyway)."""
-        return {"role": "assistant", "content": self.content}
+        """This turn for the conversation history, its reasoning as reasoning_content: the template drops it from
+        turns before the last user message, and keeps it after (a tool call's turn, answered by a tool)."""
+        return {"role": "assistant", "content": self.content,
+                **({"reasoning_content": self.reasoning} if self.reasoning else {})}
+
+
+def split_reply(ids: Sequence[int], tokenizer, opened: bool) -> tuple[str, str]:
+    """Generated ids (the stop token left out) -> (reasoning, content), split at the </think> *token* that closed
+    the reasoning, the first: what chat()'s stream calls reasoning and content, to the token. Text that spells
+    "</think>" in the answer (the model writing about its tags) or a second </think> token after a budget's
+    early stop stays in the content; parse_reply, which splits decoded text, would drop what lay between them.
+    opened: the prompt opened the <think> block (else the reasoning starts after a <think> the model wrote)."""
+    ids = list(ids)
+    think, end = tokenizer.think_id, tokenizer.end_think_id
+    start = 0 if opened or think not in ids else ids.index(think) + 1
+    before = [] if start == 0 else ids[:start - 1]  # anything the model wrote before opening <think> itself
+    if end not in ids[start:]:  # no think block, or one cut off before it closed
+        if start == 0 and not opened:
+            return "", tokenizer.decode(ids)
+        return tokenizer.decode(ids[start:]).strip("\n"), tokenizer.decode(before)
+    stop = ids.index(end, start)
+    return (tokenizer.decode(ids[start:stop]).strip("\n"),
+            tokenizer.decode(before) + tokenizer.decode(ids[stop + 1:]).lstrip("\n"))
 
 
 def _think_open(prompt: list[int], tokenizer) -> bool:
@@ -82,6 +103,7 @@ def chat(model, tokenizer, messages: Sequence[Mapping] | str, *, enable_thinking
     check_sampling(**settings, seed=seed, max_new_tokens=max_new_tokens, thinking_budget=thinking_budget)
     if isinstance(messages, str):
         messages = [{"role": "user", "content": messages}]
+    check_messages(messages)
     t0 = time.perf_counter()
     prompt = tokenizer.encode_messages(messages, tools=tools, add_generation_prompt=True,
                                        enable_thinking=enable_thinking)
@@ -146,8 +168,9 @@ def chat(model, tokenizer, messages: Sequence[Mapping] | str, *, enable_thinking
         stream("reasoning" if thinking else "content", tail)
     seconds = time.perf_counter() - t0
 
-    text = tokenizer.decode(out[:-1] if finish == "stop" else out)
-    reasoning, content = parse_reply(("<think>" if opened else "") + text)
+    body = out[:-1] if finish == "stop" else out
+    text = tokenizer.decode(body)
+    reasoning, content = split_reply(body, tokenizer, opened)
     if budget_hit:  # the early-stop text leaves ".\n\n" after </think>: not part of the answer
         content = content.removeprefix(".").lstrip("\n")
     return Reply(reasoning=reasoning, content=content, text=text, prompt_tokens=len(prompt),

@@ -76,6 +76,32 @@ def last_query_index(messages: Sequence[Mapping]) -> int:
     return len(messages) - 1
 
 
+ROLES = ("system", "user", "assistant", "tool")
+
+
+def check_messages(messages: Sequence[Mapping]) -> None:
+    """What chat() asks of a conversation before rendering it, stricter than the template: the template (and
+    transformers) render an unknown role as nothing and a missing or non-string content as empty, so a typo would
+    have the model answer an empty prompt. Each message: a dict with a role of ROLES and a string content; an
+    assistant turn may instead have tool_calls and no content (None); reasoning_content, if given, a string."""
+    if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence) or not messages:
+        raise TypeError(f"messages must be a non-empty list of dicts, got {messages!r:.80}")
+    for i, m in enumerate(messages):
+        if not isinstance(m, Mapping):
+            raise TypeError(f"messages[{i}] must be a dict with 'role' and 'content', got {type(m).__name__}: {m!r:.80}")
+        role = m.get("role")
+        if role not in ROLES:
+            raise ValueError(f"messages[{i}] has role {role!r}; Qwen3's template knows {', '.join(ROLES)}")
+        content = m.get("content")
+        if not isinstance(content, str) and not (role == "assistant" and content is None and m.get("tool_calls")):
+            what = "no 'content'" if "content" not in m else f"content of type {type(content).__name__}"
+            raise TypeError(f"messages[{i}] ({role}) has {what}: content must be a string"
+                            + (" (or None beside tool_calls)" if role == "assistant" else ""))
+        if m.get("reasoning_content") is not None and not isinstance(m["reasoning_content"], str):
+            raise TypeError(f"messages[{i}] has reasoning_content of type {type(m['reasoning_content']).__name__}, "
+                            "not a string")
+
+
 def chat_segments(messages: Sequence[Mapping], tools: Sequence[Any] | None = None,
                   add_generation_prompt: bool = False, enable_thinking: bool = True) -> list[tuple[str, str]]:
     """Render a conversation as [(text, source)], joined `apply_chat_template`. source: TEMPLATE for the template's

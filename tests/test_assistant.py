@@ -72,7 +72,80 @@ def test_thinking_reply_is_parsed_and_counted(tok, model):
     assert (r.reasoning_tokens, r.content_tokens) == (5, 4)  # <think> … </think>; "\n\n", Hi, !, <|im_end|>
     assert r.finish_reason == "stop" and not r.budget_hit
     assert r.seconds > 0 and r.tokens_per_second == pytest.approx(9 / r.seconds)
-    assert r.message() == {"role": "assistant", "content": "Hi!"}
+    assert r.message() == {"role": "assistant", "content": "Hi!", "reasoning_content": "Hmm ok so"}
+
+
+def test_reply_message_keeps_reasoning_where_the_template_renders_it(tok, model):
+    """Before the last user message the template drops a turn's reasoning; after it (a tool call answered by a tool)
+    it renders it, so the history must carry it (the official template's rule, checked in test_chat_template)."""
+    msg = chat(model, tok, USER).message()
+    later = [*USER, msg, {"role": "user", "content": "Again."}]
+    assert apply_chat_template(later) == apply_chat_template([*USER, {"role": "assistant", "content": "Hi!"},
+                                                              {"role": "user", "content": "Again."}])
+    tool_turn = apply_chat_template([*USER, msg, {"role": "tool", "content": "42"}], add_generation_prompt=True)
+    assert "<|im_start|>assistant\n<think>\nHmm ok so\n</think>\n\nHi!<|im_end|>" in tool_turn
+
+
+def test_the_answer_may_spell_the_closing_tag(tok):
+    """The reply is split at the </think> token, not at text: an answer that writes "</think>" as plain characters
+    keeps them (splitting text at the last "</think>" lost "Hi")."""
+    spelled = tok.encode("</") + tok.encode("think") + tok.encode(">")  # as a model spells it, piece by piece
+    assert tok.decode(spelled) == "</think>" and END_THINK not in spelled and len(set(spelled)) == len(spelled)
+    chain = {NL: THINK, THINK: HMM, HMM: END_THINK, END_THINK: NLNL, NLNL: HI, HI: spelled[0],
+             **dict(zip(spelled, spelled[1:])), spelled[-1]: BANG, BANG: IM_END}
+    r = chat(bigram_model(chain), tok, USER, temperature=0)
+    assert (r.reasoning, r.content) == ("Hmm", "Hi</think>!")
+
+
+def test_a_second_closing_token_after_the_budget_stays_in_the_answer(tok):
+    """After the early stop (which closes the reasoning) the model may close it again: the reply splits where the
+    stream did, at the first </think>, and nothing is lost (the text between two </think> was dropped)."""
+    chain = {NL: THINK, THINK: HMM, HMM: OK, DOT_NLNL: OK, OK: SO, SO: END_THINK, END_THINK: NLNL, NLNL: HI,
+             HI: BANG, BANG: IM_END}
+    pieces = []
+    r = chat(bigram_model(chain), tok, USER, thinking_budget=1, temperature=0,
+             stream=lambda k, p: pieces.append((k, p)))
+    assert r.budget_hit and r.text.endswith(EARLY_STOP + " ok so</think>\n\nHi!")
+    assert r.reasoning == "Hmm\n\n" + SENTENCE and r.content == " ok so</think>\n\nHi!"
+    assert "".join(p for k, p in pieces if k == "content") == r.content  # what was streamed as the answer
+
+
+def test_early_stop_is_the_tech_reports_text():
+    """The facts page's (../shared/reference/qwen3) thinking-budget text, verbatim: every other test builds its
+    expectations from the constant itself."""
+    assert EARLY_STOP == ("Considering the limited time by the user, I have to give the solution based on the "
+                          "thinking directly now.\n</think>.\n\n")
+
+
+BAD_MESSAGES = [([{"role": "User", "content": "hi"}], ValueError, r"messages\[0\] has role 'User'"),
+                ([{"role": "user", "text": "hi"}], TypeError, r"messages\[0\] \(user\) has no 'content'"),
+                ([{"role": "user", "content": [{"type": "text", "text": "hi"}]}], TypeError, "of type list"),
+                ([{"role": "system", "content": "s"}, {"role": "user", "content": b"hi"}], TypeError,
+                 r"messages\[1\] \(user\) has content of type bytes"),
+                ([{"role": "user", "content": "hi"}, {"role": "assistant", "content": None}], TypeError,
+                 r"messages\[1\] \(assistant\)"),
+                ([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "a", "reasoning_content": 5}],
+                 TypeError, "reasoning_content"),
+                ([], TypeError, "non-empty"), (["hi"], TypeError, r"messages\[0\] must be a dict")]
+
+
+@pytest.mark.parametrize("messages, error, match", BAD_MESSAGES)
+def test_malformed_messages_are_named_before_any_work(tok, model, messages, error, match):
+    """The template renders an unknown role as nothing and a missing content as empty: the model would answer an
+    empty prompt. chat() names the message instead."""
+    calls = []
+    hook = model.register_forward_pre_hook(lambda *a: calls.append(1))
+    try:
+        with pytest.raises(error, match=match):
+            chat(model, tok, messages)
+    finally:
+        hook.remove()
+    assert calls == []
+
+
+def test_an_assistant_tool_call_without_content_is_accepted(tok, model):
+    call = {"role": "assistant", "content": None, "tool_calls": [{"function": {"name": "f", "arguments": {}}}]}
+    assert chat(model, tok, [*USER, call, {"role": "tool", "content": "1"}], max_new_tokens=2).ids
 
 
 def test_no_think_uses_the_empty_think_block(tok, model):

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 import minqwen3
+from minqwen3.chat_template import apply_chat_template
 from minqwen3 import cli
 import minqwen3.assistant as chat_module
 import minqwen3.generation as gen_module
@@ -81,10 +82,13 @@ def test_repl_two_turns_then_eof(ckpt, capsys, monkeypatch):
     rc, out, err = run(capsys, "chat", "--model", ckpt, "--system", "Be brief.")
     assert rc == 0
     assert out.count("Hi!") == 2 and out.count("thinking: Hmm ok so") == 2
-    assert "/exit" in err
-    # the second turn sees the first answer's content, not its reasoning
+    assert "/exit" in err and "/think and /no_think in a message switch thinking" in err
+    # the history keeps the first answer's reasoning (Reply.message()); the template leaves it out of the second
+    # turn's prompt, as it comes before the last user message
     assert seen[1] == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Say hi."},
-                       {"role": "assistant", "content": "Hi!"}, {"role": "user", "content": "Again /no_think"}]
+                       {"role": "assistant", "content": "Hi!", "reasoning_content": "Hmm ok so"},
+                       {"role": "user", "content": "Again /no_think"}]
+    assert "Hmm" not in apply_chat_template(seen[1], add_generation_prompt=True)
     assert len(seen) == 2  # the empty line was skipped
 
 
