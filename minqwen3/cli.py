@@ -305,8 +305,10 @@ def cmd_chat(args) -> int:
             printer.end()  # the colour reset and a newline, then exit (status 130)
             raise
         return 0
-    print("chat: /exit or Ctrl-D quits; /reset forgets the conversation; /think and /no_think switch the mode per "
-          "message", file=sys.stderr)
+    print("chat: /exit or Ctrl-D quits; /reset forgets the conversation; " + (
+          "/think and /no_think in a message switch thinking for it" if not args.no_think else
+          "thinking is off (--no-think: the template closes every think block, so /think does not open one)"),
+          file=sys.stderr)
     history = list(system)
     # invalid UTF-8 on stdin arrives as surrogates, refused line by line (a decoding error would end the conversation)
     try:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import codecs
 import functools
 import json
+import operator
 import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -149,8 +150,21 @@ class Tokenizer:
         return (self._tok if allow_special else self._plain).encode(text, add_special_tokens=False).ids
 
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:
-        # int() accepts torch / numpy scalars too
-        return self._tok.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
+        """The text of token ids (ints, numpy or torch integer scalars). An id outside the vocabulary is an error
+        naming it, as in stream(): the library would drop it silently (an embedding's padding rows), and int()
+        would have read 1.7 as token 1."""
+        out = []
+        for i in ids:
+            try:
+                if isinstance(i, bool):
+                    raise TypeError
+                t = operator.index(i)
+            except TypeError:
+                raise TypeError(f"decode expects integer token ids, got {type(i).__name__} {i!r:.40}") from None
+            if not 0 <= t < self.vocab_size:
+                raise ValueError(f"token id {t} is not in the vocabulary (0..{self.vocab_size - 1})")
+            out.append(t)
+        return self._tok.decode(out, skip_special_tokens=skip_special_tokens)
 
     def encode_messages(self, messages: Sequence[Mapping], tools: Sequence[Mapping] | None = None,
                         add_generation_prompt: bool = False, enable_thinking: bool = True,

@@ -6,7 +6,9 @@ import unicodedata
 from collections.abc import Mapping
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 from hypothesis import HealthCheck, assume, given, settings, strategies as st
 
 from minqwen3.chat_template import apply_chat_template, chat_segments
@@ -115,6 +117,18 @@ def test_plain_encoding_of_special_strings(tok):
 def test_decode_skip_special(tok):
     ids = tok.encode("<|im_start|>assistant\n<think>\nhmm\n</think>\n\nHi<|im_end|>")
     assert tok.decode(ids, skip_special_tokens=True) == "assistant\n<think>\nhmm\n</think>\n\nHi"
+
+
+@pytest.mark.parametrize("ids, error, match", [([9707, 151_700, 11], ValueError, "151700 is not in the vocabulary"),
+                                               ([-1], ValueError, "-1 is not in the vocabulary"),
+                                               ([1.7], TypeError, "integer token ids, got float"),
+                                               (["12"], TypeError, "got str"), ([True], TypeError, "got bool")])
+def test_decode_names_what_is_no_token(tok, ids, error, match):
+    """The library drops an id past the vocabulary (151,669..151,935: the embedding's padding rows) and int() read
+    1.7 as token 1; stream() already refused the first."""
+    with pytest.raises(error, match=match):
+        tok.decode(ids)
+    assert tok.decode([np.int64(9707), torch.tensor(11)]) == "Hello,"
 
 
 # ---------------------------------------------------------------------------------------------- streaming
