@@ -218,6 +218,17 @@ def load_model(model_arg: str, device: torch.device, dtype: torch.dtype, seed: i
     return random_model(Qwen3Config.from_name(model_arg), device, dtype, seed), "random weights"
 
 
+def model_context(model_arg: str) -> tuple[str, int]:
+    """(model_arg, its context in tokens): a checkpoint folder's config.json or an official name, checked before
+    anything is measured (a typo in the second name once cost the first one's measurements)."""
+    path = Path(model_arg)
+    if path.is_dir():
+        return model_arg, Qwen3Config.from_pretrained(path).context_length
+    if os.sep in model_arg or model_arg.startswith("."):
+        raise ValueError(f"--model {model_arg}: no such folder")
+    return model_arg, Qwen3Config.from_name(model_arg).context_length
+
+
 def bench_model(model_arg: str, device: torch.device, dtype: torch.dtype, prompt_len: int, new: int,
                 prefill_len: int, compare: list[str], repeats: int, eager: bool, profile: bool = False,
                 seed: int = 0, batch: int = 1, plan=None) -> dict:
@@ -423,18 +434,28 @@ def run(models: list[str], device: str, dtype: str | None, prompt: int, new: int
             print("under torchrun: --first-call is measured in one process only; skipping it")
             first = False
     dev = torch.device(device)
+    contexts = [model_context(m) for m in models]  # every --model resolved before any measuring
+    if out is not None:
+        where = Path(out).resolve().parent
+        if not where.is_dir() or not os.access(where, os.W_OK):
+            raise ValueError(f"--out {out}: cannot write into {where} (it must be a writable folder)")
     batch = batch or [1]
     for b in batch:
         if b < 1:
             raise ValueError(f"--batch {b}: a batch has at least 1 row")
     dt = getattr(torch, dtype) if dtype else (torch.bfloat16 if dev.type == "cuda" else torch.float32)
-    if prefill is None:
-        prefill = 4096 if dev.type == "cuda" else 512
+    if prefill is None:  # the default: up to the shortest context among the models
+        prefill = min([4096 if dev.type == "cuda" else 512] + [c - 1 for _, c in contexts])
     if new < 2:
         raise ValueError("--new must be at least 2 (decode time is generate(new) - generate(1))")
     for flag, value, lo in (("--prompt", prompt, 1), ("--prefill", prefill, 0), ("--repeats", repeats, 1)):
         if value < lo:  # before the seconds of measuring the ceilings
             raise ValueError(f"{flag} {value}: must be at least {lo}")
+    for m, ctx in contexts:  # generate() would stop at the context's end, and tok/s count tokens never made
+        if prompt + new > ctx:
+            raise ValueError(f"--prompt {prompt} + --new {new} tokens: {m}'s context is {ctx} tokens")
+        if prefill >= ctx:
+            raise ValueError(f"--prefill {prefill}: {m}'s context is {ctx} tokens (leave room for the first new one)")
     for c in compare:
         if c not in COMPARE:
             raise ValueError(f"--compare {c!r}: choose from {', '.join(COMPARE)}")

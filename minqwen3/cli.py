@@ -92,6 +92,8 @@ def cmd_download(args) -> int:
 def cmd_verify(args) -> int:
     """Load a checkpoint in minqwen3 and in transformers; compare logits and greedy tokens."""
     from .verify import verify
+    if args.tokens < 1:  # before loading two models
+        raise ValueError(f"--tokens {args.tokens}: compare at least 1 greedy token")
     return verify(args.model, device=args.device, dtype=args.dtype, new_tokens=args.tokens)
 
 
@@ -459,8 +461,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--prompt", type=int, default=128, help="prompt tokens (default: %(default)s)")
     s.add_argument("--new", type=int, default=128, help="new tokens (default: %(default)s)")
     s.add_argument("--prefill", type=int, help="prompt tokens of the prefill measurement (default 4096 on GPU, "
-                   "512 on CPU; 0 = skip)")
-    s.add_argument("--repeats", type=int, default=3, help="timed runs of minqwen3's fast path, median (default: "
+                   "512 on CPU, less than the shortest context among the models; 0 = skip)")
+    s.add_argument("--repeats", type=int, default=3, help="timed rounds, the best of them taken (default: "
                    "%(default)s)")
     s.add_argument("--no-eager", action="store_true", help="skip minqwen3's eager generate() (the token reference)")
     s.add_argument("--out", help="also write every number to this JSON file (default: none)")
@@ -468,7 +470,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch", type=int, nargs="+", default=[1], metavar="N", help="rows per batch, each its own "
                    "random prompt; one table per N (default: %(default)s)")
     s.add_argument("--first-call", action="store_true", help="also time generate()'s first call (compile "
-                   "included) in two fresh processes: with empty compile caches, then with what the first left")
+                   "included) in three fresh processes: with empty compile caches, then with what the first left, then "
+                   "so again with the warm-start thread started while the model loads")
     s.add_argument("--experts", choices=["tp", "ep"], default="tp", help=EXPERTS_HELP)
     s.set_defaults(fn=cmd_bench)
     return p

@@ -72,6 +72,8 @@ def use_compile_cache() -> str:
             os.makedirs(path, exist_ok=True)
         except OSError:  # no writable home: torch's default it is
             return ""
+        if not os.access(path, os.W_OK | os.X_OK):  # there, but not ours to write (compiling would fail in it)
+            return ""
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = path
     return os.environ["TORCHINDUCTOR_CACHE_DIR"]
 

@@ -135,6 +135,42 @@ def test_bench_flags_are_checked_before_measuring(ckpt, capsys, monkeypatch, fla
     assert rc != 0 and f"{flag} {value}: must be at least" in err
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["--prompt", "30", "--new", "20"], "--prompt 30 + --new 20 tokens: {m}'s context is 40 tokens"),
+    (["--prompt", "8", "--new", "4", "--prefill", "40"], "--prefill 40: {m}'s context is 40 tokens"),
+    (["--model", "Qwen3-06B"], "unknown model 'Qwen3-06B'"),
+    (["--model", "/no/such/folder"], "--model /no/such/folder: no such folder"),
+    (["--out", "/no/such/folder/x.json"], "--out /no/such/folder/x.json: cannot write into")])
+def test_bench_refuses_what_it_cannot_measure_before_measuring(small_ckpt, capsys, monkeypatch, argv, message):
+    """A prompt and new tokens past a model's context made generate() stop early while tok/s counted every token
+    (135% of the bandwidth limit on a CPU); a second model's typo or a bad --out came after the first's numbers."""
+    import minqwen3.bench as bench
+    monkeypatch.setattr(bench, "copy_bandwidth", lambda *a: pytest.fail("measured before checking the flags"))
+    rc, out, err = run(capsys, "bench", "--model", small_ckpt, "--device", "cpu", "--prompt", "8", "--new", "4",
+                       *argv)
+    assert rc != 0 and message.format(m=small_ckpt) in err, err
+
+
+def test_bench_default_prefill_fits_the_shortest_context(small_ckpt, capsys, monkeypatch):
+    import minqwen3.bench as bench
+    seen = []
+    monkeypatch.setattr(bench, "copy_bandwidth", lambda *a: 1e9)
+    monkeypatch.setattr(bench, "matmul_rate", lambda *a: 1e9)
+    def stop(*a, **kw):  # the prefill length it was given, then no measuring
+        seen.append(a[5])
+        raise RuntimeError("stop here")
+    monkeypatch.setattr(bench, "bench_model", stop)
+    run(capsys, "bench", "--model", small_ckpt, "--device", "cpu", "--prompt", "8", "--new", "4")
+    assert seen == [39]  # 512 on a CPU, less than the 40-token context
+
+
+def test_verify_tokens_checked_before_loading(ckpt, capsys, monkeypatch):
+    import minqwen3.verify as verify
+    monkeypatch.setattr(verify, "verify", lambda *a, **kw: pytest.fail("loaded before checking --tokens"))
+    rc, out, err = run(capsys, "verify", ckpt, "--tokens", "0")
+    assert rc != 0 and "--tokens 0: compare at least 1 greedy token" in err
+
+
 def test_repl_exit_command(ckpt, capsys, monkeypatch):
     monkeypatch.setattr(sys, "stdin", io.StringIO("/exit\nSay hi.\n"))
     rc, out, _ = run(capsys, "chat", "--model", ckpt)

@@ -294,6 +294,19 @@ def test_compile_cache_under_the_users_cache_dir(tmp_path, monkeypatch):
     assert use_compile_cache() == str(tmp_path / "mine")
 
 
+def test_compile_cache_left_to_torch_where_ours_is_not_writable(tmp_path, monkeypatch):
+    """An existing ~/.cache/minqwen3/inductor this user cannot write (another user's, an immutable home): torch's
+    default, where compiling works, not a directory where it fails. (os.access is stubbed: root may write anyway.)"""
+    from minqwen3 import warmstart
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    ours = tmp_path / "minqwen3" / "inductor"
+    ours.mkdir(parents=True)
+    real = warmstart.os.access
+    monkeypatch.setattr(warmstart.os, "access", lambda p, mode: False if str(p) == str(ours) else real(p, mode))
+    assert warmstart.use_compile_cache() == "" and "TORCHINDUCTOR_CACHE_DIR" not in warmstart.os.environ
+
+
 class _Config:  # a Triton launch setting, as far as the autotune cache looks at one
     def __init__(self, block: int, warps: int):
         self.kwargs, self.num_warps, self.num_stages = {"XBLOCK": block}, warps, 1
