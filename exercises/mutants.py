@@ -125,7 +125,22 @@ def _yarn_untruncated(inv_freq, head_dim, base, factor, original_max, beta_fast=
     return ref_rope.yarn_inv_freq(inv_freq, head_dim, base, factor, original_max, beta_fast, beta_slow, False)
 
 
+class _NoAttentionFactor(ref_rope.RotaryEmbedding):
+    def __init__(self, head_dim, theta, scaling=None, max_position=40960):
+        scaling = {k: v for k, v in (scaling or {}).items() if k != "attention_factor"} or scaling
+        super().__init__(head_dim, theta, scaling, max_position)
+
+
+class _RopeTypeOnly(ref_rope.RotaryEmbedding):
+    def __init__(self, head_dim, theta, scaling=None, max_position=40960):
+        if scaling and "rope_type" not in scaling:  # the legacy "type" key not read: plain RoPE
+            scaling = None
+        super().__init__(head_dim, theta, scaling, max_position)
+
+
 ROPE = {
+    "YaRN attention_factor ignored": variant(ref_rope, RotaryEmbedding=_NoAttentionFactor),
+    "legacy 'type' key not read": variant(ref_rope, RotaryEmbedding=_RopeTypeOnly),
     "angles in the model's dtype": variant(ref_rope, RotaryEmbedding=_LowPrecisionAngles),
     "pairs (2i, 2i+1) instead of rotate-half": variant(ref_rope, apply_rope=_interleaved),
     "rotate-half with the sign flipped": variant(ref_rope, apply_rope=lambda x, cos, sin: x * cos + torch.cat(
@@ -207,6 +222,9 @@ MOE = {
                                            ref_moe.load_balancing_loss(lg, k, mask)),
     "expert_counts ignores the mask": variant(ref_moe, expert_counts=lambda logits, k, mask=None:
                                               ref_moe.expert_counts(logits, k)),
+    "loss: global counts summed over the layers": variant(
+        ref_moe, load_balancing_loss=lambda lg, k, mask=None, counts=None: ref_moe.load_balancing_loss(
+            lg, k, mask, None if counts is None else counts.sum(0, keepdim=True).expand_as(counts))),
 }
 
 
@@ -226,6 +244,19 @@ def _keeps_stop(text):
     return reasoning, content + ("<|im_end|>" if text.endswith("<|im_end|>") else "")
 
 
+def _first_close(text):  # the answer taken from the first </think> on, not the last
+    reasoning, content = ref_chat.parse_reply(text)
+    if "</think>" in text:
+        content = text.split("</think>", 1)[1].lstrip("\n").removesuffix("<|im_end|>").removesuffix("<|endoftext|>")
+    return reasoning, content
+
+
+def _starts_only(messages):  # a user message starting with <tool_response> taken for a tool result
+    users = [i for i, m in enumerate(messages) if m.get("role") == "user"
+             and not str(m.get("content", "")).startswith("<tool_response>")]
+    return max(users, default=len(messages) - 1)
+
+
 CHAT_TEMPLATE = {
     "enable_thinking=None turns thinking off": variant(
         ref_chat, apply_chat_template=lambda messages, tools=None, add_generation_prompt=False, enable_thinking=True:
@@ -234,6 +265,8 @@ CHAT_TEMPLATE = {
     "last query: any user message, tool results included": variant(ref_chat, last_query_index=_last_user),
     "reasoning never dropped from history": variant(ref_chat, last_query_index=lambda messages: -1),
     "parse_reply keeps the stop token": variant(ref_chat, parse_reply=_keeps_stop),
+    "parse_reply: content after the first </think>": variant(ref_chat, parse_reply=_first_close),
+    "last query: a tool response told by its start alone": variant(ref_chat, last_query_index=_starts_only),
 }
 
 
@@ -280,6 +313,9 @@ def sampling_module(bug: str | None = None) -> types.ModuleType:
                generator=None):
         logits = logits.float()
         penalise = presence_penalty and seen is not None
+        if penalise and bug == "penalty after the temperature" and temperature > 0:
+            logits, presence_penalty = logits / temperature - presence_penalty * seen, 0.0
+            temperature = 1.0
         if penalise and bug != "penalty only when sampling":
             if bug == "penalty multiplies (repetition-penalty style)":
                 logits = torch.where(seen > 0, torch.where(logits > 0, logits / (1 + presence_penalty),
@@ -295,9 +331,14 @@ def sampling_module(bug: str | None = None) -> types.ModuleType:
         if top_k and top_k < probs.shape[-1]:
             probs = probs * (probs >= probs.topk(top_k, dim=-1).values[:, -1:])
             probs = probs / probs.sum(-1, keepdim=True)
+        if min_p > 0.0 and bug == "min-p before top-p":
+            probs = probs.masked_fill(probs < min_p * probs.amax(-1, keepdim=True), 0.0)
+            probs, min_p = probs / probs.sum(-1, keepdim=True), 0.0
         if top_p < 1.0:
             basis = full if bug == "top-p on the distribution before top-k" else probs
             sp, order = basis.sort(-1, descending=True)
+            if bug == "top-p without sorting":  # the cumulative sum in vocabulary order
+                sp, order = basis, torch.arange(basis.shape[-1]).expand_as(basis)
             before = sp.cumsum(-1) - (0 if bug == "top-p drops the token that crosses it" else sp)
             drop = torch.zeros_like(probs, dtype=torch.bool).scatter(-1, order, before >= top_p)
             probs = probs.masked_fill(drop, 0.0)
@@ -315,7 +356,8 @@ def sampling_module(bug: str | None = None) -> types.ModuleType:
 
 SAMPLING_BUGS = ["penalty only when sampling", "penalty multiplies (repetition-penalty style)",
                  "temperature after the filters", "top-p on the distribution before top-k",
-                 "top-p drops the token that crosses it", "min-p as an absolute threshold", "generator ignored"]
+                 "top-p drops the token that crosses it", "min-p as an absolute threshold", "generator ignored",
+                 "penalty after the temperature", "top-p without sorting", "min-p before top-p"]
 
 
 # ---------------------------------------------------------------- 5 model (a compact solution with switches)
@@ -365,7 +407,9 @@ def model_module(bug: str | None = None) -> types.ModuleType:
             self.embed_tokens = nn.Embedding(c.vocab_size, c.hidden_size)
             self.layers = nn.ModuleList(DecoderLayer(c, i) for i in range(c.num_hidden_layers))
             self.norm = RMSNorm(c.hidden_size, c.rms_norm_eps)
-            self.rotary_emb = RotaryEmbedding(c.head_dim, c.rope_theta, c.rope_scaling, c.max_position_embeddings)
+            self.rotary_emb = RotaryEmbedding(c.head_dim, c.rope_theta,
+                                              None if bug == "rope_scaling not passed on" else c.rope_scaling,
+                                              c.max_position_embeddings)
 
     class Qwen3(nn.Module):
         def __init__(self, c):
@@ -387,7 +431,7 @@ def model_module(bug: str | None = None) -> types.ModuleType:
     return types.SimpleNamespace(DecoderLayer=DecoderLayer, Qwen3Model=Qwen3Model, Qwen3=Qwen3)
 
 
-MODEL_BUGS = ["attention not causal", "every layer MoE (mlp_only_layers ignored)", "post-norm instead of pre-norm",
+MODEL_BUGS = ["rope_scaling not passed on", "attention not causal", "every layer MoE (mlp_only_layers ignored)", "post-norm instead of pre-norm",
               "no residual around the MLP", "head a copy of the embedding, not tied", "RoPE on the queries only",
               "final norm left out"]
 

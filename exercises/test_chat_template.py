@@ -107,3 +107,10 @@ def test_parse_reply_inverts_the_template(impl, official):
     text = official([U("6x7?"), A(content, reasoning_content=reasoning)])
     reply = text.split("<|im_start|>assistant\n")[-1].removesuffix("\n")  # what the model generated, up to <|im_end|>
     assert impl.parse_reply(reply) == (reasoning, content)
+
+
+def test_tool_response_text_and_a_second_closing_tag(impl):
+    """A user message that merely starts with <tool_response> is still a query (the template checks both ends);
+    the content is what follows the last </think>."""
+    assert impl.last_query_index([U("a"), U("<tool_response> is a tag, explain it")]) == 1
+    assert impl.parse_reply("<think>\na\n</think>\n\nb</think>\n\nc") == ("a", "c")

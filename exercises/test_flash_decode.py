@@ -147,3 +147,12 @@ def test_split_decode_bf16_and_bad_split(impl):
     torch.testing.assert_close(got, oracle(q, want_k, want_v, mask)[0].to(torch.bfloat16))  # within bf16 rounding
     with pytest.raises(ValueError, match="split"):
         impl.split_decode(q, k, v, k_cache, v_cache, pos, mask, 0)
+
+
+def test_merge_rows_at_different_scales(impl):
+    """Each row and head takes the largest of its own log-sum-exps: one maximum over all of them makes a row whose
+    lses sit ~800 below another's underflow to 0 / 0."""
+    outs = torch.randn(2, 2, 1, 1, D, generator=torch.Generator().manual_seed(9))
+    lses = torch.tensor([[800.0, 0.0], [799.0, 1.0]]).view(2, 2, 1, 1)
+    w = lses.double().softmax(0)[..., None]
+    torch.testing.assert_close(impl.merge_splits(outs, lses), (w * outs.double()).sum(0).float())

@@ -87,3 +87,18 @@ def test_causal(impl, tmp_path, case):
         a, b = ours(ids), ours(changed)
     torch.testing.assert_close(a[:, :6], b[:, :6])
     assert not torch.allclose(a[:, 6:], b[:, 6:])
+
+
+def test_yarn_config_reaches_rope(impl, tmp_path):
+    """rope_scaling (YaRN) from the config reaches the rotary tables: logits as transformers' (a fresh dict for each
+    config: transformers writes rope_theta into it)."""
+    yarn = lambda: {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64}  # noqa: E731
+    kw = {**TINY, "tie_word_embeddings": False}
+    torch.manual_seed(0)
+    hf = transformers.Qwen3ForCausalLM(transformers.Qwen3Config(**kw, rope_scaling=yarn())).eval()
+    hf.save_pretrained(tmp_path)
+    ours = impl.Qwen3(minqwen3.Qwen3Config(**kw, rope_scaling=yarn()))
+    ours.load_state_dict(stacked(load_file(tmp_path / "model.safetensors"), False), strict=True)
+    ids = torch.randint(0, TINY["vocab_size"], (2, 11), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(ours.eval()(ids), hf(ids).logits, rtol=1e-4, atol=1e-4)

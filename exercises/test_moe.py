@@ -143,3 +143,13 @@ def test_prefill_goes_through_sorted_dispatch(impl):
         calls.clear()
         ours(torch.randn(1, 1, H))
         assert not calls, "one token (2 pairs) should gather its experts, not sort"
+
+
+def test_global_counts_per_layer(impl):
+    """Two layers with their own global-batch counts: each layer's f comes from its own row of counts, and the
+    layers' losses are averaged (the formula written out)."""
+    torch.manual_seed(0)
+    layers = [torch.randn(10, E) + 3 * F.one_hot(torch.full((10,), l), E) for l in range(2)]
+    counts = torch.stack([torch.arange(1., E + 1), torch.arange(E, 0., -1)])  # (L, E), different per layer
+    want = sum(E * (c / c.sum() * lg.softmax(-1).mean(0)).sum() for c, lg in zip(counts, layers)) / 2
+    torch.testing.assert_close(impl.load_balancing_loss(layers, K, counts=counts), want)

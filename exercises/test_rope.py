@@ -108,3 +108,16 @@ def test_rotation_pairs_i_and_i_plus_half(impl):
     want = torch.zeros(1, 1, 1, D)
     want[..., D // 2] = 1.0
     torch.testing.assert_close(impl.apply_rope(x, cos, sin), want)
+
+
+def test_attention_factor_and_legacy_type_key(impl):
+    """YaRN's attention_factor, when given, replaces the computed scale; a config's legacy "type" key names the
+    rope type as "rope_type" does (transformers reads both)."""
+    s = {**QWEN3_YARN, "attention_factor": 0.8}
+    want_cos, want_sin = Qwen3RotaryEmbedding(hf_config(s))(torch.zeros(1), POS)
+    cos, sin = impl.RotaryEmbedding(128, 1e6, s, 40960)(POS, torch.float32)
+    torch.testing.assert_close(cos[:, 0], want_cos, rtol=0, atol=1e-6)
+    legacy = {"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768}
+    want_cos, _ = Qwen3RotaryEmbedding(hf_config(QWEN3_YARN))(torch.zeros(1), POS)
+    torch.testing.assert_close(impl.RotaryEmbedding(128, 1e6, legacy, 40960)(POS, torch.float32)[0][:, 0], want_cos,
+                               rtol=0, atol=1e-6)

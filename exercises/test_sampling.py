@@ -103,3 +103,26 @@ def test_the_generator_makes_draws_reproducible(impl):
     a = impl.sample(logits, temperature=1.0, generator=torch.Generator().manual_seed(3))
     b = impl.sample(logits, temperature=1.0, generator=torch.Generator().manual_seed(3))
     assert torch.equal(a, b)
+
+
+PERM = torch.tensor([5, 0, 9, 2, 11, 7, 1, 4, 10, 3, 8, 6])
+FILTERS = {"top-p on unsorted logits": (LOGITS[PERM], dict(temperature=1.0, top_p=0.5)),
+            "min-p after top-p": (LOGITS, dict(temperature=1.0, top_p=0.5, min_p=0.3))}
+
+
+@pytest.mark.parametrize("name", FILTERS)
+def test_filters_on_unsorted_logits_and_in_order(impl, name):
+    """top-p sorts first (these logits are not in order); min-p applies after top-p (the other order differs by 0.38
+    in probability here)."""
+    logits, kw = FILTERS[name]
+    assert (frequencies(impl, logits, **kw) - oracle(logits, **kw)).abs().max() < 0.02
+
+
+def test_presence_penalty_before_temperature(impl):
+    """The penalty is subtracted from the logits before the temperature divides them (at temperature 1 the two
+    orders agree, which the other tests use)."""
+    logits = torch.tensor([1.0, 0.5, -0.5, -1.0, -1.5, 0.0])
+    seen = torch.tensor([1.0, 0.0, 1.0, 0.0, 1.0, 0.0])
+    p = oracle(logits, temperature=0.5, presence_penalty=0.8, seen=seen)
+    freq = frequencies(impl, logits, seen=seen.expand(N, -1), temperature=0.5, presence_penalty=0.8)
+    assert (freq - p).abs().max() < 0.02
