@@ -70,3 +70,28 @@ def test_until_stop_compares_replies_up_to_their_first_stop():
     assert _until_stop([5, 6, 151645, 7], {151645, 151643}) == [5, 6, 151645]
     assert _until_stop([151643, 1], {151645, 151643}) == [151643]
     assert _until_stop([1, 2, 3], {151645}) == [1, 2, 3]
+
+
+def test_a_greedy_split_at_a_near_tie_is_told_from_a_real_one(tmp_path):
+    """In bf16 two faithful models may break a near-tie differently: verify passes greedy tokens that part where
+    both models put the two choices within the logit tolerance (_near_tie gives the gap), and fails them where one
+    choice is far below the other (None)."""
+    import torch
+    import transformers
+
+    import minqwen3
+    from minqwen3.verify import _near_tie
+    hf_model().save_pretrained(tmp_path)
+    ours = minqwen3.from_pretrained(tmp_path)
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    prefix = [5, 17, 42, 7]  # the prompt and the first new token (7), which both sides wrote
+    with torch.no_grad():
+        logits = ours(torch.tensor([prefix]))[0, -1]
+    order = logits.argsort(descending=True).tolist()
+    best, second, worst = order[0], order[1], order[-1]
+    gap, far = (logits[best] - logits[second]).item(), (logits[best] - logits[worst]).item()
+    tol = (gap + far) / 2  # holds the runner-up, not the last token
+    a = [7, best]  # the sides part at position 1
+    assert _near_tie(ours, theirs, prefix, a, [7, second], 1, tol) == pytest.approx(gap, abs=1e-4)
+    assert _near_tie(ours, theirs, prefix, a, [7, worst], 1, tol) is None
+    assert _near_tie(ours, theirs, prefix, a, [7], 1, tol) is None  # one side stopped
