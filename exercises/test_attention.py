@@ -59,8 +59,12 @@ def test_left_padding_mask(impl):
         torch.testing.assert_close(ours(x, cos[:, None], sin[:, None], mask)[1], want[1], rtol=1e-5, atol=1e-5)
 
 
-def test_prefill_then_decode_with_cache(impl):
-    """A 5-token prefill, then one token at a time through a KV cache: the same as attending to it all at once."""
+@pytest.mark.parametrize("chunks", [[(0, 5), (5, 6), (6, 7), (7, 8), (8, 9)], [(0, 4), (4, 7), (7, 9)]],
+                         ids=["prefill-then-decode", "chunked-prefill"])
+def test_prefill_then_decode_with_cache(impl, chunks):
+    """Chunks fed through a KV cache, the same as attending to it all at once: a 5-token prefill then one token at a
+    time, and chunks of several tokens past slot 0 (which must follow the mask they are given: a top-left
+    tril(T, S) is right only for the first chunk)."""
     cfg, ours, theirs, rope = setup(impl)
     x = torch.randn(2, 9, 64)
     cos, sin = rope(x, torch.arange(9)[None].expand(2, 9))
@@ -68,7 +72,7 @@ def test_prefill_then_decode_with_cache(impl):
     cache = KVCache(cfg, batch_size=2, max_len=16, dtype=torch.float32)
     outs = []
     with torch.no_grad():
-        for a, b in [(0, 5), (5, 6), (6, 7), (7, 8), (8, 9)]:
+        for a, b in chunks:
             pos = torch.arange(a, b)
             mask = (torch.arange(16)[None, :] <= pos[:, None])[None, None]  # (1, 1, T, 16): hides unwritten slots
             outs.append(ours(x[:, a:b], cos[:, None, a:b], sin[:, None, a:b], mask, cache, pos))
@@ -87,20 +91,3 @@ def test_decode_attention_matches_sdpa(impl, n_heads, n_kv):
     torch.testing.assert_close(got, F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True))
     torch.testing.assert_close(impl.decode_attention(q, k, v, None),
                                F.scaled_dot_product_attention(q, k, v, enable_gqa=True))
-
-
-def test_chunked_prefill_with_cache(impl):
-    """Prompt chunks fed into one cache: a chunk of several tokens starting past slot 0 must follow the mask it is
-    given (a top-left tril(T, S) is right only for the first chunk)."""
-    cfg, ours, theirs, rope = setup(impl)
-    x = torch.randn(2, 9, 64)
-    cos, sin = rope(x, torch.arange(9)[None].expand(2, 9))
-    want = theirs(x, (cos, sin), additive(torch.ones(9, 9, dtype=torch.bool).tril()[None, None]))[0]
-    cache = KVCache(cfg, batch_size=2, max_len=16, dtype=torch.float32)
-    outs = []
-    with torch.no_grad():
-        for a, b in [(0, 4), (4, 7), (7, 9)]:
-            pos = torch.arange(a, b)
-            mask = (torch.arange(16)[None, :] <= pos[:, None])[None, None]
-            outs.append(ours(x[:, a:b], cos[:, None, a:b], sin[:, None, a:b], mask, cache, pos))
-    torch.testing.assert_close(torch.cat(outs, 1), want, rtol=1e-5, atol=1e-5)
