@@ -48,27 +48,32 @@ class Reply:
     def message(self) -> dict:
         """This turn for the conversation history, its reasoning as reasoning_content: the template drops it from
         turns before the last user message, and keeps it after (a tool call's turn, answered by a tool)."""
-        return {"role": "assistant", "content": self.content,
-                **({"reasoning_content": self.reasoning} if self.reasoning else {})}
+        # always given, "" too: without it the template would split the content at any "</think>" it spells
+        return {"role": "assistant", "content": self.content, "reasoning_content": self.reasoning}
 
 
-def split_reply(ids: Sequence[int], tokenizer, opened: bool) -> tuple[str, str]:
+def split_reply(ids: Sequence[int], tokenizer, opened: bool, early_stop: bool = False) -> tuple[str, str]:
     """Generated ids (the stop token left out) -> (reasoning, content), split at the </think> *token* that closed
-    the reasoning, the first: what chat()'s stream calls reasoning and content, to the token. Text that spells
-    "</think>" in the answer (the model writing about its tags) or a second </think> token after a budget's
-    early stop stays in the content; parse_reply, which splits decoded text, would drop what lay between them.
-    opened: the prompt opened the <think> block (else the reasoning starts after a <think> the model wrote)."""
+    the reasoning, the first: where chat()'s stream switched from reasoning to answer (the newlines right after
+    </think> stripped). Text that spells "</think>" in the answer (the model writing about its tags) or a second
+    </think> token after a budget's early stop stays in the content; parse_reply, which splits decoded text,
+    would drop what lay between them.
+    opened: the prompt opened the <think> block (else the reasoning starts at a <think> the model wrote; without
+    one there is no reasoning, as the stream had none). early_stop: EARLY_STOP was fed, whose </think> leaves
+    ".\n\n" before the answer."""
     ids = list(ids)
     think, end = tokenizer.think_id, tokenizer.end_think_id
-    start = 0 if opened or think not in ids else ids.index(think) + 1
-    before = [] if start == 0 else ids[:start - 1]  # anything the model wrote before opening <think> itself
-    if end not in ids[start:]:  # no think block, or one cut off before it closed
-        if start == 0 and not opened:
-            return "", tokenizer.decode(ids)
-        return tokenizer.decode(ids[start:]).strip("\n"), tokenizer.decode(before)
+    if not opened and think not in ids:
+        return "", tokenizer.decode(ids)
+    start = 0 if opened else ids.index(think) + 1
+    before = tokenizer.decode(ids[:max(start - 1, 0)])  # anything the model wrote before opening <think> itself
+    if end not in ids[start:]:  # cut off before the reasoning closed
+        return tokenizer.decode(ids[start:]).strip("\n"), before
     stop = ids.index(end, start)
-    return (tokenizer.decode(ids[start:stop]).strip("\n"),
-            tokenizer.decode(before) + tokenizer.decode(ids[stop + 1:]).lstrip("\n"))
+    after = tokenizer.decode(ids[stop + 1:])
+    if early_stop:
+        after = after.removeprefix(".")
+    return tokenizer.decode(ids[start:stop]).strip("\n"), before + after.lstrip("\n")
 
 
 def _think_open(prompt: list[int], tokenizer) -> bool:
@@ -170,9 +175,7 @@ def chat(model, tokenizer, messages: Sequence[Mapping] | str, *, enable_thinking
 
     body = out[:-1] if finish == "stop" else out
     text = tokenizer.decode(body)
-    reasoning, content = split_reply(body, tokenizer, opened)
-    if budget_hit:  # the early-stop text leaves ".\n\n" after </think>: not part of the answer
-        content = content.removeprefix(".").lstrip("\n")
+    reasoning, content = split_reply(body, tokenizer, opened, budget_hit)
     return Reply(reasoning=reasoning, content=content, text=text, prompt_tokens=len(prompt),
                  reasoning_tokens=n_reasoning, content_tokens=len(out) - n_reasoning, seconds=seconds,
                  tokens_per_second=len(out) / seconds if seconds > 0 else 0.0, finish_reason=finish,

@@ -84,11 +84,14 @@ def check_messages(messages: Sequence[Mapping]) -> None:
     transformers) render an unknown role as nothing and a missing or non-string content as empty, so a typo would
     have the model answer an empty prompt. Each message: a dict with a role of ROLES and a string content; an
     assistant turn may instead have tool_calls and no content (None); reasoning_content, if given, a string."""
-    if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence) or not messages:
-        raise TypeError(f"messages must be a non-empty list of dicts, got {messages!r:.80}")
+    if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence):
+        raise TypeError(f"messages must be a list of dicts, got {type(messages).__name__}")
+    if not messages:
+        raise ValueError("messages is empty: a conversation needs at least one message")
     for i, m in enumerate(messages):
         if not isinstance(m, Mapping):
-            raise TypeError(f"messages[{i}] must be a dict with 'role' and 'content', got {type(m).__name__}: {m!r:.80}")
+            raise TypeError(f"messages[{i}] must be a dict with 'role' and 'content', got "
+                            f"{type(m).__name__}: {m!r:.80}")
         role = m.get("role")
         if role not in ROLES:
             raise ValueError(f"messages[{i}] has role {role!r}; Qwen3's template knows {', '.join(ROLES)}")

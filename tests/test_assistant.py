@@ -73,6 +73,8 @@ def test_thinking_reply_is_parsed_and_counted(tok, model):
     assert r.finish_reason == "stop" and not r.budget_hit
     assert r.seconds > 0 and r.tokens_per_second == pytest.approx(9 / r.seconds)
     assert r.message() == {"role": "assistant", "content": "Hi!", "reasoning_content": "Hmm ok so"}
+    assert chat(model, tok, USER, enable_thinking=False).message() == {"role": "assistant", "content": "Hi!",
+                                                                         "reasoning_content": ""}
 
 
 def test_reply_message_keeps_reasoning_where_the_template_renders_it(tok, model):
@@ -95,6 +97,36 @@ def test_the_answer_may_spell_the_closing_tag(tok):
              **dict(zip(spelled, spelled[1:])), spelled[-1]: BANG, BANG: IM_END}
     r = chat(bigram_model(chain), tok, USER, temperature=0)
     assert (r.reasoning, r.content) == ("Hmm", "Hi</think>!")
+
+
+def test_the_spelled_tag_survives_into_the_next_prompt(tok):
+    """Without reasoning the template would take a content's own "</think>" for the end of one: message() always
+    gives reasoning_content (""), so the next prompt shows the answer whole."""
+    spelled = tok.encode("</") + tok.encode("think") + tok.encode(">")
+    chain = {NLNL: HI, HI: spelled[0], **dict(zip(spelled, spelled[1:])), spelled[-1]: BANG, BANG: IM_END}
+    r = chat(bigram_model(chain), tok, USER, enable_thinking=False, temperature=0)  # after the empty think block
+    assert r.content == "Hi</think>!" and r.message()["reasoning_content"] == ""
+    assert "Hi</think>!" in apply_chat_template([*USER, r.message(), {"role": "user", "content": "Again."}])
+
+
+def test_text_before_think_and_a_budget_stop(tok):
+    """The model writes "Hi" before opening <think>; the budget runs out: the answer is "Hi" and what follows the
+    early stop, without the "." that its </think> leaves (the stream's answer: "Hi", then "!")."""
+    chain = {NL: HI, HI: THINK, THINK: HMM, HMM: OK, OK: SO, DOT_NLNL: BANG, BANG: IM_END}
+    pieces = []
+    r = chat(bigram_model(chain), tok, USER, thinking_budget=1, temperature=0,
+             stream=lambda k, p: pieces.append((k, p)))
+    assert r.budget_hit and (r.reasoning, r.content) == ("Hmm\n\n" + SENTENCE, "Hi!")
+    assert "".join(p for k, p in pieces if k == "content") == "Hi!"
+
+
+def test_a_closing_token_without_an_opening_one_is_no_reasoning(tok):
+    """A model that never wrote <think> (and no prompt opened one) has no reasoning, as the stream showed none."""
+    chain = {NL: HMM, HMM: END_THINK, END_THINK: NLNL, NLNL: HI, HI: IM_END}
+    pieces = []
+    r = chat(bigram_model(chain), tok, USER, temperature=0, stream=lambda k, p: pieces.append((k, p)))
+    assert (r.reasoning, r.content) == ("", "Hmm</think>\n\nHi") and r.reasoning_tokens == 0
+    assert all(k == "content" for k, _ in pieces)
 
 
 def test_a_second_closing_token_after_the_budget_stays_in_the_answer(tok):
@@ -126,7 +158,7 @@ BAD_MESSAGES = [([{"role": "User", "content": "hi"}], ValueError, r"messages\[0\
                  r"messages\[1\] \(assistant\)"),
                 ([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "a", "reasoning_content": 5}],
                  TypeError, "reasoning_content"),
-                ([], TypeError, "non-empty"), (["hi"], TypeError, r"messages\[0\] must be a dict")]
+                ([], ValueError, "messages is empty"), (["hi"], TypeError, r"messages\[0\] must be a dict")]
 
 
 @pytest.mark.parametrize("messages, error, match", BAD_MESSAGES)
