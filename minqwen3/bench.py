@@ -224,9 +224,12 @@ def model_context(model_arg: str) -> tuple[str, int]:
     path = Path(model_arg)
     if path.is_dir():
         return model_arg, Qwen3Config.from_pretrained(path).context_length
-    if os.sep in model_arg or model_arg.startswith("."):
-        raise ValueError(f"--model {model_arg}: no such folder")
-    return model_arg, Qwen3Config.from_name(model_arg).context_length
+    try:  # an official name, "Qwen/" in front or not
+        return model_arg, Qwen3Config.from_name(model_arg).context_length
+    except ValueError:
+        if os.sep in model_arg.removeprefix("Qwen/") or model_arg.startswith("."):
+            raise ValueError(f"--model {model_arg}: no such folder, nor an official model's name") from None
+        raise
 
 
 def bench_model(model_arg: str, device: torch.device, dtype: torch.dtype, prompt_len: int, new: int,
@@ -439,6 +442,8 @@ def run(models: list[str], device: str, dtype: str | None, prompt: int, new: int
         where = Path(out).resolve().parent
         if not where.is_dir() or not os.access(where, os.W_OK):
             raise ValueError(f"--out {out}: cannot write into {where} (it must be a writable folder)")
+        if Path(out).is_dir() or Path(out).exists() and not os.access(out, os.W_OK):
+            raise ValueError(f"--out {out}: a folder, or a file that cannot be written")
     batch = batch or [1]
     for b in batch:
         if b < 1:

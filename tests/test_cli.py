@@ -135,20 +135,27 @@ def test_bench_flags_are_checked_before_measuring(ckpt, capsys, monkeypatch, fla
     assert rc != 0 and f"{flag} {value}: must be at least" in err
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--prompt", "30", "--new", "20"], "--prompt 30 + --new 20 tokens: {m}'s context is 40 tokens"),
-    (["--prompt", "8", "--new", "4", "--prefill", "40"], "--prefill 40: {m}'s context is 40 tokens"),
-    (["--model", "Qwen3-06B"], "unknown model 'Qwen3-06B'"),
-    (["--model", "/no/such/folder"], "--model /no/such/folder: no such folder"),
-    (["--out", "/no/such/folder/x.json"], "--out /no/such/folder/x.json: cannot write into")])
-def test_bench_refuses_what_it_cannot_measure_before_measuring(small_ckpt, capsys, monkeypatch, argv, message):
+@pytest.mark.parametrize("models, flags, message", [
+    ([], ["--prompt", "30", "--new", "20"], "--prompt 30 + --new 20 tokens: {m}'s context is 40 tokens"),
+    ([], ["--prefill", "40"], "--prefill 40: {m}'s context is 40 tokens"),
+    (["Qwen3-06B"], [], "unknown model 'Qwen3-06B'"),  # a second model's typo, found before the first is measured
+    (["/no/such/folder"], [], "--model /no/such/folder: no such folder"),
+    ([], ["--out", "/no/such/folder/x.json"], "--out /no/such/folder/x.json: cannot write into"),
+    ([], ["--out", "."], "--out .: a folder")])
+def test_bench_refuses_what_it_cannot_measure_before_measuring(small_ckpt, capsys, monkeypatch, models, flags,
+                                                               message):
     """A prompt and new tokens past a model's context made generate() stop early while tok/s counted every token
     (135% of the bandwidth limit on a CPU); a second model's typo or a bad --out came after the first's numbers."""
     import minqwen3.bench as bench
     monkeypatch.setattr(bench, "copy_bandwidth", lambda *a: pytest.fail("measured before checking the flags"))
-    rc, out, err = run(capsys, "bench", "--model", small_ckpt, "--device", "cpu", "--prompt", "8", "--new", "4",
-                       *argv)
+    rc, out, err = run(capsys, "bench", "--model", small_ckpt, *models, "--device", "cpu", "--prompt", "8", "--new",
+                       "4", *flags)
     assert rc != 0 and message.format(m=small_ckpt) in err, err
+
+
+def test_bench_takes_official_names_with_their_organisation():
+    from minqwen3.bench import model_context
+    assert model_context("Qwen/Qwen3-8B") == ("Qwen/Qwen3-8B", 40960)
 
 
 def test_bench_default_prefill_fits_the_shortest_context(small_ckpt, capsys, monkeypatch):
