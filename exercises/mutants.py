@@ -431,8 +431,8 @@ def model_module(bug: str | None = None) -> types.ModuleType:
     return types.SimpleNamespace(DecoderLayer=DecoderLayer, Qwen3Model=Qwen3Model, Qwen3=Qwen3)
 
 
-MODEL_BUGS = ["rope_scaling not passed on", "attention not causal", "every layer MoE (mlp_only_layers ignored)", "post-norm instead of pre-norm",
-              "no residual around the MLP", "head a copy of the embedding, not tied", "RoPE on the queries only",
+MODEL_BUGS = ["rope_scaling not passed on", "attention not causal", "every layer MoE (mlp_only_layers ignored)",
+              "post-norm instead of pre-norm", "no residual around the MLP", "head a copy of the embedding, not tied", "RoPE on the queries only",
               "final norm left out"]
 
 

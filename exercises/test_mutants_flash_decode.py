@@ -55,6 +55,8 @@ def solution(wrong: str | None = None):
             return outs.mean(0)
         if wrong == "weights exp(lse), max not subtracted":
             w = lses.exp()
+        elif wrong == "one max over every row and head":
+            w = (lses - lses.max()).exp()
         else:
             w = (lses - lses.max(0).values).exp()
         if wrong == "weights not normalised":
@@ -101,6 +103,7 @@ MUTANTS = {
     "plain average of the splits": "test_merge_is_exact",
     "weights not normalised": "test_merge_is_exact",
     "weights exp(lse), max not subtracted": "test_large_scores_do_not_overflow",
+    "one max over every row and head": "test_merge_rows_at_different_scales",
     "new token written one slot late": "test_split_decode_writes_the_cache",
     "new token written one slot early": "test_split_decode_writes_the_cache",
     "attends before writing the new token": "test_split_decode_matches_sdpa",
