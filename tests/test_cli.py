@@ -115,7 +115,8 @@ def test_a_message_past_the_context_is_left_out_and_the_conversation_goes_on(sma
     assert err.count("or /reset to start over") == 1  # only once there is a history to forget
     assert "the model's context is 40 tokens" in err
     say_hi = [{"role": "user", "content": "Say hi."}]
-    assert seen[1] == say_hi and seen[2][:2] == say_hi + [{"role": "assistant", "content": "Hi!"}]
+    assert seen[1] == say_hi and seen[2][:2] == say_hi + [{"role": "assistant", "content": "Hi!",
+                                                            "reasoning_content": ""}]
     assert seen[3] == say_hi  # after /reset
 
 
