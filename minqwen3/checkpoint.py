@@ -167,13 +167,22 @@ def _targets(model: nn.Module) -> dict[str, tuple[str, int | None, tuple]]:
     return out
 
 
+def _head_as_embedding(tied: bool, names) -> bool:
+    """A tied checkpoint that stores the shared matrix as lm_head.weight alone (a saver that kept the other name of
+    the pair): it is the embedding, as transformers ties it."""
+    return tied and "lm_head.weight" in names and "model.embed_tokens.weight" not in names
+
+
 def check_tensors(model: Qwen3, path: Path, tables: dict, strict: bool = True,
                   dtype: torch.dtype | None = None) -> dict[str, tuple[str, int | None, tuple]]:
     """Compare the checkpoint's tensors with the model's parameters before reading any: names (missing,
-    unexpected), shapes, and one dtype unless `dtype` converts them all. Returns _targets(model)."""
+    unexpected), shapes, and one dtype unless `dtype` converts them all. Returns _targets(model), with the stored
+    name of a tied matrix kept as lm_head.weight alone pointing at the embedding."""
     targets = _targets(model)
     on_disk = {name: f for f, (header, _) in tables.items() for name in header}
     tied = model.config.tie_word_embeddings
+    if _head_as_embedding(tied, on_disk):
+        targets["lm_head.weight"] = targets.pop("model.embed_tokens.weight")
     unexpected = [k for k in on_disk if k not in targets and not (tied and k == "lm_head.weight")]
     missing = [k for k in targets if k not in on_disk]
     if strict and (missing or unexpected):

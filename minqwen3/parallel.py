@@ -412,8 +412,9 @@ def from_pretrained(path: str | os.PathLike, plan: Plan, device=None, dtype: tor
     shard(model, plan)
     params = dict(model.named_parameters())  # a tied head split by vocabulary is now a parameter of its own
     reads = [(key, name, row) for key, (name, row, _) in targets.items()]
-    if config.tie_word_embeddings and "lm_head.weight" in params:
-        reads.append(("model.embed_tokens.weight", "lm_head.weight", None))
+    if config.tie_word_embeddings and "lm_head.weight" in params:  # the embedding's key as stored (the head's, alone)
+        reads.append((next(k for k, (n, _, _) in targets.items() if n == "model.embed_tokens.weight"),
+                      "lm_head.weight", None))
     device = torch.device(device or "cpu")
     handles, new, bad = {}, {}, []
     for key, name, row in reads:

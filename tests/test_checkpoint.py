@@ -108,15 +108,27 @@ def test_a_tied_checkpoint_whose_stored_head_differs_is_refused(tmp_path):
         minqwen3.from_pretrained(tmp_path)
 
 
-def test_a_tied_checkpoint_with_a_head_but_no_embedding_is_named(tmp_path):
+def test_a_tied_checkpoint_storing_only_the_head_loads_it_as_the_embedding(tmp_path):
+    """The shared matrix saved under its other name, lm_head.weight alone (a saver that kept that name of the
+    pair): transformers ties it into the embedding; so does minqwen3, with the same logits."""
+    transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
-    minqwen3.save_pretrained(minqwen3.Qwen3(Qwen3Config(**SMALL, tie_word_embeddings=True)), tmp_path)
+    model = minqwen3.Qwen3(Qwen3Config(**SMALL, tie_word_embeddings=True))
+    minqwen3.save_pretrained(model, tmp_path)
     tensors = load_file(tmp_path / "model.safetensors")
     tensors["lm_head.weight"] = tensors.pop("model.embed_tokens.weight")
-    save_file(tensors, tmp_path / "model.safetensors")
+    save_file(tensors, tmp_path / "model.safetensors", metadata={"format": "pt"})
     for strict in (True, False):
-        with pytest.raises(CheckpointError, match="model.embed_tokens.weight"):
-            minqwen3.from_pretrained(tmp_path, strict=strict)
+        ours = minqwen3.from_pretrained(tmp_path, strict=strict)
+        assert ours.lm_head.weight is ours.model.embed_tokens.weight
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    ids = torch.arange(10)[None]
+    with torch.no_grad():
+        assert torch.equal(ours(ids), model(ids)) and torch.allclose(ours(ids), theirs(ids).logits, atol=1e-5)
+    untied = json.loads((tmp_path / "config.json").read_text())  # untied, a head alone is a missing embedding
+    (tmp_path / "config.json").write_text(json.dumps({**untied, "tie_word_embeddings": False}))
+    with pytest.raises(CheckpointError, match="model.embed_tokens.weight"):
+        minqwen3.from_pretrained(tmp_path)
 
 
 def test_model_safetensors_is_read_before_an_index_as_transformers_does(tmp_path):

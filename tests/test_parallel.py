@@ -1,8 +1,11 @@
 """Tensor and expert parallelism (minqwen3/parallel.py) on CPU: gloo, 2 and 4 processes spawned here, against the
 same checkpoint in one process (itself checked against transformers in test_model.py): logits within 1e-5 in
 float32, the same greedy tokens, left-padded batches, and each rank holding only its slices."""
+import shutil
+
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 import minqwen3
 from conftest import TINY
@@ -67,7 +70,13 @@ def two_ranks(tmp_path_factory):
     slice of the embedding), a MoE model with experts tensor-parallel and expert-parallel."""
     d = tmp_path_factory.mktemp("tp2")
     models = {"dense": tiny(d / "dense", tie_word_embeddings=True), "moe": tiny(d / "moe", seed=1, **MOE)}
-    jobs = [("dense", "tp"), ("moe", "tp"), ("moe", "ep"), ("moe", "stacked")]
+    # the dense checkpoint again, its tied matrix stored under the head's name alone (checkpoint._head_as_embedding)
+    shutil.copytree(d / "dense", d / "dense_head")
+    tensors = load_file(d / "dense_head" / "model.safetensors")
+    tensors["lm_head.weight"] = tensors.pop("model.embed_tokens.weight")
+    save_file(tensors, d / "dense_head" / "model.safetensors", metadata={"format": "pt"})
+    models["dense_head"] = models["dense"]
+    jobs = [("dense", "tp"), ("moe", "tp"), ("moe", "ep"), ("moe", "stacked"), ("dense_head", "tp")]
     results = parallel.spawn(_jobs, 2, [(str(d / m), e) for m, e in jobs] + [({**TINY, **MOE}, "ep")], timeout_s=300)
     return models, {job: [r[i] for r in results] for i, job in enumerate(jobs + [("random", "ep")])}
 
@@ -105,7 +114,8 @@ def test_random_weights_are_slices_of_the_same_model(two_ranks):
         assert (logits - want).abs().max() < 1e-5, f"rank {rank}"
 
 
-@pytest.mark.parametrize("job", [("dense", "tp"), ("moe", "tp"), ("moe", "ep")], ids=["dense", "moe-tp", "moe-ep"])
+@pytest.mark.parametrize("job", [("dense", "tp"), ("moe", "tp"), ("moe", "ep"), ("dense_head", "tp")],
+                         ids=["dense", "moe-tp", "moe-ep", "dense-head-only"])
 def test_two_ranks_match_one_process(two_ranks, job):
     models, results = two_ranks
     check(results[job], models[job[0]], 2)
