@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import math
 import numbers
-import operator
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -32,7 +31,7 @@ import torch
 from . import matvec, pdl, stack, warmstart
 from .cache import KVCache, make_cache
 from .config import NON_THINKING_DEFAULTS, THINKING_DEFAULTS  # noqa: F401 (sampling's defaults, for callers)
-from .tokenizer import ENDOFTEXT, IM_END
+from .tokenizer import ENDOFTEXT, IM_END, token_id
 
 STOP_IDS = (IM_END, ENDOFTEXT)
 RECOMPILE_LIMIT = 64  # compiled graphs of one function a process keeps (Decoder: run_layer's, shared by all)
@@ -176,9 +175,7 @@ def check_stop_ids(stop_ids) -> tuple[int, ...]:
     out = []
     for t in stop_ids:
         try:
-            if isinstance(t, bool) or (isinstance(t, torch.Tensor) and t.is_floating_point()):
-                raise TypeError
-            out.append(operator.index(t))  # ints, numpy ints, 0-d integer tensors
+            out.append(token_id(t))  # ints, numpy ints, 0-d integer tensors
         except TypeError:
             raise TypeError(f"stop_ids must hold integer token ids, got {type(t).__name__} {t!r}") from None
     return tuple(out)

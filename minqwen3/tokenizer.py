@@ -45,6 +45,14 @@ def _check_unicode(text: str) -> None:
                          f"{bad.start()} (invalid UTF-8 bytes?) in {text[max(0, bad.start() - 20):bad.start() + 20]!r}")
 
 
+def token_id(x) -> int:
+    """x as a token id: an int, a numpy integer or a 0-d integer tensor. A bool, a float or a string is a TypeError
+    (int() would have read 1.7 as 1, and True is an int to Python)."""
+    if isinstance(x, bool):
+        raise TypeError(f"{x!r} is a bool, not a token id")
+    return operator.index(x)
+
+
 class Tokenizer:
     """Qwen3 tokenizer. `Tokenizer.default()` uses the copy shipped in minqwen3/assets."""
 
@@ -156,9 +164,7 @@ class Tokenizer:
         out = []
         for i in ids:
             try:
-                if isinstance(i, bool):
-                    raise TypeError
-                t = operator.index(i)
+                t = token_id(i)
             except TypeError:
                 raise TypeError(f"decode expects integer token ids, got {type(i).__name__} {i!r:.40}") from None
             if not 0 <= t < self.vocab_size:
