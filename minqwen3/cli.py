@@ -348,7 +348,8 @@ def cmd_chat(args) -> int:
                   f"{', or /reset to start over' if len(history) > len(system) else ''}", file=sys.stderr)
             refused += 1
             continue
-        # the assistant turn goes back with its content only: the template drops old reasoning anyway
+        # the assistant turn goes back with its reasoning (Reply.message()): the template drops it from turns
+        # before the last user message
         history += [{"role": "user", "content": line}, reply.message()]
 
 

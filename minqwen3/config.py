@@ -75,6 +75,8 @@ _ROPE_RULES = {  # rope_scaling entries for YaRN; factor is required, and an ent
     "truncate": (_is(bool), "true or false"),
     "rope_type": (lambda v: v == "yarn", "'yarn'"), "type": (lambda v: v == "yarn", "'yarn'"),
 }
+
+
 def rope_type(scaling: dict | None) -> str:
     """The kind of a rope_scaling (or rope_parameters) entry: "rope_type", or the older "type", or "default"."""
     scaling = scaling or {}
