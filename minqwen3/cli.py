@@ -442,9 +442,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "override them.".format(*(", ".join(f"{k} {v}" for k, v in d.items())
                                                              for d in (THINKING_DEFAULTS, NON_THINKING_DEFAULTS))))
     _model_args(s, per_mode=True)
-    s.add_argument("--no-think", action="store_true", help="answer without thinking (empty think block)")
-    s.add_argument("--thinking-budget", type=int, help="at most N thinking tokens, then answer (default: none, "
-                   "unlimited)")
+    mode = s.add_mutually_exclusive_group()  # without thinking there is no budget to spend
+    mode.add_argument("--no-think", action="store_true", help="answer without thinking (empty think block)")
+    mode.add_argument("--thinking-budget", type=int, help="at most N thinking tokens, then answer (default: none, "
+                      "unlimited)")
     s.add_argument("--system", help="a system prompt (default: none)")
     s.add_argument("prompt", nargs="?", help="answer this once and exit; without it, a conversation")
     s.set_defaults(fn=cmd_chat)

@@ -57,6 +57,15 @@ def test_chat_thinking_budget(ckpt, capsys):
     assert "thinking budget of 1 reached" in err
 
 
+def test_chat_refuses_a_thinking_budget_without_thinking(ckpt, capsys):
+    # --no-think never thinks, so a budget would be ignored without a word: argparse says so before any loading
+    with pytest.raises(SystemExit) as e:
+        run(capsys, "chat", "--model", ckpt, "--no-think", "--thinking-budget", "5", "Say hi.")
+    out, err = capsys.readouterr()
+    assert e.value.code == 2 and out == ""
+    assert "--thinking-budget: not allowed with argument --no-think" in err
+
+
 def test_chat_max_new_tokens(ckpt, capsys):
     rc, out, err = run(capsys, "chat", "--model", ckpt, "--max-new-tokens", "3", "Say hi.")
     assert (rc, out) == (0, "thinking: Hmm ok\n")
