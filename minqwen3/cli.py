@@ -405,8 +405,8 @@ def _model_args(s: argparse.ArgumentParser, per_mode: bool) -> None:
     s.add_argument("--device", default="auto", help=DEVICE_HELP)
     s.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                    help="auto: as stored in the checkpoint (default: %(default)s)")
-    s.add_argument("--max-new-tokens", type=int, default=4096, help="at most this many new tokens, thinking "
-                   "included (default: %(default)s, or what the context leaves)")
+    s.add_argument("--max-new-tokens", type=int, default=4096, help="at most this many new tokens" +
+                   (", thinking included" if per_mode else "") + " (default: %(default)s, or what the context leaves)")
     s.add_argument("--seed", type=int, help="fix the sampling for a reproducible reply (default: none, a new "
                    "reply each time)")
     T, N = {"presence_penalty": 0.0, **THINKING_DEFAULTS}, {"presence_penalty": 0.0, **NON_THINKING_DEFAULTS}
@@ -428,7 +428,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_demo)
     s = sub.add_parser("download", help="download official weights (needs the network)")
     s.add_argument("name", help="e.g. Qwen/Qwen3-0.6B")
-    s.add_argument("--dir", help="destination (default weights/<name>)")
+    s.add_argument("--dir", help="destination (default weights/<name without its Qwen/ prefix>, e.g. "
+                   "weights/Qwen3-0.6B)")
     s.set_defaults(fn=cmd_download)
     s = sub.add_parser("verify", help="compare a checkpoint in minqwen3 against transformers")
     s.add_argument("model", help="checkpoint folder")

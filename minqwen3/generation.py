@@ -555,7 +555,8 @@ def generate(model, input_ids: torch.Tensor | list[list[int]], max_new_tokens: i
     of 151,669, and the padding rows are no token at all (a trained model never picks them; a random one may).
     generated: per row, ids that count as already generated for the presence penalty (a reply continued in parts).
     fast: decode with the model's compiled Decoder (torch.compile, CUDA graphs; the same tokens, on_token called in
-    bursts of 16). Default: on a CUDA device. The first fast call compiles for ~30 s (seconds in a later process:
+    bursts of 16). Default: on a CUDA device. fast=True elsewhere keeps one Decoder for the model (a preallocated
+    cache, reused across calls) but compiles nothing: the compiled step is CUDA's. The first fast call compiles for ~30 s (seconds in a later process:
     the compile caches are kept, warmstart.py); later calls reuse it.
     decoder: decode with this Decoder instead (fast is then ignored).
     """

@@ -151,7 +151,10 @@ class Tokenizer:
         return self.vocab_size
 
     def encode(self, text: str, allow_special: bool = True) -> list[int]:
-        """Token ids of `text`. allow_special=False encodes <|im_end|> & co. as the plain characters they spell."""
+        """Token ids of `text`. allow_special=False encodes the special tokens' strings (<|im_start|>, <|im_end|>,
+        <|endoftext|>, ...) as the plain characters they spell, as transformers' split_special_tokens does; the
+        other added tokens (<think>, <tool_call>, <tool_response>, ...) stay single tokens either way, as
+        officially. For untrusted chat text use encode_messages, which spells those out too."""
         if not isinstance(text, str):
             raise TypeError(f"encode expects a str, got {type(text).__name__}")
         _check_unicode(text)
