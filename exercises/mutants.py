@@ -344,7 +344,9 @@ def sampling_module(bug: str | None = None) -> types.ModuleType:
             probs = probs.masked_fill(drop, 0.0)
             probs = probs / probs.sum(-1, keepdim=True)
         if min_p > 0.0:
-            limit = min_p if bug == "min-p as an absolute threshold" else min_p * probs.amax(-1, keepdim=True)
+            limit = (min_p if bug == "min-p as an absolute threshold" else
+                     min_p * probs.max() if bug == "min-p against the batch's largest" else
+                     min_p * probs.amax(-1, keepdim=True))
             probs = probs.masked_fill(probs < limit, 0.0)
         if bug == "temperature after the filters":
             probs = (probs.clamp(min=1e-30).log() / temperature).softmax(-1) * (probs > 0)
@@ -357,7 +359,8 @@ def sampling_module(bug: str | None = None) -> types.ModuleType:
 SAMPLING_BUGS = ["penalty only when sampling", "penalty multiplies (repetition-penalty style)",
                  "temperature after the filters", "top-p on the distribution before top-k",
                  "top-p drops the token that crosses it", "min-p as an absolute threshold", "generator ignored",
-                 "penalty after the temperature", "top-p without sorting", "min-p before top-p"]
+                 "penalty after the temperature", "top-p without sorting", "min-p before top-p",
+                 "min-p against the batch's largest"]
 
 
 # ---------------------------------------------------------------- 5 model (a compact solution with switches)

@@ -1,4 +1,4 @@
-"""Exercise · Tensor and expert parallelism: the sharding plan.  Read notebooks/10_parallelism.ipynb first.
+"""Exercise 11 · Tensor and expert parallelism: the sharding plan.  Read notebooks/10_parallelism.ipynb first.
 
 Check your work:  pytest exercises/test_parallel.py --impl student
 

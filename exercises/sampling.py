@@ -20,7 +20,7 @@ def sample(logits: torch.Tensor, temperature: float = 0.0, top_k: int = 0, top_p
     - temperature 0: greedy, the argmax of the (penalised) logits.
     - otherwise draw from p = softmax(logits / temperature), after these filters, in this order, each one
       working on the distribution the previous one left (renormalised):
-        top_k > 0: keep the top_k most likely tokens;
+        top_k > 0: keep the top_k most likely tokens (all of them when top_k >= V);
         top_p < 1: keep the smallest set of most likely tokens whose probability sums to at least top_p
                    (the token that crosses top_p is kept);
         min_p > 0: keep the tokens whose probability is at least min_p times the largest one.

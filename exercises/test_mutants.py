@@ -65,6 +65,7 @@ CATCHES = {  # (test file, mistake) -> the test that fails on it (running one te
     ("test_sampling.py", "top-p without sorting"):
         "test_filters_on_unsorted_logits_and_in_order[top-p on unsorted logits]",
     ("test_sampling.py", "min-p before top-p"): "test_filters_on_unsorted_logits_and_in_order[min-p after top-p]",
+    ("test_sampling.py", "min-p against the batch's largest"): "test_min_p_compares_with_each_rows_own_largest",
     ("test_assistant.py", "no blank line before the sentence"): "test_early_stop_ids[thought ends in a word]",
     ("test_assistant.py", "blank line always added (two after a blank line)"):
         "test_early_stop_ids[thought ends in a blank line]",

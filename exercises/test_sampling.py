@@ -98,6 +98,16 @@ def test_rows_are_independent(impl):
     assert set(ids[:, 0].tolist()) == {0, 1} and set(ids[:, 1].tolist()) == {11, 10}
 
 
+def test_min_p_compares_with_each_rows_own_largest(impl):
+    """min-p's threshold is min_p times the largest probability of the row itself: here row 0's largest (~0.99)
+    times 0.3 would drop row 1's third token (probability 0.2), whose own threshold is 0.3 * 0.5 = 0.15."""
+    logits = torch.stack([torch.tensor([5.0, 0.0, 0.0]), torch.tensor([0.5, 0.3, 0.2]).log()])
+    ids = impl.sample(logits.repeat(N, 1), temperature=1.0, min_p=0.3, generator=torch.Generator().manual_seed(0))
+    freq = torch.bincount(ids[1::2], minlength=3).float() / N  # row 1's draws
+    p = oracle(logits[1], temperature=1.0, min_p=0.3)
+    assert (freq - p).abs().max() < 0.02, f"row 1 frequencies {freq} vs probabilities {p}"
+
+
 def test_the_generator_makes_draws_reproducible(impl):
     logits = LOGITS.expand(64, -1)
     a = impl.sample(logits, temperature=1.0, generator=torch.Generator().manual_seed(3))
