@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
+import os
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
@@ -20,6 +22,9 @@ import torch.nn.functional as F
 from .model import Qwen3
 from .moe import expert_counts, load_balancing_loss
 from .tokenizer import ENDOFTEXT
+
+
+BALANCE = ("global", "micro", "none")
 
 
 @dataclass
@@ -38,6 +43,42 @@ class TrainConfig:
     log_every: int = 10
     save_every: int = 0  # 0: only at the end
     out: str | None = None  # checkpoints and log.jsonl go here
+
+    def __post_init__(self) -> None:
+        # a bad value here does not fail: it trains wrongly (grad_clip < 0 flips the gradient, 0 stops learning,
+        # a NaN rate poisons every weight) or crashes only after the first step, so every field is checked now
+        def integer(name: str, lo: int) -> None:
+            v = getattr(self, name)
+            if not isinstance(v, numbers.Integral) or isinstance(v, bool):
+                raise TypeError(f"TrainConfig.{name} must be an int, got {v!r}")
+            if v < lo:
+                raise ValueError(f"TrainConfig.{name} must be >= {lo}, got {v}")
+
+        def real(name: str, v, ok, want: str) -> None:
+            if not isinstance(v, numbers.Real) or isinstance(v, bool):
+                raise TypeError(f"TrainConfig.{name} must be a number, got {v!r}")
+            if not ok(v):  # NaN fails every comparison, so it lands here too
+                raise ValueError(f"TrainConfig.{name} must be {want}, got {v}")
+
+        for name, lo in (("steps", 0), ("warmup", 0), ("log_every", 1), ("save_every", 0)):
+            integer(name, lo)
+        for name in ("lr", "min_lr", "weight_decay"):
+            real(name, getattr(self, name), lambda v: 0 <= v < math.inf, "finite and >= 0")
+        real("grad_clip", self.grad_clip, lambda v: v > 0, "> 0 (inf: no clipping)")
+        if self.aux_coef is not None:
+            real("aux_coef", self.aux_coef, lambda v: 0 <= v < math.inf, "finite and >= 0, or None")
+        if not isinstance(self.betas, (tuple, list)) or len(self.betas) != 2:
+            raise TypeError(f"TrainConfig.betas must be a pair of numbers, got {self.betas!r}")
+        for i, b in enumerate(self.betas):
+            real(f"betas[{i}]", b, lambda v: 0 <= v < 1, "in [0, 1)")
+        self.betas = tuple(self.betas)  # a list (from JSON, say) becomes the tuple AdamW itself keeps
+        if self.balance not in BALANCE:
+            raise ValueError(f"TrainConfig.balance must be one of {', '.join(map(repr, BALANCE))}, "
+                             f"got {self.balance!r}")
+        if self.out is not None:
+            if not isinstance(self.out, (str, os.PathLike)):
+                raise TypeError(f"TrainConfig.out must be a folder path or None, got {self.out!r}")
+            self.out = os.fspath(self.out)  # a str, as the log's JSON copy of the config needs
 
 
 def lr_at(step: int, tc: TrainConfig) -> float:

@@ -1,6 +1,8 @@
 """The training loop: schedule, masked loss, gradient accumulation, both load-balancing variants, resuming."""
 import math
 import os
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -286,3 +288,35 @@ def test_time_budget_cuts_the_run_short():
     tc = TrainConfig(steps=10**6, warmup=60)
     rows = train(tiny(), batches, tc, progress=False, time_budget=0.0)
     assert tc.steps == 61 and rows[-1]["step"] == 61  # the speed is measured over steps 30..60
+
+
+@pytest.mark.parametrize("field, value, error, says", [
+    ("steps", -1, ValueError, "steps must be >= 0, got -1"), ("steps", 2.5, TypeError, "steps must be an int"),
+    ("warmup", -1, ValueError, "warmup must be >= 0, got -1"), ("lr", -1e-3, ValueError, "lr must be finite"),
+    ("lr", math.nan, ValueError, "lr must be finite and >= 0, got nan"),
+    ("min_lr", math.nan, ValueError, "min_lr must be finite and >= 0, got nan"),
+    ("min_lr", math.inf, ValueError, "min_lr must be finite and >= 0, got inf"),
+    ("grad_clip", -1.0, ValueError, "grad_clip must be > 0 (inf: no clipping), got -1.0"),
+    ("grad_clip", 0.0, ValueError, "grad_clip must be > 0 (inf: no clipping), got 0.0"),
+    ("grad_clip", math.nan, ValueError, "grad_clip must be > 0 (inf: no clipping), got nan"),
+    ("log_every", 0, ValueError, "log_every must be >= 1, got 0"),
+    ("save_every", -5, ValueError, "save_every must be >= 0, got -5"),
+    ("balance", "gloabl", ValueError, "balance must be one of 'global', 'micro', 'none', got 'gloabl'"),
+    ("betas", (0.9, 1.0), ValueError, "betas[1] must be in [0, 1), got 1.0"),
+    ("betas", (-0.1, 0.9), ValueError, "betas[0] must be in [0, 1), got -0.1"),
+    ("betas", (0.9,), TypeError, "betas must be a pair of numbers, got (0.9,)"),
+    ("weight_decay", -0.1, ValueError, "weight_decay must be finite and >= 0, got -0.1"),
+    ("weight_decay", math.inf, ValueError, "weight_decay must be finite and >= 0, got inf"),
+    ("aux_coef", -0.01, ValueError, "aux_coef must be finite and >= 0, or None, got -0.01"),
+    ("out", 3, TypeError, "out must be a folder path or None, got 3")])
+def test_train_config_refuses_bad_values_naming_the_field(field, value, error, says):
+    """Each of these trained wrongly or crashed late: grad_clip -1 flipped the gradient, 0 froze the weights, a NaN
+    rate poisoned them, log_every 0 divided by zero after the first step."""
+    with pytest.raises(error, match=re.escape(f"TrainConfig.{says}")):
+        TrainConfig(**{field: value})
+
+
+def test_train_config_accepts_the_edges():
+    tc = TrainConfig(steps=0, warmup=0, lr=0.0, min_lr=0.0, weight_decay=0.0, grad_clip=math.inf, betas=[0.0, 0.5],
+                     log_every=1, save_every=0, aux_coef=0.0, balance="none", out=Path("/tmp/x"))
+    assert tc.betas == (0.0, 0.5) and tc.out == "/tmp/x"
