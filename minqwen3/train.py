@@ -96,12 +96,18 @@ def collate(samples: list[tuple[list[int], list[bool]]], pad_id: int = ENDOFTEXT
     Padding goes after the real tokens, so causal attention keeps it out of every real position; T is rounded up
     to `multiple` so that few distinct shapes reach the kernels.
     """
+    if not samples:
+        raise ValueError("collate: samples is empty; a micro-batch needs at least one (ids, loss mask) sample")
+    if isinstance(multiple, bool) or not isinstance(multiple, int) or multiple < 1:
+        raise ValueError(f"collate: multiple must be an int >= 1, got {multiple!r}")
+    for i, (s, m) in enumerate(samples):  # a shorter mask would leave tokens without loss, a longer one not fit
+        if len(s) != len(m):
+            raise ValueError(f"collate: sample {i} has {len(s)} ids but a loss mask of {len(m)}; they must match")
     T = -(-max(len(ids) for ids, _ in samples) // multiple) * multiple
     ids = torch.full((len(samples), T), pad_id, dtype=torch.long)
     loss = torch.zeros(len(samples), T, dtype=torch.bool)
     valid = torch.zeros(len(samples), T, dtype=torch.bool)
     for i, (s, m) in enumerate(samples):
-        assert len(s) == len(m), f"sample {i}: {len(s)} ids but a loss mask of {len(m)}"
         ids[i, :len(s)] = torch.tensor(s)
         loss[i, :len(m)] = torch.tensor(m)
         valid[i, :len(s)] = True
@@ -118,7 +124,8 @@ class Balance:
     """
 
     def __init__(self, mode: str):
-        assert mode in ("global", "micro", "none"), f"balance must be 'global', 'micro' or 'none', got {mode!r}"
+        if mode not in BALANCE:
+            raise ValueError(f"Balance: mode must be one of {', '.join(map(repr, BALANCE))}, got {mode!r}")
         self.mode = mode
         self.running: torch.Tensor | None = None
 

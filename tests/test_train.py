@@ -320,3 +320,20 @@ def test_train_config_accepts_the_edges():
     tc = TrainConfig(steps=0, warmup=0, lr=0.0, min_lr=0.0, weight_decay=0.0, grad_clip=math.inf, betas=[0.0, 0.5],
                      log_every=1, save_every=0, aux_coef=0.0, balance="none", out=Path("/tmp/x"))
     assert tc.betas == (0.0, 0.5) and tc.out == "/tmp/x"
+
+
+@pytest.mark.parametrize("samples_, says", [
+    ([([1, 2], [True, True]), ([1, 2, 3], [True, True])], "sample 1 has 3 ids but a loss mask of 2"),
+    ([([1, 2, 3], [True] * 5)], "sample 0 has 3 ids but a loss mask of 5"),
+    ([], "samples is empty")])
+def test_collate_refuses_mismatched_masks_and_no_samples(samples_, says):
+    """Under python -O the assert let a short mask through (its tokens silently without loss); a long one failed
+    as a bare RuntimeError, an empty list as 'max() arg is an empty sequence'."""
+    with pytest.raises(ValueError, match=re.escape(f"collate: {says}")):
+        collate(samples_, pad_id=0)
+
+
+def test_balance_refuses_an_unknown_mode():
+    says = "Balance: mode must be one of 'global', 'micro', 'none', got 'gloabl'"
+    with pytest.raises(ValueError, match=re.escape(says)):
+        Balance("gloabl")
