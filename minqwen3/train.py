@@ -10,6 +10,7 @@ import json
 import math
 import numbers
 import os
+import re
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
@@ -18,6 +19,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 
 from .model import Qwen3
 from .moe import expert_counts, load_balancing_loss
@@ -204,30 +206,107 @@ def make_optimizer(model: Qwen3, tc: TrainConfig) -> torch.optim.AdamW:
 
 
 SCHEDULE = ("steps", "lr", "min_lr", "warmup")  # what lr_at reads: a resumed run must continue the same curve
+STATE = "trainer_state.json"  # beside it trainer_state.<save id>.safetensors: the optimizer's tensors
+SAVE_ID, SAVE_STEP = "minqwen3.save_id", "minqwen3.step"  # in the weights' and the tensors' headers
 
 
 def save_checkpoint(model: Qwen3, opt: torch.optim.Optimizer, step: int, path: str | Path,
                     tc: TrainConfig | None = None) -> None:
-    """An official-layout checkpoint (fp32, loadable anywhere) plus the optimizer state, the step and the learning
-    rate schedule (tc's, as a time budget may have fitted its steps), to resume from."""
-    from .checkpoint import save_pretrained
+    """An official-layout checkpoint (fp32, loadable anywhere) plus the trainer state to resume from: the optimizer's
+    tensors (state.{i}.{key}: AdamW's exp_avg, exp_avg_sq, step) in safetensors, the rest in trainer_state.json (the
+    step, the param groups' hyper-parameters, and the learning rate schedule, tc's as a time budget may have fitted
+    its steps). Nothing is pickled.
+
+    Every save has a random id, written in the headers of the weights and of the tensors and in trainer_state.json,
+    which load_checkpoint compares. The writes go in an order that keeps the folder resumable: each file atomic, the
+    tensors under a name of this save's own (the previous save's stay), then the weights, then trainer_state.json
+    (the switch), then the previous tensors removed. Stopped before the weights' rename, the folder is the previous
+    save whole; between it and the switch (config.json and trainer_state.json, both small), load_checkpoint refuses
+    the pair and names both steps, rather than mix weights of one step with the optimizer of another.
+    """
+    from .checkpoint import atomic_write, save_pretrained
     path = Path(path)
-    save_pretrained(model, path)
-    schedule = {} if tc is None else {"schedule": {k: getattr(tc, k) for k in SCHEDULE}}
-    torch.save({"optimizer": opt.state_dict(), "step": step, **schedule}, path / "trainer_state.pt")
+    path.mkdir(parents=True, exist_ok=True)
+    save_id = os.urandom(8).hex()
+    tag = {SAVE_ID: save_id, SAVE_STEP: str(step)}
+    sd = opt.state_dict()
+    tensors, scalars = {}, {}  # scalars: a non-tensor entry of some other optimizer's state, kept in the JSON
+    for i, st in sd["state"].items():
+        for k, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"state.{i}.{k}"] = v.detach().to("cpu").contiguous()
+            else:
+                scalars[f"state.{i}.{k}"] = v
+    tensor_file = f"trainer_state.{save_id}.safetensors"
+    state = {"step": step, "save_id": save_id, "optimizer_tensors": tensor_file, "optimizer_scalars": scalars,
+             "param_groups": sd["param_groups"]}
+    if tc is not None:
+        state["schedule"] = {k: getattr(tc, k) for k in SCHEDULE}
+    text = json.dumps(state, indent=1) + "\n"  # before the first write: a value JSON cannot hold fails here
+    atomic_write(path / tensor_file, lambda tmp: save_file(tensors, tmp, metadata={**tag, "format": "pt"}))
+    save_pretrained(model, path, metadata=tag)
+    atomic_write(path / STATE, lambda tmp: Path(tmp).write_text(text))
+    for f in path.glob("trainer_state.*.safetensors"):  # the previous save's, and any a stopped save left
+        if f.name != tensor_file:
+            f.unlink()
+
+
+def _tag(meta: dict[str, str]) -> str:
+    if SAVE_ID not in meta:
+        return "no training save (no save id in its header: not written by save_checkpoint)"
+    return f"step {meta.get(SAVE_STEP)} (save {meta[SAVE_ID]})"
 
 
 def load_checkpoint(path: str | Path, device=None) -> tuple[Qwen3, dict]:
-    """The model (fp32, trainable) and trainer state written by save_checkpoint."""
-    from .checkpoint import from_pretrained
+    """The model (fp32, trainable) and trainer state written by save_checkpoint: a dict with "optimizer" (for
+    opt.load_state_dict), "step", and "schedule" where saved. A trainer state that is not the weights' own
+    save (a save stopped half-way) is refused, naming both."""
+    from .checkpoint import CheckpointError, _inside, checkpoint_files, from_pretrained, read_metadata
     path = Path(path)
-    state_file = path / "trainer_state.pt"
+    state_file = path / STATE
+    if not path.is_dir():
+        raise FileNotFoundError(f"training checkpoint folder {path} does not exist")
     if not state_file.is_file():
-        raise FileNotFoundError(f"{path} has no trainer_state.pt: it is not a training checkpoint to resume from")
+        if (path / "trainer_state.pt").is_file():
+            raise CheckpointError(f"{path / 'trainer_state.pt'} is the old trainer state format, a pickle: minqwen3 "
+                                  "never unpickles a checkpoint (unpickling can run code), so this run cannot be "
+                                  f"resumed; start it again (its weights still load: from_pretrained({str(path)!r}))")
+        raise FileNotFoundError(f"{path} has no {STATE}: it is not a training checkpoint to resume from")
+    try:
+        state = json.loads(state_file.read_text())
+        step, save_id, groups = state["step"], state["save_id"], state["param_groups"]
+        scalars, tensor_file = state["optimizer_scalars"], state["optimizer_tensors"]
+        if (not isinstance(step, int) or step < 0 or not isinstance(scalars, dict) or not isinstance(groups, list)
+                or not all(isinstance(g, dict) for g in groups)):
+            raise TypeError("step, param_groups or optimizer_scalars has the wrong type")
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{state_file}: not a valid trainer state ({type(e).__name__}: {e})") from None
+    ours = f"{state_file} is the trainer state of step {step} (save {save_id})"
+    for f in checkpoint_files(path):
+        meta = read_metadata(f)
+        if meta.get(SAVE_ID) != save_id:
+            raise CheckpointError(f"{f} holds the weights of {_tag(meta)}, but {ours}: they are not one save (a "
+                                  "save stopped between its writes, or a file replaced), and resuming would mix "
+                                  "them; resume from another checkpoint or start the run again")
+    tensor_path = _inside(path, tensor_file, state_file)
+    if not tensor_path.is_file():
+        raise FileNotFoundError(f"{tensor_path}, the optimizer's tensors that {STATE} names, is missing")
+    meta = read_metadata(tensor_path)
+    if meta.get(SAVE_ID) != save_id:
+        raise CheckpointError(f"{tensor_path} holds the optimizer of {_tag(meta)}, but {ours}")
+    opt_state: dict[int, dict] = {}
+    for name, v in [*load_file(tensor_path, device=str(device or "cpu")).items(), *scalars.items()]:
+        m = re.fullmatch(r"state\.(\d+)\.(\w+)", name)
+        if not m:
+            raise CheckpointError(f"{tensor_path}: optimizer entry {name!r} is not named state.<index>.<key>")
+        opt_state.setdefault(int(m[1]), {})[m[2]] = v
+    # JSON turned tuples (AdamW's betas) into lists; "params" is the one list param groups hold as such
+    groups = [{k: tuple(v) if isinstance(v, list) and k != "params" else v for k, v in g.items()} for g in groups]
     model = from_pretrained(path, device=device, dtype=torch.float32).train()
     for p in model.parameters():
         p.requires_grad_(True)
-    return model, torch.load(state_file, map_location=device or "cpu", weights_only=True)
+    extra = {k: state[k] for k in ("schedule",) if k in state}
+    return model, {"optimizer": {"state": opt_state, "param_groups": groups}, "step": step, **extra}
 
 
 def train(model: Qwen3, batches: Iterable[list], tc: TrainConfig, start_step: int = 0,

@@ -1,4 +1,5 @@
 """The training loop: schedule, masked loss, gradient accumulation, both load-balancing variants, resuming."""
+import json
 import math
 import os
 import re
@@ -337,3 +338,76 @@ def test_balance_refuses_an_unknown_mode():
     says = "Balance: mode must be one of 'global', 'micro', 'none', got 'gloabl'"
     with pytest.raises(ValueError, match=re.escape(says)):
         Balance("gloabl")
+
+
+def test_checkpoint_is_safetensors_and_json_and_gives_the_optimizer_back(tmp_path):
+    """No pickle: the optimizer's tensors in safetensors (state.<i>.<key>), the rest in JSON; three saves leave the
+    last one's tensor file alone; load_checkpoint gives back exactly what opt.state_dict() held."""
+    from safetensors.torch import load_file
+    model = tiny(**MOE)
+    tc = TrainConfig(steps=3, warmup=1, lr=1e-2, out=str(tmp_path), save_every=1)
+    opt = make_optimizer(model, tc)
+    train(model, [[col(samples(20 + s, 4))] for s in range(3)], tc, opt=opt, progress=False)
+    ck = tmp_path / "checkpoint"
+    tensor_file = json.loads((ck / "trainer_state.json").read_text())["optimizer_tensors"]
+    assert sorted(f.name for f in ck.iterdir()) == sorted(
+        ["config.json", "model.safetensors", "trainer_state.json", tensor_file])
+    assert re.fullmatch(r"trainer_state\.[0-9a-f]{16}\.safetensors", tensor_file)
+    n = len(opt.state_dict()["state"])
+    assert set(load_file(ck / tensor_file)) == {f"state.{i}.{k}" for i in range(n)
+                                                for k in ("exp_avg", "exp_avg_sq", "step")}
+    _, state = load_checkpoint(ck)
+    want = opt.state_dict()
+    assert state["step"] == 3 and state["optimizer"]["param_groups"] == want["param_groups"]
+    assert state["optimizer"]["param_groups"][0]["betas"] == (0.9, 0.95)
+    for i, st in want["state"].items():
+        assert st.keys() == state["optimizer"]["state"][i].keys()
+        for k, v in st.items():
+            assert torch.equal(state["optimizer"]["state"][i][k], v), (i, k)
+    assert float(state["optimizer"]["state"][0]["step"]) == 3.0
+
+
+def test_a_save_stopped_half_way_keeps_the_old_save_or_is_refused(tmp_path, monkeypatch):
+    """Stopped before the weights are replaced, the folder is the previous save whole; stopped between the weights
+    and trainer_state.json, load_checkpoint refuses the pair, naming both steps, instead of mixing them."""
+    import minqwen3.checkpoint as ckpt
+    from minqwen3.checkpoint import CheckpointError
+    from minqwen3.train import save_checkpoint
+    model, ck = tiny(), tmp_path / "ck"
+    tc = TrainConfig(grad_clip=1e9)
+    opt = make_optimizer(model, tc)
+    train_step(model, opt, [col(samples(30, 4))], tc, Balance("none"))
+    save_checkpoint(model, opt, 1, ck, tc)
+    step1 = [p.detach().clone() for p in model.parameters()]
+    train_step(model, opt, [col(samples(31, 4))], tc, Balance("none"))
+
+    def killed(*a, **k):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:  # stopped after the new optimizer file, before the weights
+        m.setattr(ckpt, "save_pretrained", killed)
+        with pytest.raises(KeyboardInterrupt):
+            save_checkpoint(model, opt, 2, ck, tc)
+    again, state = load_checkpoint(ck)
+    assert state["step"] == 1 and float(state["optimizer"]["state"][0]["step"]) == 1.0
+    assert all(torch.equal(p, q) for p, q in zip(again.parameters(), step1))
+    write = ckpt.atomic_write
+    with monkeypatch.context() as m:  # stopped after the weights, before trainer_state.json
+        m.setattr(ckpt, "atomic_write",
+                  lambda dest, w: killed() if dest.name == "trainer_state.json" else write(dest, w))
+        with pytest.raises(KeyboardInterrupt):
+            save_checkpoint(model, opt, 2, ck, tc)
+    with pytest.raises(CheckpointError, match=r"model\.safetensors holds the weights of step 2 \(save [0-9a-f]+\), but "
+                                              r".*trainer_state\.json is the trainer state of step 1 "):
+        load_checkpoint(ck)
+    save_checkpoint(model, opt, 2, ck, tc)  # the next save repairs it, and leaves one optimizer file
+    assert load_checkpoint(ck)[1]["step"] == 2 and len(list(ck.glob("trainer_state.*.safetensors"))) == 1
+
+
+def test_an_old_pickled_trainer_state_is_refused_by_name(tmp_path):
+    import pickle
+    minqwen3.save_pretrained(tiny(), tmp_path)
+    (tmp_path / "trainer_state.pt").write_bytes(pickle.dumps({"step": 3}))
+    with pytest.raises(ValueError, match=r"trainer_state\.pt is the old trainer state format, a pickle: minqwen3 "
+                                         r"never unpickles"):
+        load_checkpoint(tmp_path)
