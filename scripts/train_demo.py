@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import sys
@@ -31,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import arithmetic  # noqa: E402
 
 import minqwen3  # noqa: E402
+from minqwen3.checkpoint import atomic_write  # noqa: E402
 from minqwen3.generation import STOP_IDS, THINKING_DEFAULTS  # noqa: E402
 from minqwen3.tokenizer import ENDOFTEXT  # noqa: E402
 from minqwen3.train import TrainConfig, collate, load_checkpoint, make_optimizer, train  # noqa: E402
@@ -76,11 +78,27 @@ class StepBatches(torch.utils.data.Dataset):
 
 
 def export(model: minqwen3.Qwen3, out: Path) -> None:
-    """bf16 weights, config.json, generation_config.json and the official tokenizer files."""
+    """bf16 weights, config.json, generation_config.json and the official tokenizer files, each written atomically
+    (a stopped export leaves every file whole, old or new)."""
     minqwen3.save_pretrained(model, out, dtype=torch.bfloat16)
     for name in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copyfile(ASSETS / name, out / name)
-    (out / "generation_config.json").write_text(json.dumps(GENERATION_CONFIG, indent=2) + "\n")
+        atomic_write(out / name, lambda tmp: shutil.copyfile(ASSETS / name, tmp))
+    text = json.dumps(GENERATION_CONFIG, indent=2) + "\n"
+    atomic_write(out / "generation_config.json", lambda tmp: Path(tmp).write_text(text))
+
+
+def number(kind: type, low: float, strict: bool = True):
+    """An argparse type: a finite `kind` above `low` (or at least `low`, strict=False); argparse names the flag."""
+    def parse(text: str):
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {'an integer' if kind is int else 'a number'}, "
+                                             f"got {text!r}") from None
+        if not math.isfinite(v) or v < low or (strict and v == low):
+            raise argparse.ArgumentTypeError(f"must be {'>' if strict else '>='} {low}, got {text}")
+        return v
+    return parse
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -88,17 +106,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", choices=CONFIGS, default="dense")
     p.add_argument("--out", required=True, help="where the exported checkpoint goes, e.g. weights/demo-dense")
     p.add_argument("--work", help="training checkpoints and log.jsonl (default: <out>-train)")
-    p.add_argument("--steps", type=int, help=f"optimizer steps (default: as shipped, {STEPS})")
-    p.add_argument("--minutes", type=float, help="fit the run in this time: fewer steps if needed (logged); "
+    p.add_argument("--steps", type=number(int, 0), help=f"optimizer steps (default: as shipped, {STEPS})")
+    p.add_argument("--minutes", type=number(float, 0), help="fit the run in this time: fewer steps if needed (logged); "
                    "the shipped runs: --steps 5000 --minutes 5.4 (dense), 2.8 (MoE). With --resume: the steps left "
                    "of the run's own schedule (kept in its checkpoint) in this many minutes from now")
-    p.add_argument("--batch", type=int, default=512, help="samples per optimizer step")
-    p.add_argument("--micro", type=int, default=4, help="micro-batches per step (gradient accumulation)")
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--warmup", type=int, default=100)
+    p.add_argument("--batch", type=number(int, 0), default=512, help="samples per optimizer step")
+    p.add_argument("--micro", type=number(int, 0), default=4, help="micro-batches per step (gradient accumulation)")
+    p.add_argument("--lr", type=number(float, 0), default=2e-3)
+    p.add_argument("--warmup", type=number(int, 0, strict=False), default=100)
     p.add_argument("--balance", choices=("global", "micro", "none"), default="global")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=int, default=min(12, max(1, (os.cpu_count() or 2) - 2)))
+    p.add_argument("--workers", type=number(int, 0, strict=False), default=min(12, max(1, (os.cpu_count() or 2) - 2)))
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--resume", action="store_true", help="continue from <work>/checkpoint")
     p.add_argument("--init", help="start from these weights (a checkpoint folder, e.g. weights/demo-dense) with a "
@@ -106,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mix", choices=arithmetic.MIXES, default="stage1", help="what the samples are (arithmetic.MIXES)")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
+    if args.micro > args.batch:  # each micro-batch would hold one sample, and there would be --batch of them
+        p.error(f"--micro {args.micro} is more than --batch {args.batch}: a micro-batch needs at least one sample")
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the DataLoader workers are the parallelism
     out = Path(args.out)

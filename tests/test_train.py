@@ -411,3 +411,60 @@ def test_an_old_pickled_trainer_state_is_refused_by_name(tmp_path):
     with pytest.raises(ValueError, match=r"trainer_state\.pt is the old trainer state format, a pickle: minqwen3 "
                                          r"never unpickles"):
         load_checkpoint(tmp_path)
+
+
+# ---------------------------------------------------------------- scripts/train_demo.py
+@pytest.fixture
+def demo(monkeypatch):
+    """scripts/train_demo.py with a small model (the official vocabulary, one narrow layer) and no DataLoader
+    workers; train and export stop the test if a refused flag got that far."""
+    import sys
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "scripts"))
+    sys.modules.pop("train_demo", None)
+    import train_demo
+    small = dict(train_demo.BASE, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                 num_key_value_heads=1, head_dim=16, max_window_layers=1)
+    monkeypatch.setitem(train_demo.CONFIGS, "dense", small)
+    return train_demo
+
+
+def _stop(*a, **k):
+    raise AssertionError("a refused flag reached training or the export")
+
+
+@pytest.mark.parametrize("flag, value, says", [
+    ("--steps", "0", "must be > 0, got 0"), ("--steps", "-3", "must be > 0, got -3"),
+    ("--batch", "0", "must be > 0, got 0"), ("--micro", "0", "must be > 0, got 0"),
+    ("--minutes", "0", "must be > 0, got 0"), ("--minutes", "-1", "must be > 0, got -1"),
+    ("--minutes", "nan", "must be > 0, got nan"), ("--lr", "inf", "must be > 0, got inf"),
+    ("--warmup", "-1", "must be >= 0, got -1"), ("--workers", "-2", "must be >= 0, got -2"),
+    ("--batch", "8.5", "must be an integer, got '8.5'")])
+def test_train_demo_refuses_bad_flags_before_any_work(demo, monkeypatch, capsys, tmp_path, flag, value, says):
+    """--steps 0 trained the default 1530 steps and --steps -3 exported an untrained model over --out; --batch 0
+    and --micro 0 crashed in a DataLoader worker."""
+    monkeypatch.setattr(demo, "train", _stop)
+    monkeypatch.setattr(demo, "export", _stop)
+    with pytest.raises(SystemExit) as e:
+        demo.main(["--out", str(tmp_path / "out"), "--workers", "0", flag, value])
+    assert e.value.code == 2 and f"argument {flag}: {says}" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
+def test_train_demo_refuses_more_micro_batches_than_samples(demo, monkeypatch, capsys, tmp_path):
+    monkeypatch.setattr(demo, "train", _stop)
+    with pytest.raises(SystemExit):
+        demo.main(["--out", str(tmp_path / "out"), "--batch", "4", "--micro", "8"])
+    assert "--micro 8 is more than --batch 4" in capsys.readouterr().err
+
+
+def test_train_demo_exports_every_file_atomically(demo, monkeypatch, tmp_path):
+    """A stopped export leaves each file whole: generation_config.json and the tokenizer files go through a
+    temporary file too (they were written in place)."""
+    from minqwen3.checkpoint import atomic_write
+    written = []
+    monkeypatch.setattr(demo, "atomic_write", lambda dest, w: written.append(dest.name) or atomic_write(dest, w))
+    demo.export(tiny(), tmp_path)
+    assert {"tokenizer.json", "tokenizer_config.json", "generation_config.json"} <= set(written)
+    assert json.loads((tmp_path / "generation_config.json").read_text()) == demo.GENERATION_CONFIG
+    assert (tmp_path / "tokenizer.json").read_bytes() == (demo.ASSETS / "tokenizer.json").read_bytes()
+    assert not list(tmp_path.glob(".*.tmp"))
