@@ -45,6 +45,7 @@ class TrainConfig:
     log_every: int = 10
     save_every: int = 0  # 0: only at the end
     out: str | None = None  # checkpoints and log.jsonl go here
+    run: dict | None = None  # what defines the run to its caller (a script's flags): kept in the trainer state
 
     def __post_init__(self) -> None:
         # a bad value here does not fail: it trains wrongly (grad_clip < 0 flips the gradient, 0 stops learning,
@@ -81,6 +82,12 @@ class TrainConfig:
             if not isinstance(self.out, (str, os.PathLike)):
                 raise TypeError(f"TrainConfig.out must be a folder path or None, got {self.out!r}")
             self.out = os.fspath(self.out)  # a str, as the log's JSON copy of the config needs
+        try:  # the checkpoint keeps it as JSON: fail now, not at the first save
+            if not isinstance(self.run, (dict, type(None))):
+                raise TypeError
+            json.dumps(self.run, allow_nan=False)
+        except (TypeError, ValueError):
+            raise TypeError(f"TrainConfig.run must be None or a dict that JSON can hold, got {self.run!r}") from None
 
 
 def lr_at(step: int, tc: TrainConfig) -> float:
@@ -214,8 +221,8 @@ def save_checkpoint(model: Qwen3, opt: torch.optim.Optimizer, step: int, path: s
                     tc: TrainConfig | None = None) -> None:
     """An official-layout checkpoint (fp32, loadable anywhere) plus the trainer state to resume from: the optimizer's
     tensors (state.{i}.{key}: AdamW's exp_avg, exp_avg_sq, step) in safetensors, the rest in trainer_state.json (the
-    step, the param groups' hyper-parameters, and the learning rate schedule, tc's as a time budget may have fitted
-    its steps). Nothing is pickled.
+    step, the param groups' hyper-parameters, the learning rate schedule, tc's as a time budget may have fitted its
+    steps, and tc.run). Nothing is pickled.
 
     Every save has a random id, written in the headers of the weights and of the tensors and in trainer_state.json,
     which load_checkpoint compares. The writes go in an order that keeps the folder resumable: each file atomic, the
@@ -242,6 +249,8 @@ def save_checkpoint(model: Qwen3, opt: torch.optim.Optimizer, step: int, path: s
              "param_groups": sd["param_groups"]}
     if tc is not None:
         state["schedule"] = {k: getattr(tc, k) for k in SCHEDULE}
+        if tc.run is not None:
+            state["run"] = tc.run
     text = json.dumps(state, indent=1) + "\n"  # before the first write: a value JSON cannot hold fails here
     atomic_write(path / tensor_file, lambda tmp: save_file(tensors, tmp, metadata={**tag, "format": "pt"}))
     save_pretrained(model, path, metadata=tag)
@@ -257,11 +266,11 @@ def _tag(meta: dict[str, str]) -> str:
     return f"step {meta.get(SAVE_STEP)} (save {meta[SAVE_ID]})"
 
 
-def load_checkpoint(path: str | Path, device=None) -> tuple[Qwen3, dict]:
-    """The model (fp32, trainable) and trainer state written by save_checkpoint: a dict with "optimizer" (for
-    opt.load_state_dict), "step", and "schedule" where saved. A trainer state that is not the weights' own
-    save (a save stopped half-way) is refused, naming both."""
-    from .checkpoint import CheckpointError, _inside, checkpoint_files, from_pretrained, read_metadata
+def read_trainer_state(path: str | Path) -> dict:
+    """trainer_state.json of the training checkpoint folder `path`, checked: step, save_id, param_groups,
+    optimizer_tensors, optimizer_scalars, and schedule and run where saved. Cheap: a caller may check a resume's
+    arguments against it before loading anything."""
+    from .checkpoint import CheckpointError
     path = Path(path)
     state_file = path / STATE
     if not path.is_dir():
@@ -274,13 +283,32 @@ def load_checkpoint(path: str | Path, device=None) -> tuple[Qwen3, dict]:
         raise FileNotFoundError(f"{path} has no {STATE}: it is not a training checkpoint to resume from")
     try:
         state = json.loads(state_file.read_text())
-        step, save_id, groups = state["step"], state["save_id"], state["param_groups"]
-        scalars, tensor_file = state["optimizer_scalars"], state["optimizer_tensors"]
-        if (not isinstance(step, int) or step < 0 or not isinstance(scalars, dict) or not isinstance(groups, list)
-                or not all(isinstance(g, dict) for g in groups)):
-            raise TypeError("step, param_groups or optimizer_scalars has the wrong type")
+        if not isinstance(state, dict):
+            raise TypeError(f"a JSON {type(state).__name__}, not an object")
+        missing = [k for k in ("step", "save_id", "param_groups", "optimizer_tensors", "optimizer_scalars")
+                   if k not in state]  # optimizer_tensors, a file name, is checked by _inside where it is read
+        if missing:
+            raise KeyError(", ".join(missing))
+        step, groups = state["step"], state["param_groups"]
+        if (not isinstance(step, int) or step < 0 or not isinstance(groups, list)
+                or not all(isinstance(g, dict) for g in groups)
+                or not all(isinstance(state.get(k, {}), dict) for k in ("optimizer_scalars", "schedule", "run"))):
+            raise TypeError("step, param_groups, optimizer_scalars, schedule or run has the wrong type")
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
         raise CheckpointError(f"{state_file}: not a valid trainer state ({type(e).__name__}: {e})") from None
+    return state
+
+
+def load_checkpoint(path: str | Path, device=None) -> tuple[Qwen3, dict]:
+    """The model (fp32, trainable) and trainer state written by save_checkpoint: a dict with "optimizer" (for
+    opt.load_state_dict), "step", and "schedule" and "run" where saved. A trainer state that is not the weights' own
+    save (a save stopped half-way) is refused, naming both."""
+    from .checkpoint import CheckpointError, _inside, checkpoint_files, from_pretrained, read_metadata
+    path = Path(path)
+    state_file = path / STATE
+    state = read_trainer_state(path)
+    step, save_id, groups = state["step"], state["save_id"], state["param_groups"]
+    scalars, tensor_file = state["optimizer_scalars"], state["optimizer_tensors"]
     ours = f"{state_file} is the trainer state of step {step} (save {save_id})"
     for f in checkpoint_files(path):
         meta = read_metadata(f)
@@ -305,7 +333,7 @@ def load_checkpoint(path: str | Path, device=None) -> tuple[Qwen3, dict]:
     model = from_pretrained(path, device=device, dtype=torch.float32).train()
     for p in model.parameters():
         p.requires_grad_(True)
-    extra = {k: state[k] for k in ("schedule",) if k in state}
+    extra = {k: state[k] for k in ("schedule", "run") if k in state}
     return model, {"optimizer": {"state": opt_state, "param_groups": groups}, "step": step, **extra}
 
 

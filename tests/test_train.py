@@ -309,7 +309,9 @@ def test_time_budget_cuts_the_run_short():
     ("weight_decay", -0.1, ValueError, "weight_decay must be finite and >= 0, got -0.1"),
     ("weight_decay", math.inf, ValueError, "weight_decay must be finite and >= 0, got inf"),
     ("aux_coef", -0.01, ValueError, "aux_coef must be finite and >= 0, or None, got -0.01"),
-    ("out", 3, TypeError, "out must be a folder path or None, got 3")])
+    ("out", 3, TypeError, "out must be a folder path or None, got 3"),
+    ("run", [1], TypeError, "run must be None or a dict that JSON can hold, got [1]"),
+    ("run", {"lr": math.nan}, TypeError, "run must be None or a dict that JSON can hold, got {'lr': nan}")])
 def test_train_config_refuses_bad_values_naming_the_field(field, value, error, says):
     """Each of these trained wrongly or crashed late: grad_clip -1 flipped the gradient, 0 froze the weights, a NaN
     rate poisoned them, log_every 0 divided by zero after the first step."""
@@ -468,3 +470,31 @@ def test_train_demo_exports_every_file_atomically(demo, monkeypatch, tmp_path):
     assert json.loads((tmp_path / "generation_config.json").read_text()) == demo.GENERATION_CONFIG
     assert (tmp_path / "tokenizer.json").read_bytes() == (demo.ASSETS / "tokenizer.json").read_bytes()
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_train_demo_resume_keeps_the_run_and_refuses_a_changed_flag(demo, monkeypatch, capsys, tmp_path):
+    """--resume silently ignored a different --model, --lr or --steps and took a new --seed, --batch or --mix (other
+    batches than the run's). The run's flags are kept in its trainer state: one given with another value is refused,
+    naming both; the others come from there."""
+    out = str(tmp_path / "out")
+    demo.main(["--out", out, "--steps", "2", "--batch", "4", "--micro", "2", "--lr", "1e-2", "--warmup", "1",
+               "--seed", "3", "--workers", "0", "--no-progress"])
+    run = json.loads((tmp_path / "out-train" / "checkpoint" / "trainer_state.json").read_text())["run"]
+    assert run == {"model": "dense", "steps": 2, "batch": 4, "micro": 2, "lr": 0.01, "warmup": 1,
+                   "balance": "global", "seed": 3, "mix": "stage1"}
+    monkeypatch.setattr(demo, "train", _stop)
+    monkeypatch.setattr(demo, "export", _stop)
+    for flag, value, saved in [("--model", "moe", "dense"), ("--lr", "0.001", "0.01"), ("--steps", "5", "2"),
+                               ("--seed", "4", "3"), ("--batch", "8", "4"), ("--micro", "1", "2"),
+                               ("--mix", "stage2", "stage1"), ("--warmup", "0", "1"), ("--balance", "none", "global")]:
+        with pytest.raises(SystemExit):
+            demo.main(["--out", out, "--resume", "--workers", "0", flag, value])
+        assert f"--resume: {flag} {value} differs from the run's {flag} {saved}" in capsys.readouterr().err, flag
+    seen = {}
+    monkeypatch.setattr(demo, "train", lambda model, loader, tc, start_step, **k: seen.update(
+        tc=tc, start=start_step, data=loader.dataset))
+    monkeypatch.setattr(demo, "export", lambda model, path: None)
+    demo.main(["--out", out, "--resume", "--workers", "0", "--no-progress", "--seed", "3", "--lr", "0.01"])
+    d, tc = seen["data"], seen["tc"]
+    assert (d.seed, d.batch, d.micro, d.mix) == (3, 4, 2, demo.arithmetic.MIXES["stage1"])
+    assert (seen["start"], tc.steps, tc.lr, tc.warmup, tc.run) == (2, 2, 0.01, 1, run)
