@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -49,6 +50,15 @@ def read_header(path: Path) -> tuple[dict, int]:
             raise CheckpointError(f"{path}: tensor {name} has dtype {info['dtype']}; weights must be one of "
                                   f"{', '.join(DTYPES)}")
     return header, 8 + n
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    """The string metadata in a .safetensors file's header ({} if none), the file checked as read_header checks it."""
+    try:
+        with safe_open(path, framework="pt") as f:
+            return f.metadata() or {}
+    except Exception as e:  # SafetensorError derives from Exception itself
+        raise CheckpointError(f"{path}: not a valid safetensors file, or truncated ({e})") from None
 
 
 def _read_into(f, offset: int, t: torch.Tensor, path: Path) -> None:
@@ -296,8 +306,10 @@ def state_dict_official(model: Qwen3) -> dict[str, torch.Tensor]:
 
 
 def save_pretrained(model: Qwen3, path: str | os.PathLike, max_shard_bytes: int = 4 * 2**30,
-                    dtype: torch.dtype | None = None) -> None:
-    """Write config.json and model.safetensors (or shards plus index) so transformers can load them.
+                    dtype: torch.dtype | None = None, metadata: dict[str, str] | None = None) -> None:
+    """Write config.json and model.safetensors (or shards plus index) so transformers can load them. `metadata`
+    (strings) goes into every weight file's header beside {"format": "pt"}: train.save_checkpoint ties its trainer
+    state to the weights with it.
 
     Stopped at any point (an error, a kill), the folder holds the whole old checkpoint or the whole new one: every
     file is written under a temporary name and renamed into place, new shards never take an existing file's name,
@@ -306,6 +318,9 @@ def save_pretrained(model: Qwen3, path: str | os.PathLike, max_shard_bytes: int 
     are the old weight files removed, and only those the old index lists. config.json follows the weights (replaced
     on its own).
     """
+    if metadata is not None and not (isinstance(metadata, dict)
+                                     and all(isinstance(x, str) for kv in metadata.items() for x in kv)):
+        raise TypeError(f"save_pretrained: metadata must be a dict of str to str, got {metadata!r}")
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     index = path / INDEX
@@ -333,11 +348,11 @@ def save_pretrained(model: Qwen3, path: str | os.PathLike, max_shard_bytes: int 
     for name, keys in zip(names, shards):
         # clone: slices of one stacked tensor share storage, which safetensors refuses
         part = {k: tensors[k].detach().to("cpu", dtype or tensors[k].dtype).clone().contiguous() for k in keys}
-        _atomic(path / name, lambda tmp: save_file(part, tmp, metadata={"format": "pt"}))
+        atomic_write(path / name, lambda tmp: save_file(part, tmp, metadata={**(metadata or {}), "format": "pt"}))
     if n > 1:
         total = sum(t.numel() * (dtype or t.dtype).itemsize for t in tensors.values())
         weight_map = {k: name for name, keys in zip(names, shards) for k in keys}
-        _atomic(index, lambda tmp: Path(tmp).write_text(json.dumps(
+        atomic_write(index, lambda tmp: Path(tmp).write_text(json.dumps(
             {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2) + "\n"))
     elif index.exists():
         os.unlink(index)  # the switch from old shards to the new single file
@@ -347,7 +362,7 @@ def save_pretrained(model: Qwen3, path: str | os.PathLike, max_shard_bytes: int 
     config = model.config
     if dtype is not None:
         config = Qwen3Config.from_dict({**config.to_dict(), "torch_dtype": str(dtype).removeprefix("torch.")})
-    _atomic(path / "config.json", lambda tmp: config.save(tmp))
+    atomic_write(path / "config.json", lambda tmp: config.save(tmp))
 
 
 def _file_mode() -> int:
@@ -360,10 +375,10 @@ def _file_mode() -> int:
     return 0o666 & ~umask
 
 
-def _atomic(dest: Path, write) -> None:
-    """Write dest through a temporary file, flushed to disk and then renamed over dest: readers see the old file or
-    the new one, never a part. It gets the usual permissions (safetensors makes its files 0600: unreadable to a web
-    server or another user of a published checkpoint)."""
+def atomic_write(dest: Path, write: Callable[[Path], object]) -> None:
+    """Write dest through a temporary file (`write(tmp)` fills it, in dest's folder), flushed to disk and then renamed
+    over dest: readers see the old file or the new one, never a part. It gets the usual permissions (safetensors
+    makes its files 0600: unreadable to a web server or another user of a published checkpoint)."""
     tmp = dest.parent / f".{dest.name}.{os.urandom(4).hex()}.tmp"
     try:
         write(tmp)

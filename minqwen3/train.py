@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
+import os
+import re
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
@@ -16,10 +19,14 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 
 from .model import Qwen3
 from .moe import expert_counts, load_balancing_loss
 from .tokenizer import ENDOFTEXT
+
+
+BALANCE = ("global", "micro", "none")
 
 
 @dataclass
@@ -38,6 +45,49 @@ class TrainConfig:
     log_every: int = 10
     save_every: int = 0  # 0: only at the end
     out: str | None = None  # checkpoints and log.jsonl go here
+    run: dict | None = None  # what defines the run to its caller (a script's flags): kept in the trainer state
+
+    def __post_init__(self) -> None:
+        # a bad value here does not fail: it trains wrongly (grad_clip < 0 flips the gradient, 0 stops learning,
+        # a NaN rate poisons every weight) or crashes only after the first step, so every field is checked now
+        def integer(name: str, lo: int) -> None:
+            v = getattr(self, name)
+            if not isinstance(v, numbers.Integral) or isinstance(v, bool):
+                raise TypeError(f"TrainConfig.{name} must be an int, got {v!r}")
+            if v < lo:
+                raise ValueError(f"TrainConfig.{name} must be >= {lo}, got {v}")
+
+        def real(name: str, v, ok, want: str) -> None:
+            if not isinstance(v, numbers.Real) or isinstance(v, bool):
+                raise TypeError(f"TrainConfig.{name} must be a number, got {v!r}")
+            if not ok(v):  # NaN fails every comparison, so it lands here too
+                raise ValueError(f"TrainConfig.{name} must be {want}, got {v}")
+
+        for name, lo in (("steps", 0), ("warmup", 0), ("log_every", 1), ("save_every", 0)):
+            integer(name, lo)
+        for name in ("lr", "min_lr", "weight_decay"):
+            real(name, getattr(self, name), lambda v: 0 <= v < math.inf, "finite and >= 0")
+        real("grad_clip", self.grad_clip, lambda v: v > 0, "> 0 (inf: no clipping)")
+        if self.aux_coef is not None:
+            real("aux_coef", self.aux_coef, lambda v: 0 <= v < math.inf, "finite and >= 0, or None")
+        if not isinstance(self.betas, (tuple, list)) or len(self.betas) != 2:
+            raise TypeError(f"TrainConfig.betas must be a pair of numbers, got {self.betas!r}")
+        for i, b in enumerate(self.betas):
+            real(f"betas[{i}]", b, lambda v: 0 <= v < 1, "in [0, 1)")
+        self.betas = tuple(self.betas)  # a list (from JSON, say) becomes the tuple AdamW itself keeps
+        if self.balance not in BALANCE:
+            raise ValueError(f"TrainConfig.balance must be one of {', '.join(map(repr, BALANCE))}, "
+                             f"got {self.balance!r}")
+        if self.out is not None:
+            if not isinstance(self.out, (str, os.PathLike)):
+                raise TypeError(f"TrainConfig.out must be a folder path or None, got {self.out!r}")
+            self.out = os.fspath(self.out)  # a str, as the log's JSON copy of the config needs
+        try:  # the checkpoint keeps it as JSON: fail now, not at the first save
+            if not isinstance(self.run, (dict, type(None))):
+                raise TypeError
+            json.dumps(self.run, allow_nan=False)
+        except (TypeError, ValueError):
+            raise TypeError(f"TrainConfig.run must be None or a dict that JSON can hold, got {self.run!r}") from None
 
 
 def lr_at(step: int, tc: TrainConfig) -> float:
@@ -55,12 +105,18 @@ def collate(samples: list[tuple[list[int], list[bool]]], pad_id: int = ENDOFTEXT
     Padding goes after the real tokens, so causal attention keeps it out of every real position; T is rounded up
     to `multiple` so that few distinct shapes reach the kernels.
     """
+    if not samples:
+        raise ValueError("collate: samples is empty; a micro-batch needs at least one (ids, loss mask) sample")
+    if isinstance(multiple, bool) or not isinstance(multiple, int) or multiple < 1:
+        raise ValueError(f"collate: multiple must be an int >= 1, got {multiple!r}")
+    for i, (s, m) in enumerate(samples):  # a shorter mask would leave tokens without loss, a longer one not fit
+        if len(s) != len(m):
+            raise ValueError(f"collate: sample {i} has {len(s)} ids but a loss mask of {len(m)}; they must match")
     T = -(-max(len(ids) for ids, _ in samples) // multiple) * multiple
     ids = torch.full((len(samples), T), pad_id, dtype=torch.long)
     loss = torch.zeros(len(samples), T, dtype=torch.bool)
     valid = torch.zeros(len(samples), T, dtype=torch.bool)
     for i, (s, m) in enumerate(samples):
-        assert len(s) == len(m), f"sample {i}: {len(s)} ids but a loss mask of {len(m)}"
         ids[i, :len(s)] = torch.tensor(s)
         loss[i, :len(m)] = torch.tensor(m)
         valid[i, :len(s)] = True
@@ -77,7 +133,8 @@ class Balance:
     """
 
     def __init__(self, mode: str):
-        assert mode in ("global", "micro", "none"), f"balance must be 'global', 'micro' or 'none', got {mode!r}"
+        if mode not in BALANCE:
+            raise ValueError(f"Balance: mode must be one of {', '.join(map(repr, BALANCE))}, got {mode!r}")
         self.mode = mode
         self.running: torch.Tensor | None = None
 
@@ -156,30 +213,128 @@ def make_optimizer(model: Qwen3, tc: TrainConfig) -> torch.optim.AdamW:
 
 
 SCHEDULE = ("steps", "lr", "min_lr", "warmup")  # what lr_at reads: a resumed run must continue the same curve
+STATE = "trainer_state.json"  # beside it trainer_state.<save id>.safetensors: the optimizer's tensors
+SAVE_ID, SAVE_STEP = "minqwen3.save_id", "minqwen3.step"  # in the weights' and the tensors' headers
 
 
 def save_checkpoint(model: Qwen3, opt: torch.optim.Optimizer, step: int, path: str | Path,
                     tc: TrainConfig | None = None) -> None:
-    """An official-layout checkpoint (fp32, loadable anywhere) plus the optimizer state, the step and the learning
-    rate schedule (tc's, as a time budget may have fitted its steps), to resume from."""
-    from .checkpoint import save_pretrained
+    """An official-layout checkpoint (fp32, loadable anywhere) plus the trainer state to resume from: the optimizer's
+    tensors (state.{i}.{key}: AdamW's exp_avg, exp_avg_sq, step) in safetensors, the rest in trainer_state.json (the
+    step, the param groups' hyper-parameters, the learning rate schedule, tc's as a time budget may have fitted its
+    steps, and tc.run). Nothing is pickled.
+
+    Every save has a random id, written in the headers of the weights and of the tensors and in trainer_state.json,
+    which load_checkpoint compares. The writes go in an order that keeps the folder resumable: each file atomic, the
+    tensors under a name of this save's own (the previous save's stay), then the weights, then trainer_state.json
+    (the switch), then the previous tensors removed. Stopped before the weights' rename, the folder is the previous
+    save whole; between it and the switch (config.json and trainer_state.json, both small), load_checkpoint refuses
+    the pair and names both steps, rather than mix weights of one step with the optimizer of another.
+    """
+    from .checkpoint import atomic_write, save_pretrained
     path = Path(path)
-    save_pretrained(model, path)
-    schedule = {} if tc is None else {"schedule": {k: getattr(tc, k) for k in SCHEDULE}}
-    torch.save({"optimizer": opt.state_dict(), "step": step, **schedule}, path / "trainer_state.pt")
+    path.mkdir(parents=True, exist_ok=True)
+    save_id = os.urandom(8).hex()
+    tag = {SAVE_ID: save_id, SAVE_STEP: str(step)}
+    sd = opt.state_dict()
+    tensors, scalars = {}, {}  # scalars: a non-tensor entry of some other optimizer's state, kept in the JSON
+    for i, st in sd["state"].items():
+        for k, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"state.{i}.{k}"] = v.detach().to("cpu").contiguous()
+            else:
+                scalars[f"state.{i}.{k}"] = v
+    tensor_file = f"trainer_state.{save_id}.safetensors"
+    state = {"step": step, "save_id": save_id, "optimizer_tensors": tensor_file, "optimizer_scalars": scalars,
+             "param_groups": sd["param_groups"]}
+    if tc is not None:
+        state["schedule"] = {k: getattr(tc, k) for k in SCHEDULE}
+        if tc.run is not None:
+            state["run"] = tc.run
+    text = json.dumps(state, indent=1) + "\n"  # before the first write: a value JSON cannot hold fails here
+    atomic_write(path / tensor_file, lambda tmp: save_file(tensors, tmp, metadata={**tag, "format": "pt"}))
+    save_pretrained(model, path, metadata=tag)
+    atomic_write(path / STATE, lambda tmp: Path(tmp).write_text(text))
+    for f in path.glob("trainer_state.*.safetensors"):  # the previous save's, and any a stopped save left
+        if f.name != tensor_file:
+            f.unlink()
+
+
+def _tag(meta: dict[str, str]) -> str:
+    if SAVE_ID not in meta:
+        return "no training save (no save id in its header: not written by save_checkpoint)"
+    return f"step {meta.get(SAVE_STEP)} (save {meta[SAVE_ID]})"
+
+
+def read_trainer_state(path: str | Path) -> dict:
+    """trainer_state.json of the training checkpoint folder `path`, checked: step, save_id, param_groups,
+    optimizer_tensors, optimizer_scalars, and schedule and run where saved. Cheap: a caller may check a resume's
+    arguments against it before loading anything."""
+    from .checkpoint import CheckpointError
+    path = Path(path)
+    state_file = path / STATE
+    if not path.is_dir():
+        raise FileNotFoundError(f"training checkpoint folder {path} does not exist")
+    if not state_file.is_file():
+        if (path / "trainer_state.pt").is_file():
+            raise CheckpointError(f"{path / 'trainer_state.pt'} is the old trainer state format, a pickle: minqwen3 "
+                                  "never unpickles a checkpoint (unpickling can run code), so this run cannot be "
+                                  f"resumed; start it again (its weights still load: from_pretrained({str(path)!r}))")
+        raise FileNotFoundError(f"{path} has no {STATE}: it is not a training checkpoint to resume from")
+    try:
+        state = json.loads(state_file.read_text())
+        if not isinstance(state, dict):
+            raise TypeError(f"a JSON {type(state).__name__}, not an object")
+        missing = [k for k in ("step", "save_id", "param_groups", "optimizer_tensors", "optimizer_scalars")
+                   if k not in state]  # optimizer_tensors, a file name, is checked by _inside where it is read
+        if missing:
+            raise KeyError(", ".join(missing))
+        step, groups = state["step"], state["param_groups"]
+        if (not isinstance(step, int) or step < 0 or not isinstance(groups, list)
+                or not all(isinstance(g, dict) for g in groups)
+                or not all(isinstance(state.get(k, {}), dict) for k in ("optimizer_scalars", "schedule", "run"))):
+            raise TypeError("step, param_groups, optimizer_scalars, schedule or run has the wrong type")
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{state_file}: not a valid trainer state ({type(e).__name__}: {e})") from None
+    return state
 
 
 def load_checkpoint(path: str | Path, device=None) -> tuple[Qwen3, dict]:
-    """The model (fp32, trainable) and trainer state written by save_checkpoint."""
-    from .checkpoint import from_pretrained
+    """The model (fp32, trainable) and trainer state written by save_checkpoint: a dict with "optimizer" (for
+    opt.load_state_dict), "step", and "schedule" and "run" where saved. A trainer state that is not the weights' own
+    save (a save stopped half-way) is refused, naming both."""
+    from .checkpoint import CheckpointError, _inside, checkpoint_files, from_pretrained, read_metadata
     path = Path(path)
-    state_file = path / "trainer_state.pt"
-    if not state_file.is_file():
-        raise FileNotFoundError(f"{path} has no trainer_state.pt: it is not a training checkpoint to resume from")
+    state_file = path / STATE
+    state = read_trainer_state(path)
+    step, save_id, groups = state["step"], state["save_id"], state["param_groups"]
+    scalars, tensor_file = state["optimizer_scalars"], state["optimizer_tensors"]
+    ours = f"{state_file} is the trainer state of step {step} (save {save_id})"
+    for f in checkpoint_files(path):
+        meta = read_metadata(f)
+        if meta.get(SAVE_ID) != save_id:
+            raise CheckpointError(f"{f} holds the weights of {_tag(meta)}, but {ours}: they are not one save (a "
+                                  "save stopped between its writes, or a file replaced), and resuming would mix "
+                                  "them; resume from another checkpoint or start the run again")
+    tensor_path = _inside(path, tensor_file, state_file)
+    if not tensor_path.is_file():
+        raise FileNotFoundError(f"{tensor_path}, the optimizer's tensors that {STATE} names, is missing")
+    meta = read_metadata(tensor_path)
+    if meta.get(SAVE_ID) != save_id:
+        raise CheckpointError(f"{tensor_path} holds the optimizer of {_tag(meta)}, but {ours}")
+    opt_state: dict[int, dict] = {}
+    for name, v in [*load_file(tensor_path, device=str(device or "cpu")).items(), *scalars.items()]:
+        m = re.fullmatch(r"state\.(\d+)\.(\w+)", name)
+        if not m:
+            raise CheckpointError(f"{tensor_path}: optimizer entry {name!r} is not named state.<index>.<key>")
+        opt_state.setdefault(int(m[1]), {})[m[2]] = v
+    # JSON turned tuples (AdamW's betas) into lists; "params" is the one list param groups hold as such
+    groups = [{k: tuple(v) if isinstance(v, list) and k != "params" else v for k, v in g.items()} for g in groups]
     model = from_pretrained(path, device=device, dtype=torch.float32).train()
     for p in model.parameters():
         p.requires_grad_(True)
-    return model, torch.load(state_file, map_location=device or "cpu", weights_only=True)
+    extra = {k: state[k] for k in ("schedule", "run") if k in state}
+    return model, {"optimizer": {"state": opt_state, "param_groups": groups}, "step": step, **extra}
 
 
 def train(model: Qwen3, batches: Iterable[list], tc: TrainConfig, start_step: int = 0,

@@ -11,13 +11,15 @@ sentences, and more multiplications); docs/demo.md gives its commands:
     python scripts/train_demo.py --model dense --init weights/demo-dense --mix stage2 --seed 1 --steps 392 \\
         --lr 1e-3 --warmup 60 --micro 8 --out weights/demo-dense
 
-Data comes from scripts/arithmetic.py, seeded by step, so a run (or a resumed one) sees the same batches. The export
+Data comes from scripts/arithmetic.py, seeded by step, so a run (or a resumed one) sees the same batches: --resume
+takes the run's flags that decide them (RUN) from its checkpoint and refuses one given with another value. The export
 is bf16 with the official tokenizer files and generation_config.json, loadable by minqwen3 and transformers.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import sys
@@ -31,9 +33,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import arithmetic  # noqa: E402
 
 import minqwen3  # noqa: E402
+from minqwen3.checkpoint import atomic_write  # noqa: E402
 from minqwen3.generation import STOP_IDS, THINKING_DEFAULTS  # noqa: E402
 from minqwen3.tokenizer import ENDOFTEXT  # noqa: E402
-from minqwen3.train import TrainConfig, collate, load_checkpoint, make_optimizer, train  # noqa: E402
+from minqwen3.train import (TrainConfig, collate, load_checkpoint, make_optimizer, read_trainer_state,  # noqa: E402
+                            train)
 
 ASSETS = Path(minqwen3.__file__).parent / "assets"
 # Small Qwen3s: the official vocabulary (151,936 rows, tied to the head) holds most of the parameters. rope_theta is
@@ -50,6 +54,10 @@ CONFIGS = {
 # the steps of the shipped checkpoints' stage 1: what --steps 5000 --minutes 5.4 (dense) and 2.8 (MoE) fitted on one
 # H200, at 207 and 233 ms/step; stage 2 (--init) takes --steps explicitly: 392 (dense) and 442 (MoE), docs/demo.md
 STEPS = {"dense": 1530, "moe": 704}
+# the flags that define a run, and their defaults (--steps: STEPS[--model]); kept in its checkpoint, so that --resume
+# continues that run, the same model, schedule and batches, and refuses a flag given with another value
+RUN = {"model": "dense", "steps": None, "batch": 512, "micro": 4, "lr": 2e-3, "warmup": 100, "balance": "global",
+       "seed": 0, "mix": "stage1"}
 # Qwen3's published generation_config.json (thinking-mode sampling)
 GENERATION_CONFIG = {"bos_token_id": ENDOFTEXT, "do_sample": True, "eos_token_id": list(STOP_IDS),
                      "pad_token_id": ENDOFTEXT, **{k: THINKING_DEFAULTS[k] for k in ("temperature", "top_k", "top_p")}}
@@ -76,50 +84,85 @@ class StepBatches(torch.utils.data.Dataset):
 
 
 def export(model: minqwen3.Qwen3, out: Path) -> None:
-    """bf16 weights, config.json, generation_config.json and the official tokenizer files."""
+    """bf16 weights, config.json, generation_config.json and the official tokenizer files, each written atomically
+    (a stopped export leaves every file whole, old or new)."""
     minqwen3.save_pretrained(model, out, dtype=torch.bfloat16)
     for name in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copyfile(ASSETS / name, out / name)
-    (out / "generation_config.json").write_text(json.dumps(GENERATION_CONFIG, indent=2) + "\n")
+        atomic_write(out / name, lambda tmp: shutil.copyfile(ASSETS / name, tmp))
+    text = json.dumps(GENERATION_CONFIG, indent=2) + "\n"
+    atomic_write(out / "generation_config.json", lambda tmp: Path(tmp).write_text(text))
+
+
+def number(kind: type, low: float, strict: bool = True):
+    """An argparse type: a finite `kind` above `low` (or at least `low`, strict=False); argparse names the flag."""
+    def parse(text: str):
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {'an integer' if kind is int else 'a number'}, "
+                                             f"got {text!r}") from None
+        if not math.isfinite(v) or v < low or (strict and v == low):
+            raise argparse.ArgumentTypeError(f"must be {'>' if strict else '>='} {low}, got {text}")
+        return v
+    return parse
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", choices=CONFIGS, default="dense")
+    p.add_argument("--model", choices=CONFIGS, help=f"default: {RUN['model']}")
     p.add_argument("--out", required=True, help="where the exported checkpoint goes, e.g. weights/demo-dense")
     p.add_argument("--work", help="training checkpoints and log.jsonl (default: <out>-train)")
-    p.add_argument("--steps", type=int, help=f"optimizer steps (default: as shipped, {STEPS})")
-    p.add_argument("--minutes", type=float, help="fit the run in this time: fewer steps if needed (logged); "
+    p.add_argument("--steps", type=number(int, 0), help=f"optimizer steps (default: as shipped, {STEPS})")
+    p.add_argument("--minutes", type=number(float, 0), help="fit the run in this time: fewer steps if needed (logged); "
                    "the shipped runs: --steps 5000 --minutes 5.4 (dense), 2.8 (MoE). With --resume: the steps left "
                    "of the run's own schedule (kept in its checkpoint) in this many minutes from now")
-    p.add_argument("--batch", type=int, default=512, help="samples per optimizer step")
-    p.add_argument("--micro", type=int, default=4, help="micro-batches per step (gradient accumulation)")
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--warmup", type=int, default=100)
-    p.add_argument("--balance", choices=("global", "micro", "none"), default="global")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=int, default=min(12, max(1, (os.cpu_count() or 2) - 2)))
+    p.add_argument("--batch", type=number(int, 0), help=f"samples per optimizer step (default: {RUN['batch']})")
+    p.add_argument("--micro", type=number(int, 0),
+                   help=f"micro-batches per step, gradient accumulation (default: {RUN['micro']})")
+    p.add_argument("--lr", type=number(float, 0), help=f"default: {RUN['lr']}")
+    p.add_argument("--warmup", type=number(int, 0, strict=False), help=f"default: {RUN['warmup']}")
+    p.add_argument("--balance", choices=("global", "micro", "none"), help=f"default: {RUN['balance']}")
+    p.add_argument("--seed", type=int, help=f"default: {RUN['seed']}")
+    p.add_argument("--workers", type=number(int, 0, strict=False), default=min(12, max(1, (os.cpu_count() or 2) - 2)))
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--resume", action="store_true", help="continue from <work>/checkpoint")
+    p.add_argument("--resume", action="store_true", help="continue from <work>/checkpoint, with the run's own "
+                   f"{', '.join('--' + k for k in RUN)} (kept there): give one only with the same value")
     p.add_argument("--init", help="start from these weights (a checkpoint folder, e.g. weights/demo-dense) with a "
                    "fresh optimizer and schedule: stage 2")
-    p.add_argument("--mix", choices=arithmetic.MIXES, default="stage1", help="what the samples are (arithmetic.MIXES)")
+    p.add_argument("--mix", choices=arithmetic.MIXES,
+                   help=f"what the samples are, arithmetic.MIXES (default: {RUN['mix']})")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
-
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the DataLoader workers are the parallelism
+    if args.resume and args.init:
+        raise ValueError("--resume continues a run and --init starts one: give one of them")
+    if args.init and args.steps is None:
+        raise ValueError("--init starts a new stage: give its length with --steps (docs/demo.md has the shipped ones)")
     out = Path(args.out)
     work = Path(args.work or f"{out}-train")
+    given = {k: getattr(args, k) for k in RUN if getattr(args, k) is not None}
+    run = {**RUN, **given}
+    if args.resume:  # before anything is loaded: the run's flags, from its trainer state
+        saved = read_trainer_state(work / "checkpoint").get("run")
+        if saved is None:
+            p.error(f"--resume: {work / 'checkpoint'} keeps no run flags (not written by train_demo.py): nothing to "
+                    "continue it with")
+        for k, v in given.items():
+            if k in saved and v != saved[k]:
+                p.error(f"--resume: --{k} {v} differs from the run's --{k} {saved[k]} (kept in {work / 'checkpoint'}); "
+                        f"leave --{k} out to continue that run, or give another --work to start a new one")
+        run = {**RUN, **saved, **given}
+    run["steps"] = run["steps"] or STEPS[run["model"]]
+    vars(args).update(run)
+    if args.micro > args.batch:  # each micro-batch would hold one sample, and there would be --batch of them
+        p.error(f"--micro {args.micro} is more than --batch {args.batch}: a micro-batch needs at least one sample")
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the DataLoader workers are the parallelism
     device = torch.device(args.device)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
-    tc = TrainConfig(steps=args.steps or STEPS[args.model], lr=args.lr, min_lr=args.lr / 10, warmup=args.warmup,
-                     balance=args.balance, out=str(work), log_every=10)
+    tc = TrainConfig(steps=args.steps, lr=args.lr, min_lr=args.lr / 10, warmup=args.warmup, balance=args.balance,
+                     out=str(work), log_every=10, run=run)
     start = 0
-    if args.resume and args.init:
-        raise ValueError("--resume continues a run and --init starts one: give one of them")
-    if args.init and not args.steps:
-        raise ValueError("--init starts a new stage: give its length with --steps (docs/demo.md has the shipped ones)")
     if args.resume:
         model, state = load_checkpoint(work / "checkpoint", device=device)
         opt = make_optimizer(model, tc)

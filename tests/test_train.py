@@ -1,6 +1,9 @@
 """The training loop: schedule, masked loss, gradient accumulation, both load-balancing variants, resuming."""
+import json
 import math
 import os
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -286,3 +289,212 @@ def test_time_budget_cuts_the_run_short():
     tc = TrainConfig(steps=10**6, warmup=60)
     rows = train(tiny(), batches, tc, progress=False, time_budget=0.0)
     assert tc.steps == 61 and rows[-1]["step"] == 61  # the speed is measured over steps 30..60
+
+
+@pytest.mark.parametrize("field, value, error, says", [
+    ("steps", -1, ValueError, "steps must be >= 0, got -1"), ("steps", 2.5, TypeError, "steps must be an int"),
+    ("warmup", -1, ValueError, "warmup must be >= 0, got -1"), ("lr", -1e-3, ValueError, "lr must be finite"),
+    ("lr", math.nan, ValueError, "lr must be finite and >= 0, got nan"),
+    ("min_lr", math.nan, ValueError, "min_lr must be finite and >= 0, got nan"),
+    ("min_lr", math.inf, ValueError, "min_lr must be finite and >= 0, got inf"),
+    ("grad_clip", -1.0, ValueError, "grad_clip must be > 0 (inf: no clipping), got -1.0"),
+    ("grad_clip", 0.0, ValueError, "grad_clip must be > 0 (inf: no clipping), got 0.0"),
+    ("grad_clip", math.nan, ValueError, "grad_clip must be > 0 (inf: no clipping), got nan"),
+    ("log_every", 0, ValueError, "log_every must be >= 1, got 0"),
+    ("save_every", -5, ValueError, "save_every must be >= 0, got -5"),
+    ("balance", "gloabl", ValueError, "balance must be one of 'global', 'micro', 'none', got 'gloabl'"),
+    ("betas", (0.9, 1.0), ValueError, "betas[1] must be in [0, 1), got 1.0"),
+    ("betas", (-0.1, 0.9), ValueError, "betas[0] must be in [0, 1), got -0.1"),
+    ("betas", (0.9,), TypeError, "betas must be a pair of numbers, got (0.9,)"),
+    ("weight_decay", -0.1, ValueError, "weight_decay must be finite and >= 0, got -0.1"),
+    ("weight_decay", math.inf, ValueError, "weight_decay must be finite and >= 0, got inf"),
+    ("aux_coef", -0.01, ValueError, "aux_coef must be finite and >= 0, or None, got -0.01"),
+    ("out", 3, TypeError, "out must be a folder path or None, got 3"),
+    ("run", [1], TypeError, "run must be None or a dict that JSON can hold, got [1]"),
+    ("run", {"lr": math.nan}, TypeError, "run must be None or a dict that JSON can hold, got {'lr': nan}")])
+def test_train_config_refuses_bad_values_naming_the_field(field, value, error, says):
+    """Each of these trained wrongly or crashed late: grad_clip -1 flipped the gradient, 0 froze the weights, a NaN
+    rate poisoned them, log_every 0 divided by zero after the first step."""
+    with pytest.raises(error, match=re.escape(f"TrainConfig.{says}")):
+        TrainConfig(**{field: value})
+
+
+def test_train_config_accepts_the_edges():
+    tc = TrainConfig(steps=0, warmup=0, lr=0.0, min_lr=0.0, weight_decay=0.0, grad_clip=math.inf, betas=[0.0, 0.5],
+                     log_every=1, save_every=0, aux_coef=0.0, balance="none", out=Path("/tmp/x"))
+    assert tc.betas == (0.0, 0.5) and tc.out == "/tmp/x"
+
+
+@pytest.mark.parametrize("samples_, says", [
+    ([([1, 2], [True, True]), ([1, 2, 3], [True, True])], "sample 1 has 3 ids but a loss mask of 2"),
+    ([([1, 2, 3], [True] * 5)], "sample 0 has 3 ids but a loss mask of 5"),
+    ([], "samples is empty")])
+def test_collate_refuses_mismatched_masks_and_no_samples(samples_, says):
+    """Under python -O the assert let a short mask through (its tokens silently without loss); a long one failed
+    as a bare RuntimeError, an empty list as 'max() arg is an empty sequence'."""
+    with pytest.raises(ValueError, match=re.escape(f"collate: {says}")):
+        collate(samples_, pad_id=0)
+
+
+def test_balance_refuses_an_unknown_mode():
+    says = "Balance: mode must be one of 'global', 'micro', 'none', got 'gloabl'"
+    with pytest.raises(ValueError, match=re.escape(says)):
+        Balance("gloabl")
+
+
+def test_checkpoint_is_safetensors_and_json_and_gives_the_optimizer_back(tmp_path):
+    """No pickle: the optimizer's tensors in safetensors (state.<i>.<key>), the rest in JSON; three saves leave the
+    last one's tensor file alone; load_checkpoint gives back exactly what opt.state_dict() held."""
+    from safetensors.torch import load_file
+    model = tiny(**MOE)
+    tc = TrainConfig(steps=3, warmup=1, lr=1e-2, out=str(tmp_path), save_every=1)
+    opt = make_optimizer(model, tc)
+    train(model, [[col(samples(20 + s, 4))] for s in range(3)], tc, opt=opt, progress=False)
+    ck = tmp_path / "checkpoint"
+    tensor_file = json.loads((ck / "trainer_state.json").read_text())["optimizer_tensors"]
+    assert sorted(f.name for f in ck.iterdir()) == sorted(
+        ["config.json", "model.safetensors", "trainer_state.json", tensor_file])
+    assert re.fullmatch(r"trainer_state\.[0-9a-f]{16}\.safetensors", tensor_file)
+    n = len(opt.state_dict()["state"])
+    assert set(load_file(ck / tensor_file)) == {f"state.{i}.{k}" for i in range(n)
+                                                for k in ("exp_avg", "exp_avg_sq", "step")}
+    _, state = load_checkpoint(ck)
+    want = opt.state_dict()
+    assert state["step"] == 3 and state["optimizer"]["param_groups"] == want["param_groups"]
+    assert state["optimizer"]["param_groups"][0]["betas"] == (0.9, 0.95)
+    for i, st in want["state"].items():
+        assert st.keys() == state["optimizer"]["state"][i].keys()
+        for k, v in st.items():
+            assert torch.equal(state["optimizer"]["state"][i][k], v), (i, k)
+    assert float(state["optimizer"]["state"][0]["step"]) == 3.0
+
+
+def test_a_save_stopped_half_way_keeps_the_old_save_or_is_refused(tmp_path, monkeypatch):
+    """Stopped before the weights are replaced, the folder is the previous save whole; stopped between the weights
+    and trainer_state.json, load_checkpoint refuses the pair, naming both steps, instead of mixing them."""
+    import minqwen3.checkpoint as ckpt
+    from minqwen3.checkpoint import CheckpointError
+    from minqwen3.train import save_checkpoint
+    model, ck = tiny(), tmp_path / "ck"
+    tc = TrainConfig(grad_clip=1e9)
+    opt = make_optimizer(model, tc)
+    train_step(model, opt, [col(samples(30, 4))], tc, Balance("none"))
+    save_checkpoint(model, opt, 1, ck, tc)
+    step1 = [p.detach().clone() for p in model.parameters()]
+    train_step(model, opt, [col(samples(31, 4))], tc, Balance("none"))
+
+    def killed(*a, **k):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:  # stopped after the new optimizer file, before the weights
+        m.setattr(ckpt, "save_pretrained", killed)
+        with pytest.raises(KeyboardInterrupt):
+            save_checkpoint(model, opt, 2, ck, tc)
+    again, state = load_checkpoint(ck)
+    assert state["step"] == 1 and float(state["optimizer"]["state"][0]["step"]) == 1.0
+    assert all(torch.equal(p, q) for p, q in zip(again.parameters(), step1))
+    write = ckpt.atomic_write
+    with monkeypatch.context() as m:  # stopped after the weights, before trainer_state.json
+        m.setattr(ckpt, "atomic_write",
+                  lambda dest, w: killed() if dest.name == "trainer_state.json" else write(dest, w))
+        with pytest.raises(KeyboardInterrupt):
+            save_checkpoint(model, opt, 2, ck, tc)
+    with pytest.raises(CheckpointError, match=r"model\.safetensors holds the weights of step 2 \(save [0-9a-f]+\), but "
+                                              r".*trainer_state\.json is the trainer state of step 1 "):
+        load_checkpoint(ck)
+    save_checkpoint(model, opt, 2, ck, tc)  # the next save repairs it, and leaves one optimizer file
+    assert load_checkpoint(ck)[1]["step"] == 2 and len(list(ck.glob("trainer_state.*.safetensors"))) == 1
+
+
+def test_an_old_pickled_trainer_state_is_refused_by_name(tmp_path):
+    import pickle
+    minqwen3.save_pretrained(tiny(), tmp_path)
+    (tmp_path / "trainer_state.pt").write_bytes(pickle.dumps({"step": 3}))
+    with pytest.raises(ValueError, match=r"trainer_state\.pt is the old trainer state format, a pickle: minqwen3 "
+                                         r"never unpickles"):
+        load_checkpoint(tmp_path)
+
+
+# ---------------------------------------------------------------- scripts/train_demo.py
+@pytest.fixture
+def demo(monkeypatch):
+    """scripts/train_demo.py with a small model (the official vocabulary, one narrow layer) and no DataLoader
+    workers; train and export stop the test if a refused flag got that far."""
+    import sys
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "scripts"))
+    sys.modules.pop("train_demo", None)
+    import train_demo
+    small = dict(train_demo.BASE, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                 num_key_value_heads=1, head_dim=16, max_window_layers=1)
+    monkeypatch.setitem(train_demo.CONFIGS, "dense", small)
+    return train_demo
+
+
+def _stop(*a, **k):
+    raise AssertionError("a refused flag reached training or the export")
+
+
+@pytest.mark.parametrize("flag, value, says", [
+    ("--steps", "0", "must be > 0, got 0"), ("--steps", "-3", "must be > 0, got -3"),
+    ("--batch", "0", "must be > 0, got 0"), ("--micro", "0", "must be > 0, got 0"),
+    ("--minutes", "0", "must be > 0, got 0"), ("--minutes", "-1", "must be > 0, got -1"),
+    ("--minutes", "nan", "must be > 0, got nan"), ("--lr", "inf", "must be > 0, got inf"),
+    ("--warmup", "-1", "must be >= 0, got -1"), ("--workers", "-2", "must be >= 0, got -2"),
+    ("--batch", "8.5", "must be an integer, got '8.5'")])
+def test_train_demo_refuses_bad_flags_before_any_work(demo, monkeypatch, capsys, tmp_path, flag, value, says):
+    """--steps 0 trained the default 1530 steps and --steps -3 exported an untrained model over --out; --batch 0
+    and --micro 0 crashed in a DataLoader worker."""
+    monkeypatch.setattr(demo, "train", _stop)
+    monkeypatch.setattr(demo, "export", _stop)
+    with pytest.raises(SystemExit) as e:
+        demo.main(["--out", str(tmp_path / "out"), "--workers", "0", flag, value])
+    assert e.value.code == 2 and f"argument {flag}: {says}" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
+def test_train_demo_refuses_more_micro_batches_than_samples(demo, monkeypatch, capsys, tmp_path):
+    monkeypatch.setattr(demo, "train", _stop)
+    with pytest.raises(SystemExit):
+        demo.main(["--out", str(tmp_path / "out"), "--batch", "4", "--micro", "8"])
+    assert "--micro 8 is more than --batch 4" in capsys.readouterr().err
+
+
+def test_train_demo_exports_every_file_atomically(demo, monkeypatch, tmp_path):
+    """A stopped export leaves each file whole: generation_config.json and the tokenizer files go through a
+    temporary file too (they were written in place)."""
+    from minqwen3.checkpoint import atomic_write
+    written = []
+    monkeypatch.setattr(demo, "atomic_write", lambda dest, w: written.append(dest.name) or atomic_write(dest, w))
+    demo.export(tiny(), tmp_path)
+    assert {"tokenizer.json", "tokenizer_config.json", "generation_config.json"} <= set(written)
+    assert json.loads((tmp_path / "generation_config.json").read_text()) == demo.GENERATION_CONFIG
+    assert (tmp_path / "tokenizer.json").read_bytes() == (demo.ASSETS / "tokenizer.json").read_bytes()
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_train_demo_resume_keeps_the_run_and_refuses_a_changed_flag(demo, monkeypatch, capsys, tmp_path):
+    """--resume silently ignored a different --model, --lr or --steps and took a new --seed, --batch or --mix (other
+    batches than the run's). The run's flags are kept in its trainer state: one given with another value is refused,
+    naming both; the others come from there."""
+    out = str(tmp_path / "out")
+    demo.main(["--out", out, "--steps", "2", "--batch", "4", "--micro", "2", "--lr", "1e-2", "--warmup", "1",
+               "--seed", "3", "--workers", "0", "--no-progress"])
+    run = json.loads((tmp_path / "out-train" / "checkpoint" / "trainer_state.json").read_text())["run"]
+    assert run == {"model": "dense", "steps": 2, "batch": 4, "micro": 2, "lr": 0.01, "warmup": 1,
+                   "balance": "global", "seed": 3, "mix": "stage1"}
+    monkeypatch.setattr(demo, "train", _stop)
+    monkeypatch.setattr(demo, "export", _stop)
+    for flag, value, saved in [("--model", "moe", "dense"), ("--lr", "0.001", "0.01"), ("--steps", "5", "2"),
+                               ("--seed", "4", "3"), ("--batch", "8", "4"), ("--micro", "1", "2"),
+                               ("--mix", "stage2", "stage1"), ("--warmup", "0", "1"), ("--balance", "none", "global")]:
+        with pytest.raises(SystemExit):
+            demo.main(["--out", out, "--resume", "--workers", "0", flag, value])
+        assert f"--resume: {flag} {value} differs from the run's {flag} {saved}" in capsys.readouterr().err, flag
+    seen = {}
+    monkeypatch.setattr(demo, "train", lambda model, loader, tc, start_step, **k: seen.update(
+        tc=tc, start=start_step, data=loader.dataset))
+    monkeypatch.setattr(demo, "export", lambda model, path: None)
+    demo.main(["--out", out, "--resume", "--workers", "0", "--no-progress", "--seed", "3", "--lr", "0.01"])
+    d, tc = seen["data"], seen["tc"]
+    assert (d.seed, d.batch, d.micro, d.mix) == (3, 4, 2, demo.arithmetic.MIXES["stage1"])
+    assert (seen["start"], tc.steps, tc.lr, tc.warmup, tc.run) == (2, 2, 0.01, 1, run)
