@@ -207,6 +207,7 @@ class DistillConfig:
     rollout_batch: int = 256  # prompts per generate call
     stop_ids: tuple[int, ...] = STOP_IDS
     pad_id: int = ENDOFTEXT
+    vocab_limit: int | None = None  # sample only ids below it: len(tokenizer), past which the embedding is padding
 
 
 def sample_replies(model, prompts: list[list[int]], thinking: list[bool], dc: DistillConfig,
@@ -224,7 +225,8 @@ def sample_replies(model, prompts: list[list[int]], thinking: list[bool], dc: Di
             rows = [prompts[i] for i in part]
             T = max(map(len, rows))
             ids = generate(model, rows, dc.max_new_tokens, stop_ids=dc.stop_ids, pad_id=dc.pad_id,  # eager: no
-                           seed=None if seed is None else seed + 2 * j + mode, **SAMPLING[mode], fast=False)  # compile
+                           seed=None if seed is None else seed + 2 * j + mode, **SAMPLING[mode], fast=False,  # compile
+                           vocab_limit=dc.vocab_limit)
             for i, row in zip(part, ids[:, T:].tolist()):
                 cut = next((k + 1 for k, t in enumerate(row) if t in dc.stop_ids), len(row))
                 out[i] = row[:cut]

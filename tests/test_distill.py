@@ -274,6 +274,22 @@ def test_sample_replies_end_at_stop_and_follow_the_modes():
         sample_replies(m, ps, [True], dc)
 
 
+def padding_wins(m, limit):
+    """Like the official embedding's rows past the tokenizer (padding, no token), but winning every step, as they
+    may in a random or drifting model: the LM head's rows from `limit` on scaled up."""
+    with torch.no_grad():
+        m.lm_head.weight[limit:] *= 100
+    return m
+
+
+def test_sample_replies_stay_below_vocab_limit():
+    m, ps = padding_wins(tiny(0), 48), prompts(6)
+    wild = sample_replies(m, ps, [True, False] * 3, DistillConfig(**DC), seed=1)
+    assert sum(t >= 48 for r in wild for t in r) > len(ps)  # without the limit the padding rows win
+    r = sample_replies(m, ps, [True, False] * 3, DistillConfig(**DC, vocab_limit=48), seed=1)
+    assert all(len(x) >= 1 for x in r) and max(t for x in r for t in x) < 48
+
+
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
 def test_teacher_data_stores_the_teachers_top_k(temperature):
     teacher, ps = tiny(1, sharp=30.0), prompts(5)

@@ -271,6 +271,18 @@ def test_grpo_steps_kl_term_against_a_hand_computation():
     assert float(want) > 1e-3  # the two models differ: the term is not 0 by accident
 
 
+def test_grpo_samples_stay_below_vocab_limit():
+    """GRPO samples through its DistillConfig: its vocab_limit keeps the padding rows (here made to win) out."""
+    model = tiny(1)
+    with torch.no_grad():
+        model.lm_head.weight[48:] *= 100
+    seen = []
+    gc = GRPOConfig(group=2, sample=DistillConfig(stop_ids=(1,), pad_id=0, max_new_tokens=3, vocab_limit=48))
+    grpo_step(model, make_optimizer(model, TrainConfig(lr=1e-3, warmup=0, steps=1)), prompts(4), [True, False] * 2,
+              lambda i, r: seen.append(r) or 0.0, gc, TrainConfig(lr=1e-3, warmup=0, steps=1), seed=0)
+    assert len(seen) == 8 and all(r for r in seen) and max(t for r in seen for t in r) < 48
+
+
 def test_grpo_step_needs_a_reference_for_kl():
     model = tiny(2)
     gc = GRPOConfig(group=2, kl_coef=0.1, sample=DistillConfig(stop_ids=(1,), pad_id=0, max_new_tokens=2))
