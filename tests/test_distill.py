@@ -1,5 +1,6 @@
 """Distillation: the divergences against a direct float64 computation and torch's kl_div; top-k with its tail class;
 the stored and chunked forms against the plain one; the off-policy and on-policy loops on tiny random models."""
+import re
 from dataclasses import replace
 
 import pytest
@@ -288,6 +289,24 @@ def test_sample_replies_stay_below_vocab_limit():
     assert sum(t >= 48 for r in wild for t in r) > len(ps)  # without the limit the padding rows win
     r = sample_replies(m, ps, [True, False] * 3, DistillConfig(**DC, vocab_limit=48), seed=1)
     assert all(len(x) >= 1 for x in r) and max(t for x in r for t in x) < 48
+
+
+@pytest.mark.parametrize("kw, value", [(dict(rollout_batch=0), "0"), (dict(kind="kl"), "'kl'"),
+                                       (dict(temperature=-1.0), "-1.0"), (dict(beta=2.0), "2.0"),
+                                       (dict(top_k=0), "0"), (dict(max_new_tokens=0), "0"), (dict(chunk=0), "0"),
+                                       (dict(ce_coef=-0.5), "-0.5"), (dict(vocab_limit=0), "0"),
+                                       (dict(pad_id=-1), "-1"), (dict(stop_ids=1), "1")])
+def test_config_errors_name_the_field_and_value(kw, value):
+    (field, _), = kw.items()
+    with pytest.raises((ValueError, TypeError), match=rf"{field}.*{re.escape(value)}"):
+        DistillConfig(**kw)
+
+
+def test_teacher_data_checks_a_temperature_changed_after_creation():
+    dc = DistillConfig(**{**DC, "top_k": 4})
+    dc.temperature = -1.0  # a dataclass field may be set after __post_init__
+    with pytest.raises(ValueError, match="temperature.*-1.0"):
+        teacher_data(tiny(1), prompts(2), [True, False], dc, seed=0)
 
 
 @pytest.mark.parametrize("temperature", [1.0, 0.7])

@@ -283,6 +283,15 @@ def test_grpo_samples_stay_below_vocab_limit():
     assert len(seen) == 8 and all(r for r in seen) and max(t for r in seen for t in r) < 48
 
 
+@pytest.mark.parametrize("kw, value", [(dict(group=1), "1"), (dict(clip=0.0), "0.0"), (dict(clip=-0.2), "-0.2"),
+                                       (dict(kl_coef=-1.0), "-1.0"), (dict(sample="x"), "str")])
+def test_config_errors_name_the_field_and_value(kw, value):
+    """Made, not after the rollouts: a group of 1 has no baseline, a clip <= 0 no trust region."""
+    (field, _), = kw.items()
+    with pytest.raises((ValueError, TypeError), match=rf"{field}.*{value}"):
+        GRPOConfig(**kw)
+
+
 def test_grpo_step_needs_a_reference_for_kl():
     model = tiny(2)
     gc = GRPOConfig(group=2, kl_coef=0.1, sample=DistillConfig(stop_ids=(1,), pad_id=0, max_new_tokens=2))
