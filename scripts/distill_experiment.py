@@ -114,7 +114,8 @@ def make_student(teacher, layers: tuple[int, ...], device) -> minqwen3.Qwen3:
 # ---------------------------------------------------------------- evaluation
 def greedy_replies(model, ps: list[list[int]], max_new: int, dc: DistillConfig) -> list[list[int]]:
     """Each prompt's greedy reply, eagerly decoded, up to and including its stop token."""
-    ids = minqwen3.generate(model, ps, max_new, stop_ids=dc.stop_ids, pad_id=dc.pad_id, fast=False)
+    ids = minqwen3.generate(model, ps, max_new, stop_ids=dc.stop_ids, pad_id=dc.pad_id, fast=False,
+                            vocab_limit=dc.vocab_limit)
     T = max(map(len, ps))
     return [row[:next((j + 1 for j, t in enumerate(row) if t in dc.stop_ids), len(row))] for row in ids[:, T:].tolist()]
 
@@ -170,7 +171,7 @@ def run_arm(arm: str, seed: int, teacher, pool: dict, enc, a, device) -> tuple[m
     meter = Meter()
     budget = a.budget_tflops * 1e12
     dc_off = DistillConfig(kind="forward", top_k=pool["topk_ids"].shape[1], pad_id=a.pad_id)
-    dc_on = DistillConfig(kind="reverse", max_new_tokens=a.max_think, pad_id=a.pad_id)
+    dc_on = DistillConfig(kind="reverse", max_new_tokens=a.max_think, pad_id=a.pad_id, vocab_limit=a.vocab_limit)
     rng = random.Random(seed)
     order = list(range(len(pool["lengths"])))
     rng.shuffle(order)
@@ -235,7 +236,7 @@ def build_pool(teacher, tok, enc, n: int, seed: int, held_out: bool, a, keep_wro
     think = [i % 2 == 0 for i in range(n)]
     ps = [prompt(enc, p, "think" if t else "no_think") for p, t in zip(items, think)]
     dc = DistillConfig(kind="forward", top_k=a.top_k, max_new_tokens=a.max_think, pad_id=a.pad_id,
-                       rollout_batch=1024 if next(teacher.parameters()).is_cuda else 64)
+                       rollout_batch=1024 if next(teacher.parameters()).is_cuda else 64, vocab_limit=a.vocab_limit)
     device = next(teacher.parameters()).device
     sync(device)
     t0 = time.perf_counter()
@@ -290,9 +291,11 @@ def parse(ap: argparse.ArgumentParser, argv: list[str] | None):
 
 
 def setup(a):
-    """-> (device, tokenizer, its encode, the frozen teacher: bf16 on a GPU)."""
+    """-> (device, tokenizer, its encode, the frozen teacher: bf16 on a GPU). Sets a.vocab_limit (the tokenizer's
+    size: the embedding's rows past it are padding, no token)."""
     device = torch.device(a.device)
     tok = Tokenizer.default()  # the bundled copy of the official tokenizer: teacher and student share it
+    a.vocab_limit = len(tok)
     torch.manual_seed(0)
     teacher = minqwen3.from_pretrained(a.teacher, device=device,
                                        dtype=torch.bfloat16 if device.type == "cuda" else torch.float32)
@@ -333,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     heldout = stored("teacher_heldout", lambda: build_pool(teacher, tok, enc, 2 * min(a.n_eval, 256), 2, True, a,
                                                            keep_wrong=True))
     items = [p for _, p in arithmetic.eval_problems(-(-a.n_eval // 5))][:a.n_eval]
-    dc = DistillConfig(pad_id=a.pad_id)
+    dc = DistillConfig(pad_id=a.pad_id, vocab_limit=a.vocab_limit)
     max_new = {"think": a.max_think, "no_think": a.max_direct}
     print(f"teacher pool: kept {float(pool['kept_think']):.1%} of /think, {float(pool['kept_no_think']):.1%} of "
           f"/no_think replies; {len(pool['lengths'])} samples", flush=True)

@@ -49,8 +49,10 @@ def _until_stop(row: list[int], stops: set[int]) -> list[int]:
     return row
 
 
-def _generate(model, rows: list[list[int]], n: int, stops: tuple[int, ...], pad_id: int) -> list[list[int]]:
-    """Greedy continuations (up to and including a stop token), in groups small enough for the prefill logits.
+def _generate(model, rows: list[list[int]], n: int, stops: tuple[int, ...], pad_id: int,
+              vocab_limit: int | None = None) -> list[list[int]]:
+    """Greedy continuations (up to and including a stop token), of ids below vocab_limit, in groups small enough for
+    the prefill logits.
 
     The model returns fp32 logits for every prompt position: rows x length x 151,936 x 4 bytes, which for 250
     rows of 200 tokens is 30 GB. Groups keep that under ~2 GB on a CPU (8 GB on a GPU).
@@ -63,7 +65,7 @@ def _generate(model, rows: list[list[int]], n: int, stops: tuple[int, ...], pad_
     for i in range(0, len(rows), group):
         chunk = rows[i:i + group]
         # eager on a GPU too: every group has its own batch size and length, each a new compilation
-        ids = minqwen3.generate(model, chunk, n, stop_ids=stops, pad_id=pad_id, fast=False)
+        ids = minqwen3.generate(model, chunk, n, stop_ids=stops, pad_id=pad_id, fast=False, vocab_limit=vocab_limit)
         T = max(len(r) for r in chunk)
         out += [_until_stop(row, set(stops)) for row in ids[:, T:].tolist()]
     return out
@@ -73,8 +75,10 @@ def _generate(model, rows: list[list[int]], n: int, stops: tuple[int, ...], pad_
 def replies(model, tok: Tokenizer, prompts: list[list[int]], budget: int | None = None) -> list[dict]:
     """Greedy replies to many prompts: {"text", "reasoning", "content", "budget_hit", "think_tokens"} each."""
     end, stops = tok.end_think_id, (tok.im_end_id, tok.endoftext_id)
+    limit = len(tok)  # the embedding's rows past the tokenizer are padding: no token decode could spell
     # phase 1: the thinking, up to </think> or the budget (+1: the <think> token itself)
-    firsts = _generate(model, prompts, MAX_THINK if budget is None else budget + 1, (end, *stops), tok.endoftext_id)
+    firsts = _generate(model, prompts, MAX_THINK if budget is None else budget + 1, (end, *stops), tok.endoftext_id,
+                       limit)
     forced = [[] if g and g[-1] in (end, *stops) else early_stop_ids(tok, p + g)  # the budget ran out: stop it
               for p, g in zip(prompts, firsts)]
     todo = [j for j, g in enumerate(firsts) if not (g and g[-1] in stops)]  # not yet answered
@@ -82,7 +86,7 @@ def replies(model, tok: Tokenizer, prompts: list[list[int]], budget: int | None 
     seconds = [[] for _ in prompts]
     if todo:
         rows = [prompts[j] + firsts[j] + forced[j] for j in todo]
-        for j, g in zip(todo, _generate(model, rows, MAX_ANSWER, stops, tok.endoftext_id)):
+        for j, g in zip(todo, _generate(model, rows, MAX_ANSWER, stops, tok.endoftext_id, limit)):
             seconds[j] = g
     out = []
     for g1, f, g2 in zip(firsts, forced, seconds):

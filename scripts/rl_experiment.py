@@ -55,13 +55,14 @@ def reward_of(tok, p: arithmetic.Problem, reply: list[int], thinking: bool) -> f
 @torch.no_grad()
 def evaluate(model, tok, enc, items, n_samples: int, max_new: dict, seed: int, greedy_only: bool = False) -> dict:
     """Per mode: greedy accuracy (the reply's answer, de.grade) and well-formed accuracy (the reward); pass@k from
-    n_samples sampled replies per problem (the unbiased estimator, k = 1, 2, 4, ... n_samples)."""
+    n_samples sampled replies per problem (the unbiased estimator, k = 1, 2, 4, ... n_samples). Samples only ids
+    below len(tok): the embedding's rows past it are padding."""
     model.eval()
     out = {}
     for mode in MODES:
         think = mode == "think"
         ps = [de.prompt(enc, p, mode) for p in items]
-        dc = DistillConfig(max_new_tokens=max_new[mode], rollout_batch=1 << 14)
+        dc = DistillConfig(max_new_tokens=max_new[mode], rollout_batch=1 << 14, vocab_limit=len(tok))
         greedy = de.greedy_replies(model, ps, max_new[mode], dc)
         acc = [de.grade(tok, p, r) for p, r in zip(items, greedy)]
         res = {"accuracy": sum(acc) / len(acc), "correct": sum(acc), "n": len(acc),
@@ -84,7 +85,8 @@ def run_arm(arm: str, seed: int, start: dict, teacher, tok, enc, items, a, devic
     student.load_state_dict({"lm_head.weight": start["model.embed_tokens.weight"], **start})  # tied head
     tc = TrainConfig(steps=1000, lr=a.arm_lr, min_lr=a.arm_lr / 10, warmup=20, balance="none")  # step = 1000 · progress
     opt = make_optimizer(student, tc)
-    sample = DistillConfig(kind="reverse", max_new_tokens=a.max_think, pad_id=ENDOFTEXT, rollout_batch=1 << 14)
+    sample = DistillConfig(kind="reverse", max_new_tokens=a.max_think, pad_id=ENDOFTEXT, rollout_batch=1 << 14,
+                           vocab_limit=a.vocab_limit)
     gc = GRPOConfig(group=a.group, clip=a.clip, kl_coef=0.0, sample=sample)
     meter, budget = de.Meter(), a.arm_tflops * 1e12
     curve_at = [budget * (i + 1) / (a.curve + 1) for i in range(a.curve)]
@@ -177,12 +179,12 @@ def main(argv: list[str] | None = None) -> int:
         else:
             t = time.perf_counter()
             pool = de.build_pool(teacher, tok, enc, a.pool, 1, False, SimpleNamespace(
-                top_k=20, max_think=a.max_think, pad_id=a.pad_id), keep_wrong=False)
+                top_k=20, max_think=a.max_think, pad_id=a.pad_id, vocab_limit=a.vocab_limit), keep_wrong=False)
             save_file({k: v.contiguous() for k, v in pool.items()}, str(pool_file) + ".tmp")
             Path(str(pool_file) + ".tmp").rename(pool_file)
             print(f"teacher pool: {len(pool['lengths'])} kept in {time.perf_counter() - t:.1f} s", flush=True)
         off = SimpleNamespace(layers=a.layers, lr=a.lr, budget_tflops=a.off_tflops, batch=a.batch, on_batch=0,
-                              pad_id=a.pad_id, max_think=a.max_think, log_every=20)
+                              pad_id=a.pad_id, max_think=a.max_think, log_every=20, vocab_limit=a.vocab_limit)
         student, row = de.run_arm("off", 0, teacher, pool, enc, off, device)
         save_file({k: v.detach().contiguous() for k, v in student.state_dict().items()  # the head is tied
                    if k != "lm_head.weight"}, str(start_file) + ".tmp")

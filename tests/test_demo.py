@@ -390,3 +390,21 @@ def test_batched_budget_matches_chat():
         for p, r in zip(problems, reps):
             want = chat(model, tok, p.question, thinking_budget=budget, temperature=0.0, max_new_tokens=400)
             assert (r["reasoning"], r["content"], r["budget_hit"]) == (want.reasoning, want.content, want.budget_hit)
+
+
+# ---------------------------------------------------------------- eval_demo's replies
+def test_eval_replies_never_pick_the_embedding_padding():
+    """The official embedding has rows past the tokenizer (151669..151935), padding that decode refuses: a model
+    whose padding rows win (a random or drifting one may) still gets replies, of real tokens only."""
+    import eval_demo
+    tok = minqwen3.tokenizer.Tokenizer.default()
+    torch.manual_seed(0)
+    model = minqwen3.Qwen3(minqwen3.Qwen3Config(vocab_size=151936, hidden_size=16, intermediate_size=32,
+                                                num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+                                                head_dim=8, max_position_embeddings=256))
+    with torch.no_grad():
+        model.lm_head.weight[len(tok):] *= 1000
+        assert int(model(torch.tensor([[1, 2, 3]]))[0, -1].argmax()) >= len(tok)  # the padding wins
+    problems = [p for _, p in A.eval_problems(1)[:2]]
+    reps = eval_demo.replies(model, tok, eval_demo.prompt_ids(tok, problems, "thinking"), budget=3)
+    assert len(reps) == 2 and all(r["text"] for r in reps)

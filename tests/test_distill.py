@@ -431,3 +431,19 @@ def test_t_quantile_of_the_experiment_intervals():
     table = {1: 12.706, 2: 4.303, 4: 2.776, 5: 2.571, 6: 2.447, 9: 2.262, 14: 2.145, 29: 2.045, 60: 2.000}
     for df, t in table.items():
         assert X.t975(df) == pytest.approx(t, abs=1e-3), df
+
+
+def _experiment():
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    import distill_experiment as X
+    return X
+
+
+def test_experiment_greedy_replies_stay_below_vocab_limit():
+    X = _experiment()
+    m, ps = padding_wins(tiny(0), 48), prompts(4)
+    assert max(t for r in X.greedy_replies(m, ps, 4, DistillConfig(**DC)) for t in r) >= 48  # the rows do win
+    r = X.greedy_replies(m, ps, 4, DistillConfig(**DC, vocab_limit=48))
+    assert all(r) and max(t for x in r for t in x) < 48
