@@ -252,6 +252,11 @@ def build_pool(teacher, tok, enc, n: int, seed: int, held_out: bool, a, keep_wro
     scored = int((data["lengths"] - data["prompt_lengths"]).sum())  # the head only at the reply tokens
     flops = gen_flops(teacher, ps, replies, think) + Meter.forward(teacher, int(data["lengths"].sum()), scored)
     kept = [i for i in range(n) if i in got and (keep_wrong or grade(tok, items[i], got[i]))]
+    if not kept:  # nothing to learn from (and each kept sample's share of the cost would be x / 0)
+        raise SystemExit(f"no teacher reply was kept (0 of {n}): " + (
+            "every reply was empty" if keep_wrong else f"the teacher answered every problem wrongly within "
+            f"{a.max_think} tokens: check the teacher, raise --max-think, or keep wrong replies (distill_experiment.py "
+            "--keep-wrong)"))
     # every generated sample costs; the kept ones carry the cost of the dropped ones too
     per = torch.tensor([[flops / len(kept), seconds / len(kept)]], dtype=torch.float64).repeat(len(kept), 1)
     data["cost"] = per

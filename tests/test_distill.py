@@ -441,9 +441,26 @@ def _experiment():
     return X
 
 
+DEMO = __import__("pathlib").Path(__file__).resolve().parents[1] / "weights" / "demo-dense"
+
+
 def test_experiment_greedy_replies_stay_below_vocab_limit():
     X = _experiment()
     m, ps = padding_wins(tiny(0), 48), prompts(4)
     assert max(t for r in X.greedy_replies(m, ps, 4, DistillConfig(**DC)) for t in r) >= 48  # the rows do win
     r = X.greedy_replies(m, ps, 4, DistillConfig(**DC, vocab_limit=48))
     assert all(r) and max(t for x in r for t in x) < 48
+
+
+@pytest.mark.skipif(not (DEMO / "model.safetensors").is_file(), reason="no demo checkpoint")
+def test_experiment_pool_with_no_reply_kept_says_so():
+    """Two tokens are too few for the teacher to answer anything: no reply is kept, and the error says which
+    setting to change (it was a ZeroDivisionError)."""
+    from types import SimpleNamespace
+    from minqwen3.tokenizer import ENDOFTEXT, Tokenizer
+    X = _experiment()
+    tok = Tokenizer.default()
+    teacher = minqwen3.from_pretrained(DEMO, dtype=torch.float32)
+    a = SimpleNamespace(top_k=4, max_think=2, pad_id=ENDOFTEXT, vocab_limit=len(tok))
+    with pytest.raises(SystemExit, match=r"no teacher reply was kept \(0 of 4\).*--max-think.*--keep-wrong"):
+        X.build_pool(teacher, tok, tok.encode, 4, 1, False, a, keep_wrong=False)
