@@ -267,6 +267,17 @@ def build_pool(teacher, tok, enc, n: int, seed: int, held_out: bool, a, keep_wro
     return data
 
 
+def positive(text: str) -> int:
+    """An argparse type: an integer >= 1 (argparse names the flag in its error)."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{n}: must be >= 1")
+    return n
+
+
 def common_args(doc: str, work: str, layers: str, samples: int) -> argparse.ArgumentParser:
     """The arguments this experiment shares with scripts/rl_experiment.py (defaults differ where given)."""
     ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -276,10 +287,10 @@ def common_args(doc: str, work: str, layers: str, samples: int) -> argparse.Argu
     ap.add_argument("--layers", default=layers, help="the teacher's layers the student starts from")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--n-eval", type=int, default=300, help="held-out problems per mode")
-    ap.add_argument("--samples", type=int, default=samples, help="sampled replies per problem for pass@k")
-    ap.add_argument("--max-think", type=int, default=256)
-    ap.add_argument("--max-direct", type=int, default=48)
+    ap.add_argument("--n-eval", type=positive, default=300, help="held-out problems per mode")
+    ap.add_argument("--samples", type=positive, default=samples, help="sampled replies per problem for pass@k")
+    ap.add_argument("--max-think", type=positive, default=256)
+    ap.add_argument("--max-direct", type=positive, default=48)
     ap.add_argument("--deadline", type=float, default=None, help="seconds: start no new run after this")
     ap.add_argument("--report", help="write <report>.md and <report>.png from results.jsonl, run nothing")
     return ap
@@ -312,13 +323,14 @@ def setup(a):
 def main(argv: list[str] | None = None) -> int:
     ap = common_args(__doc__, work="out/distill", layers="0,3", samples=4)
     ap.add_argument("--budget-tflops", type=float, default=60.0, help="compute per arm and seed")
-    ap.add_argument("--batch", type=int, default=128, help="samples per step (next-token and off-policy)")
-    ap.add_argument("--on-batch", type=int, default=256, help="rollouts per on-policy step (decoding is latency-bound)")
+    ap.add_argument("--batch", type=positive, default=128, help="samples per step (next-token and off-policy)")
+    ap.add_argument("--on-batch", type=positive, default=256,
+                    help="rollouts per on-policy step (decoding is latency-bound)")
     ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--pool", type=int, default=6144, help="teacher replies generated for off-policy data")
-    ap.add_argument("--top-k", type=int, default=20)
+    ap.add_argument("--pool", type=positive, default=6144, help="teacher replies generated for off-policy data")
+    ap.add_argument("--top-k", type=positive, default=20)
     ap.add_argument("--keep-wrong", action="store_true", help="keep the teacher's wrong replies in the data")
-    ap.add_argument("--log-every", type=int, default=10)
+    ap.add_argument("--log-every", type=positive, default=10)
     a, work, results = parse(ap, argv)
     if a.report:
         return report(results, a.report)

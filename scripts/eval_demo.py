@@ -226,14 +226,33 @@ def plot(results: dict[str, dict], path: str) -> None:
     fig.savefig(path)
 
 
+def _count(text: str, lo: int = 1) -> int:
+    """An argparse type: an integer >= lo (argparse names the flag in its error)."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if n < lo:
+        raise argparse.ArgumentTypeError(f"{n}: must be >= {lo}")
+    return n
+
+
+def _budgets(text: str) -> tuple[int, ...]:
+    """An argparse type: comma-separated thinking budgets, each an integer >= 0."""
+    try:
+        return tuple(_count(b, 0) for b in text.split(",") if b.strip())
+    except argparse.ArgumentTypeError as e:
+        raise argparse.ArgumentTypeError(f"{text!r}: each budget must be an integer >= 0 ({e})") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     global MAX_THINK
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("models", nargs="+", help="checkpoint folders, e.g. weights/demo-dense weights/demo-moe")
-    p.add_argument("--n", type=int, default=100, help="held-out problems per category and phrasing split "
+    p.add_argument("--n", type=_count, default=100, help="held-out problems per category and phrasing split "
                    f"({len(arithmetic.CATEGORIES)} categories, 2 splits)")
-    p.add_argument("--budgets", default=",".join(map(str, BUDGETS)))
-    p.add_argument("--max-think", type=int, default=MAX_THINK, help="most thinking tokens without a budget")
+    p.add_argument("--budgets", type=_budgets, default=BUDGETS, help="comma-separated thinking budgets")
+    p.add_argument("--max-think", type=_count, default=MAX_THINK, help="most thinking tokens without a budget")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--json", help="write the results here (merged with what the file holds: one entry per model)")
     p.add_argument("--plot", help="write the budget curve here (png)")
@@ -243,7 +262,6 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     splits = {"training phrasings": arithmetic.eval_problems(args.n, phrasing="train"),
               "held-out phrasings": arithmetic.eval_problems(args.n, phrasing="held_out")}
-    budgets = tuple(int(b) for b in args.budgets.split(",") if b)
     # results merge into an existing --json file, one entry per model, written as each model finishes
     results = json.loads(Path(args.json).read_text()) if args.json and Path(args.json).is_file() else {}
     for path in args.models:
@@ -259,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.json:
                 Path(args.json).write_text(json.dumps(results | {name: res}, indent=1) + "\n")
 
-        results[name] = evaluate(model, tok, splits, budgets, save=save)
+        results[name] = evaluate(model, tok, splits, args.budgets, save=save)
         reps = replies(model, tok, [tok.encode_messages([{"role": "user", "content": q}], add_generation_prompt=True)
                                     for q, _ in NO_SPACES])
         results[name]["typed without spaces"] = [[q, r["content"], arithmetic.extract_answer(r["content"]) == a]

@@ -57,6 +57,8 @@ def evaluate(model, tok, enc, items, n_samples: int, max_new: dict, seed: int, g
     """Per mode: greedy accuracy (the reply's answer, de.grade) and well-formed accuracy (the reward); pass@k from
     n_samples sampled replies per problem (the unbiased estimator, k = 1, 2, 4, ... n_samples). Samples only ids
     below len(tok): the embedding's rows past it are padding."""
+    if not greedy_only and (isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1):
+        raise ValueError(f"n_samples must be an int >= 1 (sampled replies per problem for pass@k), got {n_samples!r}")
     model.eval()
     out = {}
     for mode in MODES:
@@ -130,11 +132,11 @@ def run_arm(arm: str, seed: int, start: dict, teacher, tok, enc, items, a, devic
 
 def main(argv: list[str] | None = None) -> int:
     ap = de.common_args(__doc__, work="out/rl", layers="0,1,2", samples=64)
-    ap.add_argument("--pool", type=int, default=4096, help="teacher replies generated for off-policy data")
+    ap.add_argument("--pool", type=de.positive, default=4096, help="teacher replies generated for off-policy data")
     ap.add_argument("--off-tflops", type=float, default=30.0, help="the off-policy stage that makes the start")
     ap.add_argument("--arm-tflops", type=float, default=60.0, help="compute per arm and seed after the start")
-    ap.add_argument("--batch", type=int, default=128, help="samples per off-policy step")
-    ap.add_argument("--prompts", type=int, default=32, help="GRPO prompts per step")
+    ap.add_argument("--batch", type=de.positive, default=128, help="samples per off-policy step")
+    ap.add_argument("--prompts", type=de.positive, default=32, help="GRPO prompts per step")
     ap.add_argument("--group", type=int, default=8, help="GRPO replies per prompt")
     ap.add_argument("--clip", type=float, default=0.2)
     ap.add_argument("--lr", type=float, default=1e-3, help="off-policy stage")
@@ -143,6 +145,10 @@ def main(argv: list[str] | None = None) -> int:
     a, work, results = de.parse(ap, argv)
     if a.report:
         return report(results, a.report)
+    try:  # now, not after the start is made
+        GRPOConfig(group=a.group, clip=a.clip)
+    except (TypeError, ValueError) as e:
+        ap.error(f"--group / --clip: {e}")
     t_begin = time.perf_counter()
     device, tok, enc, teacher = de.setup(a)
     rows = [json.loads(x) for x in results.read_text().splitlines()] if results.is_file() else []

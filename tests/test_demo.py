@@ -392,7 +392,7 @@ def test_batched_budget_matches_chat():
             assert (r["reasoning"], r["content"], r["budget_hit"]) == (want.reasoning, want.content, want.budget_hit)
 
 
-# ---------------------------------------------------------------- eval_demo's replies
+# ---------------------------------------------------------------- eval_demo's input checks and writes
 def test_eval_replies_never_pick_the_embedding_padding():
     """The official embedding has rows past the tokenizer (151669..151935), padding that decode refuses: a model
     whose padding rows win (a random or drifting one may) still gets replies, of real tokens only."""
@@ -408,3 +408,13 @@ def test_eval_replies_never_pick_the_embedding_padding():
     problems = [p for _, p in A.eval_problems(1)[:2]]
     reps = eval_demo.replies(model, tok, eval_demo.prompt_ids(tok, problems, "thinking"), budget=3)
     assert len(reps) == 2 and all(r["text"] for r in reps)
+
+
+def test_eval_flags_are_checked_by_argparse(tmp_path, capsys):
+    import eval_demo
+    for flags, word in ((["--n", "0"], "--n"), (["--budgets", "32,x"], "--budgets"), (["--budgets", "-1"], "--budgets"),
+                        (["--max-think", "0"], "--max-think")):
+        with pytest.raises(SystemExit) as e:
+            eval_demo.main([str(tmp_path / "no-model"), *flags])
+        assert e.value.code == 2 and word in capsys.readouterr().err, flags
+    assert eval_demo._budgets("0, 32,64") == (0, 32, 64)

@@ -309,3 +309,22 @@ def test_a_group_with_one_reward_changes_nothing():
     grpo_step(model, make_optimizer(model, tc), prompts(3), [True] * 3, lambda i, r: 1.0, gc, tc, seed=0)
     for k, v in model.state_dict().items():
         torch.testing.assert_close(v, before[k], rtol=0, atol=0)
+
+
+# ---------------------------------------------------------------- the experiment's checks
+def _experiment():
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    import rl_experiment as X
+    return X
+
+
+def test_experiment_refuses_a_sample_count_of_zero(tmp_path, capsys):
+    X = _experiment()
+    with pytest.raises(ValueError, match="n_samples.*0"):  # it took log2(0)
+        X.evaluate(tiny(0), None, None, [], 0, {"think": 2, "no_think": 2}, 0)
+    for flags, word in ((["--samples", "0"], "--samples"), (["--group", "1"], "--group"), (["--clip", "0"], "--clip")):
+        with pytest.raises(SystemExit) as e:
+            X.main(["--work", str(tmp_path), *flags])
+        assert e.value.code == 2 and word in capsys.readouterr().err, flags
