@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import random
 import sys
 import time
@@ -306,6 +307,45 @@ def parse(ap: argparse.ArgumentParser, argv: list[str] | None):
     return a, work, Path(a.results) if a.results else work / "results.jsonl"
 
 
+def read_rows(path: Path, drop_torn: bool = False) -> list[dict]:
+    """The JSON rows of a results file ([] when there is none). A last line cut short (a run stopped while appending
+    it) is skipped with a warning, and with drop_torn cut off the file, so that the next row gets a line of its own;
+    a bad line before the last is an error naming it."""
+    if not path.is_file():
+        return []
+    lines = path.read_bytes().split(b"\n")
+    last = max((i for i, x in enumerate(lines) if x.strip()), default=-1)
+    rows = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+            if i < last:
+                raise SystemExit(f"{path}, line {i + 1}: not a JSON row ({e}): mend or remove that line") from None
+            print(f"warning: {path}, line {i + 1} (the last) is cut short, as by a run stopped while writing it: "
+                  + ("removed" if drop_torn else "skipped"), file=sys.stderr, flush=True)
+            if drop_torn:
+                with open(path, "rb+") as f:
+                    f.truncate(sum(len(x) + 1 for x in lines[:i]))
+    return rows
+
+
+def append_row(path: Path, row: dict) -> None:
+    """Append one JSON row in one write, flushed to disk: a run stopped midway leaves at most a last line cut short
+    (read_rows skips it). A last row left without its newline gets one first."""
+    with open(path, "ab+") as f:
+        f.seek(0, os.SEEK_END)
+        lead = b""
+        if f.tell():
+            f.seek(-1, os.SEEK_END)
+            lead = b"" if f.read(1) == b"\n" else b"\n"
+        f.write(lead + json.dumps(row).encode() + b"\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
 def setup(a):
     """-> (device, tokenizer, its encode, the frozen teacher: bf16 on a GPU). Sets a.vocab_limit (the tokenizer's
     size: the embedding's rows past it are padding, no token)."""
@@ -336,8 +376,7 @@ def main(argv: list[str] | None = None) -> int:
         return report(results, a.report)
     t_begin = time.perf_counter()
     device, tok, enc, teacher = setup(a)
-    done = {(r["arm"], r["seed"]) for r in map(json.loads, results.read_text().splitlines())} \
-        if results.is_file() else set()
+    done = {(r["arm"], r["seed"]) for r in read_rows(results, drop_torn=True)}
 
     def stored(name, make):
         f = work / f"{name}.safetensors"
@@ -359,8 +398,7 @@ def main(argv: list[str] | None = None) -> int:
           f"/no_think replies; {len(pool['lengths'])} samples", flush=True)
 
     def append(row):
-        with open(results, "a") as f:
-            f.write(json.dumps(row) + "\n")
+        append_row(results, row)
     if ("teacher", 0) not in done:
         t = time.perf_counter()
         ev = evaluate(teacher, tok, enc, items, heldout, teacher, dc, a.samples, max_new, seed=0)
@@ -461,7 +499,7 @@ def accuracy_cell(rs: list[dict], mode: str) -> str:
 
 
 def report(results: Path, out: str) -> int:
-    rows = [json.loads(x) for x in results.read_text().splitlines()]
+    rows = read_rows(results)
     by = {}
     for r in rows:
         by.setdefault(r["arm"], []).append(r)

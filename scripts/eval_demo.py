@@ -26,6 +26,7 @@ import arithmetic  # noqa: E402
 import minqwen3  # noqa: E402
 from minqwen3.assistant import early_stop_ids  # noqa: E402
 from minqwen3.chat_template import parse_reply  # noqa: E402
+from minqwen3.checkpoint import _atomic  # noqa: E402
 from minqwen3.tokenizer import Tokenizer  # noqa: E402
 
 BUDGETS = (0, 32, 64, 96, 128, 160, 192, 224, 256, 320, 384)
@@ -226,6 +227,11 @@ def plot(results: dict[str, dict], path: str) -> None:
     fig.savefig(path)
 
 
+def write_json(path: str, obj) -> None:
+    """Write obj as JSON to path whole or not at all: a run cut short mid-write leaves the file it had."""
+    _atomic(Path(path), lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=1) + "\n"))
+
+
 def _count(text: str, lo: int = 1) -> int:
     """An argparse type: an integer >= lo (argparse names the flag in its error)."""
     try:
@@ -258,12 +264,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--plot", help="write the budget curve here (png)")
     args = p.parse_args(argv)
     MAX_THINK = args.max_think
+    # results merge into an existing --json file, one entry per model, written whole as each model finishes
+    results = {}
+    if args.json and Path(args.json).is_file():
+        try:
+            results = json.loads(Path(args.json).read_text())
+        except ValueError as e:
+            p.error(f"--json {args.json}: not a JSON file ({e}); results merge into it: mend it or name another")
+        if not isinstance(results, dict):
+            p.error(f"--json {args.json}: holds a {type(results).__name__}, not an object of results per model")
 
     torch.manual_seed(0)
     splits = {"training phrasings": arithmetic.eval_problems(args.n, phrasing="train"),
               "held-out phrasings": arithmetic.eval_problems(args.n, phrasing="held_out")}
-    # results merge into an existing --json file, one entry per model, written as each model finishes
-    results = json.loads(Path(args.json).read_text()) if args.json and Path(args.json).is_file() else {}
     for path in args.models:
         # bf16 on GPU as stored; fp32 on CPU, where bf16 matmuls are slow (the bf16 values convert exactly)
         dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
@@ -275,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
 
         def save(res: dict) -> None:  # what is done so far, in case the run is cut short
             if args.json:
-                Path(args.json).write_text(json.dumps(results | {name: res}, indent=1) + "\n")
+                write_json(args.json, results | {name: res})
 
         results[name] = evaluate(model, tok, splits, args.budgets, save=save)
         reps = replies(model, tok, [tok.encode_messages([{"role": "user", "content": q}], add_generation_prompt=True)
@@ -285,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
         results[name]["seconds"] = round(time.perf_counter() - t, 1)
         print(markdown(results[name], name) + "\n")
         if args.json:
-            Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
+            write_json(args.json, results)
     if args.plot:
         plot(results, args.plot)
     return 0

@@ -151,14 +151,13 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--group / --clip: {e}")
     t_begin = time.perf_counter()
     device, tok, enc, teacher = de.setup(a)
-    rows = [json.loads(x) for x in results.read_text().splitlines()] if results.is_file() else []
+    rows = de.read_rows(results, drop_torn=True)
     done = {(r["arm"], r.get("seed", 0)) for r in rows if "eval" in r}
     items = [p for _, p in arithmetic.eval_problems(-(-a.n_eval // 5))][:a.n_eval]
     max_new = {"think": a.max_think, "no_think": a.max_direct}
 
     def append(row):
-        with open(results, "a") as f:
-            f.write(json.dumps(row) + "\n")
+        de.append_row(results, row)
 
     def late(what):
         if a.deadline is not None and time.perf_counter() - t_begin > a.deadline:
@@ -247,7 +246,7 @@ def finished_curves(rows: list[dict]) -> list[dict]:
 
 
 def report(results: Path, out: str) -> int:
-    rows = [json.loads(x) for x in results.read_text().splitlines()]
+    rows = de.read_rows(results)
     ends = [r for r in rows if "eval" in r]
     curves = finished_curves(rows)
     by = {}

@@ -412,9 +412,29 @@ def test_eval_replies_never_pick_the_embedding_padding():
 
 def test_eval_flags_are_checked_by_argparse(tmp_path, capsys):
     import eval_demo
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"demo-dense": {"n"')
     for flags, word in ((["--n", "0"], "--n"), (["--budgets", "32,x"], "--budgets"), (["--budgets", "-1"], "--budgets"),
-                        (["--max-think", "0"], "--max-think")):
+                        (["--max-think", "0"], "--max-think"), (["--json", str(bad)], f"--json {bad}: not a JSON")):
         with pytest.raises(SystemExit) as e:
             eval_demo.main([str(tmp_path / "no-model"), *flags])
         assert e.value.code == 2 and word in capsys.readouterr().err, flags
     assert eval_demo._budgets("0, 32,64") == (0, 32, 64)
+
+
+def test_eval_json_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
+    """--json is rewritten a dozen times a run: stopped mid-write, the file keeps what it had."""
+    import eval_demo
+    f = tmp_path / "eval.json"
+    eval_demo.write_json(str(f), {"a": 1})
+    assert json.loads(f.read_text()) == {"a": 1}
+    real = Path.write_text
+
+    def torn(self, text, *args, **kw):  # half the text, then the run stops
+        real(self, text[:len(text) // 2], *args, **kw)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(Path, "write_text", torn)
+    with pytest.raises(KeyboardInterrupt):
+        eval_demo.write_json(str(f), {"a": 2, "b": list(range(100))})
+    monkeypatch.undo()
+    assert json.loads(f.read_text()) == {"a": 1} and [p.name for p in tmp_path.iterdir()] == ["eval.json"]

@@ -452,6 +452,27 @@ def test_experiment_greedy_replies_stay_below_vocab_limit():
     assert all(r) and max(t for x in r for t in x) < 48
 
 
+def test_experiment_results_skip_a_torn_last_line(tmp_path, capsys):
+    """A run stopped while appending leaves its last line cut short: skipped with a warning naming the file (cut
+    off on resume, so the next row gets a line of its own); a bad line before the last is an error naming it."""
+    X = _experiment()
+    f = tmp_path / "results.jsonl"
+    f.write_text('{"arm": "ce", "seed": 0}\n{"arm": "off", "se')
+    assert X.read_rows(f) == [{"arm": "ce", "seed": 0}]
+    assert f"{f}, line 2 (the last) is cut short" in capsys.readouterr().err
+    assert f.read_text().endswith('"se')  # the report only reads
+    assert X.read_rows(f, drop_torn=True) == [{"arm": "ce", "seed": 0}]
+    assert f.read_text() == '{"arm": "ce", "seed": 0}\n'
+    X.append_row(f, {"arm": "off", "seed": 0})
+    assert X.read_rows(f) == [{"arm": "ce", "seed": 0}, {"arm": "off", "seed": 0}]
+    f.write_text('{"arm": "ce", "seed": 0}')  # a whole row whose newline was lost: the next row still gets a line
+    X.append_row(f, {"arm": "off", "seed": 1})
+    assert f.read_text() == '{"arm": "ce", "seed": 0}\n{"arm": "off", "seed": 1}\n'
+    f.write_text('{"arm": "ce", "seed": 0}\n{"arm": "of\n{"arm": "off", "seed": 1}\n')
+    with pytest.raises(SystemExit, match=rf"{re.escape(str(f))}, line 2: not a JSON row"):
+        X.read_rows(f)
+
+
 @pytest.mark.skipif(not (DEMO / "model.safetensors").is_file(), reason="no demo checkpoint")
 def test_experiment_pool_with_no_reply_kept_says_so():
     """Two tokens are too few for the teacher to answer anything: no reply is kept, and the error says which
