@@ -14,11 +14,14 @@ Evaluated per mode (/think, /no_think) on held-out problems: greedy accuracy, pa
 forward KL to the teacher on the teacher's sampled held-out replies.
 
 Stages are resumable: the teacher's data are stored (safetensors), and each (arm, seed) appends one row to
-results.jsonl when done; a re-run skips what is there. --deadline stops starting new runs after that many seconds.
+results.jsonl when done; a re-run skips what is there. Both record the arguments they were made with and the teacher's
+SHA-256: a re-run with other values is refused, naming the argument. --deadline stops starting new runs after that
+many seconds.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -28,6 +31,7 @@ import time
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -36,6 +40,7 @@ import arithmetic  # noqa: E402
 
 import minqwen3  # noqa: E402
 from minqwen3.chat_template import apply_chat_template, parse_reply  # noqa: E402
+from minqwen3.checkpoint import _atomic  # noqa: E402
 from minqwen3.config import count_params  # noqa: E402
 from minqwen3.distill import (DistillConfig, data_batch, divergence_chunked,  # noqa: E402
                               offpolicy_step, onpolicy_step, sample_replies, teacher_data)
@@ -307,6 +312,54 @@ def parse(ap: argparse.ArgumentParser, argv: list[str] | None):
     return a, work, Path(a.results) if a.results else work / "results.jsonl"
 
 
+def teacher_sha256(path: str) -> str:
+    """The SHA-256 of the teacher's weights (model.safetensors, or its shards in name order): what stored data and
+    results are tied to. A folder without weights fails here, before any work."""
+    files = sorted(Path(path).glob("*.safetensors"))
+    if not files:
+        raise SystemExit(f"--teacher {path}: no *.safetensors weights there")
+    h = hashlib.sha256()
+    for f in files:
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 24), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+def settings(a, names: tuple[str, ...]) -> dict[str, str]:
+    """The teacher's SHA-256 and the arguments `names` of a, as strings (all safetensors metadata holds): what a
+    stored file or a result row was made with."""
+    def text(v):
+        return ",".join(map(str, v)) if isinstance(v, tuple) else str(v)
+    return {"teacher_sha256": a.teacher_sha256} | {n: text(getattr(a, n)) for n in names}
+
+
+def check_settings(what: str, have: dict | None, want: dict[str, str]) -> None:
+    """Refuse to reuse `what` made with other arguments or another teacher: the error names the argument and both
+    values. (Made before they were recorded: refused too, as it may be either.)"""
+    have = have or {}
+    for k, v in want.items():
+        if have.get(k) != v:
+            name = {"teacher_sha256": "the teacher's sha256", "vocab_limit": "vocab_limit (the tokenizer's size)"}.get(
+                k, "--" + k.replace("_", "-"))
+            raise SystemExit(f"{what} was made with {name} {have.get(k, '(not recorded)')}; this run has {v}: run with "
+                             "the same value, or use a fresh --work (and --results)")
+
+
+def stored(f: Path, want: dict[str, str], make) -> dict[str, torch.Tensor]:
+    """The tensors in f, if it was made with the settings `want`; else make() them and store them in f (their
+    settings in its metadata, written whole or not at all)."""
+    if f.is_file():
+        with safe_open(f, "pt") as s:
+            check_settings(str(f), s.metadata(), want)
+        return load_file(f)
+    t = time.perf_counter()
+    d = make()
+    _atomic(f, lambda tmp: save_file({k: v.contiguous() for k, v in d.items()}, str(tmp), metadata=want))
+    print(f"{f.stem}: {len(d['lengths'])} samples in {time.perf_counter() - t:.1f} s", flush=True)
+    return d
+
+
 def read_rows(path: Path, drop_torn: bool = False) -> list[dict]:
     """The JSON rows of a results file ([] when there is none). A last line cut short (a run stopped while appending
     it) is skipped with a warning, and with drop_torn cut off the file, so that the next row gets a line of its own;
@@ -346,10 +399,17 @@ def append_row(path: Path, row: dict) -> None:
         os.fsync(f.fileno())
 
 
+def check_rows(results: Path, rows: list[dict], want: dict[str, str]) -> None:
+    """Every row of results must have been made with the settings `want` (else: refused, naming the argument)."""
+    for n, r in enumerate(rows, 1):
+        check_settings(f"{results} (row {n}: {r.get('arm')} seed {r.get('seed', 0)})", r.get("settings"), want)
+
+
 def setup(a):
-    """-> (device, tokenizer, its encode, the frozen teacher: bf16 on a GPU). Sets a.vocab_limit (the tokenizer's
-    size: the embedding's rows past it are padding, no token)."""
+    """-> (device, tokenizer, its encode, the frozen teacher: bf16 on a GPU). Sets a.teacher_sha256 and
+    a.vocab_limit (the tokenizer's size: the embedding's rows past it are padding, no token)."""
     device = torch.device(a.device)
+    a.teacher_sha256 = teacher_sha256(a.teacher)  # before any work: a wrong --teacher fails now
     tok = Tokenizer.default()  # the bundled copy of the official tokenizer: teacher and student share it
     a.vocab_limit = len(tok)
     torch.manual_seed(0)
@@ -360,7 +420,14 @@ def setup(a):
     return device, tok, tok.encode, teacher
 
 
-def main(argv: list[str] | None = None) -> int:
+# the arguments (besides the teacher) that each stored file, and every result row, depends on
+POOL_ARGS = ("pool", "top_k", "max_think", "keep_wrong", "vocab_limit")
+HELDOUT_ARGS = ("n_eval", "top_k", "max_think", "vocab_limit")
+RUN_ARGS = ("layers", "budget_tflops", "batch", "on_batch", "lr", "pool", "top_k", "keep_wrong", "max_think",
+            "max_direct", "n_eval", "samples", "vocab_limit")
+
+
+def parser() -> argparse.ArgumentParser:
     ap = common_args(__doc__, work="out/distill", layers="0,3", samples=4)
     ap.add_argument("--budget-tflops", type=float, default=60.0, help="compute per arm and seed")
     ap.add_argument("--batch", type=positive, default=128, help="samples per step (next-token and off-policy)")
@@ -371,26 +438,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--top-k", type=positive, default=20)
     ap.add_argument("--keep-wrong", action="store_true", help="keep the teacher's wrong replies in the data")
     ap.add_argument("--log-every", type=positive, default=10)
-    a, work, results = parse(ap, argv)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    a, work, results = parse(parser(), argv)
     if a.report:
         return report(results, a.report)
     t_begin = time.perf_counter()
     device, tok, enc, teacher = setup(a)
-    done = {(r["arm"], r["seed"]) for r in read_rows(results, drop_torn=True)}
-
-    def stored(name, make):
-        f = work / f"{name}.safetensors"
-        if f.is_file():
-            return load_file(f)
-        t = time.perf_counter()
-        d = make()
-        save_file({k: v.contiguous() for k, v in d.items()}, str(f) + ".tmp")  # never a half-written file
-        Path(str(f) + ".tmp").rename(f)
-        print(f"{name}: {len(d['lengths'])} samples in {time.perf_counter() - t:.1f} s", flush=True)
-        return d
-    pool = stored("teacher_pool", lambda: build_pool(teacher, tok, enc, a.pool, 1, False, a, a.keep_wrong))
-    heldout = stored("teacher_heldout", lambda: build_pool(teacher, tok, enc, 2 * min(a.n_eval, 256), 2, True, a,
-                                                           keep_wrong=True))
+    run = settings(a, RUN_ARGS)
+    rows = read_rows(results, drop_torn=True)
+    check_rows(results, rows, run)  # all before any work
+    done = {(r["arm"], r["seed"]) for r in rows}
+    pool = stored(work / "teacher_pool.safetensors", settings(a, POOL_ARGS),
+                  lambda: build_pool(teacher, tok, enc, a.pool, 1, False, a, a.keep_wrong))
+    heldout = stored(work / "teacher_heldout.safetensors", settings(a, HELDOUT_ARGS),
+                     lambda: build_pool(teacher, tok, enc, 2 * min(a.n_eval, 256), 2, True, a, keep_wrong=True))
     items = [p for _, p in arithmetic.eval_problems(-(-a.n_eval // 5))][:a.n_eval]
     dc = DistillConfig(pad_id=a.pad_id, vocab_limit=a.vocab_limit)
     max_new = {"think": a.max_think, "no_think": a.max_direct}
@@ -398,13 +462,12 @@ def main(argv: list[str] | None = None) -> int:
           f"/no_think replies; {len(pool['lengths'])} samples", flush=True)
 
     def append(row):
-        append_row(results, row)
+        append_row(results, row | {"settings": run})
     if ("teacher", 0) not in done:
         t = time.perf_counter()
         ev = evaluate(teacher, tok, enc, items, heldout, teacher, dc, a.samples, max_new, seed=0)
-        import hashlib
-        sha = hashlib.sha256((Path(a.teacher) / "model.safetensors").read_bytes()).hexdigest()[:16]
-        append({"arm": "teacher", "seed": 0, "eval": ev, "eval_seconds": time.perf_counter() - t, "sha256": sha,
+        append({"arm": "teacher", "seed": 0, "eval": ev, "eval_seconds": time.perf_counter() - t,
+                "sha256": a.teacher_sha256[:16],
                 "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "args": {
                     k: v for k, v in vars(a).items() if isinstance(v, (int, float, str, tuple))},
                 "kept": {m: float(pool[f"kept_{m}"]) for m in MODES}})

@@ -473,6 +473,49 @@ def test_experiment_results_skip_a_torn_last_line(tmp_path, capsys):
         X.read_rows(f)
 
 
+def test_experiment_refuses_stored_data_made_with_other_arguments(tmp_path):
+    from types import SimpleNamespace
+    X = _experiment()
+    a = SimpleNamespace(teacher_sha256="ab" * 32, pool=64, top_k=10, max_think=16, keep_wrong=False,
+                        vocab_limit=151669, layers=(0, 3))
+    data = {"lengths": torch.tensor([3, 4])}
+    f = tmp_path / "teacher_pool.safetensors"
+    got = X.stored(f, X.settings(a, X.POOL_ARGS), lambda: data)
+    assert torch.equal(got["lengths"], data["lengths"]) and [p.name for p in tmp_path.iterdir()] == [f.name]
+    assert torch.equal(X.stored(f, X.settings(a, X.POOL_ARGS), lambda: pytest.fail("made again"))["lengths"],
+                       data["lengths"])  # the same arguments: reused
+    a.top_k = 20
+    with pytest.raises(SystemExit, match=rf"{re.escape(str(f))} was made with --top-k 10; this run has 20"):
+        X.stored(f, X.settings(a, X.POOL_ARGS), lambda: pytest.fail("made again"))
+    a.top_k, a.teacher_sha256 = 10, "cd" * 32
+    with pytest.raises(SystemExit, match=f"the teacher's sha256 {'ab' * 32}; this run has {'cd' * 32}"):
+        X.stored(f, X.settings(a, X.POOL_ARGS), lambda: pytest.fail("made again"))
+    assert X.settings(a, ("layers",))["layers"] == "0,3"
+    from safetensors.torch import save_file
+    save_file(data, str(f))  # stored before the arguments were: it may be either
+    with pytest.raises(SystemExit, match=r"sha256 \(not recorded\)"):
+        X.stored(f, X.settings(a, X.POOL_ARGS), lambda: pytest.fail("made again"))
+
+
+@pytest.mark.skipif(not (DEMO / "model.safetensors").is_file(), reason="no demo checkpoint")
+def test_experiment_resume_refuses_rows_of_other_arguments_before_any_work(tmp_path, monkeypatch):
+    """The results of a run with --samples 8 are not resumed by one with --samples 4 (the `done` check would skip
+    their arms); and the teacher is hashed before anything runs, so a wrong --teacher fails first."""
+    import hashlib
+    X = _experiment()
+    monkeypatch.setattr(X, "build_pool", lambda *a, **k: pytest.fail("work before the check"))
+    monkeypatch.setattr(X, "evaluate", lambda *a, **k: pytest.fail("work before the check"))
+    argv = ["--work", str(tmp_path), "--teacher", str(DEMO), "--device", "cpu"]
+    a, _, results = X.parse(X.parser(), argv + ["--samples", "8"])
+    a.teacher_sha256 = hashlib.sha256((DEMO / "model.safetensors").read_bytes()).hexdigest()
+    a.vocab_limit = 151669
+    X.append_row(results, {"arm": "ce", "seed": 0, "settings": X.settings(a, X.RUN_ARGS)})
+    with pytest.raises(SystemExit, match=r"row 1: ce seed 0\) was made with --samples 8; this run has 4"):
+        X.main(argv + ["--samples", "4"])
+    with pytest.raises(SystemExit, match=f"--teacher {re.escape(str(tmp_path))}: no \\*.safetensors weights"):
+        X.main(["--work", str(tmp_path), "--teacher", str(tmp_path), "--device", "cpu"])
+
+
 @pytest.mark.skipif(not (DEMO / "model.safetensors").is_file(), reason="no demo checkpoint")
 def test_experiment_pool_with_no_reply_kept_says_so():
     """Two tokens are too few for the teacher to answer anything: no reply is kept, and the error says which

@@ -312,6 +312,9 @@ def test_a_group_with_one_reward_changes_nothing():
 
 
 # ---------------------------------------------------------------- the experiment's checks
+DEMO = __import__("pathlib").Path(__file__).resolve().parents[1] / "weights" / "demo-dense"
+
+
 def _experiment():
     import sys
     from pathlib import Path
@@ -328,3 +331,19 @@ def test_experiment_refuses_a_sample_count_of_zero(tmp_path, capsys):
         with pytest.raises(SystemExit) as e:
             X.main(["--work", str(tmp_path), *flags])
         assert e.value.code == 2 and word in capsys.readouterr().err, flags
+
+
+@pytest.mark.skipif(not (DEMO / "model.safetensors").is_file(), reason="no demo checkpoint")
+def test_experiment_resume_refuses_a_start_of_other_arguments_before_any_work(tmp_path, monkeypatch):
+    """A stored start made with another --lr is refused before the teacher is evaluated (it was reused silently)."""
+    import hashlib
+    from safetensors.torch import save_file
+    X = _experiment()
+    monkeypatch.setattr(X, "evaluate", lambda *a, **k: pytest.fail("work before the check"))
+    argv = ["--work", str(tmp_path), "--teacher", str(DEMO), "--device", "cpu"]
+    a, work, _ = X.de.parse(X.parser(), argv + ["--lr", "0.01"])
+    a.teacher_sha256 = hashlib.sha256((DEMO / "model.safetensors").read_bytes()).hexdigest()
+    a.vocab_limit = 151669
+    save_file({"x": torch.zeros(1)}, str(work / "start.safetensors"), metadata=X.de.settings(a, X.START_ARGS))
+    with pytest.raises(SystemExit, match=r"start.safetensors was made with --lr 0.01; this run has 0.001"):
+        X.main(argv + ["--lr", "0.001"])
