@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from .config import NON_THINKING_DEFAULTS, THINKING_DEFAULTS
-from .generation import STOP_IDS, generate
+from .generation import STOP_IDS, _integer, check_stop_ids, generate
 from .moe import load_balancing_loss
 from .tokenizer import ENDOFTEXT
 from .train import TrainConfig, collate, lr_at
@@ -207,6 +207,19 @@ class DistillConfig:
     rollout_batch: int = 256  # prompts per generate call
     stop_ids: tuple[int, ...] = STOP_IDS
     pad_id: int = ENDOFTEXT
+    vocab_limit: int | None = None  # sample only ids below it: len(tokenizer), past which the embedding is padding
+
+    def __post_init__(self) -> None:  # a bad setting fails here, not inside the first rollout or step
+        _check(self.kind, self.beta, self.temperature, self.top_k)
+        if not self.ce_coef >= 0:
+            raise ValueError(f"ce_coef must be >= 0 (the next-token loss's weight), got {self.ce_coef}")
+        _integer("max_new_tokens", self.max_new_tokens, "tokens sampled per reply at most", 1)
+        _integer("chunk", self.chunk, "rows of logits at a time", 1)
+        _integer("rollout_batch", self.rollout_batch, "prompts per generate call", 1)
+        _integer("pad_id", self.pad_id, "the id that pads prompts and replies")
+        if self.vocab_limit is not None:
+            _integer("vocab_limit", self.vocab_limit, "sample only ids below it, e.g. len(tokenizer)", 1)
+        self.stop_ids = check_stop_ids(self.stop_ids)
 
 
 def sample_replies(model, prompts: list[list[int]], thinking: list[bool], dc: DistillConfig,
@@ -224,7 +237,8 @@ def sample_replies(model, prompts: list[list[int]], thinking: list[bool], dc: Di
             rows = [prompts[i] for i in part]
             T = max(map(len, rows))
             ids = generate(model, rows, dc.max_new_tokens, stop_ids=dc.stop_ids, pad_id=dc.pad_id,  # eager: no
-                           seed=None if seed is None else seed + 2 * j + mode, **SAMPLING[mode], fast=False)  # compile
+                           seed=None if seed is None else seed + 2 * j + mode, **SAMPLING[mode], fast=False,  # compile
+                           vocab_limit=dc.vocab_limit)
             for i, row in zip(part, ids[:, T:].tolist()):
                 cut = next((k + 1 for k, t in enumerate(row) if t in dc.stop_ids), len(row))
                 out[i] = row[:cut]
@@ -247,6 +261,7 @@ def teacher_data(teacher, prompts: list[list[int]], thinking: list[bool], dc: Di
     """
     if dc.top_k is None:
         raise ValueError("DistillConfig.top_k must be set to store teacher targets (None would store all V ids)")
+    _check(dc.kind, dc.beta, dc.temperature, dc.top_k)  # again: a field may have been changed since __post_init__
     replies = sample_replies(teacher, prompts, thinking, dc, seed)
     kept = [(p, r) for i, (p, r) in enumerate(zip(prompts, replies)) if r and (keep is None or keep(i, r))]
     ids, lengths, plens, tk_ids, tk_lp, tk_tail = [], [], [], [], [], []

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from .distill import DistillConfig, _autocast, _step, sample_replies
+from .generation import _integer
 from .train import TrainConfig, collate
 
 # ---------------------------------------------------------------- the reward
@@ -49,6 +50,13 @@ def group_advantages(rewards: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
     return (r - r.mean(1, keepdim=True)) / (r.std(1, correction=0, keepdim=True) + eps)
 
 
+def _check(clip: float, kl_coef: float) -> None:
+    if not clip > 0:
+        raise ValueError(f"clip must be > 0, got {clip}")
+    if not kl_coef >= 0:
+        raise ValueError(f"kl_coef must be >= 0, got {kl_coef}")
+
+
 def grpo_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, *,
               clip: float = 0.2, kl_coef: float = 0.0, ref_logprobs: torch.Tensor | None = None) -> torch.Tensor:
     """The GRPO objective, negated for minimisation. logprobs / old_logprobs / ref_logprobs (B, T): each reply
@@ -59,10 +67,9 @@ def grpo_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: to
     kl_coef · (exp(ref - logprobs) - (ref - logprobs) - 1) (the k3 estimate of KL(policy ‖ reference), >= 0).
     Averaged over each reply's tokens, then over the replies (GRPO's sequence-level mean).
     """
-    if not clip > 0:
-        raise ValueError(f"clip must be > 0, got {clip}")
-    if kl_coef < 0 or (kl_coef > 0 and ref_logprobs is None):
-        raise ValueError(f"kl_coef must be >= 0 and needs ref_logprobs when > 0, got {kl_coef}")
+    _check(clip, kl_coef)
+    if kl_coef > 0 and ref_logprobs is None:
+        raise ValueError(f"kl_coef {kl_coef} > 0 needs ref_logprobs")
     if mask.dtype != torch.bool or mask.shape != logprobs.shape or old_logprobs.shape != logprobs.shape:
         raise ValueError(f"logprobs {tuple(logprobs.shape)}, old_logprobs {tuple(old_logprobs.shape)} and mask "
                          f"{mask.dtype} {tuple(mask.shape)} must all be (B, T), mask bool")
@@ -95,7 +102,13 @@ class GRPOConfig:
     group: int = 8  # replies per prompt
     clip: float = 0.2
     kl_coef: float = 0.0  # > 0: a reference model is needed
-    sample: DistillConfig = field(default_factory=DistillConfig)  # sampling: max_new_tokens, batch, stop and pad ids
+    sample: DistillConfig = field(default_factory=DistillConfig)  # sampling: max_new_tokens, batch, stop ids, ...
+
+    def __post_init__(self) -> None:  # a bad setting fails here, not after the first rollouts
+        _integer("group", self.group, "replies per prompt: the group is the baseline, so at least 2", 2)
+        _check(self.clip, self.kl_coef)
+        if not isinstance(self.sample, DistillConfig):
+            raise TypeError(f"sample must be a DistillConfig, got {type(self.sample).__name__}")
 
 
 def grpo_step(model, opt, prompts: list[list[int]], thinking: list[bool], reward: Callable[[int, list[int]], float],

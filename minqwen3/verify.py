@@ -10,6 +10,7 @@ from .generation import STOP_IDS, generate
 
 PROMPTS = ["The capital of France is", "def fibonacci(n):", "量子力学是", "<|im_start|>user\n2+2=?<|im_end|>\n"]
 TOLERANCE = {torch.float32: 1e-3, torch.bfloat16: 0.5, torch.float16: 0.25}  # max |logit difference|
+DTYPES = {str(d).removeprefix("torch."): d for d in TOLERANCE}  # verify's dtype names: the ones with a tolerance
 
 
 def _until_stop(ids: list[int], stops: set[int]) -> list[int]:
@@ -37,12 +38,17 @@ def verify(path: str | Path, device: str = "cpu", dtype: str = "float32", new_to
     weight is refused when the checkpoint loads). The greedy tokens must agree, but where they part at a near-tie
     (the two choices within the logit tolerance of each other in both models: bf16 rounding picks a side) the
     prompt still passes, and the line says so."""
+    # checked before two models load: a wrong name or count would otherwise fail deep inside transformers
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    if isinstance(new_tokens, bool) or not isinstance(new_tokens, int) or new_tokens < 1:
+        raise ValueError(f"new_tokens must be an int >= 1 (greedy tokens to compare per prompt), got {new_tokens!r}")
     try:
         import transformers
     except ImportError:
         print("error: verify compares against transformers: pip install transformers")
         return 1
-    path, dt = Path(path), getattr(torch, dtype)
+    path, dt = Path(path), DTYPES[dtype]
     ours = from_pretrained(path, device=device, dtype=dt)
     theirs = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=dt).to(device).eval()
     V, eos = ours.config.vocab_size, ours.config.eos_token_id

@@ -14,19 +14,24 @@ Evaluated per mode (/think, /no_think) on held-out problems: greedy accuracy, pa
 forward KL to the teacher on the teacher's sampled held-out replies.
 
 Stages are resumable: the teacher's data are stored (safetensors), and each (arm, seed) appends one row to
-results.jsonl when done; a re-run skips what is there. --deadline stops starting new runs after that many seconds.
+results.jsonl when done; a re-run skips what is there. Both record the arguments they were made with and the teacher's
+SHA-256: a re-run with other values is refused, naming the argument. --deadline stops starting new runs after that
+many seconds.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
+import os
 import random
 import sys
 import time
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -35,6 +40,7 @@ import arithmetic  # noqa: E402
 
 import minqwen3  # noqa: E402
 from minqwen3.chat_template import apply_chat_template, parse_reply  # noqa: E402
+from minqwen3.checkpoint import _atomic  # noqa: E402
 from minqwen3.config import count_params  # noqa: E402
 from minqwen3.distill import (DistillConfig, data_batch, divergence_chunked,  # noqa: E402
                               offpolicy_step, onpolicy_step, sample_replies, teacher_data)
@@ -114,7 +120,8 @@ def make_student(teacher, layers: tuple[int, ...], device) -> minqwen3.Qwen3:
 # ---------------------------------------------------------------- evaluation
 def greedy_replies(model, ps: list[list[int]], max_new: int, dc: DistillConfig) -> list[list[int]]:
     """Each prompt's greedy reply, eagerly decoded, up to and including its stop token."""
-    ids = minqwen3.generate(model, ps, max_new, stop_ids=dc.stop_ids, pad_id=dc.pad_id, fast=False)
+    ids = minqwen3.generate(model, ps, max_new, stop_ids=dc.stop_ids, pad_id=dc.pad_id, fast=False,
+                            vocab_limit=dc.vocab_limit)
     T = max(map(len, ps))
     return [row[:next((j + 1 for j, t in enumerate(row) if t in dc.stop_ids), len(row))] for row in ids[:, T:].tolist()]
 
@@ -170,7 +177,7 @@ def run_arm(arm: str, seed: int, teacher, pool: dict, enc, a, device) -> tuple[m
     meter = Meter()
     budget = a.budget_tflops * 1e12
     dc_off = DistillConfig(kind="forward", top_k=pool["topk_ids"].shape[1], pad_id=a.pad_id)
-    dc_on = DistillConfig(kind="reverse", max_new_tokens=a.max_think, pad_id=a.pad_id)
+    dc_on = DistillConfig(kind="reverse", max_new_tokens=a.max_think, pad_id=a.pad_id, vocab_limit=a.vocab_limit)
     rng = random.Random(seed)
     order = list(range(len(pool["lengths"])))
     rng.shuffle(order)
@@ -235,7 +242,7 @@ def build_pool(teacher, tok, enc, n: int, seed: int, held_out: bool, a, keep_wro
     think = [i % 2 == 0 for i in range(n)]
     ps = [prompt(enc, p, "think" if t else "no_think") for p, t in zip(items, think)]
     dc = DistillConfig(kind="forward", top_k=a.top_k, max_new_tokens=a.max_think, pad_id=a.pad_id,
-                       rollout_batch=1024 if next(teacher.parameters()).is_cuda else 64)
+                       rollout_batch=1024 if next(teacher.parameters()).is_cuda else 64, vocab_limit=a.vocab_limit)
     device = next(teacher.parameters()).device
     sync(device)
     t0 = time.perf_counter()
@@ -251,6 +258,11 @@ def build_pool(teacher, tok, enc, n: int, seed: int, held_out: bool, a, keep_wro
     scored = int((data["lengths"] - data["prompt_lengths"]).sum())  # the head only at the reply tokens
     flops = gen_flops(teacher, ps, replies, think) + Meter.forward(teacher, int(data["lengths"].sum()), scored)
     kept = [i for i in range(n) if i in got and (keep_wrong or grade(tok, items[i], got[i]))]
+    if not kept:  # nothing to learn from (and each kept sample's share of the cost would be x / 0)
+        raise SystemExit(f"no teacher reply was kept (0 of {n}): " + (
+            "every reply was empty" if keep_wrong else f"the teacher answered every problem wrongly within "
+            f"{a.max_think} tokens: check the teacher, raise --max-think, or keep wrong replies (distill_experiment.py "
+            "--keep-wrong)"))
     # every generated sample costs; the kept ones carry the cost of the dropped ones too
     per = torch.tensor([[flops / len(kept), seconds / len(kept)]], dtype=torch.float64).repeat(len(kept), 1)
     data["cost"] = per
@@ -259,6 +271,17 @@ def build_pool(teacher, tok, enc, n: int, seed: int, held_out: bool, a, keep_wro
         tried = sum(t == flag for t in think)
         data[f"kept_{mode}"] = torch.tensor(sum(think[i] == flag for i in kept) / max(tried, 1))
     return data
+
+
+def positive(text: str) -> int:
+    """An argparse type: an integer >= 1 (argparse names the flag in its error)."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{n}: must be >= 1")
+    return n
 
 
 def common_args(doc: str, work: str, layers: str, samples: int) -> argparse.ArgumentParser:
@@ -270,10 +293,10 @@ def common_args(doc: str, work: str, layers: str, samples: int) -> argparse.Argu
     ap.add_argument("--layers", default=layers, help="the teacher's layers the student starts from")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--n-eval", type=int, default=300, help="held-out problems per mode")
-    ap.add_argument("--samples", type=int, default=samples, help="sampled replies per problem for pass@k")
-    ap.add_argument("--max-think", type=int, default=256)
-    ap.add_argument("--max-direct", type=int, default=48)
+    ap.add_argument("--n-eval", type=positive, default=300, help="held-out problems per mode")
+    ap.add_argument("--samples", type=positive, default=samples, help="sampled replies per problem for pass@k")
+    ap.add_argument("--max-think", type=positive, default=256)
+    ap.add_argument("--max-direct", type=positive, default=48)
     ap.add_argument("--deadline", type=float, default=None, help="seconds: start no new run after this")
     ap.add_argument("--report", help="write <report>.md and <report>.png from results.jsonl, run nothing")
     return ap
@@ -289,10 +312,106 @@ def parse(ap: argparse.ArgumentParser, argv: list[str] | None):
     return a, work, Path(a.results) if a.results else work / "results.jsonl"
 
 
+def teacher_sha256(path: str) -> str:
+    """The SHA-256 of the teacher's weights (model.safetensors, or its shards in name order): what stored data and
+    results are tied to. A folder without weights fails here, before any work."""
+    files = sorted(Path(path).glob("*.safetensors"))
+    if not files:
+        raise SystemExit(f"--teacher {path}: no *.safetensors weights there")
+    h = hashlib.sha256()
+    for f in files:
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 24), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+def settings(a, names: tuple[str, ...]) -> dict[str, str]:
+    """The teacher's SHA-256 and the arguments `names` of a, as strings (all safetensors metadata holds): what a
+    stored file or a result row was made with."""
+    def text(v):
+        return ",".join(map(str, v)) if isinstance(v, tuple) else str(v)
+    return {"teacher_sha256": a.teacher_sha256} | {n: text(getattr(a, n)) for n in names}
+
+
+def check_settings(what: str, have: dict | None, want: dict[str, str]) -> None:
+    """Refuse to reuse `what` made with other arguments or another teacher: the error names the argument and both
+    values. (Made before they were recorded: refused too, as it may be either.)"""
+    have = have or {}
+    for k, v in want.items():
+        if have.get(k) != v:
+            name = {"teacher_sha256": "the teacher's sha256", "vocab_limit": "vocab_limit (the tokenizer's size)"}.get(
+                k, "--" + k.replace("_", "-"))
+            raise SystemExit(f"{what} was made with {name} {have.get(k, '(not recorded)')}; this run has {v}: run with "
+                             "the same value, or use a fresh --work (and --results)")
+
+
+def stored(f: Path, want: dict[str, str], make) -> dict[str, torch.Tensor]:
+    """The tensors in f, if it was made with the settings `want`; else make() them and store them in f (their
+    settings in its metadata, written whole or not at all)."""
+    if f.is_file():
+        with safe_open(f, "pt") as s:
+            check_settings(str(f), s.metadata(), want)
+        return load_file(f)
+    t = time.perf_counter()
+    d = make()
+    _atomic(f, lambda tmp: save_file({k: v.contiguous() for k, v in d.items()}, str(tmp), metadata=want))
+    print(f"{f.stem}: {len(d['lengths'])} samples in {time.perf_counter() - t:.1f} s", flush=True)
+    return d
+
+
+def read_rows(path: Path, drop_torn: bool = False) -> list[dict]:
+    """The JSON rows of a results file ([] when there is none). A last line cut short (a run stopped while appending
+    it) is skipped with a warning, and with drop_torn cut off the file, so that the next row gets a line of its own;
+    a bad line before the last is an error naming it."""
+    if not path.is_file():
+        return []
+    lines = path.read_bytes().split(b"\n")
+    last = max((i for i, x in enumerate(lines) if x.strip()), default=-1)
+    rows = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+            if i < last:
+                raise SystemExit(f"{path}, line {i + 1}: not a JSON row ({e}): mend or remove that line") from None
+            print(f"warning: {path}, line {i + 1} (the last) is cut short, as by a run stopped while writing it: "
+                  + ("removed" if drop_torn else "skipped"), file=sys.stderr, flush=True)
+            if drop_torn:
+                with open(path, "rb+") as f:
+                    f.truncate(sum(len(x) + 1 for x in lines[:i]))
+    return rows
+
+
+def append_row(path: Path, row: dict) -> None:
+    """Append one JSON row in one write, flushed to disk: a run stopped midway leaves at most a last line cut short
+    (read_rows skips it). A last row left without its newline gets one first."""
+    with open(path, "ab+") as f:
+        f.seek(0, os.SEEK_END)
+        lead = b""
+        if f.tell():
+            f.seek(-1, os.SEEK_END)
+            lead = b"" if f.read(1) == b"\n" else b"\n"
+        f.write(lead + json.dumps(row).encode() + b"\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def check_rows(results: Path, rows: list[dict], want: dict[str, str]) -> None:
+    """Every row of results must have been made with the settings `want` (else: refused, naming the argument)."""
+    for n, r in enumerate(rows, 1):
+        check_settings(f"{results} (row {n}: {r.get('arm')} seed {r.get('seed', 0)})", r.get("settings"), want)
+
+
 def setup(a):
-    """-> (device, tokenizer, its encode, the frozen teacher: bf16 on a GPU)."""
+    """-> (device, tokenizer, its encode, the frozen teacher: bf16 on a GPU). Sets a.teacher_sha256 and
+    a.vocab_limit (the tokenizer's size: the embedding's rows past it are padding, no token)."""
     device = torch.device(a.device)
+    a.teacher_sha256 = teacher_sha256(a.teacher)  # before any work: a wrong --teacher fails now
     tok = Tokenizer.default()  # the bundled copy of the official tokenizer: teacher and student share it
+    a.vocab_limit = len(tok)
     torch.manual_seed(0)
     teacher = minqwen3.from_pretrained(a.teacher, device=device,
                                        dtype=torch.bfloat16 if device.type == "cuda" else torch.float32)
@@ -301,52 +420,54 @@ def setup(a):
     return device, tok, tok.encode, teacher
 
 
-def main(argv: list[str] | None = None) -> int:
+# the arguments (besides the teacher) that each stored file, and every result row, depends on
+POOL_ARGS = ("pool", "top_k", "max_think", "keep_wrong", "vocab_limit")
+HELDOUT_ARGS = ("n_eval", "top_k", "max_think", "vocab_limit")
+RUN_ARGS = ("layers", "budget_tflops", "batch", "on_batch", "lr", "pool", "top_k", "keep_wrong", "max_think",
+            "max_direct", "n_eval", "samples", "vocab_limit")
+
+
+def parser() -> argparse.ArgumentParser:
     ap = common_args(__doc__, work="out/distill", layers="0,3", samples=4)
     ap.add_argument("--budget-tflops", type=float, default=60.0, help="compute per arm and seed")
-    ap.add_argument("--batch", type=int, default=128, help="samples per step (next-token and off-policy)")
-    ap.add_argument("--on-batch", type=int, default=256, help="rollouts per on-policy step (decoding is latency-bound)")
+    ap.add_argument("--batch", type=positive, default=128, help="samples per step (next-token and off-policy)")
+    ap.add_argument("--on-batch", type=positive, default=256,
+                    help="rollouts per on-policy step (decoding is latency-bound)")
     ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--pool", type=int, default=6144, help="teacher replies generated for off-policy data")
-    ap.add_argument("--top-k", type=int, default=20)
+    ap.add_argument("--pool", type=positive, default=6144, help="teacher replies generated for off-policy data")
+    ap.add_argument("--top-k", type=positive, default=20)
     ap.add_argument("--keep-wrong", action="store_true", help="keep the teacher's wrong replies in the data")
-    ap.add_argument("--log-every", type=int, default=10)
-    a, work, results = parse(ap, argv)
+    ap.add_argument("--log-every", type=positive, default=10)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    a, work, results = parse(parser(), argv)
     if a.report:
         return report(results, a.report)
     t_begin = time.perf_counter()
     device, tok, enc, teacher = setup(a)
-    done = {(r["arm"], r["seed"]) for r in map(json.loads, results.read_text().splitlines())} \
-        if results.is_file() else set()
-
-    def stored(name, make):
-        f = work / f"{name}.safetensors"
-        if f.is_file():
-            return load_file(f)
-        t = time.perf_counter()
-        d = make()
-        save_file({k: v.contiguous() for k, v in d.items()}, str(f) + ".tmp")  # never a half-written file
-        Path(str(f) + ".tmp").rename(f)
-        print(f"{name}: {len(d['lengths'])} samples in {time.perf_counter() - t:.1f} s", flush=True)
-        return d
-    pool = stored("teacher_pool", lambda: build_pool(teacher, tok, enc, a.pool, 1, False, a, a.keep_wrong))
-    heldout = stored("teacher_heldout", lambda: build_pool(teacher, tok, enc, 2 * min(a.n_eval, 256), 2, True, a,
-                                                           keep_wrong=True))
+    run = settings(a, RUN_ARGS)
+    rows = read_rows(results, drop_torn=True)
+    check_rows(results, rows, run)  # all before any work
+    done = {(r["arm"], r["seed"]) for r in rows}
+    pool = stored(work / "teacher_pool.safetensors", settings(a, POOL_ARGS),
+                  lambda: build_pool(teacher, tok, enc, a.pool, 1, False, a, a.keep_wrong))
+    heldout = stored(work / "teacher_heldout.safetensors", settings(a, HELDOUT_ARGS),
+                     lambda: build_pool(teacher, tok, enc, 2 * min(a.n_eval, 256), 2, True, a, keep_wrong=True))
     items = [p for _, p in arithmetic.eval_problems(-(-a.n_eval // 5))][:a.n_eval]
-    dc = DistillConfig(pad_id=a.pad_id)
+    dc = DistillConfig(pad_id=a.pad_id, vocab_limit=a.vocab_limit)
     max_new = {"think": a.max_think, "no_think": a.max_direct}
     print(f"teacher pool: kept {float(pool['kept_think']):.1%} of /think, {float(pool['kept_no_think']):.1%} of "
           f"/no_think replies; {len(pool['lengths'])} samples", flush=True)
 
     def append(row):
-        with open(results, "a") as f:
-            f.write(json.dumps(row) + "\n")
+        append_row(results, row | {"settings": run})
     if ("teacher", 0) not in done:
         t = time.perf_counter()
         ev = evaluate(teacher, tok, enc, items, heldout, teacher, dc, a.samples, max_new, seed=0)
-        import hashlib
-        sha = hashlib.sha256((Path(a.teacher) / "model.safetensors").read_bytes()).hexdigest()[:16]
-        append({"arm": "teacher", "seed": 0, "eval": ev, "eval_seconds": time.perf_counter() - t, "sha256": sha,
+        append({"arm": "teacher", "seed": 0, "eval": ev, "eval_seconds": time.perf_counter() - t,
+                "sha256": a.teacher_sha256[:16],
                 "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "args": {
                     k: v for k, v in vars(a).items() if isinstance(v, (int, float, str, tuple))},
                 "kept": {m: float(pool[f"kept_{m}"]) for m in MODES}})
@@ -441,7 +562,7 @@ def accuracy_cell(rs: list[dict], mode: str) -> str:
 
 
 def report(results: Path, out: str) -> int:
-    rows = [json.loads(x) for x in results.read_text().splitlines()]
+    rows = read_rows(results)
     by = {}
     for r in rows:
         by.setdefault(r["arm"], []).append(r)

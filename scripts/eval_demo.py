@@ -26,6 +26,7 @@ import arithmetic  # noqa: E402
 import minqwen3  # noqa: E402
 from minqwen3.assistant import early_stop_ids  # noqa: E402
 from minqwen3.chat_template import parse_reply  # noqa: E402
+from minqwen3.checkpoint import _atomic  # noqa: E402
 from minqwen3.tokenizer import Tokenizer  # noqa: E402
 
 BUDGETS = (0, 32, 64, 96, 128, 160, 192, 224, 256, 320, 384)
@@ -49,8 +50,10 @@ def _until_stop(row: list[int], stops: set[int]) -> list[int]:
     return row
 
 
-def _generate(model, rows: list[list[int]], n: int, stops: tuple[int, ...], pad_id: int) -> list[list[int]]:
-    """Greedy continuations (up to and including a stop token), in groups small enough for the prefill logits.
+def _generate(model, rows: list[list[int]], n: int, stops: tuple[int, ...], pad_id: int,
+              vocab_limit: int | None = None) -> list[list[int]]:
+    """Greedy continuations (up to and including a stop token), of ids below vocab_limit, in groups small enough for
+    the prefill logits.
 
     The model returns fp32 logits for every prompt position: rows x length x 151,936 x 4 bytes, which for 250
     rows of 200 tokens is 30 GB. Groups keep that under ~2 GB on a CPU (8 GB on a GPU).
@@ -63,7 +66,7 @@ def _generate(model, rows: list[list[int]], n: int, stops: tuple[int, ...], pad_
     for i in range(0, len(rows), group):
         chunk = rows[i:i + group]
         # eager on a GPU too: every group has its own batch size and length, each a new compilation
-        ids = minqwen3.generate(model, chunk, n, stop_ids=stops, pad_id=pad_id, fast=False)
+        ids = minqwen3.generate(model, chunk, n, stop_ids=stops, pad_id=pad_id, fast=False, vocab_limit=vocab_limit)
         T = max(len(r) for r in chunk)
         out += [_until_stop(row, set(stops)) for row in ids[:, T:].tolist()]
     return out
@@ -73,8 +76,10 @@ def _generate(model, rows: list[list[int]], n: int, stops: tuple[int, ...], pad_
 def replies(model, tok: Tokenizer, prompts: list[list[int]], budget: int | None = None) -> list[dict]:
     """Greedy replies to many prompts: {"text", "reasoning", "content", "budget_hit", "think_tokens"} each."""
     end, stops = tok.end_think_id, (tok.im_end_id, tok.endoftext_id)
+    limit = len(tok)  # the embedding's rows past the tokenizer are padding: no token decode could spell
     # phase 1: the thinking, up to </think> or the budget (+1: the <think> token itself)
-    firsts = _generate(model, prompts, MAX_THINK if budget is None else budget + 1, (end, *stops), tok.endoftext_id)
+    firsts = _generate(model, prompts, MAX_THINK if budget is None else budget + 1, (end, *stops), tok.endoftext_id,
+                       limit)
     forced = [[] if g and g[-1] in (end, *stops) else early_stop_ids(tok, p + g)  # the budget ran out: stop it
               for p, g in zip(prompts, firsts)]
     todo = [j for j, g in enumerate(firsts) if not (g and g[-1] in stops)]  # not yet answered
@@ -82,7 +87,7 @@ def replies(model, tok: Tokenizer, prompts: list[list[int]], budget: int | None 
     seconds = [[] for _ in prompts]
     if todo:
         rows = [prompts[j] + firsts[j] + forced[j] for j in todo]
-        for j, g in zip(todo, _generate(model, rows, MAX_ANSWER, stops, tok.endoftext_id)):
+        for j, g in zip(todo, _generate(model, rows, MAX_ANSWER, stops, tok.endoftext_id, limit)):
             seconds[j] = g
     out = []
     for g1, f, g2 in zip(firsts, forced, seconds):
@@ -222,26 +227,56 @@ def plot(results: dict[str, dict], path: str) -> None:
     fig.savefig(path)
 
 
+def write_json(path: str, obj) -> None:
+    """Write obj as JSON to path whole or not at all: a run cut short mid-write leaves the file it had."""
+    _atomic(Path(path), lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=1) + "\n"))
+
+
+def _count(text: str, lo: int = 1) -> int:
+    """An argparse type: an integer >= lo (argparse names the flag in its error)."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if n < lo:
+        raise argparse.ArgumentTypeError(f"{n}: must be >= {lo}")
+    return n
+
+
+def _budgets(text: str) -> tuple[int, ...]:
+    """An argparse type: comma-separated thinking budgets, each an integer >= 0."""
+    try:
+        return tuple(_count(b, 0) for b in text.split(",") if b.strip())
+    except argparse.ArgumentTypeError as e:
+        raise argparse.ArgumentTypeError(f"{text!r}: each budget must be an integer >= 0 ({e})") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     global MAX_THINK
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("models", nargs="+", help="checkpoint folders, e.g. weights/demo-dense weights/demo-moe")
-    p.add_argument("--n", type=int, default=100, help="held-out problems per category and phrasing split "
+    p.add_argument("--n", type=_count, default=100, help="held-out problems per category and phrasing split "
                    f"({len(arithmetic.CATEGORIES)} categories, 2 splits)")
-    p.add_argument("--budgets", default=",".join(map(str, BUDGETS)))
-    p.add_argument("--max-think", type=int, default=MAX_THINK, help="most thinking tokens without a budget")
+    p.add_argument("--budgets", type=_budgets, default=BUDGETS, help="comma-separated thinking budgets")
+    p.add_argument("--max-think", type=_count, default=MAX_THINK, help="most thinking tokens without a budget")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--json", help="write the results here (merged with what the file holds: one entry per model)")
     p.add_argument("--plot", help="write the budget curve here (png)")
     args = p.parse_args(argv)
     MAX_THINK = args.max_think
+    # results merge into an existing --json file, one entry per model, written whole as each model finishes
+    results = {}
+    if args.json and Path(args.json).is_file():
+        try:
+            results = json.loads(Path(args.json).read_text())
+        except ValueError as e:
+            p.error(f"--json {args.json}: not a JSON file ({e}); results merge into it: mend it or name another")
+        if not isinstance(results, dict):
+            p.error(f"--json {args.json}: holds a {type(results).__name__}, not an object of results per model")
 
     torch.manual_seed(0)
     splits = {"training phrasings": arithmetic.eval_problems(args.n, phrasing="train"),
               "held-out phrasings": arithmetic.eval_problems(args.n, phrasing="held_out")}
-    budgets = tuple(int(b) for b in args.budgets.split(",") if b)
-    # results merge into an existing --json file, one entry per model, written as each model finishes
-    results = json.loads(Path(args.json).read_text()) if args.json and Path(args.json).is_file() else {}
     for path in args.models:
         # bf16 on GPU as stored; fp32 on CPU, where bf16 matmuls are slow (the bf16 values convert exactly)
         dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
@@ -253,9 +288,9 @@ def main(argv: list[str] | None = None) -> int:
 
         def save(res: dict) -> None:  # what is done so far, in case the run is cut short
             if args.json:
-                Path(args.json).write_text(json.dumps(results | {name: res}, indent=1) + "\n")
+                write_json(args.json, results | {name: res})
 
-        results[name] = evaluate(model, tok, splits, budgets, save=save)
+        results[name] = evaluate(model, tok, splits, args.budgets, save=save)
         reps = replies(model, tok, [tok.encode_messages([{"role": "user", "content": q}], add_generation_prompt=True)
                                     for q, _ in NO_SPACES])
         results[name]["typed without spaces"] = [[q, r["content"], arithmetic.extract_answer(r["content"]) == a]
@@ -263,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
         results[name]["seconds"] = round(time.perf_counter() - t, 1)
         print(markdown(results[name], name) + "\n")
         if args.json:
-            Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
+            write_json(args.json, results)
     if args.plot:
         plot(results, args.plot)
     return 0

@@ -17,10 +17,12 @@ Stages, each stored in --work, each skipped when its output is there:
 Evaluation per mode (/think, /no_think) on --n-eval held-out problems (scripts/arithmetic.py's eval_problems):
 greedy accuracy, and pass@k (k = 1 .. --samples) from --samples sampled replies per problem, per-mode defaults.
 One row per stage and (arm, seed) in results.jsonl; --deadline stops starting new stages after that many seconds.
+The stored files and rows record the arguments they were made with and the teacher's SHA-256: a re-run with other
+values is refused, naming the argument.
 """
 from __future__ import annotations
 
-import hashlib
+import argparse
 import json
 import math
 import sys
@@ -29,6 +31,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -36,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import arithmetic  # noqa: E402
 import distill_experiment as de  # noqa: E402
 
+from minqwen3.checkpoint import _atomic  # noqa: E402
 from minqwen3.distill import DistillConfig, onpolicy_step, sample_replies  # noqa: E402
 from minqwen3.rl import GRPOConfig, check_reply, grpo_step  # noqa: E402
 from minqwen3.tokenizer import ENDOFTEXT  # noqa: E402
@@ -55,13 +59,16 @@ def reward_of(tok, p: arithmetic.Problem, reply: list[int], thinking: bool) -> f
 @torch.no_grad()
 def evaluate(model, tok, enc, items, n_samples: int, max_new: dict, seed: int, greedy_only: bool = False) -> dict:
     """Per mode: greedy accuracy (the reply's answer, de.grade) and well-formed accuracy (the reward); pass@k from
-    n_samples sampled replies per problem (the unbiased estimator, k = 1, 2, 4, ... n_samples)."""
+    n_samples sampled replies per problem (the unbiased estimator, k = 1, 2, 4, ... n_samples). Samples only ids
+    below len(tok): the embedding's rows past it are padding."""
+    if not greedy_only and (isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1):
+        raise ValueError(f"n_samples must be an int >= 1 (sampled replies per problem for pass@k), got {n_samples!r}")
     model.eval()
     out = {}
     for mode in MODES:
         think = mode == "think"
         ps = [de.prompt(enc, p, mode) for p in items]
-        dc = DistillConfig(max_new_tokens=max_new[mode], rollout_batch=1 << 14)
+        dc = DistillConfig(max_new_tokens=max_new[mode], rollout_batch=1 << 14, vocab_limit=len(tok))
         greedy = de.greedy_replies(model, ps, max_new[mode], dc)
         acc = [de.grade(tok, p, r) for p, r in zip(items, greedy)]
         res = {"accuracy": sum(acc) / len(acc), "correct": sum(acc), "n": len(acc),
@@ -84,7 +91,8 @@ def run_arm(arm: str, seed: int, start: dict, teacher, tok, enc, items, a, devic
     student.load_state_dict({"lm_head.weight": start["model.embed_tokens.weight"], **start})  # tied head
     tc = TrainConfig(steps=1000, lr=a.arm_lr, min_lr=a.arm_lr / 10, warmup=20, balance="none")  # step = 1000 · progress
     opt = make_optimizer(student, tc)
-    sample = DistillConfig(kind="reverse", max_new_tokens=a.max_think, pad_id=ENDOFTEXT, rollout_batch=1 << 14)
+    sample = DistillConfig(kind="reverse", max_new_tokens=a.max_think, pad_id=ENDOFTEXT, rollout_batch=1 << 14,
+                           vocab_limit=a.vocab_limit)
     gc = GRPOConfig(group=a.group, clip=a.clip, kl_coef=0.0, sample=sample)
     meter, budget = de.Meter(), a.arm_tflops * 1e12
     curve_at = [budget * (i + 1) / (a.curve + 1) for i in range(a.curve)]
@@ -126,31 +134,53 @@ def run_arm(arm: str, seed: int, start: dict, teacher, tok, enc, items, a, devic
                      "device_seconds": meter.seconds, "wall_seconds": time.perf_counter() - t_start, "log": log}
 
 
-def main(argv: list[str] | None = None) -> int:
+# the arguments (besides the teacher) that the stored start, and every result row, depends on
+START_ARGS = (*de.POOL_ARGS, "layers", "lr", "off_tflops", "batch")
+RUN_ARGS = (*START_ARGS, "arm_tflops", "prompts", "group", "clip", "arm_lr", "curve", "n_eval", "samples",
+            "max_direct")
+
+
+def parser() -> argparse.ArgumentParser:
     ap = de.common_args(__doc__, work="out/rl", layers="0,1,2", samples=64)
-    ap.add_argument("--pool", type=int, default=4096, help="teacher replies generated for off-policy data")
+    ap.add_argument("--pool", type=de.positive, default=4096, help="teacher replies generated for off-policy data")
     ap.add_argument("--off-tflops", type=float, default=30.0, help="the off-policy stage that makes the start")
     ap.add_argument("--arm-tflops", type=float, default=60.0, help="compute per arm and seed after the start")
-    ap.add_argument("--batch", type=int, default=128, help="samples per off-policy step")
-    ap.add_argument("--prompts", type=int, default=32, help="GRPO prompts per step")
+    ap.add_argument("--batch", type=de.positive, default=128, help="samples per off-policy step")
+    ap.add_argument("--prompts", type=de.positive, default=32, help="GRPO prompts per step")
     ap.add_argument("--group", type=int, default=8, help="GRPO replies per prompt")
     ap.add_argument("--clip", type=float, default=0.2)
     ap.add_argument("--lr", type=float, default=1e-3, help="off-policy stage")
     ap.add_argument("--arm-lr", type=float, default=3e-4, help="both arms")
     ap.add_argument("--curve", type=int, default=2, help="greedy evaluations along each arm (plus its end)")
+    ap.set_defaults(top_k=20, keep_wrong=False)  # the pool's, as the distillation experiment's: no flags here
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = parser()
     a, work, results = de.parse(ap, argv)
     if a.report:
         return report(results, a.report)
+    try:  # now, not after the start is made
+        GRPOConfig(group=a.group, clip=a.clip)
+    except (TypeError, ValueError) as e:
+        ap.error(f"--group / --clip: {e}")
     t_begin = time.perf_counter()
     device, tok, enc, teacher = de.setup(a)
-    rows = [json.loads(x) for x in results.read_text().splitlines()] if results.is_file() else []
+    run = de.settings(a, RUN_ARGS)
+    rows = de.read_rows(results, drop_torn=True)
+    de.check_rows(results, rows, run)  # all before any work
     done = {(r["arm"], r.get("seed", 0)) for r in rows if "eval" in r}
     items = [p for _, p in arithmetic.eval_problems(-(-a.n_eval // 5))][:a.n_eval]
     max_new = {"think": a.max_think, "no_think": a.max_direct}
+    pool_settings, start_settings = de.settings(a, de.POOL_ARGS), de.settings(a, START_ARGS)
+    start_file = work / "start.safetensors"
+    if start_file.is_file():  # before any work: a start made with other arguments is refused now
+        with safe_open(start_file, "pt") as f:
+            de.check_settings(str(start_file), f.metadata(), start_settings)
 
     def append(row):
-        with open(results, "a") as f:
-            f.write(json.dumps(row) + "\n")
+        de.append_row(results, row | {"settings": run})
 
     def late(what):
         if a.deadline is not None and time.perf_counter() - t_begin > a.deadline:
@@ -161,32 +191,22 @@ def main(argv: list[str] | None = None) -> int:
     if ("teacher", 0) not in done:  # greedy only: its sampled accuracy is docs/distill_experiment.md's
         t = time.perf_counter()
         ev = evaluate(teacher, tok, enc, items, 1, max_new, 0, greedy_only=True)
-        sha = hashlib.sha256((Path(a.teacher) / "model.safetensors").read_bytes()).hexdigest()
+        sha = a.teacher_sha256  # taken by de.setup, before any work
         append({"arm": "teacher", "seed": 0, "eval": ev, "eval_seconds": time.perf_counter() - t, "sha256": sha,
                 "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
                 "args": {k: v for k, v in vars(a).items() if isinstance(v, (int, float, str, tuple))}})
         print(f"teacher {sha[:16]}: {json.dumps(ev)}", flush=True)
-    start_file = work / "start.safetensors"
     if not start_file.is_file() and ("start", 0) in done:
         raise SystemExit(f"{results} has results from a start checkpoint that {start_file} no longer holds: restore "
                          "it, or use a fresh --work / --results (a regenerated start would mix two starts)")
     if not start_file.is_file():
-        pool_file = work / "teacher_pool.safetensors"
-        if pool_file.is_file():
-            pool = load_file(pool_file)
-        else:
-            t = time.perf_counter()
-            pool = de.build_pool(teacher, tok, enc, a.pool, 1, False, SimpleNamespace(
-                top_k=20, max_think=a.max_think, pad_id=a.pad_id), keep_wrong=False)
-            save_file({k: v.contiguous() for k, v in pool.items()}, str(pool_file) + ".tmp")
-            Path(str(pool_file) + ".tmp").rename(pool_file)
-            print(f"teacher pool: {len(pool['lengths'])} kept in {time.perf_counter() - t:.1f} s", flush=True)
+        pool = de.stored(work / "teacher_pool.safetensors", pool_settings,
+                         lambda: de.build_pool(teacher, tok, enc, a.pool, 1, False, a, keep_wrong=False))
         off = SimpleNamespace(layers=a.layers, lr=a.lr, budget_tflops=a.off_tflops, batch=a.batch, on_batch=0,
-                              pad_id=a.pad_id, max_think=a.max_think, log_every=20)
+                              pad_id=a.pad_id, max_think=a.max_think, log_every=20, vocab_limit=a.vocab_limit)
         student, row = de.run_arm("off", 0, teacher, pool, enc, off, device)
-        save_file({k: v.detach().contiguous() for k, v in student.state_dict().items()  # the head is tied
-                   if k != "lm_head.weight"}, str(start_file) + ".tmp")
-        Path(str(start_file) + ".tmp").rename(start_file)
+        sd = {k: v.detach().contiguous() for k, v in student.state_dict().items() if k != "lm_head.weight"}  # tied
+        _atomic(start_file, lambda tmp: save_file(sd, str(tmp), metadata=start_settings))
         row["arm"] = "start"
         t = time.perf_counter()
         row["eval"] = evaluate(student, tok, enc, items, a.samples, max_new, seed=1)
@@ -239,7 +259,7 @@ def finished_curves(rows: list[dict]) -> list[dict]:
 
 
 def report(results: Path, out: str) -> int:
-    rows = [json.loads(x) for x in results.read_text().splitlines()]
+    rows = de.read_rows(results)
     ends = [r for r in rows if "eval" in r]
     curves = finished_curves(rows)
     by = {}

@@ -390,3 +390,51 @@ def test_batched_budget_matches_chat():
         for p, r in zip(problems, reps):
             want = chat(model, tok, p.question, thinking_budget=budget, temperature=0.0, max_new_tokens=400)
             assert (r["reasoning"], r["content"], r["budget_hit"]) == (want.reasoning, want.content, want.budget_hit)
+
+
+# ---------------------------------------------------------------- eval_demo's input checks and writes
+def test_eval_replies_never_pick_the_embedding_padding():
+    """The official embedding has rows past the tokenizer (151669..151935), padding that decode refuses: a model
+    whose padding rows win (a random or drifting one may) still gets replies, of real tokens only."""
+    import eval_demo
+    tok = minqwen3.tokenizer.Tokenizer.default()
+    torch.manual_seed(0)
+    model = minqwen3.Qwen3(minqwen3.Qwen3Config(vocab_size=151936, hidden_size=16, intermediate_size=32,
+                                                num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+                                                head_dim=8, max_position_embeddings=256))
+    with torch.no_grad():
+        model.lm_head.weight[len(tok):] *= 1000
+        assert int(model(torch.tensor([[1, 2, 3]]))[0, -1].argmax()) >= len(tok)  # the padding wins
+    problems = [p for _, p in A.eval_problems(1)[:2]]
+    reps = eval_demo.replies(model, tok, eval_demo.prompt_ids(tok, problems, "thinking"), budget=3)
+    assert len(reps) == 2 and all(r["text"] for r in reps)
+
+
+def test_eval_flags_are_checked_by_argparse(tmp_path, capsys):
+    import eval_demo
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"demo-dense": {"n"')
+    for flags, word in ((["--n", "0"], "--n"), (["--budgets", "32,x"], "--budgets"), (["--budgets", "-1"], "--budgets"),
+                        (["--max-think", "0"], "--max-think"), (["--json", str(bad)], f"--json {bad}: not a JSON")):
+        with pytest.raises(SystemExit) as e:
+            eval_demo.main([str(tmp_path / "no-model"), *flags])
+        assert e.value.code == 2 and word in capsys.readouterr().err, flags
+    assert eval_demo._budgets("0, 32,64") == (0, 32, 64)
+
+
+def test_eval_json_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
+    """--json is rewritten a dozen times a run: stopped mid-write, the file keeps what it had."""
+    import eval_demo
+    f = tmp_path / "eval.json"
+    eval_demo.write_json(str(f), {"a": 1})
+    assert json.loads(f.read_text()) == {"a": 1}
+    real = Path.write_text
+
+    def torn(self, text, *args, **kw):  # half the text, then the run stops
+        real(self, text[:len(text) // 2], *args, **kw)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(Path, "write_text", torn)
+    with pytest.raises(KeyboardInterrupt):
+        eval_demo.write_json(str(f), {"a": 2, "b": list(range(100))})
+    monkeypatch.undo()
+    assert json.loads(f.read_text()) == {"a": 1} and [p.name for p in tmp_path.iterdir()] == ["eval.json"]

@@ -1,5 +1,6 @@
 """Distillation: the divergences against a direct float64 computation and torch's kl_div; top-k with its tail class;
 the stored and chunked forms against the plain one; the off-policy and on-policy loops on tiny random models."""
+import re
 from dataclasses import replace
 
 import pytest
@@ -274,6 +275,40 @@ def test_sample_replies_end_at_stop_and_follow_the_modes():
         sample_replies(m, ps, [True], dc)
 
 
+def padding_wins(m, limit):
+    """Like the official embedding's rows past the tokenizer (padding, no token), but winning every step, as they
+    may in a random or drifting model: the LM head's rows from `limit` on scaled up."""
+    with torch.no_grad():
+        m.lm_head.weight[limit:] *= 100
+    return m
+
+
+def test_sample_replies_stay_below_vocab_limit():
+    m, ps = padding_wins(tiny(0), 48), prompts(6)
+    wild = sample_replies(m, ps, [True, False] * 3, DistillConfig(**DC), seed=1)
+    assert sum(t >= 48 for r in wild for t in r) > len(ps)  # without the limit the padding rows win
+    r = sample_replies(m, ps, [True, False] * 3, DistillConfig(**DC, vocab_limit=48), seed=1)
+    assert all(len(x) >= 1 for x in r) and max(t for x in r for t in x) < 48
+
+
+@pytest.mark.parametrize("kw, value", [(dict(rollout_batch=0), "0"), (dict(kind="kl"), "'kl'"),
+                                       (dict(temperature=-1.0), "-1.0"), (dict(beta=2.0), "2.0"),
+                                       (dict(top_k=0), "0"), (dict(max_new_tokens=0), "0"), (dict(chunk=0), "0"),
+                                       (dict(ce_coef=-0.5), "-0.5"), (dict(vocab_limit=0), "0"),
+                                       (dict(pad_id=-1), "-1"), (dict(stop_ids=1), "1")])
+def test_config_errors_name_the_field_and_value(kw, value):
+    (field, _), = kw.items()
+    with pytest.raises((ValueError, TypeError), match=rf"{field}.*{re.escape(value)}"):
+        DistillConfig(**kw)
+
+
+def test_teacher_data_checks_a_temperature_changed_after_creation():
+    dc = DistillConfig(**{**DC, "top_k": 4})
+    dc.temperature = -1.0  # a dataclass field may be set after __post_init__
+    with pytest.raises(ValueError, match="temperature.*-1.0"):
+        teacher_data(tiny(1), prompts(2), [True, False], dc, seed=0)
+
+
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
 def test_teacher_data_stores_the_teachers_top_k(temperature):
     teacher, ps = tiny(1, sharp=30.0), prompts(5)
@@ -396,3 +431,100 @@ def test_t_quantile_of_the_experiment_intervals():
     table = {1: 12.706, 2: 4.303, 4: 2.776, 5: 2.571, 6: 2.447, 9: 2.262, 14: 2.145, 29: 2.045, 60: 2.000}
     for df, t in table.items():
         assert X.t975(df) == pytest.approx(t, abs=1e-3), df
+
+
+def _experiment():
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    import distill_experiment as X
+    return X
+
+
+DEMO = __import__("pathlib").Path(__file__).resolve().parents[1] / "weights" / "demo-dense"
+
+
+def test_experiment_greedy_replies_stay_below_vocab_limit():
+    X = _experiment()
+    m, ps = padding_wins(tiny(0), 48), prompts(4)
+    assert max(t for r in X.greedy_replies(m, ps, 4, DistillConfig(**DC)) for t in r) >= 48  # the rows do win
+    r = X.greedy_replies(m, ps, 4, DistillConfig(**DC, vocab_limit=48))
+    assert all(r) and max(t for x in r for t in x) < 48
+
+
+def test_experiment_results_skip_a_torn_last_line(tmp_path, capsys):
+    """A run stopped while appending leaves its last line cut short: skipped with a warning naming the file (cut
+    off on resume, so the next row gets a line of its own); a bad line before the last is an error naming it."""
+    X = _experiment()
+    f = tmp_path / "results.jsonl"
+    f.write_text('{"arm": "ce", "seed": 0}\n{"arm": "off", "se')
+    assert X.read_rows(f) == [{"arm": "ce", "seed": 0}]
+    assert f"{f}, line 2 (the last) is cut short" in capsys.readouterr().err
+    assert f.read_text().endswith('"se')  # the report only reads
+    assert X.read_rows(f, drop_torn=True) == [{"arm": "ce", "seed": 0}]
+    assert f.read_text() == '{"arm": "ce", "seed": 0}\n'
+    X.append_row(f, {"arm": "off", "seed": 0})
+    assert X.read_rows(f) == [{"arm": "ce", "seed": 0}, {"arm": "off", "seed": 0}]
+    f.write_text('{"arm": "ce", "seed": 0}')  # a whole row whose newline was lost: the next row still gets a line
+    X.append_row(f, {"arm": "off", "seed": 1})
+    assert f.read_text() == '{"arm": "ce", "seed": 0}\n{"arm": "off", "seed": 1}\n'
+    f.write_text('{"arm": "ce", "seed": 0}\n{"arm": "of\n{"arm": "off", "seed": 1}\n')
+    with pytest.raises(SystemExit, match=rf"{re.escape(str(f))}, line 2: not a JSON row"):
+        X.read_rows(f)
+
+
+def test_experiment_refuses_stored_data_made_with_other_arguments(tmp_path):
+    from types import SimpleNamespace
+    X = _experiment()
+    a = SimpleNamespace(teacher_sha256="ab" * 32, pool=64, top_k=10, max_think=16, keep_wrong=False,
+                        vocab_limit=151669, layers=(0, 3))
+    data = {"lengths": torch.tensor([3, 4])}
+    f = tmp_path / "teacher_pool.safetensors"
+    got = X.stored(f, X.settings(a, X.POOL_ARGS), lambda: data)
+    assert torch.equal(got["lengths"], data["lengths"]) and [p.name for p in tmp_path.iterdir()] == [f.name]
+    assert torch.equal(X.stored(f, X.settings(a, X.POOL_ARGS), lambda: pytest.fail("made again"))["lengths"],
+                       data["lengths"])  # the same arguments: reused
+    a.top_k = 20
+    with pytest.raises(SystemExit, match=rf"{re.escape(str(f))} was made with --top-k 10; this run has 20"):
+        X.stored(f, X.settings(a, X.POOL_ARGS), lambda: pytest.fail("made again"))
+    a.top_k, a.teacher_sha256 = 10, "cd" * 32
+    with pytest.raises(SystemExit, match=f"the teacher's sha256 {'ab' * 32}; this run has {'cd' * 32}"):
+        X.stored(f, X.settings(a, X.POOL_ARGS), lambda: pytest.fail("made again"))
+    assert X.settings(a, ("layers",))["layers"] == "0,3"
+    from safetensors.torch import save_file
+    save_file(data, str(f))  # stored before the arguments were: it may be either
+    with pytest.raises(SystemExit, match=r"sha256 \(not recorded\)"):
+        X.stored(f, X.settings(a, X.POOL_ARGS), lambda: pytest.fail("made again"))
+
+
+@pytest.mark.skipif(not (DEMO / "model.safetensors").is_file(), reason="no demo checkpoint")
+def test_experiment_resume_refuses_rows_of_other_arguments_before_any_work(tmp_path, monkeypatch):
+    """The results of a run with --samples 8 are not resumed by one with --samples 4 (the `done` check would skip
+    their arms); and the teacher is hashed before anything runs, so a wrong --teacher fails first."""
+    import hashlib
+    X = _experiment()
+    monkeypatch.setattr(X, "build_pool", lambda *a, **k: pytest.fail("work before the check"))
+    monkeypatch.setattr(X, "evaluate", lambda *a, **k: pytest.fail("work before the check"))
+    argv = ["--work", str(tmp_path), "--teacher", str(DEMO), "--device", "cpu"]
+    a, _, results = X.parse(X.parser(), argv + ["--samples", "8"])
+    a.teacher_sha256 = hashlib.sha256((DEMO / "model.safetensors").read_bytes()).hexdigest()
+    a.vocab_limit = 151669
+    X.append_row(results, {"arm": "ce", "seed": 0, "settings": X.settings(a, X.RUN_ARGS)})
+    with pytest.raises(SystemExit, match=r"row 1: ce seed 0\) was made with --samples 8; this run has 4"):
+        X.main(argv + ["--samples", "4"])
+    with pytest.raises(SystemExit, match=f"--teacher {re.escape(str(tmp_path))}: no \\*.safetensors weights"):
+        X.main(["--work", str(tmp_path), "--teacher", str(tmp_path), "--device", "cpu"])
+
+
+@pytest.mark.skipif(not (DEMO / "model.safetensors").is_file(), reason="no demo checkpoint")
+def test_experiment_pool_with_no_reply_kept_says_so():
+    """Two tokens are too few for the teacher to answer anything: no reply is kept, and the error says which
+    setting to change (it was a ZeroDivisionError)."""
+    from types import SimpleNamespace
+    from minqwen3.tokenizer import ENDOFTEXT, Tokenizer
+    X = _experiment()
+    tok = Tokenizer.default()
+    teacher = minqwen3.from_pretrained(DEMO, dtype=torch.float32)
+    a = SimpleNamespace(top_k=4, max_think=2, pad_id=ENDOFTEXT, vocab_limit=len(tok))
+    with pytest.raises(SystemExit, match=r"no teacher reply was kept \(0 of 4\).*--max-think.*--keep-wrong"):
+        X.build_pool(teacher, tok, tok.encode, 4, 1, False, a, keep_wrong=False)

@@ -271,6 +271,27 @@ def test_grpo_steps_kl_term_against_a_hand_computation():
     assert float(want) > 1e-3  # the two models differ: the term is not 0 by accident
 
 
+def test_grpo_samples_stay_below_vocab_limit():
+    """GRPO samples through its DistillConfig: its vocab_limit keeps the padding rows (here made to win) out."""
+    model = tiny(1)
+    with torch.no_grad():
+        model.lm_head.weight[48:] *= 100
+    seen = []
+    gc = GRPOConfig(group=2, sample=DistillConfig(stop_ids=(1,), pad_id=0, max_new_tokens=3, vocab_limit=48))
+    grpo_step(model, make_optimizer(model, TrainConfig(lr=1e-3, warmup=0, steps=1)), prompts(4), [True, False] * 2,
+              lambda i, r: seen.append(r) or 0.0, gc, TrainConfig(lr=1e-3, warmup=0, steps=1), seed=0)
+    assert len(seen) == 8 and all(r for r in seen) and max(t for r in seen for t in r) < 48
+
+
+@pytest.mark.parametrize("kw, value", [(dict(group=1), "1"), (dict(clip=0.0), "0.0"), (dict(clip=-0.2), "-0.2"),
+                                       (dict(kl_coef=-1.0), "-1.0"), (dict(sample="x"), "str")])
+def test_config_errors_name_the_field_and_value(kw, value):
+    """Made, not after the rollouts: a group of 1 has no baseline, a clip <= 0 no trust region."""
+    (field, _), = kw.items()
+    with pytest.raises((ValueError, TypeError), match=rf"{field}.*{value}"):
+        GRPOConfig(**kw)
+
+
 def test_grpo_step_needs_a_reference_for_kl():
     model = tiny(2)
     gc = GRPOConfig(group=2, kl_coef=0.1, sample=DistillConfig(stop_ids=(1,), pad_id=0, max_new_tokens=2))
@@ -288,3 +309,41 @@ def test_a_group_with_one_reward_changes_nothing():
     grpo_step(model, make_optimizer(model, tc), prompts(3), [True] * 3, lambda i, r: 1.0, gc, tc, seed=0)
     for k, v in model.state_dict().items():
         torch.testing.assert_close(v, before[k], rtol=0, atol=0)
+
+
+# ---------------------------------------------------------------- the experiment's checks
+DEMO = __import__("pathlib").Path(__file__).resolve().parents[1] / "weights" / "demo-dense"
+
+
+def _experiment():
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    import rl_experiment as X
+    return X
+
+
+def test_experiment_refuses_a_sample_count_of_zero(tmp_path, capsys):
+    X = _experiment()
+    with pytest.raises(ValueError, match="n_samples.*0"):  # it took log2(0)
+        X.evaluate(tiny(0), None, None, [], 0, {"think": 2, "no_think": 2}, 0)
+    for flags, word in ((["--samples", "0"], "--samples"), (["--group", "1"], "--group"), (["--clip", "0"], "--clip")):
+        with pytest.raises(SystemExit) as e:
+            X.main(["--work", str(tmp_path), *flags])
+        assert e.value.code == 2 and word in capsys.readouterr().err, flags
+
+
+@pytest.mark.skipif(not (DEMO / "model.safetensors").is_file(), reason="no demo checkpoint")
+def test_experiment_resume_refuses_a_start_of_other_arguments_before_any_work(tmp_path, monkeypatch):
+    """A stored start made with another --lr is refused before the teacher is evaluated (it was reused silently)."""
+    import hashlib
+    from safetensors.torch import save_file
+    X = _experiment()
+    monkeypatch.setattr(X, "evaluate", lambda *a, **k: pytest.fail("work before the check"))
+    argv = ["--work", str(tmp_path), "--teacher", str(DEMO), "--device", "cpu"]
+    a, work, _ = X.de.parse(X.parser(), argv + ["--lr", "0.01"])
+    a.teacher_sha256 = hashlib.sha256((DEMO / "model.safetensors").read_bytes()).hexdigest()
+    a.vocab_limit = 151669
+    save_file({"x": torch.zeros(1)}, str(work / "start.safetensors"), metadata=X.de.settings(a, X.START_ARGS))
+    with pytest.raises(SystemExit, match=r"start.safetensors was made with --lr 0.01; this run has 0.001"):
+        X.main(argv + ["--lr", "0.001"])

@@ -95,3 +95,16 @@ def test_a_greedy_split_at_a_near_tie_is_told_from_a_real_one(tmp_path):
     assert _near_tie(ours, theirs, prefix, a, [7, second], 1, tol) == pytest.approx(gap, abs=1e-4)
     assert _near_tie(ours, theirs, prefix, a, [7, worst], 1, tol) is None
     assert _near_tie(ours, theirs, prefix, a, [7], 1, tol) is None  # one side stopped
+
+
+@pytest.mark.parametrize("kw, msg", [
+    (dict(dtype="fp32"), "dtype must be one of float32, bfloat16, float16, got 'fp32'"),
+    (dict(dtype="int8"), "dtype.*got 'int8'"), (dict(new_tokens=0), "new_tokens.*got 0"),
+    (dict(new_tokens=2.5), "new_tokens.*got 2.5")])
+def test_verify_arguments_checked_before_loading(tmp_path, monkeypatch, kw, msg):
+    """The public function, not only the CLI: a bad dtype or token count fails at once, naming it (it was an
+    AttributeError, or an error inside transformers once both models had loaded)."""
+    import minqwen3.verify as verify
+    monkeypatch.setattr(verify, "from_pretrained", lambda *a, **k: pytest.fail("loaded before checking"))
+    with pytest.raises(ValueError, match=msg):
+        verify.verify(tmp_path, **kw)
