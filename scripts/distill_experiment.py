@@ -40,7 +40,7 @@ import arithmetic  # noqa: E402
 
 import minqwen3  # noqa: E402
 from minqwen3.chat_template import apply_chat_template, parse_reply  # noqa: E402
-from minqwen3.checkpoint import _atomic  # noqa: E402
+from minqwen3.checkpoint import atomic_write  # noqa: E402
 from minqwen3.config import count_params  # noqa: E402
 from minqwen3.distill import (DistillConfig, data_batch, divergence_chunked,  # noqa: E402
                               offpolicy_step, onpolicy_step, sample_replies, teacher_data)
@@ -355,7 +355,7 @@ def stored(f: Path, want: dict[str, str], make) -> dict[str, torch.Tensor]:
         return load_file(f)
     t = time.perf_counter()
     d = make()
-    _atomic(f, lambda tmp: save_file({k: v.contiguous() for k, v in d.items()}, str(tmp), metadata=want))
+    atomic_write(f, lambda tmp: save_file({k: v.contiguous() for k, v in d.items()}, str(tmp), metadata=want))
     print(f"{f.stem}: {len(d['lengths'])} samples in {time.perf_counter() - t:.1f} s", flush=True)
     return d
 

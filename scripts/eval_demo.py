@@ -26,7 +26,7 @@ import arithmetic  # noqa: E402
 import minqwen3  # noqa: E402
 from minqwen3.assistant import early_stop_ids  # noqa: E402
 from minqwen3.chat_template import parse_reply  # noqa: E402
-from minqwen3.checkpoint import _atomic  # noqa: E402
+from minqwen3.checkpoint import atomic_write  # noqa: E402
 from minqwen3.tokenizer import Tokenizer  # noqa: E402
 
 BUDGETS = (0, 32, 64, 96, 128, 160, 192, 224, 256, 320, 384)
@@ -229,7 +229,7 @@ def plot(results: dict[str, dict], path: str) -> None:
 
 def write_json(path: str, obj) -> None:
     """Write obj as JSON to path whole or not at all: a run cut short mid-write leaves the file it had."""
-    _atomic(Path(path), lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=1) + "\n"))
+    atomic_write(Path(path), lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=1) + "\n"))
 
 
 def _count(text: str, lo: int = 1) -> int:

@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import arithmetic  # noqa: E402
 import distill_experiment as de  # noqa: E402
 
-from minqwen3.checkpoint import _atomic  # noqa: E402
+from minqwen3.checkpoint import atomic_write  # noqa: E402
 from minqwen3.distill import DistillConfig, onpolicy_step, sample_replies  # noqa: E402
 from minqwen3.rl import GRPOConfig, check_reply, grpo_step  # noqa: E402
 from minqwen3.tokenizer import ENDOFTEXT  # noqa: E402
@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
                               pad_id=a.pad_id, max_think=a.max_think, log_every=20, vocab_limit=a.vocab_limit)
         student, row = de.run_arm("off", 0, teacher, pool, enc, off, device)
         sd = {k: v.detach().contiguous() for k, v in student.state_dict().items() if k != "lm_head.weight"}  # tied
-        _atomic(start_file, lambda tmp: save_file(sd, str(tmp), metadata=start_settings))
+        atomic_write(start_file, lambda tmp: save_file(sd, str(tmp), metadata=start_settings))
         row["arm"] = "start"
         t = time.perf_counter()
         row["eval"] = evaluate(student, tok, enc, items, a.samples, max_new, seed=1)
