@@ -1,6 +1,7 @@
 """Check minqwen3 against transformers on a real checkpoint: same logits, same greedy tokens."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import torch
@@ -46,7 +47,7 @@ def verify(path: str | Path, device: str = "cpu", dtype: str = "float32", new_to
     try:
         import transformers
     except ImportError:
-        print("error: verify compares against transformers: pip install transformers")
+        print("error: verify compares against transformers: pip install transformers", file=sys.stderr)
         return 1
     path, dt = Path(path), DTYPES[dtype]
     ours = from_pretrained(path, device=device, dtype=dt)

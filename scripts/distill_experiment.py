@@ -2,7 +2,7 @@
 4-layer demo teacher's distributions than from the task's own data?
 
     python scripts/distill_experiment.py --work out/distill            # all stages; re-run to resume
-    python scripts/distill_experiment.py --work out/distill --report docs/distill   # table + plot from the results
+    python scripts/distill_experiment.py --work out/distill --report out/distill/report   # table + plot (.md, .png)
 
 Arms, each from the same student initialisation (per seed), each given the same FLOPs (teacher passes included):
   (a) ce:        next-token training on the task's own samples (scripts/arithmetic.py, ground-truth traces);

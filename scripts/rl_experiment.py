@@ -2,7 +2,7 @@
 student checkpoint made by off-policy distillation, continue with (a) on-policy distillation or (b) GRPO.
 
     python scripts/rl_experiment.py --work out/rl                 # all stages; re-run to resume
-    python scripts/rl_experiment.py --work out/rl --report docs/rl_experiment   # table + plot from the results
+    python scripts/rl_experiment.py --work out/rl --report out/rl/report   # table + plot (.md, .png)
 
 Stages, each stored in --work, each skipped when its output is there:
   1. the teacher's (weights/demo-dense) replies to training problems, top-20 log-probs stored, wrong ones dropped
