@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
 import re
 import signal
@@ -267,6 +268,21 @@ def _stats(reply, budget, max_new_tokens: int) -> str:
         parts.append("cut off at --max-new-tokens" if len(reply.ids) >= max_new_tokens
                      else "cut off: the model's context is full")
     return f"[{', '.join(parts)}; {reply.tokens_per_second:.1f} tokens/s, {reply.seconds:.1f}s]"
+
+
+def number(kind: type, low: float, strict: bool = True):
+    """An argparse type for the scripts' flags: a finite `kind` (int or float) above `low`, or at least `low` with
+    strict=False; argparse's error then names the flag and the value, before any work."""
+    def parse(text: str):
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {'an integer' if kind is int else 'a number'}, "
+                                             f"got {text!r}") from None
+        if not math.isfinite(v) or v < low or (strict and v == low):
+            raise argparse.ArgumentTypeError(f"must be {'>' if strict else '>='} {low}, got {text}")
+        return v
+    return parse
 
 
 def check_args(args) -> None:

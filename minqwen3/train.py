@@ -343,7 +343,9 @@ def train(model: Qwen3, batches: Iterable[list], tc: TrainConfig, start_step: in
     """Train from start_step to tc.steps; `batches` yields one list of micro-batches per step, from start_step on.
 
     Logs every tc.log_every steps (to tc.out/log.jsonl and the progress bar) and returns the logged rows;
-    saves a checkpoint every tc.save_every steps and at the end when tc.out is set.
+    saves a checkpoint every tc.save_every steps and at the end when tc.out is set. Under torch.distributed (data
+    parallel) every rank trains and rank 0 alone writes the log and the checkpoints: the ranks hold the same
+    weights, and two writers of one folder would remove each other's files.
     time_budget (seconds): after 60 steps, lower tc.steps to what fits in the budget at the speed of steps 30..60
     (late enough that start-up costs, and other jobs starting beside this one, are over). The choice is logged;
     since it is made during warm-up (tc.warmup >= 60), `steps=N` repeats the same schedule.
@@ -353,7 +355,8 @@ def train(model: Qwen3, batches: Iterable[list], tc: TrainConfig, start_step: in
     model.train()
     opt = opt or make_optimizer(model, tc)
     balance = Balance(tc.balance)
-    out = Path(tc.out) if tc.out else None
+    distributed = dist.is_available() and dist.is_initialized()
+    out = Path(tc.out) if tc.out and (not distributed or dist.get_rank() == 0) else None
     if out:
         out.mkdir(parents=True, exist_ok=True)
     log_file = open(out / "log.jsonl", "a") if out else None
@@ -386,6 +389,10 @@ def train(model: Qwen3, batches: Iterable[list], tc: TrainConfig, start_step: in
                 else:
                     per_step = (time.perf_counter() - t30) / 30
                     fit = step + int((time_budget - (time.perf_counter() - t0)) / per_step)
+                    if distributed:  # rank 0's choice for all: ranks that stopped apart would wait for each other
+                        fit_t = torch.tensor([fit], device=device if dist.get_backend() == "nccl" else "cpu")
+                        dist.broadcast(fit_t, 0)
+                        fit = int(fit_t.item())
                     if fit < tc.steps:
                         tc.steps = max(fit, step + 1)
                         bar.total = tc.steps

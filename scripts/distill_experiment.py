@@ -31,7 +31,6 @@ import time
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -40,7 +39,8 @@ import arithmetic  # noqa: E402
 
 import minqwen3  # noqa: E402
 from minqwen3.chat_template import apply_chat_template, parse_reply  # noqa: E402
-from minqwen3.checkpoint import atomic_write  # noqa: E402
+from minqwen3.checkpoint import CheckpointError, atomic_write, checkpoint_files, read_metadata  # noqa: E402
+from minqwen3.cli import number  # noqa: E402
 from minqwen3.config import count_params  # noqa: E402
 from minqwen3.distill import (DistillConfig, data_batch, divergence_chunked,  # noqa: E402
                               offpolicy_step, onpolicy_step, sample_replies, teacher_data)
@@ -273,15 +273,7 @@ def build_pool(teacher, tok, enc, n: int, seed: int, held_out: bool, a, keep_wro
     return data
 
 
-def positive(text: str) -> int:
-    """An argparse type: an integer >= 1 (argparse names the flag in its error)."""
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"{n}: must be >= 1")
-    return n
+positive = number(int, 1, strict=False)  # an argparse type: an integer >= 1
 
 
 def common_args(doc: str, work: str, layers: str, samples: int) -> argparse.ArgumentParser:
@@ -292,12 +284,12 @@ def common_args(doc: str, work: str, layers: str, samples: int) -> argparse.Argu
     ap.add_argument("--teacher", default=str(Path(__file__).resolve().parents[1] / "weights" / "demo-dense"))
     ap.add_argument("--layers", default=layers, help="the teacher's layers the student starts from")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--seeds", type=positive, default=3)
     ap.add_argument("--n-eval", type=positive, default=300, help="held-out problems per mode")
     ap.add_argument("--samples", type=positive, default=samples, help="sampled replies per problem for pass@k")
     ap.add_argument("--max-think", type=positive, default=256)
     ap.add_argument("--max-direct", type=positive, default=48)
-    ap.add_argument("--deadline", type=float, default=None, help="seconds: start no new run after this")
+    ap.add_argument("--deadline", type=number(float, 0), default=None, help="seconds: start no new run after this")
     ap.add_argument("--report", help="write <report>.md and <report>.png from results.jsonl, run nothing")
     return ap
 
@@ -313,11 +305,13 @@ def parse(ap: argparse.ArgumentParser, argv: list[str] | None):
 
 
 def teacher_sha256(path: str) -> str:
-    """The SHA-256 of the teacher's weights (model.safetensors, or its shards in name order): what stored data and
-    results are tied to. A folder without weights fails here, before any work."""
-    files = sorted(Path(path).glob("*.safetensors"))
-    if not files:
-        raise SystemExit(f"--teacher {path}: no *.safetensors weights there")
+    """The SHA-256 of the teacher's weights (model.safetensors, or its shards in the index's order: the files a load
+    reads, checkpoint_files): what stored data and results are tied to. A folder without weights fails here, before
+    any work."""
+    try:
+        files = checkpoint_files(Path(path))
+    except (FileNotFoundError, CheckpointError) as e:
+        raise SystemExit(f"--teacher {path}: {e}") from None
     h = hashlib.sha256()
     for f in files:
         with open(f, "rb") as fh:
@@ -350,8 +344,7 @@ def stored(f: Path, want: dict[str, str], make) -> dict[str, torch.Tensor]:
     """The tensors in f, if it was made with the settings `want`; else make() them and store them in f (their
     settings in its metadata, written whole or not at all)."""
     if f.is_file():
-        with safe_open(f, "pt") as s:
-            check_settings(str(f), s.metadata(), want)
+        check_settings(str(f), read_metadata(f), want)
         return load_file(f)
     t = time.perf_counter()
     d = make()
@@ -429,11 +422,11 @@ RUN_ARGS = ("layers", "budget_tflops", "batch", "on_batch", "lr", "pool", "top_k
 
 def parser() -> argparse.ArgumentParser:
     ap = common_args(__doc__, work="out/distill", layers="0,3", samples=4)
-    ap.add_argument("--budget-tflops", type=float, default=60.0, help="compute per arm and seed")
+    ap.add_argument("--budget-tflops", type=number(float, 0), default=60.0, help="compute per arm and seed")
     ap.add_argument("--batch", type=positive, default=128, help="samples per step (next-token and off-policy)")
     ap.add_argument("--on-batch", type=positive, default=256,
                     help="rollouts per on-policy step (decoding is latency-bound)")
-    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--lr", type=number(float, 0), default=1e-3)
     ap.add_argument("--pool", type=positive, default=6144, help="teacher replies generated for off-policy data")
     ap.add_argument("--top-k", type=positive, default=20)
     ap.add_argument("--keep-wrong", action="store_true", help="keep the teacher's wrong replies in the data")

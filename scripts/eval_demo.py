@@ -27,6 +27,7 @@ import minqwen3  # noqa: E402
 from minqwen3.assistant import early_stop_ids  # noqa: E402
 from minqwen3.chat_template import parse_reply  # noqa: E402
 from minqwen3.checkpoint import atomic_write  # noqa: E402
+from minqwen3.cli import number  # noqa: E402
 from minqwen3.tokenizer import Tokenizer  # noqa: E402
 
 BUDGETS = (0, 32, 64, 96, 128, 160, 192, 224, 256, 320, 384)
@@ -232,21 +233,10 @@ def write_json(path: str, obj) -> None:
     atomic_write(Path(path), lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=1) + "\n"))
 
 
-def _count(text: str, lo: int = 1) -> int:
-    """An argparse type: an integer >= lo (argparse names the flag in its error)."""
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if n < lo:
-        raise argparse.ArgumentTypeError(f"{n}: must be >= {lo}")
-    return n
-
-
 def _budgets(text: str) -> tuple[int, ...]:
     """An argparse type: comma-separated thinking budgets, each an integer >= 0."""
     try:
-        return tuple(_count(b, 0) for b in text.split(",") if b.strip())
+        return tuple(number(int, 0, strict=False)(b) for b in text.split(",") if b.strip())
     except argparse.ArgumentTypeError as e:
         raise argparse.ArgumentTypeError(f"{text!r}: each budget must be an integer >= 0 ({e})") from None
 
@@ -255,10 +245,10 @@ def main(argv: list[str] | None = None) -> int:
     global MAX_THINK
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("models", nargs="+", help="checkpoint folders, e.g. weights/demo-dense weights/demo-moe")
-    p.add_argument("--n", type=_count, default=100, help="held-out problems per category and phrasing split "
+    p.add_argument("--n", type=number(int, 1, strict=False), default=100, help="held-out problems per category and phrasing split "
                    f"({len(arithmetic.CATEGORIES)} categories, 2 splits)")
     p.add_argument("--budgets", type=_budgets, default=BUDGETS, help="comma-separated thinking budgets")
-    p.add_argument("--max-think", type=_count, default=MAX_THINK, help="most thinking tokens without a budget")
+    p.add_argument("--max-think", type=number(int, 1, strict=False), default=MAX_THINK, help="most thinking tokens without a budget")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--json", help="write the results here (merged with what the file holds: one entry per model)")
     p.add_argument("--plot", help="write the budget curve here (png)")

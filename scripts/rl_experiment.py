@@ -31,7 +31,6 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -39,7 +38,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import arithmetic  # noqa: E402
 import distill_experiment as de  # noqa: E402
 
-from minqwen3.checkpoint import atomic_write  # noqa: E402
+from minqwen3.checkpoint import atomic_write, read_metadata  # noqa: E402
+from minqwen3.cli import number  # noqa: E402
 from minqwen3.distill import DistillConfig, onpolicy_step, sample_replies  # noqa: E402
 from minqwen3.rl import GRPOConfig, check_reply, grpo_step  # noqa: E402
 from minqwen3.tokenizer import ENDOFTEXT  # noqa: E402
@@ -143,15 +143,15 @@ RUN_ARGS = (*START_ARGS, "arm_tflops", "prompts", "group", "clip", "arm_lr", "cu
 def parser() -> argparse.ArgumentParser:
     ap = de.common_args(__doc__, work="out/rl", layers="0,1,2", samples=64)
     ap.add_argument("--pool", type=de.positive, default=4096, help="teacher replies generated for off-policy data")
-    ap.add_argument("--off-tflops", type=float, default=30.0, help="the off-policy stage that makes the start")
-    ap.add_argument("--arm-tflops", type=float, default=60.0, help="compute per arm and seed after the start")
+    ap.add_argument("--off-tflops", type=number(float, 0), default=30.0, help="the off-policy stage that makes the start")
+    ap.add_argument("--arm-tflops", type=number(float, 0), default=60.0, help="compute per arm and seed after the start")
     ap.add_argument("--batch", type=de.positive, default=128, help="samples per off-policy step")
     ap.add_argument("--prompts", type=de.positive, default=32, help="GRPO prompts per step")
     ap.add_argument("--group", type=int, default=8, help="GRPO replies per prompt")
     ap.add_argument("--clip", type=float, default=0.2)
-    ap.add_argument("--lr", type=float, default=1e-3, help="off-policy stage")
-    ap.add_argument("--arm-lr", type=float, default=3e-4, help="both arms")
-    ap.add_argument("--curve", type=int, default=2, help="greedy evaluations along each arm (plus its end)")
+    ap.add_argument("--lr", type=number(float, 0), default=1e-3, help="off-policy stage")
+    ap.add_argument("--arm-lr", type=number(float, 0), default=3e-4, help="both arms")
+    ap.add_argument("--curve", type=number(int, 0, strict=False), default=2, help="greedy evaluations along each arm (plus its end)")
     ap.set_defaults(top_k=20, keep_wrong=False)  # the pool's, as the distillation experiment's: no flags here
     return ap
 
@@ -176,8 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     pool_settings, start_settings = de.settings(a, de.POOL_ARGS), de.settings(a, START_ARGS)
     start_file = work / "start.safetensors"
     if start_file.is_file():  # before any work: a start made with other arguments is refused now
-        with safe_open(start_file, "pt") as f:
-            de.check_settings(str(start_file), f.metadata(), start_settings)
+        de.check_settings(str(start_file), read_metadata(start_file), start_settings)
 
     def append(row):
         de.append_row(results, row | {"settings": run})

@@ -82,7 +82,9 @@ def _experts_tma(Wd, X, Idx, Y, N, K, BLOCK_N: tl.constexpr, BLOCK_K: tl.constex
 
 
 _counts = {}
-def mv_tma(x, w, desc, bn, bk, splits, warps, stages, wait_in_loop, use_pdl):
+def mv_tma(x: torch.Tensor, w: torch.Tensor, desc: TensorDescriptor, bn: int, bk: int, splits: int, warps: int,
+           stages: int, wait_in_loop: int, use_pdl: bool) -> torch.Tensor:
+    """x (K,) @ w (N, K).T through _mv_tma with these settings; desc: w's descriptor of (bn, bk) tiles."""
     N, K = w.shape
     per, splits = matvec.slice_k(K, splits, bk)
     y = torch.empty(N, device=x.device, dtype=x.dtype)
@@ -97,7 +99,8 @@ def mv_tma(x, w, desc, bn, bk, splits, warps, stages, wait_in_loop, use_pdl):
     return y
 
 
-def dense(shapes, budget):
+def dense(shapes: list[str], budget: float) -> None:
+    """One table row per NxK shape: the settings are timed for at most `budget` seconds a shape."""
     dev = torch.device("cuda"); sms = _sms(dev)
     gen = torch.Generator(dev).manual_seed(0)
     print("| N x K | MB | matvec table/rule µs | TB/s | cuBLAS | Inductor | TMA best (bn, bk, splits, warps, stages, wait) | µs | TB/s | +PDL µs |")
@@ -142,11 +145,19 @@ def dense(shapes, budget):
                                 res[cfg] = timed(lambda i: mv_tma(x[0], ws[i % copies], descs[i % copies], *cfg, False), calls)
                             except Exception as e:
                                 print("  failed", cfg, str(e)[:300])
+        if not res:
+            print(f"| {N} x {K} | no TMA setting timed within --budget {budget} s |", flush=True)
+            continue
         ranked = sorted(res.items(), key=lambda kv: kv[1])
         best, tbest = ranked[0]
         bn, bk = best[0], best[1]
         descs = [TensorDescriptor.from_tensor(w, [bn, bk]) for w in ws]
         with pdl.scope(True):
+            for wait_in_loop in (0, 1):  # the PDL forms checked as the others were
+                got = mv_tma(x[0], ws[0], descs[0], *best[:5], wait_in_loop, True).float()
+                err = ((got - want).abs().max() / want.abs().max()).item()
+                if err > 1e-2:
+                    raise SystemExit(f"{N} x {K}: the PDL form (wait in loop {wait_in_loop}) is wrong: {err:.2e}")
             t_pdl = timed(lambda i: mv_tma(x[0], ws[i % copies], descs[i % copies], *best[:5], 0, True), calls)
             t_pdl1 = timed(lambda i: mv_tma(x[0], ws[i % copies], descs[i % copies], *best[:5], 1, True), calls)
             t_mvp = timed(lambda i: matvec.launch(x, ws[i % copies], c), calls)
@@ -154,7 +165,9 @@ def dense(shapes, budget):
         print("  next: " + "; ".join(f"{c} {t:.2f}" for c, t in ranked[1:8]), flush=True)
 
 
-def experts(budget):
+def experts(budget: float) -> None:
+    """30B-A3B's 8 chosen experts' gate|up at one token: TMA settings (for at most `budget` seconds) against
+    Inductor's gathered product."""
     dev = torch.device("cuda")
     gen = torch.Generator(dev).manual_seed(0)
     E, N, K = 128, 1536, 2048  # 30B-A3B: gate|up of one expert, stacked
@@ -169,13 +182,15 @@ def experts(budget):
     comp = torch.compile(lambda a, w, i: torch.einsum("k,jnk->jn", a, w[i]), fullgraph=True,
                          options={"coordinate_descent_tuning": True}, dynamic=False)
     t_ind = timed(lambda i: comp(x, ws[i % copies], idxs[i]), calls)
-    res = {}
+    res, t_end = {}, time.time() + budget
     for bn in (8, 16, 32, 64):
         for bk in (128, 256):
             descs = [TensorDescriptor(w, [E, N, K], [N * K, K, 1], [1, bn, bk]) for w in ws]
             for warps in (4, 8):
                 for stages in (3, 4, 6):
                     cfg = (bn, bk, warps, stages)
+                    if time.time() > t_end:
+                        continue
                     y = torch.empty(8, N, device=dev, dtype=torch.bfloat16)
                     def f(i, cfg=cfg, descs=descs, y=y):
                         _experts_tma[(N // cfg[0], 8)](descs[i % copies], x, idxs[i], y, N, K, BLOCK_N=cfg[0], BLOCK_K=cfg[1],
@@ -189,6 +204,9 @@ def experts(budget):
                         res[cfg] = timed(f, calls)
                     except Exception as e:
                         print("  failed", cfg, str(e)[:300])
+    if not res:
+        print(f"experts: no TMA setting timed within --budget {budget} s; Inductor gathered {t_ind:.2f} µs")
+        return
     ranked = sorted(res.items(), key=lambda kv: kv[1])
     print(f"experts 8 x {N} x {K} ({mb:.1f} MB): Inductor gathered {t_ind:.2f} µs ({tb(t_ind):.2f} TB/s); TMA best {ranked[0][0]} {ranked[0][1]:.2f} µs ({tb(ranked[0][1]):.2f} TB/s)")
     print("  next: " + "; ".join(f"{c} {t:.2f}" for c, t in ranked[1:8]), flush=True)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import shutil
 import sys
@@ -34,6 +33,7 @@ import arithmetic  # noqa: E402
 
 import minqwen3  # noqa: E402
 from minqwen3.checkpoint import atomic_write  # noqa: E402
+from minqwen3.cli import number  # noqa: E402
 from minqwen3.generation import STOP_IDS, THINKING_DEFAULTS  # noqa: E402
 from minqwen3.tokenizer import ENDOFTEXT  # noqa: E402
 from minqwen3.train import (TrainConfig, collate, load_checkpoint, make_optimizer, read_trainer_state,  # noqa: E402
@@ -93,20 +93,6 @@ def export(model: minqwen3.Qwen3, out: Path) -> None:
     atomic_write(out / "generation_config.json", lambda tmp: Path(tmp).write_text(text))
 
 
-def number(kind: type, low: float, strict: bool = True):
-    """An argparse type: a finite `kind` above `low` (or at least `low`, strict=False); argparse names the flag."""
-    def parse(text: str):
-        try:
-            v = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be {'an integer' if kind is int else 'a number'}, "
-                                             f"got {text!r}") from None
-        if not math.isfinite(v) or v < low or (strict and v == low):
-            raise argparse.ArgumentTypeError(f"must be {'>' if strict else '>='} {low}, got {text}")
-        return v
-    return parse
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", choices=CONFIGS, help=f"default: {RUN['model']}")
@@ -131,12 +117,14 @@ def main(argv: list[str] | None = None) -> int:
                    "fresh optimizer and schedule: stage 2")
     p.add_argument("--mix", choices=arithmetic.MIXES,
                    help=f"what the samples are, arithmetic.MIXES (default: {RUN['mix']})")
+    p.add_argument("--save-every", type=number(int, 0, strict=False), default=250,
+                   help="a training checkpoint every N steps, for --resume (0: at the end only; default: %(default)s)")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     if args.resume and args.init:
-        raise ValueError("--resume continues a run and --init starts one: give one of them")
+        p.error("--resume continues a run and --init starts one: give one of them")
     if args.init and args.steps is None:
-        raise ValueError("--init starts a new stage: give its length with --steps (docs/demo.md has the shipped ones)")
+        p.error("--init starts a new stage: give its length with --steps (docs/demo.md has the shipped ones)")
     out = Path(args.out)
     work = Path(args.work or f"{out}-train")
     given = {k: getattr(args, k) for k in RUN if getattr(args, k) is not None}
@@ -161,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
     tc = TrainConfig(steps=args.steps, lr=args.lr, min_lr=args.lr / 10, warmup=args.warmup, balance=args.balance,
-                     out=str(work), log_every=10, run=run)
+                     out=str(work), log_every=10, save_every=args.save_every, run=run)
     start = 0
     if args.resume:
         model, state = load_checkpoint(work / "checkpoint", device=device)

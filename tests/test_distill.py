@@ -473,6 +473,18 @@ def test_experiment_results_skip_a_torn_last_line(tmp_path, capsys):
         X.read_rows(f)
 
 
+@pytest.mark.parametrize("flag, value", [("--lr", "nan"), ("--lr", "-1"), ("--budget-tflops", "0"), ("--seeds", "0"),
+                                         ("--top-k", "x")])
+def test_experiment_flags_are_checked_by_argparse(tmp_path, capsys, flag, value):
+    """A bad rate failed only in the first arm, after the teacher's rows recording it were written: those rows then
+    blocked every resume with the rate mended."""
+    X = _experiment()
+    with pytest.raises(SystemExit) as e:
+        X.main(["--work", str(tmp_path), flag, value])
+    assert e.value.code == 2 and flag in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # nothing written
+
+
 def test_experiment_refuses_stored_data_made_with_other_arguments(tmp_path):
     from types import SimpleNamespace
     X = _experiment()
@@ -512,7 +524,7 @@ def test_experiment_resume_refuses_rows_of_other_arguments_before_any_work(tmp_p
     X.append_row(results, {"arm": "ce", "seed": 0, "settings": X.settings(a, X.RUN_ARGS)})
     with pytest.raises(SystemExit, match=r"row 1: ce seed 0\) was made with --samples 8; this run has 4"):
         X.main(argv + ["--samples", "4"])
-    with pytest.raises(SystemExit, match=f"--teacher {re.escape(str(tmp_path))}: no \\*.safetensors weights"):
+    with pytest.raises(SystemExit, match=f"--teacher {re.escape(str(tmp_path))}: no model.safetensors or model.safetensors.index.json"):
         X.main(["--work", str(tmp_path), "--teacher", str(tmp_path), "--device", "cpu"])
 
 

@@ -182,7 +182,7 @@ def test_moe_step_trains_the_router_with_the_aux_loss():
     assert not torch.allclose(gate_a, gate_b)  # the balancing loss reached the router
 
 
-def _dist_worker(rank, world, port, data, init, results):
+def _dist_worker(rank, world, port, data, init, results, out):
     import torch.distributed as dist
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
@@ -196,12 +196,15 @@ def _dist_worker(rank, world, port, data, init, results):
         tc = TrainConfig(grad_clip=1e9, weight_decay=0.0)
         train_step(model, make_optimizer(model, tc), [col(data[rank])], tc, Balance("none"))
         results[rank] = (c, logits[0], {k: v.clone() for k, v in model.state_dict().items()})
+        # whole runs with checkpoints: rank 0 alone writes (two writers of one folder removed each other's files)
+        tc = TrainConfig(steps=3, warmup=1, out=out, save_every=1, log_every=1)
+        train(model, [[col(data[rank])]] * 3, tc, progress=False)
     finally:
         dist.destroy_process_group()
 
 
 @pytest.mark.slow
-def test_distributed_counts_and_gradients_are_all_reduced():
+def test_distributed_counts_and_gradients_are_all_reduced(tmp_path):
     import torch.multiprocessing as mp
     data = samples(4, 4, lo=10, hi=11)
     data = [data[:2], data[2:]]
@@ -211,7 +214,10 @@ def test_distributed_counts_and_gradients_are_all_reduced():
     init = tiny(5).state_dict()
     results = mp.Manager().dict()
     port = 29500 + os.getpid() % 1000
-    mp.spawn(_dist_worker, args=(2, port, data, init, results), nprocs=2)
+    mp.spawn(_dist_worker, args=(2, port, data, init, results, str(tmp_path)), nprocs=2)
+    steps = [json.loads(line)["step"] for line in (tmp_path / "log.jsonl").read_text().splitlines()[1:]]
+    assert steps == [1, 2, 3]  # each step logged once, not once a rank
+    assert load_checkpoint(tmp_path / "checkpoint")[1]["step"] == 3
     (c0, l0, s0), (c1, l1, s1) = results[0], results[1]
     want = [a + b for a, b in zip(_counts_by_hand(l0, 2), _counts_by_hand(l1, 2))]
     assert c0.tolist() == [want] and c1.tolist() == [want]
