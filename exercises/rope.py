@@ -18,11 +18,10 @@ def yarn_inv_freq(inv_freq: torch.Tensor, head_dim: int, base: float, factor: fl
     original_max, as slow when it fits at most beta_slow (1) times. The pair index where the wavelength fits r times:
         d(r) = head_dim * log(original_max / (r * 2 * pi)) / (2 * log(base)).
     lo = d(beta_fast), hi = d(beta_slow), rounded outwards (floor, ceil) when truncate, then clamped to
-    [0, head_dim - 1] (if lo == hi, hi += 0.001). ramp[d] = clamp((d - lo) / (hi - lo), 0, 1), keep = 1 - ramp:
-        new[d] = inv_freq[d] / factor * (1 - keep[d]) + inv_freq[d] * keep[d].
-    Compute it in exactly this order, in float32: the tests compare the cos and sin tables with transformers' to
-    1e-6 at positions up to 131,071, and the same formula written another way (inv_freq * (1 - ramp) + ...) rounds
-    differently by ~1e-7, which such a position multiplies into ~6e-5.
+    [0, head_dim - 1] (if lo == hi, hi += 0.001). ramp[d] = clamp((d - lo) / (hi - lo), 0, 1):
+        new[d] = inv_freq[d] * (1 - ramp[d]) + inv_freq[d] / factor * ramp[d].
+    (Written in another order the result may differ from transformers' in the last bit; position 131,071 multiplies
+    that into ~1e-2 in cos and sin, which the tests allow for.)
     """
     raise NotImplementedError("exercise 2: yarn_inv_freq")
 

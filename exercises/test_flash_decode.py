@@ -155,4 +155,6 @@ def test_merge_rows_at_different_scales(impl):
     outs = torch.randn(2, 2, 1, 1, D, generator=torch.Generator().manual_seed(9))
     lses = torch.tensor([[800.0, 0.0], [799.0, 1.0]]).view(2, 2, 1, 1)
     w = lses.double().softmax(0)[..., None]
-    torch.testing.assert_close(impl.merge_splits(outs, lses), (w * outs.double()).sum(0).float())
+    # atol 1e-4: a running log-sum-exp carried in float32 resolves ~6e-5 at 800, exact in math; the one-maximum
+    # answer this test is after gives NaN
+    torch.testing.assert_close(impl.merge_splits(outs, lses), (w * outs.double()).sum(0).float(), rtol=1e-5, atol=1e-4)
