@@ -182,7 +182,10 @@ def measure(impls: list[tuple], prompt: torch.Tensor, new: int, long_prompt: tor
             if device.type == "cuda":
                 r["peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
             timed.append((r, fn, every_round, prefill and long_prompt is not None))
-        except Exception as e:  # report it in the table and carry on
+        except Exception as e:  # report it in the table and carry on: in one process
+            dist = torch.distributed
+            if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+                raise  # a rank that skipped on would meet its peers' collectives out of step (a hang, or wrong sums)
             r = dict(impl=name, error=one_line(e))
             _log(f"{name} failed: {r['error']}")
         runs.append(r)

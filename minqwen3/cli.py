@@ -319,8 +319,8 @@ def cmd_chat(args) -> int:
     if args.prompt is not None:
         try:
             turn(system + [{"role": "user", "content": args.prompt}])
-        except KeyboardInterrupt:
-            printer.end()  # the colour reset and a newline, then exit (status 130)
+        except BaseException:  # Ctrl-C (status 130) or an error: the colour reset and a newline, then the error line
+            printer.end()
             raise
         return 0
     print("chat: /exit or Ctrl-D quits; /reset forgets the conversation; " + (
@@ -388,8 +388,8 @@ def cmd_generate(args) -> int:
     try:
         generate(model, [ids], args.max_new_tokens, seed=args.seed, on_token=show, vocab_limit=len(tok),
                  fast=False if args.eager else None, **_sampling(args))
-    except KeyboardInterrupt:
-        print()  # end the text's line, then exit (status 130)
+    except BaseException:  # Ctrl-C (status 130) or an error: end the text's line first, then the error's own
+        print()
         raise
     print(decoder.flush())
     dt = time.perf_counter() - t
@@ -515,6 +515,11 @@ def main(argv: list[str] | None = None) -> int:
         _error(" ".join(str(e).split()))
         return 1
     except Exception as e:  # anything else is a bug in minqwen3: still one line, with what to report
+        if parallel_run() and _timed_out(e):  # a peer that neither answers nor fails: stopped, or stuck
+            from .parallel import collective_timeout
+            _error(f"another process of this torchrun launch did not answer within {collective_timeout():.0f} s (stopped, or "
+                   f"stuck; MINQWEN3_TIMEOUT_S sets the wait): {type(e).__name__}: {' '.join(str(e).split())[:200]}")
+            return 1
         if parallel_run() and _peer_left(e):  # this process is fine: another one failed first, or quit
             _error("another process of this torchrun launch failed or quit (its error is printed above), and this "
                    f"one lost it: {type(e).__name__}")
@@ -537,6 +542,12 @@ def _peer_left(e: Exception) -> bool:
     return isinstance(e, RuntimeError) and any(k in text for k in (
         "Connection closed by peer", "Connection reset by peer", "Broken pipe", "NCCL communicator was aborted",
         "Socket Timeout", "gloo/transport"))
+
+
+def _timed_out(e: Exception) -> bool:
+    """A collective that gave up waiting for a peer (gloo: "Timed out waiting ... for recv"; NCCL: its watchdog)."""
+    text = str(e).lower()
+    return isinstance(e, RuntimeError) and ("timed out" in text or "timeout" in text and "socket" not in text)
 
 
 def _rank() -> str:

@@ -38,6 +38,7 @@ Run with torchrun (one process per GPU, or per CPU "rank" with gloo):
 from __future__ import annotations
 
 import datetime
+import math
 import multiprocessing as mp
 import os
 import queue as queue_mod
@@ -98,17 +99,26 @@ def heads(config: Qwen3Config, plan: Plan) -> tuple[int, int, int, int]:
     to KV head r // (world / KV)."""
     H, K, N = config.num_attention_heads, config.num_key_value_heads, plan.world
     if H % N:
-        raise ValueError(f"num_attention_heads = {H} does not divide among {N} ranks")
+        raise ValueError(f"num_attention_heads = {H} does not divide among {N} ranks: {_ways(H)}")
     if K % N and N % K:
-        raise ValueError(f"num_key_value_heads = {K} and {N} ranks: one must divide the other")
+        raise ValueError(f"num_key_value_heads = {K} and {N} ranks: one must divide the other "
+                         f"({_ways(H, lambda n: K % n == 0 or n % K == 0)})")
     hq = H // N
     kv = K // N if K % N == 0 else 1
     return plan.rank * hq, hq, plan.rank * hq // (H // K), kv
 
 
+def _ways(n: int, also=lambda k: True) -> str:
+    """The process counts that split n (and pass `also`), for an error message."""
+    counts = [k for k in range(1, n + 1) if n % k == 0 and also(k)]
+    return f"it splits among {', '.join(map(str, counts[:8]))}{', ...' if len(counts) > 8 else ''} processes"
+
+
 def _split(n: int, plan: Plan, what: str) -> slice:
     if n % plan.world:
-        raise ValueError(f"{what} = {n} does not divide among {plan.world} ranks")
+        other = {"num_experts": "; or --experts tp, which splits each expert instead",
+                 "moe_intermediate_size": "; or --experts ep, which gives each rank whole experts"}.get(what, "")
+        raise ValueError(f"{what} = {n} does not divide among {plan.world} ranks: {_ways(n)}{other}")
     k = n // plan.world
     return slice(plan.rank * k, (plan.rank + 1) * k)
 
@@ -450,11 +460,25 @@ def weight_bytes(model: nn.Module) -> int:
 
 
 # ---------------------------------------------------------------- processes
-def init(device: str = "auto", experts: str = "tp", timeout_s: float = 600,
+def collective_timeout() -> float:
+    """Seconds a collective waits for the other processes before it fails: MINQWEN3_TIMEOUT_S, default 600 (a
+    first call may compile for minutes on one rank while another waits at its first all-reduce)."""
+    text = os.environ.get("MINQWEN3_TIMEOUT_S", "600")
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (value > 0 and math.isfinite(value)):
+        raise ValueError(f"MINQWEN3_TIMEOUT_S={text!r}: give the seconds a process waits for the others, a number > 0")
+    return value
+
+
+def init(device: str = "auto", experts: str = "tp", timeout_s: float | None = None,
          all_reduce: str = "flags") -> tuple[Plan, str]:
     """Join the process group torchrun set up (env RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT): NCCL with one
     GPU per process, or gloo on CPUs. Ranks other than 0 print nothing (stdout and stderr go to /dev/null).
-    Returns the plan and this rank's device."""
+    Returns the plan and this rank's device. timeout_s: how long a collective waits for the others (default: the
+    collective_timeout(): MINQWEN3_TIMEOUT_S or 600)."""
     for k, v in NO_MULTICAST.items():
         os.environ.setdefault(k, v)
     rank, world, local = (int(os.environ.get(k, d)) for k, d in (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0)))
@@ -468,7 +492,7 @@ def init(device: str = "auto", experts: str = "tp", timeout_s: float = 600,
         device = "cpu"
     if not dist.is_initialized():
         dist.init_process_group("nccl" if cuda else "gloo", rank=rank, world_size=world,
-                                timeout=datetime.timedelta(seconds=timeout_s),
+                                timeout=datetime.timedelta(seconds=timeout_s or collective_timeout()),
                                 **({"device_id": torch.device(device)} if cuda else {}))
     if rank:  # one voice: the others' output would repeat rank 0's (their errors still reach sys.__stderr__)
         sys.stdout = sys.stderr = open(os.devnull, "w")

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 import minqwen3
 from minqwen3.chat_template import apply_chat_template
@@ -199,6 +200,16 @@ def test_generate_raw_completion(ckpt, capsys):
     assert rc == 0
     assert out == "Hmm ok so</think>\n\nHi\n"  # no template: the bigram chain from "Hmm"
     assert "5 tokens;" in err and "tokens/s" in err
+
+
+def test_an_error_while_streaming_starts_on_a_line_of_its_own(ckpt, capsys, monkeypatch):
+    """generate and chat PROMPT end the streamed text's line before the error's (it was glued onto the text)."""
+    def fails(*a, on_token=None, **kw):
+        on_token(torch.tensor([1]))
+        raise OSError("the disk went away")
+    monkeypatch.setattr(gen_module, "generate", fails)
+    rc, out, err = run(capsys, "generate", "--model", ckpt, "Hmm")
+    assert rc == 1 and out == 'Hmm"\n' and err.endswith("\nerror: the disk went away\n")
 
 
 def test_fast_path_by_device_and_eager_flag(ckpt, capsys, monkeypatch):

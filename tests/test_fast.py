@@ -242,6 +242,21 @@ def test_bench_reports_a_failed_implementation_in_one_line_and_carries_on():
     assert one_line(ValueError("first line\nsecond"), 5) == "ValueError: first"
 
 
+def test_bench_under_torchrun_raises_a_failed_implementation(monkeypatch):
+    """Across processes a failure ends the run: a rank that went on to the next implementation would meet its
+    peers' collectives out of step (gloo aborted with a size mismatch; NCCL could pair the wrong sums)."""
+    from minqwen3.bench import measure
+
+    def broken(ids, n):
+        raise MemoryError("out of memory on this rank")
+
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda: 2)
+    with pytest.raises(MemoryError, match="this rank"):
+        measure([("broken", broken, 2, True, False)], torch.zeros(1, 3, dtype=torch.long), 4, None,
+                torch.device("cpu"), 1)
+
+
 def test_bench_command_on_a_tiny_checkpoint(tmp_path, capsys):
     pytest.importorskip("transformers")
     model = tiny(**MOE)

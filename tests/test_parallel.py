@@ -236,6 +236,37 @@ def test_a_process_that_lost_its_peer_says_so(monkeypatch, capfd):
     assert "rank 1: error: another process of this torchrun launch failed or quit" in err and "a bug" not in err
 
 
+def test_a_split_that_does_not_divide_says_what_would():
+    """The error names the process counts that split the field, and the other --experts plan where it would."""
+    c = Qwen3Config.from_dict({**TINY, **MOE, "num_experts": 3, "num_experts_per_tok": 2, "moe_intermediate_size": 33})
+    with pytest.raises(ValueError, match=r"num_experts = 3 does not divide among 2 ranks: it splits among 1, 3 "
+                                         r"processes; or --experts tp"):
+        parallel.slices("model.layers.0.mlp.experts.gate_proj", (3, 33, c.hidden_size), c, parallel.Plan(0, 2, "ep"))
+    with pytest.raises(ValueError, match=r"moe_intermediate_size = 33 does not divide among 2 ranks: it splits among "
+                                         r"1, 3, 11, 33 processes; or --experts ep"):
+        parallel.slices("model.layers.0.mlp.experts.down_proj", (3, c.hidden_size, 33), c, parallel.Plan(0, 2, "tp"))
+
+
+def test_a_peer_that_does_not_answer_is_named_as_a_timeout(monkeypatch, capfd):
+    """A stopped or stuck rank makes the others' collective time out: that is said, with the wait and its setting
+    (it was reported as a rank that failed, with an error "printed above" that nobody printed)."""
+    from minqwen3 import cli
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("MINQWEN3_TIMEOUT_S", "15")
+
+    def stalled(args):
+        raise RuntimeError("[../third_party/gloo/gloo/transport/tcp/unbound_buffer.cc:81] Timed out waiting 15000ms "
+                           "for recv operation to complete")
+    monkeypatch.setattr(cli, "cmd_generate", stalled)
+    assert cli.main(["generate", "--device", "cpu", "Hi"]) == 1
+    err = capfd.readouterr().err
+    assert "another process of this torchrun launch did not answer within 15 s" in err and "MINQWEN3_TIMEOUT_S" in err
+    assert parallel.collective_timeout() == 15.0
+    monkeypatch.setenv("MINQWEN3_TIMEOUT_S", "-1")
+    with pytest.raises(ValueError, match="MINQWEN3_TIMEOUT_S='-1'"):
+        parallel.collective_timeout()
+
+
 def _dies(plan):  # runs in each spawned rank: rank 1 exits at once, rank 0 waits for it in a collective
     import os
     import torch.distributed as dist
@@ -255,7 +286,8 @@ def test_plan_for_the_official_shapes():
     assert parallel.heads(c, parallel.Plan(1, 2)) == (32, 32, 4, 4)
     assert parallel.heads(c, parallel.Plan(5, 8)) == (40, 8, 5, 1)
     assert [parallel.heads(c, parallel.Plan(r, 16))[2] for r in range(16)] == [r // 2 for r in range(16)]
-    with pytest.raises(ValueError, match="num_attention_heads = 64 does not divide among 3 ranks"):
+    with pytest.raises(ValueError, match="num_attention_heads = 64 does not divide among 3 ranks: it splits among "
+                                         "1, 2, 4, 8, 16, 32, 64 processes"):
         parallel.heads(c, parallel.Plan(0, 3))
     d = c.head_dim
     s = parallel.slices("model.layers.7.self_attn.o_proj.weight", (c.hidden_size, 64 * d), c, parallel.Plan(1, 2))
