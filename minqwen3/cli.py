@@ -517,8 +517,9 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # anything else is a bug in minqwen3: still one line, with what to report
         if parallel_run() and _timed_out(e):  # a peer that neither answers nor fails: stopped, or stuck
             from .parallel import collective_timeout
-            _error(f"another process of this torchrun launch did not answer within {collective_timeout():.0f} s (stopped, or "
-                   f"stuck; MINQWEN3_TIMEOUT_S sets the wait): {type(e).__name__}: {' '.join(str(e).split())[:200]}")
+            _error(f"another process of this torchrun launch did not answer within {collective_timeout():.0f} s "
+                   f"(stopped, or stuck; MINQWEN3_TIMEOUT_S sets the wait): {type(e).__name__}: "
+                   f"{' '.join(str(e).split())[:200]}")
             return 1
         if parallel_run() and _peer_left(e):  # this process is fine: another one failed first, or quit
             _error("another process of this torchrun launch failed or quit (its error is printed above), and this "

@@ -556,8 +556,8 @@ def generate(model, input_ids: torch.Tensor | list[list[int]], max_new_tokens: i
     generated: per row, ids that count as already generated for the presence penalty (a reply continued in parts).
     fast: decode with the model's compiled Decoder (torch.compile, CUDA graphs; the same tokens, on_token called in
     bursts of 16). Default: on a CUDA device. fast=True elsewhere keeps one Decoder for the model (a preallocated
-    cache, reused across calls) but compiles nothing: the compiled step is CUDA's. The first fast call compiles for ~30 s (seconds in a later process:
-    the compile caches are kept, warmstart.py); later calls reuse it.
+    cache, reused across calls) but compiles nothing: the compiled step is CUDA's. The first fast call compiles for
+    ~30 s (seconds in a later process: the compile caches are kept, warmstart.py); later calls reuse it.
     decoder: decode with this Decoder instead (fast is then ignored).
     """
     check_ids(input_ids, model.config.vocab_size, pad_id, generated)  # all input checks before any work

@@ -245,10 +245,12 @@ def main(argv: list[str] | None = None) -> int:
     global MAX_THINK
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("models", nargs="+", help="checkpoint folders, e.g. weights/demo-dense weights/demo-moe")
-    p.add_argument("--n", type=number(int, 1, strict=False), default=100, help="held-out problems per category and phrasing split "
-                   f"({len(arithmetic.CATEGORIES)} categories, 2 splits)")
+    p.add_argument("--n", type=number(int, 1, strict=False), default=100,
+                   help=f"held-out problems per category and phrasing split ({len(arithmetic.CATEGORIES)} categories, "
+                   "2 splits)")
     p.add_argument("--budgets", type=_budgets, default=BUDGETS, help="comma-separated thinking budgets")
-    p.add_argument("--max-think", type=number(int, 1, strict=False), default=MAX_THINK, help="most thinking tokens without a budget")
+    p.add_argument("--max-think", type=number(int, 1, strict=False), default=MAX_THINK,
+                   help="most thinking tokens without a budget")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--json", help="write the results here (merged with what the file holds: one entry per model)")
     p.add_argument("--plot", help="write the budget curve here (png)")

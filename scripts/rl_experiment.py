@@ -143,15 +143,19 @@ RUN_ARGS = (*START_ARGS, "arm_tflops", "prompts", "group", "clip", "arm_lr", "cu
 def parser() -> argparse.ArgumentParser:
     ap = de.common_args(__doc__, work="out/rl", layers="0,1,2", samples=64)
     ap.add_argument("--pool", type=de.positive, default=4096, help="teacher replies generated for off-policy data")
-    ap.add_argument("--off-tflops", type=number(float, 0), default=30.0, help="the off-policy stage that makes the start")
-    ap.add_argument("--arm-tflops", type=number(float, 0), default=60.0, help="compute per arm and seed after the start")
+    ap.add_argument("--off-tflops", type=number(float, 0), default=30.0,
+                    help="the off-policy stage that makes the start")
+    ap.add_argument("--arm-tflops", type=number(float, 0), default=60.0,
+                    help="compute per arm and seed after the start")
     ap.add_argument("--batch", type=de.positive, default=128, help="samples per off-policy step")
     ap.add_argument("--prompts", type=de.positive, default=32, help="GRPO prompts per step")
-    ap.add_argument("--group", type=int, default=8, help="GRPO replies per prompt")
-    ap.add_argument("--clip", type=float, default=0.2)
+    ap.add_argument("--group", type=number(int, 2, strict=False), default=8,
+                    help="GRPO replies per prompt (the group is the baseline: at least 2)")
+    ap.add_argument("--clip", type=number(float, 0), default=0.2)
     ap.add_argument("--lr", type=number(float, 0), default=1e-3, help="off-policy stage")
     ap.add_argument("--arm-lr", type=number(float, 0), default=3e-4, help="both arms")
-    ap.add_argument("--curve", type=number(int, 0, strict=False), default=2, help="greedy evaluations along each arm (plus its end)")
+    ap.add_argument("--curve", type=number(int, 0, strict=False), default=2,
+                    help="greedy evaluations along each arm (plus its end)")
     ap.set_defaults(top_k=20, keep_wrong=False)  # the pool's, as the distillation experiment's: no flags here
     return ap
 
@@ -161,10 +165,6 @@ def main(argv: list[str] | None = None) -> int:
     a, work, results = de.parse(ap, argv)
     if a.report:
         return report(results, a.report)
-    try:  # now, not after the start is made
-        GRPOConfig(group=a.group, clip=a.clip)
-    except (TypeError, ValueError) as e:
-        ap.error(f"--group / --clip: {e}")
     t_begin = time.perf_counter()
     device, tok, enc, teacher = de.setup(a)
     run = de.settings(a, RUN_ARGS)

@@ -524,7 +524,8 @@ def test_experiment_resume_refuses_rows_of_other_arguments_before_any_work(tmp_p
     X.append_row(results, {"arm": "ce", "seed": 0, "settings": X.settings(a, X.RUN_ARGS)})
     with pytest.raises(SystemExit, match=r"row 1: ce seed 0\) was made with --samples 8; this run has 4"):
         X.main(argv + ["--samples", "4"])
-    with pytest.raises(SystemExit, match=f"--teacher {re.escape(str(tmp_path))}: no model.safetensors or model.safetensors.index.json"):
+    with pytest.raises(SystemExit, match=f"--teacher {re.escape(str(tmp_path))}: no model.safetensors or "
+                                         "model.safetensors.index.json"):
         X.main(["--work", str(tmp_path), "--teacher", str(tmp_path), "--device", "cpu"])
 
 

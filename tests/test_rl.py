@@ -330,7 +330,8 @@ def test_experiment_refuses_a_sample_count_of_zero(tmp_path, capsys):
     # a rate of nan or < 0 failed only in the first arm, after rows recording it were written (and then blocked
     # every resume with the rate mended)
     for flags, word in ((["--samples", "0"], "--samples"), (["--group", "1"], "--group"), (["--clip", "0"], "--clip"),
-                        (["--lr", "nan"], "--lr"), (["--arm-lr", "-1"], "--arm-lr"), (["--arm-tflops", "0"], "--arm-tflops")):
+                        (["--lr", "nan"], "--lr"), (["--arm-lr", "-1"], "--arm-lr"),
+                        (["--arm-tflops", "0"], "--arm-tflops")):
         with pytest.raises(SystemExit) as e:
             X.main(["--work", str(tmp_path), *flags])
         assert e.value.code == 2 and word in capsys.readouterr().err, flags
