@@ -99,11 +99,17 @@ def mv_tma(x: torch.Tensor, w: torch.Tensor, desc: TensorDescriptor, bn: int, bk
     return y
 
 
+def rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
+    """The largest difference, relative to the largest value wanted: every candidate must stay under 1e-2."""
+    return ((got - want).abs().max() / want.abs().max()).item()
+
+
 def dense(shapes: list[str], budget: float) -> None:
     """One table row per NxK shape: the settings are timed for at most `budget` seconds a shape."""
     dev = torch.device("cuda"); sms = _sms(dev)
     gen = torch.Generator(dev).manual_seed(0)
-    print("| N x K | MB | matvec table/rule µs | TB/s | cuBLAS | Inductor | TMA best (bn, bk, splits, warps, stages, wait) | µs | TB/s | +PDL µs |")
+    print("| N x K | MB | matvec table/rule µs | TB/s | cuBLAS | Inductor "
+          "| TMA best (bn, bk, splits, warps, stages, wait) | µs | TB/s | +PDL µs |")
     print("|---|---:|---:|---:|---:|---:|---|---:|---:|---:|")
     for shape in shapes:
         t_end = time.time() + budget
@@ -118,7 +124,8 @@ def dense(shapes: list[str], budget: float) -> None:
         c = matvec.config(1, N, K, dev)
         t_mv = timed(lambda i: matvec.launch(x, ws[i % copies], c), calls)
         t_blas = timed(lambda i: F.linear(x, ws[i % copies]), calls)
-        comp = torch.compile(lambda a, b: F.linear(a, b), fullgraph=True, options={"coordinate_descent_tuning": True}, dynamic=False)
+        comp = torch.compile(lambda a, b: F.linear(a, b), fullgraph=True,
+                             options={"coordinate_descent_tuning": True}, dynamic=False)
         try:
             t_ind = timed(lambda i: comp(x, ws[i % copies]), calls)
         except Exception as e:
@@ -139,10 +146,12 @@ def dense(shapes: list[str], budget: float) -> None:
                                 continue
                             try:
                                 got = mv_tma(x[0], ws[0], descs[0], *cfg, False).float()
-                                err = ((got - want).abs().max() / want.abs().max()).item()
+                                err = rel_err(got, want)
                                 if err > 1e-2:
-                                    print("  wrong", cfg, err); continue
-                                res[cfg] = timed(lambda i: mv_tma(x[0], ws[i % copies], descs[i % copies], *cfg, False), calls)
+                                    print("  wrong", cfg, err)
+                                    continue
+                                res[cfg] = timed(lambda i: mv_tma(x[0], ws[i % copies], descs[i % copies], *cfg,
+                                                                  False), calls)
                             except Exception as e:
                                 print("  failed", cfg, str(e)[:300])
         if not res:
@@ -155,13 +164,15 @@ def dense(shapes: list[str], budget: float) -> None:
         with pdl.scope(True):
             for wait_in_loop in (0, 1):  # the PDL forms checked as the others were
                 got = mv_tma(x[0], ws[0], descs[0], *best[:5], wait_in_loop, True).float()
-                err = ((got - want).abs().max() / want.abs().max()).item()
+                err = rel_err(got, want)
                 if err > 1e-2:
                     raise SystemExit(f"{N} x {K}: the PDL form (wait in loop {wait_in_loop}) is wrong: {err:.2e}")
             t_pdl = timed(lambda i: mv_tma(x[0], ws[i % copies], descs[i % copies], *best[:5], 0, True), calls)
             t_pdl1 = timed(lambda i: mv_tma(x[0], ws[i % copies], descs[i % copies], *best[:5], 1, True), calls)
             t_mvp = timed(lambda i: matvec.launch(x, ws[i % copies], c), calls)
-        print(f"| {N} x {K} | {mb:.1f} | {t_mv:.2f} ({tuple(c)}) | {tb(t_mv):.2f} | {t_blas:.2f} | {t_ind:.2f} | {best} | {tbest:.2f} | {tb(tbest):.2f} | {t_pdl:.2f} / in-loop {t_pdl1:.2f} (matvec+PDL {t_mvp:.2f}) |", flush=True)
+        print(f"| {N} x {K} | {mb:.1f} | {t_mv:.2f} ({tuple(c)}) | {tb(t_mv):.2f} | {t_blas:.2f} | {t_ind:.2f} "
+              f"| {best} | {tbest:.2f} | {tb(tbest):.2f} | {t_pdl:.2f} / in-loop {t_pdl1:.2f} "
+              f"(matvec+PDL {t_mvp:.2f}) |", flush=True)
         print("  next: " + "; ".join(f"{c} {t:.2f}" for c, t in ranked[1:8]), flush=True)
 
 
@@ -193,14 +204,16 @@ def experts(budget: float) -> None:
                         continue
                     y = torch.empty(8, N, device=dev, dtype=torch.bfloat16)
                     def f(i, cfg=cfg, descs=descs, y=y):
-                        _experts_tma[(N // cfg[0], 8)](descs[i % copies], x, idxs[i], y, N, K, BLOCK_N=cfg[0], BLOCK_K=cfg[1],
-                                                       STAGES=cfg[3], num_warps=cfg[2], num_stages=1, PDL=False)
+                        _experts_tma[(N // cfg[0], 8)](descs[i % copies], x, idxs[i], y, N, K, BLOCK_N=cfg[0],
+                                                       BLOCK_K=cfg[1], STAGES=cfg[3], num_warps=cfg[2],
+                                                       num_stages=1, PDL=False)
                         return y
                     try:
                         got = f(0).float()
-                        err = ((got - want).abs().max() / want.abs().max()).item()
+                        err = rel_err(got, want)
                         if err > 1e-2:
-                            print("  wrong", cfg, err); continue
+                            print("  wrong", cfg, err)
+                            continue
                         res[cfg] = timed(f, calls)
                     except Exception as e:
                         print("  failed", cfg, str(e)[:300])
@@ -208,13 +221,16 @@ def experts(budget: float) -> None:
         print(f"experts: no TMA setting timed within --budget {budget} s; Inductor gathered {t_ind:.2f} µs")
         return
     ranked = sorted(res.items(), key=lambda kv: kv[1])
-    print(f"experts 8 x {N} x {K} ({mb:.1f} MB): Inductor gathered {t_ind:.2f} µs ({tb(t_ind):.2f} TB/s); TMA best {ranked[0][0]} {ranked[0][1]:.2f} µs ({tb(ranked[0][1]):.2f} TB/s)")
+    best, t_best = ranked[0]
+    print(f"experts 8 x {N} x {K} ({mb:.1f} MB): Inductor gathered {t_ind:.2f} µs ({tb(t_ind):.2f} TB/s); "
+          f"TMA best {best} {t_best:.2f} µs ({tb(t_best):.2f} TB/s)")
     print("  next: " + "; ".join(f"{c} {t:.2f}" for c, t in ranked[1:8]), flush=True)
 
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
-    ap.add_argument("--shapes", nargs="+", default=["4096x4096", "6144x4096", "4096x12288", "24576x4096", "5120x2048", "2048x4096", "151936x4096"])
+    ap.add_argument("--shapes", nargs="+", default=["4096x4096", "6144x4096", "4096x12288", "24576x4096", "5120x2048",
+                                                    "2048x4096", "151936x4096"])
     ap.add_argument("--budget", type=float, default=200)
     ap.add_argument("--experts", action="store_true")
     a = ap.parse_args()
